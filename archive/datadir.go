@@ -1,0 +1,157 @@
+package archive
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/pgkeep/pgkeep/repo"
+)
+
+// What a base backup leaves out, following PostgreSQL's own list for
+// pg_basebackup (src/backend/backup/basebackup.c) plus the recovery signal
+// files, which restore writes itself.
+var (
+	// Directories kept, but empty.
+	excludeDirContents = map[string]bool{
+		"pg_stat_tmp": true, "pg_replslot": true, "pg_dynshmem": true, "pg_notify": true,
+		"pg_serial": true, "pg_snapshots": true, "pg_subtrans": true, "pg_wal": true,
+	}
+	// Files left out wherever they are.
+	excludeFilesAnywhere = map[string]bool{"pg_internal.init": true}
+	// Files left out at the top level.
+	excludeTopFiles = map[string]bool{
+		"postgresql.auto.conf.tmp": true, "current_logfiles": true, "backup_label": true,
+		"tablespace_map": true, "postmaster.pid": true, "postmaster.opts": true,
+		"backup_manifest": true, "standby.signal": true, "recovery.signal": true,
+		"backup_label.old": true,
+	}
+	tempRelRE = regexp.MustCompile(`^t[0-9]+_[0-9]+`)
+	relRE     = regexp.MustCompile(`^([0-9]+)(_[a-z]+)?(\.[0-9]+)?$`)
+)
+
+const tempPrefix = "pgsql_tmp"
+
+// sourceFile is a file to back up.
+type sourceFile struct {
+	Rel  string // slash path in the backup
+	Abs  string
+	Size int64
+	Mode fs.FileMode
+}
+
+// dataDirContents lists what a backup of pgdata holds: files, directories
+// (so empty ones are recreated) and tablespaces (pg_tblspc symlinks, whose
+// targets are walked as pg_tblspc/<oid>/...).
+func dataDirContents(pgdata string) ([]sourceFile, []repo.Dir, []repo.Tablespace, error) {
+	var files []sourceFile
+	var dirs []repo.Dir
+	var tbs []repo.Tablespace
+	walk := func(root, prefix string) error {
+		return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				if os.IsNotExist(err) {
+					return nil // dropped while we walked
+				}
+				return err
+			}
+			rel, _ := filepath.Rel(root, p)
+			rel = filepath.ToSlash(rel)
+			if prefix != "" {
+				rel = path.Join(prefix, rel)
+			}
+			name := d.Name()
+			if rel == "." {
+				return nil
+			}
+			if strings.HasPrefix(name, tempPrefix) {
+				if d.IsDir() {
+					return filepath.SkipDir
+				}
+				return nil
+			}
+			if d.Type()&fs.ModeSymlink != 0 {
+				if prefix == "" && path.Dir(rel) == "pg_tblspc" {
+					target, err := os.Readlink(p)
+					if err != nil {
+						return err
+					}
+					tbs = append(tbs, repo.Tablespace{OID: name, Location: target})
+					dirs = append(dirs, repo.Dir{Path: rel, Mode: 0o700})
+					return nil
+				}
+				if rel == "pg_wal" {
+					dirs = append(dirs, repo.Dir{Path: "pg_wal", Mode: 0o700}, repo.Dir{Path: "pg_wal/archive_status", Mode: 0o700})
+					return nil
+				}
+				return nil // other symlinks: not PostgreSQL's
+			}
+			info, err := d.Info()
+			if err != nil {
+				if os.IsNotExist(err) {
+					return nil
+				}
+				return err
+			}
+			if d.IsDir() {
+				dirs = append(dirs, repo.Dir{Path: rel, Mode: uint32(info.Mode().Perm())})
+				if prefix == "" && excludeDirContents[rel] {
+					if rel == "pg_wal" {
+						dirs = append(dirs, repo.Dir{Path: "pg_wal/archive_status", Mode: 0o700})
+					}
+					return filepath.SkipDir
+				}
+				return nil
+			}
+			if !info.Mode().IsRegular() {
+				return nil
+			}
+			if excludeFilesAnywhere[name] || (prefix == "" && !strings.Contains(rel, "/") && excludeTopFiles[name]) {
+				return nil
+			}
+			if tempRelRE.MatchString(name) {
+				return nil
+			}
+			files = append(files, sourceFile{Rel: rel, Abs: p, Size: info.Size(), Mode: info.Mode().Perm()})
+			return nil
+		})
+	}
+	if err := walk(pgdata, ""); err != nil {
+		return nil, nil, nil, fmt.Errorf("read data directory: %w", err)
+	}
+	for _, tb := range tbs {
+		if err := walk(tb.Location, "pg_tblspc/"+tb.OID); err != nil {
+			return nil, nil, nil, fmt.Errorf("read tablespace %s (%s): %w", tb.OID, tb.Location, err)
+		}
+	}
+	files = dropUnlogged(files)
+	sort.Slice(files, func(i, j int) bool { return files[i].Rel < files[j].Rel })
+	return files, dirs, tbs, nil
+}
+
+// dropUnlogged leaves out every fork but the init fork of unlogged
+// relations: recovery resets them from the init fork anyway.
+func dropUnlogged(files []sourceFile) []sourceFile {
+	unlogged := map[string]bool{} // dir + "/" + relfilenode
+	for _, f := range files {
+		if m := relRE.FindStringSubmatch(path.Base(f.Rel)); m != nil && m[2] == "_init" {
+			unlogged[path.Dir(f.Rel)+"/"+m[1]] = true
+		}
+	}
+	if len(unlogged) == 0 {
+		return files
+	}
+	out := files[:0]
+	for _, f := range files {
+		if m := relRE.FindStringSubmatch(path.Base(f.Rel)); m != nil && m[2] != "_init" && unlogged[path.Dir(f.Rel)+"/"+m[1]] {
+			continue
+		}
+		out = append(out, f)
+	}
+	return out
+}

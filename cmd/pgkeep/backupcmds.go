@@ -1,0 +1,425 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgkeep/pgkeep/archive"
+	"github.com/pgkeep/pgkeep/repo"
+	"github.com/pgkeep/pgkeep/restore"
+)
+
+func newBackupCmd(a *app) *cobra.Command {
+	var (
+		pgdata, checkpoint, checksumFailures string
+		walTimeout                           time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "backup",
+		Short: "Take a full online base backup of the local cluster",
+		Long: `backup takes a full base backup of the PostgreSQL cluster on this host (primary or
+standby) into the repository: files are read straight from the data directory and
+tablespaces, checked against their data checksums when the cluster has them,
+compressed, encrypted and uploaded in parallel. The backup waits until the WAL it
+needs is archived, and becomes visible only once its manifest is written.
+
+The connection comes from postgres.dsn or the libpq PG* variables and needs a
+superuser or a role with pg_backup_start/pg_backup_stop and pg_read_all_settings.`,
+		Example: `  pgkeep backup
+  pgkeep backup --checkpoint spread --pgdata /var/lib/postgresql/15/main
+  pgkeep backup list
+  pgkeep backup show 20261122T180000Z-1a2b --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.load(); err != nil {
+				return err
+			}
+			if checkpoint != "fast" && checkpoint != "spread" {
+				return &configError{fmt.Sprintf("--checkpoint %q: use fast or spread", checkpoint)}
+			}
+			if checksumFailures != "error" && checksumFailures != "warn" {
+				return &configError{fmt.Sprintf("--checksum-failures %q: use error or warn", checksumFailures)}
+			}
+			ctx := cmd.Context()
+			r, err := openRepo(ctx, a.cfg)
+			if err != nil {
+				return err
+			}
+			if pgdata == "" {
+				pgdata = a.cfg.PGData
+			}
+			m, err := archive.Backup(ctx, r, archive.BackupOptions{
+				DSN:              a.cfg.Postgres.DSN,
+				PGData:           pgdata,
+				FastCheckpoint:   checkpoint == "fast",
+				ChecksumWarnOnly: checksumFailures == "warn",
+				Workers:          runtime.NumCPU(),
+				Writers:          a.cfg.UploadConcurrency,
+				WALTimeout:       walTimeout,
+				Progress:         newProgress("backup", a.log),
+				Logger:           a.log,
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), m.ID)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&pgdata, "pgdata", "", "data directory (default: config pgdata, else the server's data_directory)")
+	cmd.Flags().StringVar(&checkpoint, "checkpoint", "fast", "checkpoint at start: fast (start now) or spread (gentler on I/O)")
+	cmd.Flags().StringVar(&checksumFailures, "checksum-failures", "error", "a data page failing its checksum: error (fail the backup) or warn")
+	cmd.Flags().DurationVar(&walTimeout, "wal-timeout", 5*time.Minute, "how long to wait for the backup's WAL to be archived")
+	cmd.AddCommand(newBackupListCmd(a), newBackupShowCmd(a))
+	return cmd
+}
+
+func newBackupListCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "list",
+		Short:   "List the backups in the repository",
+		Example: "  pgkeep backup list\n  pgkeep backup list --json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.load(); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			r, err := openRepo(ctx, a.cfg)
+			if err != nil {
+				return err
+			}
+			backups, debris, err := r.ListBackups(ctx)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				type row struct {
+					repo.Summary
+					Status string `json:"status"`
+				}
+				rows := []row{}
+				for _, b := range backups {
+					rows = append(rows, row{b, "complete"})
+				}
+				for _, id := range debris {
+					rows = append(rows, row{repo.Summary{ID: id}, "incomplete"})
+				}
+				return writeJSON(out, rows)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSTART\tSTOP\tSTART LSN\tSTOP LSN\tTL\tDB SIZE\tSTORED\tSOURCE\tSTATUS")
+			for _, b := range backups {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s (%s)\tcomplete\n", b.ID,
+					b.StartTime.Format(time.RFC3339), b.StopTime.Format(time.RFC3339), b.StartLSN, b.StopLSN,
+					b.Timeline, humanBytes(b.DataSize), humanBytes(b.StoredSize), b.Host, b.Role)
+			}
+			for _, id := range debris {
+				fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t-\tincomplete (running or failed)\n", id)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newBackupShowCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "show ID",
+		Short:   "Show one backup",
+		Example: "  pgkeep backup show 20261122T180000Z-1a2b",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.load(); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			r, err := openRepo(ctx, a.cfg)
+			if err != nil {
+				return err
+			}
+			s, err := r.ReadSummary(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				return writeJSON(out, struct {
+					repo.Summary
+					Status string `json:"status"`
+				}{s, "complete"})
+			}
+			fmt.Fprintf(out, "id:                %s\nstatus:            complete\nstart:             %s  LSN %s  (WAL %s)\nstop:              %s  LSN %s  (WAL %s)\ntimeline:          %d\nsource:            %s (%s)\npostgresql:        %d\nsystem identifier: %s\ndata checksums:    %v\nsize in database:  %s (%d files)\nsize in repository: %s\n",
+				s.ID, s.StartTime.Format(time.RFC3339), s.StartLSN, s.StartWAL, s.StopTime.Format(time.RFC3339), s.StopLSN, s.StopWAL,
+				s.Timeline, s.Host, s.Role, s.PGVersion, s.SystemIdentifier, s.DataChecksums, humanBytes(s.DataSize), s.Files, humanBytes(s.StoredSize))
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// shellQuote quotes s for the sh -c PostgreSQL runs restore_command with.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-=") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// restoreCommand is the restore_command a restored cluster gets: this very
+// binary, with the config file given on the command line, if any.
+func (a *app) restoreCommand() string {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "pgkeep"
+	}
+	cmd := shellQuote(exe)
+	if a.configFlag != "" {
+		cmd += " --config " + shellQuote(a.configFlag)
+	}
+	return cmd + " wal-fetch %f %p"
+}
+
+func newRestoreCmd(a *app) *cobra.Command {
+	var (
+		o        restore.BackupOptions
+		target   string
+		tblspace []string
+	)
+	cmd := &cobra.Command{
+		Use:   "restore",
+		Short: "Restore a base backup, to the latest state or to a point in time",
+		Long: `restore writes a base backup into --pgdata and configures recovery: restore_command
+(pgkeep wal-fetch) and the recovery target in postgresql.auto.conf, plus
+recovery.signal (or standby.signal with --standby). Start PostgreSQL afterwards and it
+replays archived WAL up to the target.
+
+Without --backup, the newest backup that ended before the target is used. It refuses
+a data directory with a running postmaster, and a non-empty one unless --delta (keep
+files that match the backup, rewrite the rest, delete extras) or --force (empty it).`,
+		Example: `  pgkeep restore --pgdata /var/lib/postgresql/15/main
+  pgkeep restore --pgdata /srv/pitr --target-time '2026-11-22 17:59:00+00' --target-action promote
+  pgkeep restore --pgdata /var/lib/postgresql/15/main --delta --target-lsn 0/5000060
+  pgkeep restore --pgdata /srv/copy --backup 20261122T180000Z-1a2b --target immediate
+  pgkeep restore --pgdata /srv/copy --tablespace-map 16400=/srv/copy-ts`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.load(); err != nil {
+				return err
+			}
+			switch target {
+			case "":
+			case "immediate":
+				o.Target.Immediate = true
+			default:
+				return &configError{fmt.Sprintf("--target %q: only immediate is supported (use --target-time, --target-lsn, --target-xid or --target-name)", target)}
+			}
+			o.TablespaceMap = map[string]string{}
+			for _, kv := range tblspace {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok || k == "" || v == "" {
+					return &configError{fmt.Sprintf("--tablespace-map %q: use OID=DIRECTORY", kv)}
+				}
+				o.TablespaceMap[k] = v
+			}
+			if err := o.Target.Validate(); err != nil {
+				return &configError{err.Error()}
+			}
+			ctx := cmd.Context()
+			r, err := openRepo(ctx, a.cfg)
+			if err != nil {
+				return err
+			}
+			o.RestoreCommand = a.restoreCommand()
+			o.Workers = a.cfg.DownloadConcurrency
+			o.Logger = a.log
+			o.Progress = newProgress("restore", a.log)
+			res, err := restore.Backup(ctx, r, o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "restored backup %s into %s: %d files written, %d kept, %d removed, %s downloaded\n",
+				res.BackupID, o.PGData, res.FilesWritten, res.FilesKept, res.FilesRemoved, humanBytes(res.BytesDownloaded))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.PGData, "pgdata", "", "data directory to restore into (absolute path)")
+	f.StringVar(&o.BackupID, "backup", "", "backup ID or latest (default: newest backup before the target)")
+	f.StringVar(&o.Target.Time, "target-time", "", "recover to this time (RFC 3339 or PostgreSQL timestamptz, with zone)")
+	f.StringVar(&o.Target.LSN, "target-lsn", "", "recover to this WAL location")
+	f.StringVar(&o.Target.XID, "target-xid", "", "recover to this transaction ID")
+	f.StringVar(&o.Target.Name, "target-name", "", "recover to this named restore point (pg_create_restore_point)")
+	f.StringVar(&target, "target", "", "immediate: stop as soon as the backup is consistent")
+	f.StringVar(&o.Target.Action, "target-action", "", "at the target: promote, pause or shutdown (PostgreSQL's default: pause)")
+	f.StringVar(&o.Target.Timeline, "target-timeline", "", "latest (default), current or a timeline number")
+	f.BoolVar(&o.Target.Exclusive, "target-exclusive", false, "stop just before the target instead of just after it")
+	f.BoolVar(&o.Standby, "standby", false, "write standby.signal: start as a standby")
+	f.BoolVar(&o.Delta, "delta", false, "reuse files that match the backup; rewrite the rest, delete extras")
+	f.BoolVar(&o.Force, "force", false, "empty a non-empty data directory first")
+	f.StringArrayVar(&tblspace, "tablespace-map", nil, "OID=DIR: restore a tablespace somewhere else (repeatable)")
+	cmd.MarkFlagRequired("pgdata")
+	return cmd
+}
+
+func newDeleteCmd(a *app) *cobra.Command {
+	var (
+		o      repo.RetentionOptions
+		dryRun bool
+	)
+	cmd := &cobra.Command{
+		Use:   "delete",
+		Short: "Apply retention: remove old backups, the WAL no kept backup needs, and debris",
+		Long: `delete keeps the newest --retain-full backups (or those of the last --retain-days
+days, plus the newest one older, so every moment of the window stays restorable),
+removes the others and the WAL older than the oldest kept backup's start, and
+removes debris of failed backups (uncommitted objects older than --debris-min-age).
+Every kept backup stays restorable to any point up to the newest archived WAL.
+It is safe to run while wal-push and backup run.`,
+		Example: "  pgkeep delete --retain-full 7 --dry-run\n  pgkeep delete --retain-days 14",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.load(); err != nil {
+				return err
+			}
+			if o.RetainFull < 0 || o.RetainDays < 0 || (o.RetainFull > 0) == (o.RetainDays > 0) {
+				return &configError{"give exactly one of --retain-full N or --retain-days D (N, D >= 1)"}
+			}
+			ctx := cmd.Context()
+			r, err := openRepo(ctx, a.cfg)
+			if err != nil {
+				return err
+			}
+			o.Now = time.Now()
+			plan, err := r.PlanRetention(ctx, o)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			verb := "deleted"
+			if dryRun {
+				verb = "would delete"
+			}
+			for _, id := range plan.Backups {
+				fmt.Fprintf(out, "%s backup %s\n", verb, id)
+			}
+			for _, id := range plan.Debris {
+				fmt.Fprintf(out, "%s incomplete backup %s\n", verb, id)
+			}
+			for _, w := range plan.WAL {
+				fmt.Fprintf(out, "%s %s\n", verb, w)
+			}
+			if dryRun {
+				return nil
+			}
+			return r.ApplyRetention(ctx, plan)
+		},
+	}
+	cmd.Flags().IntVar(&o.RetainFull, "retain-full", 0, "keep the newest N backups")
+	cmd.Flags().IntVar(&o.RetainDays, "retain-days", 0, "keep the backups of the last D days")
+	cmd.Flags().DurationVar(&o.DebrisMinAge, "debris-min-age", time.Hour, "remove uncommitted backups only when nothing was written to them for this long")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be deleted, delete nothing")
+	return cmd
+}
+
+func newVerifyCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "verify [ID]",
+		Short: "Re-read backups and check their data and the continuity of the WAL archive",
+		Long: `verify re-reads every object of the backup (or of all backups), checks sizes and
+checksums, and checks that the WAL from each backup's start to the newest archived
+segment is continuous, following timeline switches. It prints each problem and exits
+1 if there is any.`,
+		Example: "  pgkeep verify\n  pgkeep verify 20261122T180000Z-1a2b",
+		Args:    cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.load(); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			r, err := openRepo(ctx, a.cfg)
+			if err != nil {
+				return err
+			}
+			backups, _, err := r.ListBackups(ctx)
+			if err != nil {
+				return err
+			}
+			if len(args) == 1 {
+				s, err := r.ReadSummary(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				backups = []repo.Summary{s}
+			}
+			if len(backups) == 0 {
+				return errors.New("verify: the repository holds no backup")
+			}
+			wal, err := r.ReadWALArchive(ctx)
+			var probs []repo.Problem
+			if err != nil {
+				probs = append(probs, repo.Problem{What: err.Error()})
+			}
+			for _, b := range backups {
+				probs = append(probs, r.VerifyBackup(ctx, b.ID)...)
+				if wal != nil {
+					probs = append(probs, wal.CheckContinuity(b)...)
+				}
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				if probs == nil {
+					probs = []repo.Problem{}
+				}
+				writeJSON(out, probs)
+			} else {
+				for _, p := range probs {
+					fmt.Fprintf(out, "%s: %s\n", p.Backup, p.What)
+				}
+			}
+			if len(probs) > 0 {
+				return fmt.Errorf("verify: %d problem(s) found", len(probs))
+			}
+			if !asJSON {
+				fmt.Fprintf(out, "verified %d backup(s): all data readable, WAL continuous\n", len(backups))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print problems as JSON")
+	return cmd
+}

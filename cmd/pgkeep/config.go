@@ -1,0 +1,271 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// DefaultConfigPath is read when neither --config nor PGKEEP_CONFIG is set.
+const DefaultConfigPath = "/etc/pgkeep/pgkeep.yml"
+
+// DefaultRepository is used when the config names none.
+const DefaultRepository = "file:///var/lib/pgkeep/repo"
+
+// Config is pgkeep.yml. Every key can be overridden by the environment
+// variable PGKEEP_<PATH> (upper case, nesting joined by "_"), e.g.
+// encryption.identity_file -> PGKEEP_ENCRYPTION_IDENTITY_FILE.
+// configs/pgkeep.yml documents every key.
+type Config struct {
+	Repository          string            `yaml:"repository"`
+	S3                  S3Config          `yaml:"s3"`
+	Compression         CompressionConfig `yaml:"compression"`
+	Encryption          EncryptionConfig  `yaml:"encryption"`
+	PGData              string            `yaml:"pgdata"`
+	Postgres            PostgresConfig    `yaml:"postgres"`
+	UploadConcurrency   int               `yaml:"upload_concurrency"`
+	DownloadConcurrency int               `yaml:"download_concurrency"`
+	WAL                 WALConfig         `yaml:"wal"`
+	Log                 LogConfig         `yaml:"log"`
+}
+
+type S3Config struct {
+	Endpoint    string        `yaml:"endpoint"`
+	Region      string        `yaml:"region"`
+	PathStyle   bool          `yaml:"path_style"`
+	Timeout     time.Duration `yaml:"timeout"`
+	MaxAttempts int           `yaml:"max_attempts"`
+	PartSizeMB  int           `yaml:"part_size_mb"`
+}
+
+type CompressionConfig struct {
+	Level int `yaml:"level"`
+}
+
+type EncryptionConfig struct {
+	Recipients     []string `yaml:"recipients"`
+	IdentityFile   string   `yaml:"identity_file"`
+	PassphraseFile string   `yaml:"passphrase_file"`
+}
+
+type PostgresConfig struct {
+	DSN string `yaml:"dsn"`
+}
+
+type WALConfig struct {
+	PushAhead int `yaml:"push_ahead"`
+	Prefetch  int `yaml:"prefetch"`
+}
+
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+func defaultConfig() Config {
+	return Config{
+		Repository:          DefaultRepository,
+		S3:                  S3Config{Timeout: 60 * time.Second, MaxAttempts: 3, PartSizeMB: 16},
+		Compression:         CompressionConfig{Level: 3},
+		UploadConcurrency:   4,
+		DownloadConcurrency: 4,
+		WAL:                 WALConfig{PushAhead: 8, Prefetch: 8},
+		Log:                 LogConfig{Level: "info", Format: "text"},
+	}
+}
+
+// configError is a bad or unknown key; the CLI exits 2 for it.
+type configError struct{ msg string }
+
+func (e *configError) Error() string { return e.msg }
+
+var unknownFieldRE = regexp.MustCompile(`line (\d+): field (\S+) not found`)
+
+// LoadConfig reads the file at path (explicit says whether the user named it;
+// a missing default file just means "defaults"), then applies PGKEEP_*
+// variables from env, then validates.
+func LoadConfig(path string, explicit bool, env []string) (Config, error) {
+	cfg := defaultConfig()
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			if m := unknownFieldRE.FindStringSubmatch(err.Error()); m != nil {
+				return cfg, &configError{fmt.Sprintf("config %s: unknown key %q at line %s", path, m[2], m[1])}
+			}
+			msg := strings.ReplaceAll(err.Error(), "\n", " ")
+			return cfg, &configError{fmt.Sprintf("config %s: %s", path, strings.TrimPrefix(msg, "yaml: "))}
+		}
+	case os.IsNotExist(err) && !explicit:
+	default:
+		return cfg, &configError{fmt.Sprintf("config %s: %v", path, unwrapPathError(err))}
+	}
+	if err := applyEnv(&cfg, env); err != nil {
+		return cfg, err
+	}
+	if err := cfg.validate(path); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// envFields maps every PGKEEP_* name to the config field it sets.
+func envFields(v reflect.Value, prefix, keyPrefix string, out map[string]envField) {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		tag := t.Field(i).Tag.Get("yaml")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		name := prefix + "_" + strings.ToUpper(tag)
+		key := keyPrefix + tag
+		if t.Field(i).Type.Kind() == reflect.Struct {
+			envFields(v.Field(i), name, key+".", out)
+			continue
+		}
+		out[name] = envField{key: key, v: v.Field(i)}
+	}
+}
+
+type envField struct {
+	key string
+	v   reflect.Value
+}
+
+// envNotConfig are PGKEEP_* variables that are not config keys (nor is
+// PGKEEP_TEST_*, which pgkeep's own test suite uses).
+var envNotConfig = map[string]bool{"PGKEEP_CONFIG": true}
+
+func applyEnv(cfg *Config, env []string) error {
+	fields := map[string]envField{}
+	envFields(reflect.ValueOf(cfg).Elem(), "PGKEEP", "", fields)
+	var names []string
+	vals := map[string]string{}
+	for _, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(k, "PGKEEP_") || envNotConfig[k] || strings.HasPrefix(k, "PGKEEP_TEST_") {
+			continue
+		}
+		names = append(names, k)
+		vals[k] = v
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		f, ok := fields[k]
+		if !ok {
+			return &configError{fmt.Sprintf("environment variable %s is not a pgkeep setting", k)}
+		}
+		if err := setField(f.v, vals[k]); err != nil {
+			// The value is not echoed: it may be a secret.
+			return &configError{fmt.Sprintf("environment variable %s (key %s): %v", k, f.key, err)}
+		}
+	}
+	return nil
+}
+
+func setField(v reflect.Value, s string) error {
+	switch v.Interface().(type) {
+	case time.Duration:
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return errors.New("not a duration (e.g. 30s, 2m)")
+		}
+		v.SetInt(int64(d))
+		return nil
+	case []string:
+		var parts []string
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				parts = append(parts, p)
+			}
+		}
+		v.Set(reflect.ValueOf(parts))
+		return nil
+	}
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString(s)
+	case reflect.Int:
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return errors.New("not an integer")
+		}
+		v.SetInt(int64(n))
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return errors.New("not a boolean (true/false)")
+		}
+		v.SetBool(b)
+	default:
+		return fmt.Errorf("unsupported type %s", v.Type())
+	}
+	return nil
+}
+
+func (c *Config) validate(path string) error {
+	bad := func(key, format string, args ...any) error {
+		return &configError{fmt.Sprintf("config %s: %s: %s", path, key, fmt.Sprintf(format, args...))}
+	}
+	if !strings.HasPrefix(c.Repository, "file://") && !strings.HasPrefix(c.Repository, "s3://") {
+		return bad("repository", "%q is not a file:///path or s3://bucket/prefix URL", c.Repository)
+	}
+	if c.Compression.Level < 0 || c.Compression.Level > 22 {
+		return bad("compression.level", "%d is outside 0 (off) .. 22", c.Compression.Level)
+	}
+	if c.UploadConcurrency < 1 || c.UploadConcurrency > 256 {
+		return bad("upload_concurrency", "%d is outside 1..256", c.UploadConcurrency)
+	}
+	if c.DownloadConcurrency < 1 || c.DownloadConcurrency > 256 {
+		return bad("download_concurrency", "%d is outside 1..256", c.DownloadConcurrency)
+	}
+	if c.WAL.PushAhead < 0 || c.WAL.PushAhead > 1024 {
+		return bad("wal.push_ahead", "%d is outside 0..1024", c.WAL.PushAhead)
+	}
+	if c.WAL.Prefetch < 0 || c.WAL.Prefetch > 1024 {
+		return bad("wal.prefetch", "%d is outside 0..1024", c.WAL.Prefetch)
+	}
+	if c.S3.Timeout <= 0 {
+		return bad("s3.timeout", "must be positive")
+	}
+	if c.S3.MaxAttempts < 1 {
+		return bad("s3.max_attempts", "must be at least 1")
+	}
+	if c.S3.PartSizeMB < 5 || c.S3.PartSizeMB > 5120 {
+		return bad("s3.part_size_mb", "%d is outside 5..5120", c.S3.PartSizeMB)
+	}
+	if c.Encryption.PassphraseFile != "" && len(c.Encryption.Recipients) > 0 {
+		return bad("encryption", "set either recipients or passphrase_file, not both")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log.level", "%q is not debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return bad("log.format", "%q is not text or json", c.Log.Format)
+	}
+	return nil
+}

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The example file documents every key with its default value.
+func TestExampleConfigIsCompleteAndDefault(t *testing.T) {
+	cfg, err := LoadConfig("../../configs/pgkeep.yml", true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cfg, defaultConfig()) {
+		// recipients: [] decodes to an empty, non-nil slice.
+		cfg.Encryption.Recipients = nil
+		if !reflect.DeepEqual(cfg, defaultConfig()) {
+			t.Fatalf("configs/pgkeep.yml differs from the defaults:\n%+v\n%+v", cfg, defaultConfig())
+		}
+	}
+	data, _ := os.ReadFile("../../configs/pgkeep.yml")
+	fields := map[string]envField{}
+	c := defaultConfig()
+	envFields(reflect.ValueOf(&c).Elem(), "PGKEEP", "", fields)
+	for _, f := range fields {
+		leaf := f.key[strings.LastIndex(f.key, ".")+1:]
+		if !strings.Contains(string(data), "\n"+strings.Repeat(" ", 2*strings.Count(f.key, "."))+leaf+":") {
+			t.Errorf("configs/pgkeep.yml does not document %s", f.key)
+		}
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(s string) string {
+		p := filepath.Join(dir, "c.yml")
+		os.WriteFile(p, []byte(s), 0o600)
+		return p
+	}
+	cases := map[string]string{
+		"s3:\n  endpont: x\n":         `unknown key "endpont" at line 2`,
+		"compression:\n  level: 99\n": "compression.level",
+		"repository: ftp://x\n":       "repository",
+		"upload_concurrency: 0\n":     "upload_concurrency",
+		"s3: [\n":                     "c.yml",
+		"log:\n  level: loud\n":       "log.level",
+	}
+	for content, want := range cases {
+		_, err := LoadConfig(write(content), true, nil)
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: got %v, want one line mentioning %q", content, err, want)
+		}
+	}
+	if _, err := LoadConfig(filepath.Join(dir, "missing.yml"), false, nil); err != nil {
+		t.Errorf("missing default config should mean defaults: %v", err)
+	}
+	if _, err := LoadConfig(filepath.Join(dir, "missing.yml"), true, nil); err == nil {
+		t.Error("missing explicit config accepted")
+	}
+}
+
+func TestEnvOverrides(t *testing.T) {
+	env := []string{
+		"PGKEEP_REPOSITORY=s3://b/p",
+		"PGKEEP_S3_PATH_STYLE=true",
+		"PGKEEP_S3_TIMEOUT=7s",
+		"PGKEEP_ENCRYPTION_IDENTITY_FILE=/k",
+		"PGKEEP_ENCRYPTION_RECIPIENTS=age1a, age1b",
+		"PGKEEP_UPLOAD_CONCURRENCY=9",
+		"PGKEEP_CONFIG=/ignored",
+		"OTHER=1",
+	}
+	cfg, err := LoadConfig("/nonexistent", false, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Repository != "s3://b/p" || !cfg.S3.PathStyle || cfg.S3.Timeout != 7*time.Second ||
+		cfg.Encryption.IdentityFile != "/k" || cfg.UploadConcurrency != 9 ||
+		!reflect.DeepEqual(cfg.Encryption.Recipients, []string{"age1a", "age1b"}) {
+		t.Fatalf("overrides not applied: %+v", cfg)
+	}
+	_, err = LoadConfig("/nonexistent", false, []string{"PGKEEP_UPLOAD_CONCURRENCY=lots"})
+	if err == nil || !strings.Contains(err.Error(), "PGKEEP_UPLOAD_CONCURRENCY") {
+		t.Fatalf("bad env value: %v", err)
+	}
+	_, err = LoadConfig("/nonexistent", false, []string{"PGKEEP_NOPE=1"})
+	if err == nil || !strings.Contains(err.Error(), "PGKEEP_NOPE") {
+		t.Fatalf("unknown env: %v", err)
+	}
+}

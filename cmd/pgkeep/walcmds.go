@@ -1,0 +1,197 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgkeep/pgkeep/archive"
+	"github.com/pgkeep/pgkeep/pg"
+	"github.com/pgkeep/pgkeep/restore"
+)
+
+func newWALPushCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "wal-push PATH",
+		Short: "Archive one WAL file (PostgreSQL's archive_command)",
+		Long: `wal-push stores the WAL file at PATH in the repository and exits 0 only once it is
+durably stored. Pushing a file identical to the archived one succeeds; a different
+file under an archived name fails and the archived copy is kept.
+
+Up to wal.push_ahead other files that PostgreSQL has marked .ready are pushed in
+the same call, so the archiver's next calls return at once.`,
+		Example: `  # postgresql.conf
+  archive_mode = on
+  archive_command = 'pgkeep wal-push %p'`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.load(); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			r, err := openRepo(ctx, a.cfg)
+			if err != nil {
+				return fmt.Errorf("push %s: %w", filepath.Base(args[0]), err)
+			}
+			return archive.PushWAL(ctx, r, archive.PushOptions{
+				Path:             args[0],
+				PushAhead:        a.cfg.WAL.PushAhead,
+				Concurrency:      a.cfg.UploadConcurrency,
+				SystemIdentifier: a.systemIdentifier(args[0]),
+				Logger:           a.log,
+			})
+		},
+	}
+}
+
+// systemIdentifier reads pg_control of the data directory walPath belongs
+// to: PostgreSQL runs archive_command in the data directory with a relative
+// %p. Unknown (0) disables the check rather than failing the archiver.
+func (a *app) systemIdentifier(walPath string) uint64 {
+	dir := a.cfg.PGData
+	if dir == "" {
+		if filepath.IsAbs(walPath) {
+			dir = filepath.Dir(filepath.Dir(walPath))
+		} else {
+			dir = "."
+		}
+	}
+	id, err := pg.SystemIdentifier(dir)
+	if err != nil {
+		a.log.Debug("system identifier unknown", "err", err)
+		return 0
+	}
+	return id
+}
+
+func newWALFetchCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "wal-fetch NAME PATH",
+		Short: "Restore one archived WAL file (PostgreSQL's restore_command)",
+		Long: `wal-fetch writes the archived WAL file NAME to PATH (via a temporary file, fsynced,
+then renamed). Exit 1 without output means the file is not in the archive, which
+PostgreSQL expects while it probes for files; any other failure exits 2 with the
+cause.
+
+When PATH is PostgreSQL's recovery file (pg_wal/RECOVERYXLOG), a background
+process fetches and verifies the next wal.prefetch segments of the timeline, so
+sequential recovery does not wait one round trip per segment.`,
+		Example: `  # postgresql.conf (or Patroni's recovery_conf)
+  restore_command = 'pgkeep wal-fetch %f %p'`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.load(); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			name, dest := args[0], args[1]
+			r, err := openRepo(ctx, a.cfg)
+			if err != nil {
+				return &exitError{code: exitUsage, err: fmt.Errorf("fetch %s: %w", name, err)}
+			}
+			prefetchDir := ""
+			if a.cfg.WAL.Prefetch > 0 {
+				prefetchDir = restore.DefaultPrefetchDir(dest)
+			}
+			res, err := restore.FetchWAL(ctx, r, restore.FetchOptions{
+				Name: name, Dest: dest, PrefetchDir: prefetchDir, Logger: a.log,
+			})
+			if errors.Is(err, restore.ErrWALNotFound) {
+				a.log.Debug("not in the archive", "file", name)
+				return &exitError{code: exitNotFound, err: err, quiet: true}
+			}
+			if err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			if prefetchDir != "" && restore.ShouldPrefetch(res.File, dest) && needPrefetch(prefetchDir, a.cfg.WAL.Prefetch) {
+				if err := a.startPrefetch(name, prefetchDir, res.Size); err != nil {
+					a.log.Warn("could not start prefetch", "err", err)
+				}
+			}
+			return nil
+		},
+	}
+}
+
+// needPrefetch avoids starting a process per segment when the prefetch
+// directory is still well stocked.
+func needPrefetch(dir string, count int) bool {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return true
+	}
+	ready := 0
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") && len(e.Name()) == 24+1+64 {
+			ready++
+		}
+	}
+	return ready <= count/2
+}
+
+// startPrefetch re-executes this very binary (by its own path, not through
+// PATH) detached from PostgreSQL's process group, so restore_command returns
+// at once and the prefetch survives it.
+func (a *app) startPrefetch(after, dir string, segSize int64) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, "prefetch.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	args := []string{"wal-prefetch", "--after", after, "--dir", dir, "--segment-size", strconv.FormatInt(segSize, 10)}
+	if a.configFlag != "" {
+		args = append([]string{"--config", a.configFlag}, args...)
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	return cmd.Process.Release()
+}
+
+func newWALPrefetchCmd(a *app) *cobra.Command {
+	var o restore.PrefetchOptions
+	cmd := &cobra.Command{
+		Use:     "wal-prefetch",
+		Short:   "Fetch the WAL segments after --after into --dir (started by wal-fetch)",
+		Hidden:  true,
+		Example: `  pgkeep wal-prefetch --after 000000010000000000000010 --dir pg_wal/pgkeep/prefetch --segment-size 16777216`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.load(); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			r, err := openRepo(ctx, a.cfg)
+			if err != nil {
+				return err
+			}
+			o.Count = a.cfg.WAL.Prefetch
+			o.Concurrency = a.cfg.DownloadConcurrency
+			o.Logger = a.log
+			return restore.Prefetch(ctx, r, o)
+		},
+	}
+	cmd.Flags().StringVar(&o.After, "after", "", "segment just fetched")
+	cmd.Flags().StringVar(&o.Dir, "dir", "", "prefetch directory")
+	cmd.Flags().Int64Var(&o.SegmentSize, "segment-size", pg.DefaultSegmentSize, "WAL segment size in bytes")
+	cmd.MarkFlagRequired("after")
+	cmd.MarkFlagRequired("dir")
+	return cmd
+}

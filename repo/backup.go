@@ -1,0 +1,305 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/pgkeep/pgkeep/storage"
+)
+
+// Backup objects (docs/format.md):
+//
+//	backups/<id>/pack/<NNNNNN>   concatenated blocks
+//	backups/<id>/manifest        encoded Manifest (encrypted like data)
+//	backups/<id>/backup.json     plaintext Summary, written last: the commit point
+const backupsPrefix = "backups/"
+
+// ErrBackupNotFound means no committed backup has the requested ID.
+var ErrBackupNotFound = errors.New("backup not found")
+
+// Summary is what anyone can read about a backup without a key.
+type Summary struct {
+	Format           int       `json:"format"`
+	ID               string    `json:"id"`
+	StartTime        time.Time `json:"start_time"`
+	StopTime         time.Time `json:"stop_time"`
+	StartLSN         string    `json:"start_lsn"`
+	StopLSN          string    `json:"stop_lsn"`
+	Timeline         uint32    `json:"timeline"`
+	StartWAL         string    `json:"start_wal"`
+	StopWAL          string    `json:"stop_wal"`
+	SystemIdentifier string    `json:"system_identifier"`
+	PGVersion        int       `json:"pg_version"`
+	SegmentSize      int64     `json:"wal_segment_size"`
+	DataChecksums    bool      `json:"data_checksums"`
+	Host             string    `json:"host"`
+	Role             string    `json:"role"` // primary or standby
+	DataSize         int64     `json:"data_size"`
+	StoredSize       int64     `json:"stored_size"`
+	Files            int       `json:"files"`
+	ManifestSHA256   string    `json:"manifest_sha256"`
+}
+
+// Manifest is everything restore needs about a backup.
+type Manifest struct {
+	Summary
+	BackupLabel   string       `json:"backup_label"`
+	TablespaceMap string       `json:"tablespace_map,omitempty"`
+	Tablespaces   []Tablespace `json:"tablespaces,omitempty"`
+	// BlockSize is the plain size of every block but a file's last; file
+	// checksums are computed over blocks of this size.
+	BlockSize int64  `json:"block_size"`
+	Packs     []Pack `json:"packs"`
+	Dirs      []Dir  `json:"dirs"`
+	Files     []File `json:"files"`
+}
+
+// Tablespace is a pg_tblspc/<OID> symlink and where it pointed.
+type Tablespace struct {
+	OID      string `json:"oid"`
+	Location string `json:"location"`
+}
+
+// Pack is one object of concatenated blocks.
+type Pack struct {
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+}
+
+// Dir is a directory to create (relative slash path).
+type Dir struct {
+	Path string `json:"path"`
+	Mode uint32 `json:"mode"`
+}
+
+// File is one data-directory file: its blocks in order.
+type File struct {
+	Path   string     `json:"path"`
+	Size   int64      `json:"size"`
+	Mode   uint32     `json:"mode"`
+	SHA256 string     `json:"sha256"`
+	Blocks []BlockRef `json:"blocks,omitempty"`
+}
+
+// BlockRef locates one block: bytes [Offset, Offset+Length) of pack Pack
+// hold the object for plain bytes [FileOffset, FileOffset+Size) of a file.
+type BlockRef struct {
+	Pack       int   `json:"pack"`
+	Offset     int64 `json:"offset"`
+	Length     int64 `json:"length"`
+	FileOffset int64 `json:"file_offset"`
+	Size       int64 `json:"size"`
+}
+
+// NewBackupID makes a sortable, unique-enough ID from the start time.
+func NewBackupID(t time.Time, suffix string) string {
+	return t.UTC().Format("20060102T150405Z") + "-" + suffix
+}
+
+// BackupPrefix is the object-name prefix of a backup.
+func BackupPrefix(id string) string { return backupsPrefix + id + "/" }
+
+// PackName is the object name of pack n of backup id.
+func PackName(id string, n int) string { return fmt.Sprintf("%spack/%06d", BackupPrefix(id), n) }
+
+func manifestName(id string) string { return BackupPrefix(id) + "manifest" }
+func summaryName(id string) string  { return BackupPrefix(id) + "backup.json" }
+
+// ValidBackupID rejects IDs that could escape the backups/ prefix.
+func ValidBackupID(id string) error {
+	if id == "" || strings.ContainsAny(id, "/\\") || strings.Contains(id, "..") {
+		return fmt.Errorf("%q is not a backup ID", id)
+	}
+	return nil
+}
+
+// CommitBackup writes the manifest, then the summary that makes the backup
+// visible. A crash before the summary leaves invisible debris.
+func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
+	m.Summary.Format = FormatVersion
+	m.Summary.Files = len(m.Files)
+	data, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(data)
+	m.Summary.ManifestSHA256 = hex.EncodeToString(sum[:])
+	// The manifest's own checksum is only known now; re-marshal with it.
+	data, err = json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if err := r.PutObject(ctx, manifestName(m.ID), data, storage.PutOptions{IfAbsent: true}); err != nil {
+		return fmt.Errorf("write manifest: %w", err)
+	}
+	info, err := r.Backend.Stat(ctx, manifestName(m.ID))
+	if err != nil {
+		return fmt.Errorf("write manifest: %w", err)
+	}
+	m.Summary.StoredSize += info.Size
+	sdata, err := json.MarshalIndent(m.Summary, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := r.Backend.Put(ctx, summaryName(m.ID), bytes.NewReader(sdata), storage.PutOptions{IfAbsent: true}); err != nil {
+		return fmt.Errorf("write backup summary: %w", err)
+	}
+	return nil
+}
+
+// ListBackups returns the committed backups, oldest first. debris gets the
+// IDs that have objects but no summary (failed or running backups).
+func (r *Repository) ListBackups(ctx context.Context) (backups []Summary, debris []string, err error) {
+	ids := map[string]bool{}
+	committed := map[string]bool{}
+	err = r.Backend.List(ctx, backupsPrefix, func(o storage.ObjectInfo) error {
+		rest := strings.TrimPrefix(o.Name, backupsPrefix)
+		id, obj, ok := strings.Cut(rest, "/")
+		if !ok {
+			return nil
+		}
+		ids[id] = true
+		if obj == "backup.json" {
+			committed[id] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list backups: %w", err)
+	}
+	for id := range ids {
+		if !committed[id] {
+			debris = append(debris, id)
+			continue
+		}
+		s, err := r.ReadSummary(ctx, id)
+		if err != nil {
+			return nil, nil, err
+		}
+		backups = append(backups, s)
+	}
+	sort.Slice(backups, func(i, j int) bool { return backups[i].StartTime.Before(backups[j].StartTime) })
+	sort.Strings(debris)
+	return backups, debris, nil
+}
+
+// ReadSummary reads a committed backup's plaintext summary.
+func (r *Repository) ReadSummary(ctx context.Context, id string) (Summary, error) {
+	var s Summary
+	if err := ValidBackupID(id); err != nil {
+		return s, err
+	}
+	rc, err := r.Backend.Get(ctx, summaryName(id))
+	if errors.Is(err, storage.ErrNotFound) {
+		return s, fmt.Errorf("%s: %w", id, ErrBackupNotFound)
+	}
+	if err != nil {
+		return s, fmt.Errorf("read backup %s: %w", id, err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, 1<<20))
+	if err != nil {
+		return s, fmt.Errorf("read backup %s: %w", id, err)
+	}
+	if err := json.Unmarshal(data, &s); err != nil {
+		return s, fmt.Errorf("backup %s: summary is corrupt: %v", id, err)
+	}
+	return s, nil
+}
+
+// ReadManifest reads and checks a committed backup's manifest.
+func (r *Repository) ReadManifest(ctx context.Context, id string) (*Manifest, error) {
+	s, err := r.ReadSummary(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	if _, err := r.GetObject(ctx, manifestName(id), &buf); err != nil {
+		return nil, fmt.Errorf("backup %s: manifest: %w", id, err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
+		return nil, fmt.Errorf("backup %s: manifest: %w: %v", id, ErrCorrupt, err)
+	}
+	if m.ID != s.ID || m.StartLSN != s.StartLSN {
+		return nil, fmt.Errorf("backup %s: manifest does not belong to this backup", id)
+	}
+	return &m, nil
+}
+
+// DeleteBackup removes the summary first (the backup stops being visible),
+// then every other object of the backup.
+func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
+	if err := ValidBackupID(id); err != nil {
+		return err
+	}
+	if err := r.Backend.Delete(ctx, summaryName(id)); err != nil {
+		return fmt.Errorf("delete backup %s: %w", id, err)
+	}
+	var names []string
+	err := r.Backend.List(ctx, BackupPrefix(id), func(o storage.ObjectInfo) error {
+		names = append(names, o.Name)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("delete backup %s: %w", id, err)
+	}
+	for _, n := range names {
+		if err := r.Backend.Delete(ctx, n); err != nil {
+			return fmt.Errorf("delete backup %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// NewestObject returns the modification time of a backup's newest object,
+// which tells a running backup from abandoned debris.
+func (r *Repository) NewestObject(ctx context.Context, id string) (time.Time, error) {
+	var newest time.Time
+	err := r.Backend.List(ctx, BackupPrefix(id), func(o storage.ObjectInfo) error {
+		if o.ModTime.After(newest) {
+			newest = o.ModTime
+		}
+		return nil
+	})
+	return newest, err
+}
+
+// FileChecksum computes a file's manifest checksum from a local copy: the
+// SHA-256 of the SHA-256s of its blocks of blockSize bytes (docs/format.md),
+// so delta restore can compare files without downloading them.
+func FileChecksum(path string, blockSize int64) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	outer := sha256.New()
+	buf := make([]byte, blockSize)
+	var size int64
+	for {
+		n, err := io.ReadFull(f, buf)
+		if n > 0 {
+			s := sha256.Sum256(buf[:n])
+			outer.Write(s[:])
+			size += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return "", 0, err
+		}
+	}
+	return hex.EncodeToString(outer.Sum(nil)), size, nil
+}

@@ -1,0 +1,315 @@
+// Package repo owns the repository: its layout, its config object, and the
+// codec every object goes through. It sits on top of a storage.Backend and
+// knows nothing about PostgreSQL processes or command lines.
+package repo
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"filippo.io/age"
+
+	"github.com/pgkeep/pgkeep/pg"
+	"github.com/pgkeep/pgkeep/storage"
+)
+
+// FormatVersion is the repository format this code writes (docs/format.md).
+const FormatVersion = 1
+
+// ConfigObject is the name of the repository's own config object.
+const ConfigObject = "config.json"
+
+// Encryption modes recorded in the repository config.
+const (
+	EncryptionNone       = "none"
+	EncryptionRecipients = "age-recipients" // age X25519 public keys from the pushing host's config
+	EncryptionPassphrase = "age-passphrase" // a repository key wrapped with an scrypt passphrase
+)
+
+// ErrNotInitialized means the repository has no config object.
+var ErrNotInitialized = errors.New("repository is not initialized (run `pgkeep repo init`)")
+
+// ErrAlreadyInitialized means repo init found an existing config object.
+var ErrAlreadyInitialized = errors.New("repository is already initialized; refusing to overwrite its config")
+
+// Config is the repository's own config object, stored as plain JSON so any
+// host can tell how the repository is encoded before it has a key.
+type Config struct {
+	Format           int       `json:"format"`
+	Created          time.Time `json:"created"`
+	Compression      string    `json:"compression"`
+	CompressionLevel int       `json:"compression_level"`
+	Encryption       string    `json:"encryption"`
+	// Recipient and WrappedIdentity are set in passphrase mode: objects are
+	// encrypted to Recipient (so pushing needs no secret) and the matching
+	// identity is stored encrypted with the passphrase (scrypt).
+	Recipient       string `json:"recipient,omitempty"`
+	WrappedIdentity string `json:"wrapped_identity,omitempty"`
+	// SystemIdentifier is the PostgreSQL cluster the repository belongs to,
+	// as a decimal string (JSON numbers lose uint64 precision); empty until known.
+	SystemIdentifier string `json:"system_identifier,omitempty"`
+}
+
+// Keys are the key material a host's configuration supplies.
+type Keys struct {
+	Recipients []age.Recipient
+	Identities []age.Identity
+	Passphrase []byte
+}
+
+// InitOptions are the choices `repo init` records.
+type InitOptions struct {
+	CompressionLevel int
+	Keys             Keys
+	SystemIdentifier uint64 // 0 when not known yet
+	Now              time.Time
+}
+
+// Init writes a new repository's config object; it never overwrites one.
+func Init(ctx context.Context, b storage.Backend, o InitOptions) (Config, error) {
+	cfg := Config{
+		Format:           FormatVersion,
+		Created:          o.Now.UTC(),
+		Compression:      "zstd",
+		CompressionLevel: o.CompressionLevel,
+		Encryption:       EncryptionNone,
+	}
+	if o.CompressionLevel == 0 {
+		cfg.Compression = "none"
+	}
+	if o.SystemIdentifier != 0 {
+		cfg.SystemIdentifier = fmt.Sprint(o.SystemIdentifier)
+	}
+	switch {
+	case len(o.Keys.Passphrase) > 0:
+		id, err := age.GenerateX25519Identity()
+		if err != nil {
+			return cfg, err
+		}
+		sr, err := age.NewScryptRecipient(string(o.Keys.Passphrase))
+		if err != nil {
+			return cfg, fmt.Errorf("passphrase: %w", err)
+		}
+		var buf bytes.Buffer
+		w, err := age.Encrypt(&buf, sr)
+		if err != nil {
+			return cfg, err
+		}
+		io.WriteString(w, id.String())
+		if err := w.Close(); err != nil {
+			return cfg, err
+		}
+		cfg.Encryption = EncryptionPassphrase
+		cfg.Recipient = id.Recipient().String()
+		cfg.WrappedIdentity = base64.StdEncoding.EncodeToString(buf.Bytes())
+	case len(o.Keys.Recipients) > 0:
+		cfg.Encryption = EncryptionRecipients
+	}
+	data, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return cfg, err
+	}
+	err = b.Put(ctx, ConfigObject, bytes.NewReader(append(data, '\n')), storage.PutOptions{IfAbsent: true})
+	if errors.Is(err, storage.ErrExists) {
+		return cfg, fmt.Errorf("%s: %w", b, ErrAlreadyInitialized)
+	}
+	if err != nil {
+		return cfg, fmt.Errorf("write repository config: %w", err)
+	}
+	return cfg, nil
+}
+
+// ReadConfig reads the repository config object.
+func ReadConfig(ctx context.Context, b storage.Backend) (Config, error) {
+	var cfg Config
+	rc, err := b.Get(ctx, ConfigObject)
+	if errors.Is(err, storage.ErrNotFound) {
+		return cfg, fmt.Errorf("%s: %w", b, ErrNotInitialized)
+	}
+	if err != nil {
+		return cfg, fmt.Errorf("read repository config: %w", err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, 1<<20))
+	if err != nil {
+		return cfg, fmt.Errorf("read repository config: %w", err)
+	}
+	if err := json.Unmarshal(data, &cfg); err != nil {
+		return cfg, fmt.Errorf("repository config %s is not valid JSON: %w", ConfigObject, err)
+	}
+	if cfg.Format < 1 || cfg.Format > FormatVersion {
+		return cfg, fmt.Errorf("repository format %d is not supported by this pgkeep (supports 1..%d)", cfg.Format, FormatVersion)
+	}
+	return cfg, nil
+}
+
+// Repository is an opened repository: backend, config and codec.
+type Repository struct {
+	Backend storage.Backend
+	Config  Config
+	codec   *Codec
+	keys    Keys
+	// encryptErr is why this host cannot write objects, if it cannot.
+	encryptErr error
+}
+
+// OpenOptions are the host's settings for an opened repository.
+type OpenOptions struct {
+	Keys Keys
+	// CompressionLevel overrides the level recorded at init (-1 = use it).
+	CompressionLevel int
+	Concurrency      int
+}
+
+// Open reads the config object and prepares the codec. Key problems that
+// only matter for one direction (no recipient for writing, no identity for
+// reading) are reported when that direction is used.
+func Open(ctx context.Context, b storage.Backend, o OpenOptions) (*Repository, error) {
+	cfg, err := ReadConfig(ctx, b)
+	if err != nil {
+		return nil, err
+	}
+	r := &Repository{Backend: b, Config: cfg, keys: o.Keys}
+	level := cfg.CompressionLevel
+	if o.CompressionLevel >= 0 {
+		level = o.CompressionLevel
+	}
+	r.codec = &Codec{Level: level, Identities: o.Keys.Identities, Concurrency: o.Concurrency}
+	switch cfg.Encryption {
+	case EncryptionNone:
+		if len(o.Keys.Recipients) > 0 || len(o.Keys.Passphrase) > 0 {
+			r.encryptErr = errors.New("encryption is configured but the repository was initialized without encryption; refusing to mix")
+		}
+	case EncryptionRecipients:
+		if len(o.Keys.Recipients) == 0 {
+			r.encryptErr = errors.New("repository is encrypted: set encryption.recipients to push to it")
+		}
+		r.codec.Recipients = o.Keys.Recipients
+	case EncryptionPassphrase:
+		rcp, err := age.ParseX25519Recipient(cfg.Recipient)
+		if err != nil {
+			return nil, fmt.Errorf("repository config: bad recipient: %w", err)
+		}
+		r.codec.Recipients = []age.Recipient{rcp}
+		if len(o.Keys.Passphrase) > 0 {
+			id, err := unwrapIdentity(cfg.WrappedIdentity, o.Keys.Passphrase)
+			if err != nil {
+				return nil, err
+			}
+			r.codec.Identities = append(r.codec.Identities, id)
+		}
+	default:
+		return nil, fmt.Errorf("repository config: unknown encryption %q", cfg.Encryption)
+	}
+	return r, nil
+}
+
+func unwrapIdentity(wrapped string, passphrase []byte) (age.Identity, error) {
+	raw, err := base64.StdEncoding.DecodeString(wrapped)
+	if err != nil {
+		return nil, fmt.Errorf("repository config: bad wrapped identity: %w", err)
+	}
+	si, err := age.NewScryptIdentity(string(passphrase))
+	if err != nil {
+		return nil, err
+	}
+	rd, err := age.Decrypt(bytes.NewReader(raw), si)
+	if err != nil {
+		return nil, errors.New("wrong passphrase: it does not unlock the repository key")
+	}
+	data, err := io.ReadAll(rd)
+	if err != nil {
+		return nil, fmt.Errorf("unwrap repository key: %w", err)
+	}
+	id, err := age.ParseX25519Identity(strings.TrimSpace(string(data)))
+	if err != nil {
+		return nil, fmt.Errorf("unwrap repository key: %w", err)
+	}
+	return id, nil
+}
+
+// CheckSystem refuses a cluster other than the one the repository belongs
+// to, so two clusters never interleave WAL under the same names.
+func (r *Repository) CheckSystem(sysid uint64) error {
+	if sysid == 0 || r.Config.SystemIdentifier == "" {
+		return nil
+	}
+	if r.Config.SystemIdentifier != fmt.Sprint(sysid) {
+		return fmt.Errorf("repository belongs to database system %s but this cluster is %d; refusing to mix clusters in one repository",
+			r.Config.SystemIdentifier, sysid)
+	}
+	return nil
+}
+
+// Codec returns the codec objects are written and read with.
+func (r *Repository) Codec() *Codec { return r.codec }
+
+// PutObject encodes plain content and stores it under name. With IfAbsent a
+// name that is already taken gives storage.ErrExists and nothing changes.
+func (r *Repository) PutObject(ctx context.Context, name string, plain []byte, opts storage.PutOptions) error {
+	return r.PutStream(ctx, name, bytes.NewReader(plain), int64(len(plain)), sha256.Sum256(plain), opts)
+}
+
+// PutStream is PutObject for content the caller streams; size and sum must
+// describe it exactly (see Codec.Encode).
+func (r *Repository) PutStream(ctx context.Context, name string, src io.Reader, size int64, sum [32]byte, opts storage.PutOptions) error {
+	if r.encryptErr != nil {
+		return r.encryptErr
+	}
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := r.codec.Encode(pw, src, size, sum)
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	err := r.Backend.Put(ctx, name, pr, opts)
+	pr.CloseWithError(errors.New("upload ended"))
+	encErr := <-done
+	if err != nil {
+		return err
+	}
+	return encErr
+}
+
+// Header reads only the plaintext header of an object.
+func (r *Repository) Header(ctx context.Context, name string) (Header, error) {
+	rc, err := r.Backend.GetRange(ctx, name, 0, headerSize)
+	if err != nil {
+		return Header{}, err
+	}
+	defer rc.Close()
+	h, err := ReadHeader(rc)
+	if err != nil {
+		return h, fmt.Errorf("%s: %w", name, err)
+	}
+	return h, nil
+}
+
+// GetObject decodes an object into dst, verifying its checksum.
+func (r *Repository) GetObject(ctx context.Context, name string, dst io.Writer) (Header, error) {
+	rc, err := r.Backend.Get(ctx, name)
+	if err != nil {
+		return Header{}, err
+	}
+	defer rc.Close()
+	return r.codec.Decode(dst, rc)
+}
+
+// WALObjectName is where an archived WAL file lives: segments, .partial and
+// .backup files under their 16-hex-digit timeline+log directory so one
+// listing finds a timeline's range, history files together.
+func WALObjectName(f pg.WALFile) string {
+	if f.Kind == pg.KindHistory {
+		return "wal/history/" + f.Name
+	}
+	return "wal/" + f.Name[:16] + "/" + f.Name
+}

@@ -1,0 +1,127 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/pgkeep/pgkeep/pg"
+	"github.com/pgkeep/pgkeep/storage"
+)
+
+// RetentionOptions says which backups to keep.
+type RetentionOptions struct {
+	// RetainFull keeps the newest N backups.
+	RetainFull int
+	// RetainDays keeps every backup that ended within D days, plus the
+	// newest older one, so any moment of the window stays restorable.
+	RetainDays int
+	// DebrisMinAge protects uncommitted backups that may still be running:
+	// only debris with no object newer than this is removed.
+	DebrisMinAge time.Duration
+	Now          time.Time
+}
+
+// RetentionPlan is exactly what ApplyRetention deletes.
+type RetentionPlan struct {
+	Backups []string // backup IDs
+	Debris  []string // IDs of uncommitted (failed) backups
+	WAL     []string // WAL object names
+	// OldestKeptWAL is the first segment every retained backup still needs.
+	OldestKeptWAL string
+}
+
+// PlanRetention computes what retention removes. WAL older than the start
+// of the oldest retained backup goes; history files always stay (they are
+// tiny and recovery across timelines needs them).
+//
+// Safe while wal-push and backups run: both only add objects, a running
+// backup's WAL is newer than any retained backup's start, and uncommitted
+// backups younger than DebrisMinAge are left alone.
+func (r *Repository) PlanRetention(ctx context.Context, o RetentionOptions) (RetentionPlan, error) {
+	var plan RetentionPlan
+	if (o.RetainFull > 0) == (o.RetainDays > 0) {
+		return plan, errors.New("give exactly one of --retain-full N or --retain-days D")
+	}
+	backups, debris, err := r.ListBackups(ctx)
+	if err != nil {
+		return plan, err
+	}
+	keep := map[string]bool{}
+	if o.RetainFull > 0 {
+		for i := max(0, len(backups)-o.RetainFull); i < len(backups); i++ {
+			keep[backups[i].ID] = true
+		}
+	} else {
+		cutoff := o.Now.Add(-time.Duration(o.RetainDays) * 24 * time.Hour)
+		for i := len(backups) - 1; i >= 0; i-- {
+			keep[backups[i].ID] = true
+			if backups[i].StopTime.Before(cutoff) {
+				break // the newest backup older than the window covers its start
+			}
+		}
+	}
+	var oldest *Summary
+	for i := range backups {
+		if keep[backups[i].ID] {
+			if oldest == nil {
+				oldest = &backups[i]
+			}
+		} else {
+			plan.Backups = append(plan.Backups, backups[i].ID)
+		}
+	}
+	for _, id := range debris {
+		newest, err := r.NewestObject(ctx, id)
+		if err != nil {
+			return plan, err
+		}
+		if o.Now.Sub(newest) >= o.DebrisMinAge {
+			plan.Debris = append(plan.Debris, id)
+		}
+	}
+	if oldest == nil {
+		return plan, nil // no backup to anchor WAL retention: keep all WAL
+	}
+	plan.OldestKeptWAL = oldest.StartWAL
+	first, err := pg.ParseWALFileName(oldest.StartWAL)
+	if err != nil {
+		return plan, fmt.Errorf("backup %s: %w", oldest.ID, err)
+	}
+	firstSeg := first.SegNo(oldest.SegmentSize)
+	err = r.Backend.List(ctx, "wal/", func(obj storage.ObjectInfo) error {
+		name := obj.Name[strings.LastIndexByte(obj.Name, '/')+1:]
+		wf, err := pg.ParseWALFileName(name)
+		if err != nil || wf.Kind == pg.KindHistory {
+			return nil
+		}
+		if wf.SegNo(oldest.SegmentSize) < firstSeg {
+			plan.WAL = append(plan.WAL, obj.Name)
+		}
+		return nil
+	})
+	if err != nil {
+		return plan, fmt.Errorf("list WAL: %w", err)
+	}
+	sort.Strings(plan.WAL)
+	return plan, nil
+}
+
+// ApplyRetention deletes what plan lists: backups first (each becomes
+// invisible before its data goes), then debris, then WAL.
+func (r *Repository) ApplyRetention(ctx context.Context, plan RetentionPlan) error {
+	for _, id := range append(append([]string{}, plan.Backups...), plan.Debris...) {
+		if err := r.DeleteBackup(ctx, id); err != nil {
+			return err
+		}
+	}
+	for _, name := range plan.WAL {
+		if err := r.Backend.Delete(ctx, name); err != nil {
+			return fmt.Errorf("delete %s: %w", name, err)
+		}
+	}
+	return nil
+}

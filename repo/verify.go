@@ -1,0 +1,178 @@
+package repo
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/pgkeep/pgkeep/pg"
+	"github.com/pgkeep/pgkeep/storage"
+)
+
+// Problem is one thing verify found wrong.
+type Problem struct {
+	Backup string `json:"backup,omitempty"`
+	What   string `json:"problem"`
+}
+
+// VerifyBackup re-reads every block of a backup and checks it decodes to
+// the bytes its checksum names.
+func (r *Repository) VerifyBackup(ctx context.Context, id string) []Problem {
+	var probs []Problem
+	add := func(format string, args ...any) { probs = append(probs, Problem{id, fmt.Sprintf(format, args...)}) }
+	m, err := r.ReadManifest(ctx, id)
+	if err != nil {
+		add("%v", err)
+		return probs
+	}
+	type ref struct {
+		file string
+		b    BlockRef
+	}
+	byPack := make([][]ref, len(m.Packs))
+	for _, f := range m.Files {
+		var size int64
+		for _, b := range f.Blocks {
+			if b.Pack < 0 || b.Pack >= len(m.Packs) {
+				add("%s: block refers to pack %d, manifest has %d", f.Path, b.Pack, len(m.Packs))
+				continue
+			}
+			byPack[b.Pack] = append(byPack[b.Pack], ref{f.Path, b})
+			size = max(size, b.FileOffset+b.Size)
+		}
+		if size != f.Size {
+			add("%s: blocks cover %d bytes, file has %d", f.Path, size, f.Size)
+		}
+	}
+	for i, p := range m.Packs {
+		refs := byPack[i]
+		sort.Slice(refs, func(a, b int) bool { return refs[a].b.Offset < refs[b].b.Offset })
+		info, err := r.Backend.Stat(ctx, p.Name)
+		if err != nil {
+			add("%s: %v", p.Name, err)
+			continue
+		}
+		if info.Size != p.Size {
+			add("%s: %d bytes stored, manifest says %d (truncated?)", p.Name, info.Size, p.Size)
+		}
+		rc, err := r.Backend.Get(ctx, p.Name)
+		if err != nil {
+			add("%s: %v", p.Name, err)
+			continue
+		}
+		br := bufio.NewReaderSize(rc, 1<<20)
+		var pos int64
+		for _, x := range refs {
+			if skip := x.b.Offset - pos; skip > 0 {
+				io.CopyN(io.Discard, br, skip)
+			}
+			buf := make([]byte, x.b.Length)
+			n, err := io.ReadFull(br, buf)
+			pos = x.b.Offset + int64(n)
+			if err != nil {
+				add("%s: block at %d in %s: %v: missing bytes", x.file, x.b.FileOffset, p.Name, ErrCorrupt)
+				continue
+			}
+			plain, _, err := r.codec.DecodeBlock(buf)
+			if err != nil {
+				add("%s: block at %d in %s: %v", x.file, x.b.FileOffset, p.Name, err)
+			} else if int64(len(plain)) != x.b.Size {
+				add("%s: block at %d in %s: %d bytes, manifest says %d", x.file, x.b.FileOffset, p.Name, len(plain), x.b.Size)
+			}
+		}
+		rc.Close()
+	}
+	return probs
+}
+
+// WALArchive is what the repository holds of WAL, for continuity checks.
+type WALArchive struct {
+	names   map[string]bool // segment (and .partial) names
+	latest  uint32          // highest timeline seen
+	history []pg.TimelineSwitch
+}
+
+// ReadWALArchive lists the archived WAL and reads the latest timeline's
+// history file.
+func (r *Repository) ReadWALArchive(ctx context.Context) (*WALArchive, error) {
+	a := &WALArchive{names: map[string]bool{}, latest: 1}
+	err := r.Backend.List(ctx, "wal/", func(o storage.ObjectInfo) error {
+		name := o.Name[strings.LastIndexByte(o.Name, '/')+1:]
+		wf, err := pg.ParseWALFileName(name)
+		if err != nil {
+			return nil
+		}
+		if wf.Kind == pg.KindSegment || wf.Kind == pg.KindHistory {
+			a.latest = max(a.latest, wf.Timeline)
+		}
+		a.names[name] = true
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list WAL: %w", err)
+	}
+	if a.latest > 1 {
+		hist := pg.WALFile{Name: fmt.Sprintf("%08X.history", a.latest), Kind: pg.KindHistory, Timeline: a.latest}
+		var buf bytes.Buffer
+		if _, err := r.GetObject(ctx, WALObjectName(hist), &buf); err != nil {
+			return nil, fmt.Errorf("timeline %d history: %w", a.latest, err)
+		}
+		if a.history, err = pg.ParseHistory(buf.Bytes()); err != nil {
+			return nil, fmt.Errorf("%s: %w", hist.Name, err)
+		}
+	}
+	return a, nil
+}
+
+// CheckContinuity reports missing segments between a backup's start and
+// the newest segment archived on the latest timeline, following timeline
+// switches the way recovery does.
+func (a *WALArchive) CheckContinuity(s Summary) []Problem {
+	var probs []Problem
+	start, err := pg.ParseWALFileName(s.StartWAL)
+	if err != nil {
+		return []Problem{{s.ID, fmt.Sprintf("bad start segment %q", s.StartWAL)}}
+	}
+	stop, _ := pg.ParseWALFileName(s.StopWAL)
+	size := s.SegmentSize
+	target, hist := a.latest, a.history
+	if pg.TimelineForSegment(target, hist, start.SegNo(size), size) != s.Timeline {
+		// The backup is on a branch the latest timeline does not descend
+		// from: only its own range can be checked.
+		target, hist = s.Timeline, nil
+	}
+	// The newest segment on the path to target.
+	var newest uint64
+	for name := range a.names {
+		wf, err := pg.ParseWALFileName(name)
+		if err != nil || wf.Kind != pg.KindSegment {
+			continue
+		}
+		if n := wf.SegNo(size); pg.TimelineForSegment(target, hist, n, size) == wf.Timeline && n > newest {
+			newest = n
+		}
+	}
+	newest = max(newest, stop.SegNo(size))
+	per := uint64(pg.SegmentsPerLog(size))
+	var missing []string
+	for n := start.SegNo(size); n <= newest; n++ {
+		tli := pg.TimelineForSegment(target, hist, n, size)
+		name := pg.SegmentName(tli, uint32(n/per), uint32(n%per))
+		if !a.names[name] {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		what := fmt.Sprintf("WAL gap: %d segment(s) missing between the backup's start %s and the newest archived segment, first %s",
+			len(missing), s.StartWAL, missing[0])
+		if len(missing) > 1 {
+			what += ", last " + missing[len(missing)-1]
+		}
+		probs = append(probs, Problem{s.ID, what})
+	}
+	return probs
+}

@@ -1,0 +1,543 @@
+package restore
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pgkeep/pgkeep/repo"
+)
+
+// Progress receives a restore's progress (bytes written).
+type Progress interface {
+	Start(total int64)
+	Add(n int64)
+	Finish()
+}
+
+// BackupOptions configures a restore of a base backup.
+type BackupOptions struct {
+	PGData   string
+	BackupID string // "" or "latest": chosen from the target
+	Target   Target
+	// Standby writes standby.signal instead of recovery.signal.
+	Standby bool
+	// Delta keeps files whose size and checksum match the backup.
+	Delta bool
+	// Force empties a non-empty data directory first.
+	Force bool
+	// RestoreCommand is written as restore_command.
+	RestoreCommand string
+	// TablespaceMap relocates tablespaces: OID -> new directory.
+	TablespaceMap map[string]string
+	// Workers download and write in parallel (0 = 4).
+	Workers  int
+	Progress Progress
+	Logger   *slog.Logger
+}
+
+// BackupResult says what a restore did.
+type BackupResult struct {
+	BackupID        string
+	FilesWritten    int
+	FilesKept       int
+	FilesRemoved    int
+	BytesWritten    int64
+	BytesDownloaded int64
+}
+
+// ErrPostmasterRunning means the target directory belongs to a live server.
+var ErrPostmasterRunning = errors.New("a postmaster is running in the data directory; stop it first")
+
+// Backup restores a base backup into o.PGData and writes the recovery
+// configuration; everything is on disk (fsynced) when it returns nil.
+func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupResult, error) {
+	var res BackupResult
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if o.Workers <= 0 {
+		o.Workers = 4
+	}
+	if err := o.Target.Validate(); err != nil {
+		return res, err
+	}
+	if o.PGData == "" || !filepath.IsAbs(o.PGData) {
+		return res, fmt.Errorf("restore: --pgdata must be an absolute path (got %q)", o.PGData)
+	}
+	if err := checkTargetDir(o.PGData, o.Delta || o.Force); err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
+	backups, _, err := r.ListBackups(ctx)
+	if err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
+	sum, err := ChooseBackup(backups, o.BackupID, &o.Target)
+	if err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
+	m, err := r.ReadManifest(ctx, sum.ID)
+	if err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
+	res.BackupID = m.ID
+	log.Info("restoring", "backup", m.ID, "pgdata", o.PGData, "stop_time", m.StopTime, "stop_lsn", m.StopLSN, "delta", o.Delta)
+
+	if o.Force && !o.Delta {
+		if err := emptyDir(o.PGData); err != nil {
+			return res, fmt.Errorf("restore: empty %s: %w", o.PGData, err)
+		}
+	}
+	if err := os.MkdirAll(o.PGData, 0o700); err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
+	os.Chmod(o.PGData, 0o700)
+	tbl, err := prepareTablespaces(o.PGData, m, o.TablespaceMap, o.Delta || o.Force)
+	if err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
+
+	// Decide which files to write; with --delta keep the ones that match.
+	want := map[string]bool{}
+	var todo []*repo.File
+	var total int64
+	for i := range m.Files {
+		f := &m.Files[i]
+		want[f.Path] = true
+		if o.Delta {
+			if sum, size, err := repo.FileChecksum(filepath.Join(o.PGData, filepath.FromSlash(f.Path)), m.BlockSize); err == nil && size == f.Size && sum == f.SHA256 {
+				res.FilesKept++
+				continue
+			}
+		}
+		todo = append(todo, f)
+		total += f.Size
+	}
+	if o.Delta {
+		n, err := removeExtras(o.PGData, m, want)
+		if err != nil {
+			return res, fmt.Errorf("restore: %w", err)
+		}
+		res.FilesRemoved = n
+	}
+	for _, d := range m.Dirs {
+		if _, isTbl := tbl[d.Path]; isTbl {
+			continue
+		}
+		if err := os.MkdirAll(filepath.Join(o.PGData, filepath.FromSlash(d.Path)), fs.FileMode(d.Mode)|0o700); err != nil {
+			return res, fmt.Errorf("restore: %w", err)
+		}
+	}
+	for _, f := range todo {
+		p := filepath.Join(o.PGData, filepath.FromSlash(f.Path))
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return res, fmt.Errorf("restore: %w", err)
+		}
+		fh, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, fs.FileMode(f.Mode)|0o600)
+		if err == nil {
+			err = fh.Truncate(f.Size)
+			fh.Close()
+		}
+		if err != nil {
+			return res, fmt.Errorf("restore: create %s: %w", f.Path, err)
+		}
+	}
+	if o.Progress != nil {
+		o.Progress.Start(total)
+	}
+	dl, written, err := fetchBlocks(ctx, r, m, todo, o.PGData, o.Workers, o.Progress)
+	if o.Progress != nil {
+		o.Progress.Finish()
+	}
+	res.BytesDownloaded, res.BytesWritten = dl, written
+	res.FilesWritten = len(todo)
+	if err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
+	if err := writeRecoveryFiles(o, m, tbl); err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
+	if err := syncAll(o.PGData, tbl); err != nil {
+		return res, fmt.Errorf("restore: fsync: %w", err)
+	}
+	log.Info("restore complete", "backup", m.ID, "files_written", res.FilesWritten, "files_kept", res.FilesKept,
+		"files_removed", res.FilesRemoved, "bytes_downloaded", res.BytesDownloaded)
+	return res, nil
+}
+
+// checkTargetDir refuses a live postmaster always, and a non-empty
+// directory unless allowed.
+func checkTargetDir(dir string, allowNonEmpty bool) error {
+	if data, err := os.ReadFile(filepath.Join(dir, "postmaster.pid")); err == nil {
+		line, _, _ := strings.Cut(string(data), "\n")
+		if pid, err := strconv.Atoi(strings.TrimSpace(line)); err == nil && pid > 0 {
+			if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
+				return fmt.Errorf("%s: %w (pid %d)", dir, ErrPostmasterRunning, pid)
+			}
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if len(entries) > 0 && !allowNonEmpty {
+		return fmt.Errorf("%s is not empty; use --delta to reuse matching files or --force to overwrite it", dir)
+	}
+	return nil
+}
+
+func emptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// prepareTablespaces creates each tablespace directory (relocated if asked)
+// and the pg_tblspc symlink to it. It returns pg_tblspc/<oid> -> location.
+func prepareTablespaces(pgdata string, m *repo.Manifest, remap map[string]string, allowNonEmpty bool) (map[string]string, error) {
+	out := map[string]string{}
+	for oid := range remap {
+		found := false
+		for _, t := range m.Tablespaces {
+			found = found || t.OID == oid
+		}
+		if !found {
+			return nil, fmt.Errorf("--tablespace-map: the backup has no tablespace with OID %s", oid)
+		}
+	}
+	for _, t := range m.Tablespaces {
+		loc := t.Location
+		if v, ok := remap[t.OID]; ok {
+			loc = v
+		}
+		if !filepath.IsAbs(loc) {
+			return nil, fmt.Errorf("tablespace %s: location %q is not absolute", t.OID, loc)
+		}
+		if entries, err := os.ReadDir(loc); err == nil && len(entries) > 0 && !allowNonEmpty {
+			return nil, fmt.Errorf("tablespace %s directory %s is not empty (use --tablespace-map %s=DIR, --delta or --force)", t.OID, loc, t.OID)
+		}
+		if err := os.MkdirAll(loc, 0o700); err != nil {
+			return nil, err
+		}
+		link := filepath.Join(pgdata, "pg_tblspc", t.OID)
+		if err := os.MkdirAll(filepath.Dir(link), 0o700); err != nil {
+			return nil, err
+		}
+		if cur, err := os.Readlink(link); err != nil || cur != loc {
+			os.RemoveAll(link)
+			if err := os.Symlink(loc, link); err != nil {
+				return nil, err
+			}
+		}
+		out["pg_tblspc/"+t.OID] = loc
+	}
+	return out, nil
+}
+
+// removeExtras deletes files a delta restore must not keep: anything the
+// backup does not have, and all of pg_wal (stale WAL of another history).
+func removeExtras(pgdata string, m *repo.Manifest, want map[string]bool) (int, error) {
+	dirs := map[string]bool{}
+	for _, d := range m.Dirs {
+		dirs[d.Path] = true
+	}
+	n := 0
+	err := filepath.WalkDir(pgdata, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(pgdata, p)
+		rel = filepath.ToSlash(rel)
+		if rel == "." {
+			return nil
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			if path.Dir(rel) == "pg_tblspc" && dirs[rel] {
+				return nil // walked through its own root below
+			}
+			n++
+			return os.Remove(p)
+		}
+		if d.IsDir() {
+			if !dirs[rel] {
+				n++
+				if err := os.RemoveAll(p); err != nil {
+					return err
+				}
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !want[rel] {
+			n++
+			return os.Remove(p)
+		}
+		return nil
+	})
+	if err != nil {
+		return n, err
+	}
+	for _, t := range m.Tablespaces {
+		root := filepath.Join(pgdata, "pg_tblspc", t.OID)
+		filepath.WalkDir(root+"/", func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return nil
+			}
+			rel, _ := filepath.Rel(pgdata, p)
+			if !want[filepath.ToSlash(rel)] {
+				n++
+				os.Remove(p)
+			}
+			return nil
+		})
+	}
+	return n, nil
+}
+
+type fileBlock struct {
+	file *repo.File
+	ref  repo.BlockRef
+}
+
+// fetchBlocks downloads the blocks of files, pack by pack: a whole pack in
+// one request when all of it is needed, else ranges of adjacent blocks.
+func fetchBlocks(ctx context.Context, r *repo.Repository, m *repo.Manifest, files []*repo.File, pgdata string, workers int, prog Progress) (int64, int64, error) {
+	byPack := map[int][]fileBlock{}
+	for _, f := range files {
+		for _, b := range f.Blocks {
+			byPack[b.Pack] = append(byPack[b.Pack], fileBlock{f, b})
+		}
+	}
+	type job struct {
+		pack   int
+		blocks []fileBlock
+	}
+	var jobs []job
+	for p, bl := range byPack {
+		if p < 0 || p >= len(m.Packs) {
+			return 0, 0, fmt.Errorf("manifest names pack %d of %d", p, len(m.Packs))
+		}
+		sort.Slice(bl, func(i, j int) bool { return bl[i].ref.Offset < bl[j].ref.Offset })
+		// Split into runs of adjacent blocks (gaps under 1 MiB are read through).
+		start := 0
+		for i := 1; i <= len(bl); i++ {
+			if i == len(bl) || bl[i].ref.Offset-(bl[i-1].ref.Offset+bl[i-1].ref.Length) > 1<<20 {
+				jobs = append(jobs, job{p, bl[start:i]})
+				start = i
+			}
+		}
+	}
+	sort.Slice(jobs, func(i, j int) bool {
+		if jobs[i].pack != jobs[j].pack {
+			return jobs[i].pack < jobs[j].pack
+		}
+		return jobs[i].blocks[0].ref.Offset < jobs[j].blocks[0].ref.Offset
+	})
+	var downloaded, written atomic.Int64
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	ch := make(chan job)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range ch {
+				if ctx.Err() != nil {
+					continue
+				}
+				pack := m.Packs[j.pack]
+				first := j.blocks[0].ref.Offset
+				last := j.blocks[len(j.blocks)-1].ref
+				length := last.Offset + last.Length - first
+				if err := fetchRun(ctx, r, pack.Name, first, length, pack.Size, j.blocks, pgdata, &downloaded, &written, prog); err != nil {
+					cancel(err)
+				}
+			}
+		}()
+	}
+	for _, j := range jobs {
+		select {
+		case ch <- j:
+		case <-ctx.Done():
+		}
+	}
+	close(ch)
+	wg.Wait()
+	return downloaded.Load(), written.Load(), context.Cause(ctx)
+}
+
+func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, length, packSize int64, blocks []fileBlock,
+	pgdata string, downloaded, written *atomic.Int64, prog Progress) error {
+	var rc io.ReadCloser
+	var err error
+	if first == 0 && length == packSize {
+		rc, err = r.Backend.Get(ctx, packName)
+	} else {
+		rc, err = r.Backend.GetRange(ctx, packName, first, length)
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", packName, err)
+	}
+	defer rc.Close()
+	br := bufio.NewReaderSize(rc, 1<<20)
+	pos := first
+	var buf []byte
+	for _, b := range blocks {
+		if skip := b.ref.Offset - pos; skip > 0 {
+			if _, err := io.CopyN(io.Discard, br, skip); err != nil {
+				return fmt.Errorf("read %s: %w: %v", packName, repo.ErrCorrupt, err)
+			}
+			downloaded.Add(skip)
+		}
+		if int64(cap(buf)) < b.ref.Length {
+			buf = make([]byte, b.ref.Length)
+		}
+		buf = buf[:b.ref.Length]
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return fmt.Errorf("%s: block at %d of %s: %w: %v", b.file.Path, b.ref.FileOffset, packName, repo.ErrCorrupt, err)
+		}
+		downloaded.Add(b.ref.Length)
+		pos = b.ref.Offset + b.ref.Length
+		plain, _, err := r.Codec().DecodeBlock(buf)
+		if err != nil {
+			return fmt.Errorf("%s: block at %d (%s): %w", b.file.Path, b.ref.FileOffset, packName, err)
+		}
+		if int64(len(plain)) != b.ref.Size {
+			return fmt.Errorf("%s: block at %d (%s): %w: size %d, manifest says %d", b.file.Path, b.ref.FileOffset, packName, repo.ErrCorrupt, len(plain), b.ref.Size)
+		}
+		f, err := os.OpenFile(filepath.Join(pgdata, filepath.FromSlash(b.file.Path)), os.O_WRONLY, 0)
+		if err != nil {
+			return fmt.Errorf("write %s: %w", b.file.Path, err)
+		}
+		_, err = f.WriteAt(plain, b.ref.FileOffset)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("write %s: %w", b.file.Path, err)
+		}
+		written.Add(int64(len(plain)))
+		if prog != nil {
+			prog.Add(int64(len(plain)))
+		}
+	}
+	return nil
+}
+
+// quoteConf quotes a value for postgresql.conf.
+func quoteConf(v string) string { return "'" + strings.ReplaceAll(v, "'", "''") + "'" }
+
+// writeRecoveryFiles writes backup_label, tablespace_map, the recovery
+// settings and the signal file.
+func writeRecoveryFiles(o BackupOptions, m *repo.Manifest, tbl map[string]string) error {
+	if err := writeFileSync(filepath.Join(o.PGData, "backup_label"), []byte(m.BackupLabel), 0o600); err != nil {
+		return err
+	}
+	os.Remove(filepath.Join(o.PGData, "tablespace_map"))
+	if len(m.Tablespaces) > 0 {
+		// PostgreSQL recreates the symlinks from this file: give it the
+		// (possibly relocated) directories restore used.
+		var b strings.Builder
+		for _, t := range m.Tablespaces {
+			fmt.Fprintf(&b, "%s %s\n", t.OID, tbl["pg_tblspc/"+t.OID])
+		}
+		if err := writeFileSync(filepath.Join(o.PGData, "tablespace_map"), []byte(b.String()), 0o600); err != nil {
+			return err
+		}
+	}
+	autoConf := filepath.Join(o.PGData, "postgresql.auto.conf")
+	old, _ := os.ReadFile(autoConf)
+	var kept []string
+	for _, line := range strings.Split(string(old), "\n") {
+		key := strings.TrimSpace(line)
+		if strings.HasPrefix(key, "restore_command") || strings.HasPrefix(key, "recovery_target") || strings.HasPrefix(key, "# pgkeep restore") {
+			continue
+		}
+		kept = append(kept, line)
+	}
+	conf := strings.TrimRight(strings.Join(kept, "\n"), "\n") + "\n"
+	conf += fmt.Sprintf("# pgkeep restore of backup %s at %s\n", m.ID, time.Now().UTC().Format(time.RFC3339))
+	if o.RestoreCommand != "" {
+		conf += "restore_command = " + quoteConf(o.RestoreCommand) + "\n"
+	}
+	for _, kv := range o.Target.Settings() {
+		conf += kv[0] + " = " + quoteConf(kv[1]) + "\n"
+	}
+	if err := writeFileSync(autoConf, []byte(conf), 0o600); err != nil {
+		return err
+	}
+	signal, other := "recovery.signal", "standby.signal"
+	if o.Standby {
+		signal, other = other, signal
+	}
+	os.Remove(filepath.Join(o.PGData, other))
+	return writeFileSync(filepath.Join(o.PGData, signal), nil, 0o600)
+}
+
+func writeFileSync(p string, data []byte, mode fs.FileMode) error {
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// syncAll flushes the data directory's and tablespaces' filesystems:
+// syncfs(2) once per filesystem is much faster than fsync per file.
+func syncAll(pgdata string, tbl map[string]string) error {
+	roots := []string{pgdata}
+	for _, loc := range tbl {
+		roots = append(roots, loc)
+	}
+	for _, root := range roots {
+		f, err := os.Open(root)
+		if err != nil {
+			return err
+		}
+		err = unix.Syncfs(int(f.Fd()))
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what pgkeep's tests and benchmarks need on Debian 12 (PostgreSQL 15
+# is expected to be there already). Idempotent and quiet when all is present.
+set -euo pipefail
+
+need=()
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
+command -v pgbackrest >/dev/null || need+=(pgbackrest)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v patroni >/dev/null || need+=(patroni)
+command -v haproxy >/dev/null || need+=(haproxy)
+
+if [ ${#need[@]} -gt 0 ]; then
+	SUDO=""
+	[ "$(id -u)" = 0 ] || SUDO="sudo"
+	echo "installing: ${need[*]}"
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+	# Debian starts these services on install; tests run their own instances.
+	for s in etcd patroni haproxy postgresql; do
+		$SUDO systemctl disable --now "$s" >/dev/null 2>&1 || true
+	done
+fi
+id postgres >/dev/null 2>&1 || { echo "the postgres user is missing" >&2; exit 1; }

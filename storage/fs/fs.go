@@ -1,0 +1,301 @@
+// Package fs stores a repository in a local directory: pgkeep's default,
+// so it works on one machine with nothing else installed.
+//
+// Durability: an object is written to <root>/.tmp/, fsynced, then published
+// under its name with link(2) (create-if-absent: the kernel refuses an
+// existing name atomically) or rename(2) (replace), and the directory is
+// fsynced so the name survives a crash. A writer killed at any point leaves
+// at most a file in .tmp/, never a partial object under its name.
+package fs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	iofs "io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/pgkeep/pgkeep/storage"
+)
+
+const tmpDir = ".tmp"
+
+// Backend is a directory of objects.
+type Backend struct {
+	root string
+}
+
+// New opens an existing repository directory.
+func New(root string) (*Backend, error) {
+	fi, err := os.Stat(root)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, fmt.Errorf("directory %s: %w", root, storage.ErrNotFound)
+		}
+		return nil, fmt.Errorf("directory %s: %w", root, err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("%s is not a directory", root)
+	}
+	return &Backend{root: filepath.Clean(root)}, nil
+}
+
+// Create makes the directory (and parents) if needed and opens it.
+func Create(root string) (*Backend, error) {
+	if err := os.MkdirAll(root, 0o750); err != nil {
+		return nil, fmt.Errorf("create repository directory: %w", err)
+	}
+	return New(root)
+}
+
+// Root is the repository directory.
+func (b *Backend) Root() string { return b.root }
+
+func (b *Backend) String() string { return "file://" + b.root }
+
+func checkName(name string) error {
+	if name == "" || strings.HasPrefix(name, "/") || strings.Contains(name, "\\") ||
+		strings.HasPrefix(name, tmpDir) || path.Clean(name) != name || strings.Contains(name, "..") {
+		return fmt.Errorf("invalid object name %q", name)
+	}
+	return nil
+}
+
+func (b *Backend) path(name string) string { return filepath.Join(b.root, filepath.FromSlash(name)) }
+
+// Put implements storage.Backend.
+func (b *Backend) Put(ctx context.Context, name string, r io.Reader, opts storage.PutOptions) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	final := b.path(name)
+	if opts.IfAbsent {
+		// Cheap early answer; the link below is what makes it atomic.
+		if _, err := os.Lstat(final); err == nil {
+			return fmt.Errorf("put %s: %w", name, storage.ErrExists)
+		}
+	}
+	tmpRoot := filepath.Join(b.root, tmpDir)
+	if err := os.MkdirAll(tmpRoot, 0o750); err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	tmp := filepath.Join(tmpRoot, hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o640)
+	if err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	defer os.Remove(tmp) // after link, or on failure; a no-op after rename
+	_, err = io.Copy(f, ctxReader{ctx, r})
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	dir := filepath.Dir(final)
+	if err := mkdirAllSync(dir); err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	if opts.IfAbsent {
+		if err := os.Link(tmp, final); err != nil {
+			if errors.Is(err, iofs.ErrExist) {
+				return fmt.Errorf("put %s: %w", name, storage.ErrExists)
+			}
+			return fmt.Errorf("put %s: %w", name, err)
+		}
+	} else if err := os.Rename(tmp, final); err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	return nil
+}
+
+// ctxReader stops a copy when the context is cancelled.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// mkdirAllSync creates dir and fsyncs the parent of every directory it
+// creates, so a new directory's entry is durable too.
+func mkdirAllSync(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := mkdirAllSync(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o750); err != nil && !os.IsExist(err) {
+		return err
+	}
+	return syncDir(parent)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return err
+	}
+	return nil
+}
+
+// Get implements storage.Backend.
+func (b *Backend) Get(ctx context.Context, name string) (io.ReadCloser, error) {
+	return b.GetRange(ctx, name, 0, -1)
+}
+
+// GetRange implements storage.Backend.
+func (b *Backend) GetRange(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(b.path(name))
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, fmt.Errorf("get %s: %w", name, storage.ErrNotFound)
+		}
+		return nil, fmt.Errorf("get %s: %w", name, err)
+	}
+	if offset == 0 && length < 0 {
+		return f, nil
+	}
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("get %s: %w", name, err)
+	}
+	if length < 0 {
+		return f, nil
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.LimitReader(f, length), f}, nil
+}
+
+// Stat implements storage.Backend.
+func (b *Backend) Stat(ctx context.Context, name string) (storage.ObjectInfo, error) {
+	if err := checkName(name); err != nil {
+		return storage.ObjectInfo{}, err
+	}
+	fi, err := os.Stat(b.path(name))
+	if err != nil {
+		if os.IsNotExist(err) {
+			return storage.ObjectInfo{}, fmt.Errorf("stat %s: %w", name, storage.ErrNotFound)
+		}
+		return storage.ObjectInfo{}, fmt.Errorf("stat %s: %w", name, err)
+	}
+	if fi.IsDir() {
+		return storage.ObjectInfo{}, fmt.Errorf("stat %s: %w", name, storage.ErrNotFound)
+	}
+	return storage.ObjectInfo{Name: name, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// List implements storage.Backend. It descends only into directories that
+// can hold names with the prefix, and yields names in lexical order.
+func (b *Backend) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
+	return b.list(ctx, "", prefix, fn)
+}
+
+func (b *Backend) list(ctx context.Context, dir, prefix string, fn func(storage.ObjectInfo) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(filepath.Join(b.root, filepath.FromSlash(dir)))
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return fmt.Errorf("list %s: %w", prefix, err)
+	}
+	// Sort by full name: a directory "a" sorts as "a/" against file "a.b".
+	type item struct {
+		name  string
+		isDir bool
+	}
+	items := make([]item, 0, len(entries))
+	for _, e := range entries {
+		full := e.Name()
+		if dir != "" {
+			full = dir + "/" + e.Name()
+		}
+		if dir == "" && e.Name() == tmpDir {
+			continue
+		}
+		if e.IsDir() {
+			full += "/"
+		}
+		// Skip what cannot match: the prefix and the name must agree on
+		// their common length.
+		n := min(len(full), len(prefix))
+		if full[:n] != prefix[:n] {
+			continue
+		}
+		items = append(items, item{full, e.IsDir()})
+	}
+	sort.Slice(items, func(i, j int) bool { return items[i].name < items[j].name })
+	for _, it := range items {
+		if it.isDir {
+			if err := b.list(ctx, strings.TrimSuffix(it.name, "/"), prefix, fn); err != nil {
+				return err
+			}
+			continue
+		}
+		if !strings.HasPrefix(it.name, prefix) {
+			continue
+		}
+		fi, err := os.Stat(b.path(it.name))
+		if err != nil {
+			if os.IsNotExist(err) {
+				continue // deleted while listing
+			}
+			return fmt.Errorf("list %s: %w", prefix, err)
+		}
+		if err := fn(storage.ObjectInfo{Name: it.name, Size: fi.Size(), ModTime: fi.ModTime()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Delete implements storage.Backend.
+func (b *Backend) Delete(ctx context.Context, name string) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	if err := os.Remove(b.path(name)); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
+}
