@@ -163,8 +163,9 @@ func TestKillDuringPushS3(t *testing.T) {
 
 // throttleProxy forwards TCP to target, limiting client->server bytes/s.
 type throttleProxy struct {
-	mu sync.Mutex
-	n  int64
+	gate sync.Mutex
+	mu   sync.Mutex
+	n    int64
 }
 
 func (p *throttleProxy) bytes() int64 { p.mu.Lock(); defer p.mu.Unlock(); return p.n }
@@ -196,13 +197,18 @@ func newThrottleProxy(t *testing.T, target string, bytesPerSec int) (*throttlePr
 				for ctx.Err() == nil {
 					n, err := c.Read(buf)
 					if n > 0 {
+						// One lock for all connections: the limit is global,
+						// so parallel multipart uploads cannot outrun it.
+						p.gate.Lock()
+						_, werr := s.Write(buf[:n])
+						time.Sleep(time.Duration(n) * time.Second / time.Duration(bytesPerSec))
+						p.gate.Unlock()
 						p.mu.Lock()
 						p.n += int64(n)
 						p.mu.Unlock()
-						if _, werr := s.Write(buf[:n]); werr != nil {
+						if werr != nil {
 							return
 						}
-						time.Sleep(time.Duration(n) * time.Second / time.Duration(bytesPerSec))
 					}
 					if err != nil {
 						return
