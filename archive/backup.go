@@ -211,7 +211,8 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 		// archiver to be patient, and wait below.
 		log.Info("backup from a standby: waiting for the primary to archive the backup's last segment", "segment", m.StopWAL)
 	}
-	if err := waitForWAL(ctx, r, m.StartWAL, m.StopWAL, si.segmentSize, o.WALTimeout, log); err != nil {
+	alive := func() error { return conn.Ping(ctx) }
+	if err := waitForWAL(ctx, r, m.StartWAL, m.StopWAL, si.segmentSize, o.WALTimeout, alive); err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
 	if err := r.CommitBackup(ctx, m); err != nil {
@@ -233,8 +234,9 @@ func labelTimeline(label string) (uint32, error) {
 	return uint32(n), err
 }
 
-// waitForWAL waits until every segment from first to last is archived.
-func waitForWAL(ctx context.Context, r *repo.Repository, first, last string, segSize int64, timeout time.Duration, log *slog.Logger) error {
+// waitForWAL waits until every segment from first to last is archived,
+// giving up early if the server that should archive them is gone.
+func waitForWAL(ctx context.Context, r *repo.Repository, first, last string, segSize int64, timeout time.Duration, alive func() error) error {
 	f, _ := pg.ParseWALFileName(first)
 	l, _ := pg.ParseWALFileName(last)
 	deadline := time.Now().Add(timeout)
@@ -249,6 +251,9 @@ func waitForWAL(ctx context.Context, r *repo.Repository, first, last string, seg
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("WAL segment %s needed by the backup was not archived within %s (is archive_command = 'pgkeep wal-push %%p' working?)", seg.Name, timeout)
+		}
+		if err := alive(); err != nil {
+			return fmt.Errorf("PostgreSQL went away before WAL segment %s needed by the backup was archived: %w", seg.Name, err)
 		}
 		select {
 		case <-ctx.Done():

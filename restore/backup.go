@@ -21,7 +21,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
+	"github.com/pgkeep/pgkeep/storage"
 )
 
 // Progress receives a restore's progress (bytes written).
@@ -98,6 +100,9 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 		return res, fmt.Errorf("restore: %w", err)
 	}
 	res.BackupID = m.ID
+	if err := checkBackupWAL(ctx, r, m); err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
 	log.Info("restoring", "backup", m.ID, "pgdata", o.PGData, "stop_time", m.StopTime, "stop_lsn", m.StopLSN, "delta", o.Delta)
 
 	if o.Force && !o.Delta {
@@ -180,6 +185,28 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 	log.Info("restore complete", "backup", m.ID, "files_written", res.FilesWritten, "files_kept", res.FilesKept,
 		"files_removed", res.FilesRemoved, "bytes_downloaded", res.BytesDownloaded)
 	return res, nil
+}
+
+// checkBackupWAL makes sure the WAL that makes the backup consistent is
+// archived before anything is written: without it the restore is useless.
+func checkBackupWAL(ctx context.Context, r *repo.Repository, m *repo.Manifest) error {
+	first, err := pg.ParseWALFileName(m.StartWAL)
+	if err != nil {
+		return fmt.Errorf("backup %s: %w", m.ID, err)
+	}
+	last, err := pg.ParseWALFileName(m.StopWAL)
+	if err != nil {
+		return fmt.Errorf("backup %s: %w", m.ID, err)
+	}
+	for seg := first; seg.SegNo(m.SegmentSize) <= last.SegNo(m.SegmentSize); seg = seg.NextSegment(m.SegmentSize) {
+		if _, err := r.Backend.Stat(ctx, repo.WALObjectName(seg)); err != nil {
+			if errors.Is(err, storage.ErrNotFound) {
+				return fmt.Errorf("WAL segment %s, needed to make backup %s consistent, is missing from the archive", seg.Name, m.ID)
+			}
+			return fmt.Errorf("check WAL segment %s: %w", seg.Name, err)
+		}
+	}
+	return nil
 }
 
 // checkTargetDir refuses a live postmaster always, and a non-empty

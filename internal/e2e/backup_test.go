@@ -172,3 +172,135 @@ func TestPointInTimeRecovery(t *testing.T) {
 		})
 	}
 }
+
+// nowUTC is the server's clock as an RFC 3339 string.
+func nowUTC(t *testing.T, conn *pgx.Conn) string {
+	t.Helper()
+	var s string
+	if err := conn.QueryRow(context.Background(), "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')").Scan(&s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func currentLSN(t *testing.T, c *pgtest.Cluster, standby bool) string {
+	t.Helper()
+	conn := c.Conn(t)
+	defer conn.Close(context.Background())
+	q := "SELECT pg_current_wal_lsn()::text"
+	if standby {
+		q = "SELECT pg_last_wal_replay_lsn()::text"
+	}
+	var s string
+	if err := conn.QueryRow(context.Background(), q).Scan(&s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestStandbyBackupAndTimelines takes a backup on a streaming standby,
+// promotes the standby (timeline 2), and restores that timeline-1 backup to
+// a moment on timeline 2 and to a moment before the switch.
+func TestStandbyBackupAndTimelines(t *testing.T) {
+	r := newRepo(t, repoOpts{kind: "fs"})
+	primary := archivingCluster(t, r)
+	conn := primary.Conn(t)
+	ctx := context.Background()
+	primary.Exec(t, conn, "CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text)")
+	insertBatch(t, conn, 1)
+
+	sdir := filepath.Join(pgtest.TempDir(t), "standby")
+	pgtest.Run(t, nil, "pg_basebackup", "-h", "127.0.0.1", "-p", fmt.Sprint(primary.Port), "-U", "postgres",
+		"-D", sdir, "-X", "stream", "-R", "--no-sync", "-c", "fast")
+	standby := pgtest.Existing(t, sdir, pgtest.Options{Env: r.env, Conf: []string{
+		"archive_mode = on",
+		fmt.Sprintf("archive_command = '%s wal-push %%p'", pgkeepBin(t)),
+		"hot_standby = on",
+	}})
+	standby.Start(t)
+	waitReplayed := func() {
+		want := currentLSN(t, primary, false)
+		pgtest.WaitFor(t, time.Minute, "standby to replay "+want, func() (bool, error) {
+			return lsnGE(currentLSN(t, standby, true), want), nil
+		})
+	}
+	waitReplayed()
+
+	// Backup from the standby: its last segment is archived by the primary,
+	// so keep the primary switching WAL until the backup is done.
+	done := make(chan result, 1)
+	go func() { done <- runPgkeep(t, backupEnv(r, standby), "", "backup") }()
+	var res result
+	deadline := time.After(3 * time.Minute)
+wait:
+	for {
+		select {
+		case res = <-done:
+			break wait
+		case <-time.After(500 * time.Millisecond):
+			primary.Exec(t, conn, "SELECT pg_switch_wal()")
+		case <-deadline:
+			t.Fatal("backup from the standby did not finish")
+		}
+	}
+	if res.code != 0 {
+		t.Fatalf("backup on standby: %s", res.stderr)
+	}
+	id := strings.TrimSpace(res.stdout)
+	rows := listBackups(t, r)
+	if len(rows) != 1 || rows[0].ID != id || rows[0].Role != "standby" || rows[0].Tl != 1 {
+		t.Fatalf("backup list: %+v", rows)
+	}
+
+	insertBatch(t, conn, 2)
+	last := switchSegments(t, primary, 1, 0)
+	waitArchived(t, primary, last, time.Minute)
+	waitReplayed()
+	beforeSwitch := nowUTC(t, conn)
+	time.Sleep(50 * time.Millisecond)
+	primary.Stop(t)
+
+	sconn := standby.Conn(t)
+	standby.Exec(t, sconn, "SELECT pg_promote()")
+	pgtest.WaitFor(t, time.Minute, "promotion", func() (bool, error) {
+		var rec bool
+		err := sconn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec)
+		return err == nil && !rec, err
+	})
+	time.Sleep(50 * time.Millisecond)
+	insertBatch(t, sconn, 3)
+	onTL2 := nowUTC(t, sconn)
+	time.Sleep(50 * time.Millisecond)
+	insertBatch(t, sconn, 4)
+	last2 := switchSegments(t, standby, 1, 0)
+	if !strings.HasPrefix(last2, "00000002") {
+		t.Fatalf("new primary writes %s, expected timeline 2", last2)
+	}
+	waitArchived(t, standby, last2, time.Minute)
+
+	restored := restoreAndStart(t, r, "--backup", id, "--target-time", onTL2, "--target-action", "promote")
+	waitRecoveryDone(t, restored, false)
+	if got := batches(t, restored); got != "1,2,3 rows=1500" {
+		t.Fatalf("restore to a time on timeline 2: %s", got)
+	}
+	restored.Stop(t)
+	restored = restoreAndStart(t, r, "--backup", id, "--target-time", beforeSwitch, "--target-action", "promote")
+	waitRecoveryDone(t, restored, false)
+	if got := batches(t, restored); got != "1,2 rows=1000" {
+		t.Fatalf("restore to before the switch: %s", got)
+	}
+	if res := r.run(t, "verify"); res.code != 0 {
+		t.Fatalf("verify across timelines: %s%s", res.stdout, res.stderr)
+	}
+}
+
+func lsnGE(a, b string) bool {
+	pa, pb := parseLSN(a), parseLSN(b)
+	return pa >= pb
+}
+
+func parseLSN(s string) uint64 {
+	var hi, lo uint64
+	fmt.Sscanf(s, "%X/%X", &hi, &lo)
+	return hi<<32 | lo
+}

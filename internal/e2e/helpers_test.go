@@ -242,3 +242,5 @@ func waitArchived(t *testing.T, c *pgtest.Cluster, name string, timeout time.Dur
 		return last >= name && len(last) == 24, nil
 	})
 }
+
+func pgkeepBin(t *testing.T) string { return testbin.Pgkeep(t) }
