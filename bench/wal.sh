@@ -22,7 +22,7 @@ set -euo pipefail
 SEGMENTS=${SEGMENTS:-64}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PGKEEP_SRC=${PGKEEP_BIN:-$ROOT/bin/pgkeep}
+PGKEEP_SRC=${PK_BIN:-$ROOT/bin/pgkeep}
 
 if [ "$(id -u)" = 0 ]; then
 	# PostgreSQL and pgBackRest run as postgres; so does the whole bench.
@@ -32,12 +32,12 @@ if [ "$(id -u)" = 0 ]; then
 	cp "$0" "$WORK/wal.sh"
 	chown -R postgres:postgres "$WORK"
 	trap 'rm -rf "$WORK"' EXIT
-	runuser -u postgres -- env WORK="$WORK" SEGMENTS="$SEGMENTS" PGBIN="$PGBIN" PGKEEP_BIN="$WORK/pgkeep" bash "$WORK/wal.sh"
+	runuser -u postgres -- env WORK="$WORK" SEGMENTS="$SEGMENTS" PGBIN="$PGBIN" PK_BIN="$WORK/pgkeep" bash "$WORK/wal.sh"
 	exit
 fi
 
 WORK=${WORK:-$(mktemp -d /tmp/pgkeep-bench.XXXXXX)}
-PGKEEP=${PGKEEP_BIN:-$PGKEEP_SRC}
+PGKEEP=${PK_BIN:-$PGKEEP_SRC}
 command -v pgbackrest >/dev/null || { echo "pgbackrest is not installed (apt-get install pgbackrest)" >&2; exit 1; }
 [ -x "$PGKEEP" ] || { echo "no pgkeep binary at $PGKEEP (make build)" >&2; exit 1; }
 

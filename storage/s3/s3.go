@@ -222,11 +222,11 @@ func (b *Backend) multipart(ctx context.Context, name string, first []byte, r io
 		}
 	}()
 	var (
-		mu    sync.Mutex
-		parts []types.CompletedPart
+		mu       sync.Mutex
+		parts    []types.CompletedPart
 		firstErr error
-		wg    sync.WaitGroup
-		sem   = make(chan struct{}, b.o.Concurrency)
+		wg       sync.WaitGroup
+		sem      = make(chan struct{}, b.o.Concurrency)
 	)
 	firstBuf := first
 	upload := func(num int32, data []byte) {
