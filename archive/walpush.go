@@ -140,7 +140,7 @@ func pushFile(ctx context.Context, r *repo.Repository, path string) (pushedRecor
 	sum := sha256.Sum256(data)
 	rec := pushedRecord{Size: fi.Size(), ModTime: fi.ModTime().UnixNano(), SHA256: hex.EncodeToString(sum[:])}
 	objName := repo.WALObjectName(wf)
-	err = r.PutObject(ctx, objName, data, storage.PutOptions{IfAbsent: true})
+	err = r.PutBytes(ctx, objName, data, sum, storage.PutOptions{IfAbsent: true})
 	if err == nil {
 		return rec, nil
 	}

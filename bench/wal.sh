@@ -4,8 +4,9 @@
 # Generates 64 real segments with pgbench on a throwaway PostgreSQL 15
 # (127.0.0.1 only), then pushes and fetches each one with one process per
 # segment, as PostgreSQL does, alternating the two tools segment by segment
-# so machine noise hits both alike. Both use a local repository and zstd
-# level 3; pgBackRest runs synchronous archive-push/archive-get.
+# so machine noise hits both alike. Both use a local repository; pgBackRest
+# runs zstd level 3 with synchronous archive-push/archive-get, pgkeep its
+# default wal.compression_level 1 and, in a third column of pushes, level 3.
 #
 # Rounds:
 #   push        pgkeep wal-push (push_ahead 0)      vs pgbackrest archive-push
@@ -64,8 +65,15 @@ EOF
 export PGHOST=127.0.0.1 PGPORT=$PORT PGUSER=postgres PGDATABASE=postgres
 "$PGBIN/pgbench" -i -s 10 -q >/dev/null 2>&1
 count_segments() { ls "$PGDATA/pg_wal" | grep -cE '^[0-9A-F]{24}$' || true; }
+# pgbench transactions alone write WAL slowly here (about 1 MB/s); bulk
+# updates of a slice of pgbench_accounts between short pgbench runs fill
+# segments quickly with the same kind of records (heap updates, index
+# inserts, full-page images).
+i=0
 while [ "$(count_segments)" -le "$SEGMENTS" ]; do
-	"$PGBIN/pgbench" -n -c 2 -t 3000 >/dev/null 2>&1
+	"$PGBIN/pgbench" -n -c 2 -T 2 >/dev/null 2>&1
+	"$PGBIN/psql" -qAtc "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 16 = $((i % 16))" >/dev/null
+	i=$((i + 1))
 done
 "$PGBIN/psql" -qAtc "SELECT pg_switch_wal()" >/dev/null
 # The oldest SEGMENTS complete segments (the newest one is still being written).
@@ -78,8 +86,6 @@ mkdir -p "$WORK/pgkeep-repo" "$WORK/kdata/pg_wal/archive_status" "$WORK/kdata/gl
 cp "$PGDATA/global/pg_control" "$WORK/kdata/global/"
 cat >"$WORK/pgkeep.yml" <<EOF
 repository: file://$WORK/pgkeep-repo
-compression:
-  level: 3
 wal:
   push_ahead: 0
   prefetch: 8
@@ -108,16 +114,22 @@ PGBR="pgbackrest --config=$WORK/pgbackrest.conf --stanza=bench"
 $PGBR stanza-create >/dev/null
 
 now() { date +%s%N; }
-ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1e6 }'; }
+ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", (b - a) / 1e6 }'; }
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 total() { awk '{ s += $1 } END { printf "%.0f\n", s }'; }
 
 echo "== push: one process per segment, alternating"
-: >"$WORK/push.pgkeep"; : >"$WORK/push.pgbackrest"
+mkdir -p "$WORK/pgkeep-repo3"
+PGKEEP_REPOSITORY=file://$WORK/pgkeep-repo3 "$PGKEEP" repo init --pgdata "$PGDATA" >/dev/null
+: >"$WORK/push.pgkeep"; : >"$WORK/push3.pgkeep"; : >"$WORK/push.pgbackrest"
 while read -r s; do
 	cp "$WORK/segs/$s" "$WORK/kdata/pg_wal/$s"
 	t0=$(now); (cd "$WORK/kdata" && "$PGKEEP" wal-push "pg_wal/$s"); t1=$(now)
 	ms "$t0" "$t1" >>"$WORK/push.pgkeep"
+	t0=$(now)
+	(cd "$WORK/kdata" && PGKEEP_REPOSITORY=file://$WORK/pgkeep-repo3 PGKEEP_WAL_COMPRESSION_LEVEL=3 "$PGKEEP" wal-push "pg_wal/$s")
+	t1=$(now)
+	ms "$t0" "$t1" >>"$WORK/push3.pgkeep"
 	t0=$(now); $PGBR archive-push "$WORK/segs/$s"; t1=$(now)
 	ms "$t0" "$t1" >>"$WORK/push.pgbackrest"
 	rm -f "$WORK/kdata/pg_wal/$s"
@@ -151,15 +163,18 @@ while read -r s; do
 	cmp -s "$WORK/fetchbr/RECOVERYXLOG" "$WORK/segs/$s" || { echo "pgbackrest fetched wrong bytes for $s" >&2; exit 1; }
 done <"$WORK/seglist"
 
-kp=$(median <"$WORK/push.pgkeep"); bp=$(median <"$WORK/push.pgbackrest")
+kp=$(median <"$WORK/push.pgkeep"); bp=$(median <"$WORK/push.pgbackrest"); kp3=$(median <"$WORK/push3.pgkeep")
 kf=$(median <"$WORK/fetch.pgkeep"); bf=$(median <"$WORK/fetch.pgbackrest")
 ka=$(total <"$WORK/pushahead.pgkeep"); kpt=$(total <"$WORK/push.pgkeep"); bpt=$(total <"$WORK/push.pgbackrest")
-ksize=$(du -sk "$WORK/pgkeep-repo/wal" | cut -f1); bsize=$(du -sk "$WORK/pgbackrest-repo/archive" | cut -f1)
+ksize=$(du -sk "$WORK/pgkeep-repo/wal" | cut -f1); ksize3=$(du -sk "$WORK/pgkeep-repo3/wal" | cut -f1); bsize=$(du -sk "$WORK/pgbackrest-repo/archive" | cut -f1)
 echo
-echo "segments: $SEGMENTS x $(( $(stat -c %s "$WORK/segs/$(head -1 "$WORK/seglist")") / 1048576 )) MiB, zstd level 3, local repository, $(nproc) cores"
+echo "segments: $SEGMENTS x $(( $(stat -c %s "$WORK/segs/$(head -1 "$WORK/seglist")") / 1048576 )) MiB, local repository, $(nproc) cores"
+echo "pgkeep: wal.compression_level 1 (its default) unless noted; pgBackRest: zstd level 3"
 printf "%-34s %10s %12s %8s\n" "" "pgkeep" "pgBackRest" "ratio"
 printf "%-34s %8s ms %10s ms %8s\n" "push, median per segment" "$kp" "$bp" "$(awk -v a="$kp" -v b="$bp" 'BEGIN{printf "%.2f", a/b}')"
+printf "%-34s %8s ms %10s ms %8s\n" "push, median, pgkeep at level 3" "$kp3" "$bp" "$(awk -v a="$kp3" -v b="$bp" 'BEGIN{printf "%.2f", a/b}')"
 printf "%-34s %8s ms %10s ms %8s\n" "push, total for all segments" "$kpt" "$bpt" "$(awk -v a="$kpt" -v b="$bpt" 'BEGIN{printf "%.2f", a/b}')"
 printf "%-34s %8s ms %10s ms %8s\n" "push with backlog (push-ahead), total" "$ka" "$bpt" "$(awk -v a="$ka" -v b="$bpt" 'BEGIN{printf "%.2f", a/b}')"
 printf "%-34s %8s ms %10s ms %8s\n" "fetch, median per segment" "$kf" "$bf" "$(awk -v a="$kf" -v b="$bf" 'BEGIN{printf "%.2f", a/b}')"
 printf "%-34s %8s KiB %9s KiB %8s\n" "archive size" "$ksize" "$bsize" "$(awk -v a="$ksize" -v b="$bsize" 'BEGIN{printf "%.2f", a/b}')"
+printf "%-34s %8s KiB %9s KiB %8s\n" "archive size, pgkeep at level 3" "$ksize3" "$bsize" "$(awk -v a="$ksize3" -v b="$bsize" 'BEGIN{printf "%.2f", a/b}')"

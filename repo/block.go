@@ -26,13 +26,17 @@ var (
 	}}
 )
 
+// windowSize is zstd's at level 3 (2 MiB): a larger window finds almost
+// nothing more in WAL and data files, and costs memory per encoder.
+const windowSize = 2 << 20
+
 func encoderPool(level int) *sync.Pool {
 	if p, ok := encPools.Load(level); ok {
 		return p.(*sync.Pool)
 	}
 	p := &sync.Pool{New: func() any {
 		e, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
-			zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(true), zstd.WithWindowSize(1<<22))
+			zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(true), zstd.WithWindowSize(windowSize))
 		return e
 	}}
 	actual, _ := encPools.LoadOrStore(level, p)
@@ -43,30 +47,79 @@ func encoderPool(level int) *sync.Pool {
 // plain content's SHA-256.
 func (c *Codec) EncodeBlock(dst []byte, plain []byte) ([]byte, [32]byte, error) {
 	sum := sha256.Sum256(plain)
+	pieces, err := c.encodePieces(plain, sum, 1)
+	if err != nil {
+		return nil, sum, err
+	}
+	for _, p := range pieces {
+		dst = append(dst, p...)
+	}
+	return dst, sum, nil
+}
+
+// minFrame is the smallest piece worth compressing on its own goroutine.
+const minFrame = 2 << 20
+
+// encodePieces returns the object for plain (whose SHA-256 the caller
+// computed) as pieces to be stored one after the other, so large content is
+// not copied into one buffer. With parts > 1 a large plain is cut into that
+// many independent zstd frames compressed at once: one WAL segment then
+// uses every core, and concatenated frames decode as one zstd stream.
+func (c *Codec) encodePieces(plain []byte, sum [32]byte, parts int) ([][]byte, error) {
 	h := Header{Compressed: c.Level > 0, Encrypted: len(c.Recipients) > 0, Size: int64(len(plain)), SHA256: sum}
-	dst = append(dst, h.marshal()...)
-	body := plain
+	pieces := [][]byte{h.marshal()}
+	body := [][]byte{plain}
 	if h.Compressed {
-		pool := encoderPool(c.Level)
-		enc := pool.Get().(*zstd.Encoder)
-		body = enc.EncodeAll(plain, make([]byte, 0, len(plain)/2+64))
-		pool.Put(enc)
+		body = c.compressFrames(plain, parts)
 	}
 	if !h.Encrypted {
-		return append(dst, body...), sum, nil
+		return append(pieces, body...), nil
 	}
-	buf := bytes.NewBuffer(dst)
+	n := 0
+	for _, b := range body {
+		n += len(b)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, n+n/64+512))
 	w, err := age.Encrypt(buf, c.Recipients...)
 	if err != nil {
-		return nil, sum, fmt.Errorf("encrypt: %w", err)
+		return nil, fmt.Errorf("encrypt: %w", err)
 	}
-	if _, err := w.Write(body); err != nil {
-		return nil, sum, err
+	for _, b := range body {
+		if _, err := w.Write(b); err != nil {
+			return nil, err
+		}
 	}
 	if err := w.Close(); err != nil {
-		return nil, sum, err
+		return nil, err
 	}
-	return buf.Bytes(), sum, nil
+	return append(pieces, buf.Bytes()), nil
+}
+
+func (c *Codec) compressFrames(plain []byte, parts int) [][]byte {
+	parts = max(min(parts, len(plain)/minFrame), 1)
+	pool := encoderPool(c.Level)
+	size := (len(plain) + parts - 1) / parts
+	out := make([][]byte, parts)
+	var wg sync.WaitGroup
+	for i := range parts {
+		compress := func() {
+			piece := plain[i*size : min((i+1)*size, len(plain))]
+			enc := pool.Get().(*zstd.Encoder)
+			out[i] = enc.EncodeAll(piece, make([]byte, 0, len(piece)/3+1024))
+			pool.Put(enc)
+		}
+		if parts == 1 {
+			compress()
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			compress()
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 // DecodeBlock decodes one in-memory object, verifying size and checksum.

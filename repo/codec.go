@@ -142,7 +142,7 @@ func (c *Codec) Encode(dst io.Writer, src io.Reader, size int64, sum [32]byte) e
 			zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(c.Level)),
 			zstd.WithEncoderConcurrency(c.concurrency()),
 			zstd.WithEncoderCRC(true),
-			zstd.WithWindowSize(1<<22))
+			zstd.WithWindowSize(windowSize))
 		if err != nil {
 			return fmt.Errorf("compress: %w", err)
 		}

@@ -255,7 +255,25 @@ func (r *Repository) Codec() *Codec { return r.codec }
 // PutObject encodes plain content and stores it under name. With IfAbsent a
 // name that is already taken gives storage.ErrExists and nothing changes.
 func (r *Repository) PutObject(ctx context.Context, name string, plain []byte, opts storage.PutOptions) error {
-	return r.PutStream(ctx, name, bytes.NewReader(plain), int64(len(plain)), sha256.Sum256(plain), opts)
+	return r.PutBytes(ctx, name, plain, sha256.Sum256(plain), opts)
+}
+
+// PutBytes is PutObject for a caller that already has the content's
+// SHA-256 (wal-push hashes each segment once). The object is encoded in
+// memory, using every core for large content, before the upload starts.
+func (r *Repository) PutBytes(ctx context.Context, name string, plain []byte, sum [32]byte, opts storage.PutOptions) error {
+	if r.encryptErr != nil {
+		return r.encryptErr
+	}
+	pieces, err := r.codec.encodePieces(plain, sum, r.codec.concurrency())
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", name, err)
+	}
+	readers := make([]io.Reader, len(pieces))
+	for i, p := range pieces {
+		readers[i] = bytes.NewReader(p)
+	}
+	return r.Backend.Put(ctx, name, io.MultiReader(readers...), opts)
 }
 
 // PutStream is PutObject for content the caller streams; size and sum must

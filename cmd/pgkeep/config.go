@@ -63,8 +63,9 @@ type PostgresConfig struct {
 }
 
 type WALConfig struct {
-	PushAhead int `yaml:"push_ahead"`
-	Prefetch  int `yaml:"prefetch"`
+	PushAhead        int `yaml:"push_ahead"`
+	Prefetch         int `yaml:"prefetch"`
+	CompressionLevel int `yaml:"compression_level"`
 }
 
 type LogConfig struct {
@@ -79,7 +80,7 @@ func defaultConfig() Config {
 		Compression:         CompressionConfig{Level: 3},
 		UploadConcurrency:   4,
 		DownloadConcurrency: 4,
-		WAL:                 WALConfig{PushAhead: 8, Prefetch: 8},
+		WAL:                 WALConfig{PushAhead: 8, Prefetch: 8, CompressionLevel: 1},
 		Log:                 LogConfig{Level: "info", Format: "text"},
 	}
 }
@@ -241,6 +242,9 @@ func (c *Config) validate(path string) error {
 	}
 	if c.WAL.PushAhead < 0 || c.WAL.PushAhead > 1024 {
 		return bad("wal.push_ahead", "%d is outside 0..1024", c.WAL.PushAhead)
+	}
+	if c.WAL.CompressionLevel < 0 || c.WAL.CompressionLevel > 22 {
+		return bad("wal.compression_level", "%d is outside 0 (off) .. 22", c.WAL.CompressionLevel)
 	}
 	if c.WAL.Prefetch < 0 || c.WAL.Prefetch > 1024 {
 		return bad("wal.prefetch", "%d is outside 0..1024", c.WAL.Prefetch)

@@ -97,8 +97,18 @@ func loadKeys(cfg Config) (repo.Keys, error) {
 	return k, nil
 }
 
-// openRepo opens the configured repository with this host's keys.
+// openRepo opens the configured repository with this host's keys, to
+// write base backups (compression.level).
 func openRepo(ctx context.Context, cfg Config) (*repo.Repository, error) {
+	return openRepoLevel(ctx, cfg, cfg.Compression.Level)
+}
+
+// openWALRepo opens the repository to write WAL (wal.compression_level).
+func openWALRepo(ctx context.Context, cfg Config) (*repo.Repository, error) {
+	return openRepoLevel(ctx, cfg, cfg.WAL.CompressionLevel)
+}
+
+func openRepoLevel(ctx context.Context, cfg Config, level int) (*repo.Repository, error) {
 	b, err := openBackend(ctx, cfg, false)
 	if err != nil {
 		return nil, err
@@ -109,6 +119,6 @@ func openRepo(ctx context.Context, cfg Config) (*repo.Repository, error) {
 	}
 	return repo.Open(ctx, b, repo.OpenOptions{
 		Keys:             keys,
-		CompressionLevel: cfg.Compression.Level,
+		CompressionLevel: level,
 	})
 }

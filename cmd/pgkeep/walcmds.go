@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,8 +36,9 @@ the same call, so the archiver's next calls return at once.`,
 			if err := a.load(); err != nil {
 				return err
 			}
+			lazyGC()
 			ctx := cmd.Context()
-			r, err := openRepo(ctx, a.cfg)
+			r, err := openWALRepo(ctx, a.cfg)
 			if err != nil {
 				return fmt.Errorf("push %s: %w", filepath.Base(args[0]), err)
 			}
@@ -49,6 +51,15 @@ the same call, so the archiver's next calls return at once.`,
 			})
 		},
 	}
+}
+
+// lazyGC suits the short processes PostgreSQL starts per WAL file: they
+// allocate a few segments' worth of memory and exit, so collecting garbage
+// on the way only costs time. The limit keeps a collection possible should
+// one run allocate far more than that.
+func lazyGC() {
+	debug.SetGCPercent(-1)
+	debug.SetMemoryLimit(512 << 20)
 }
 
 // systemIdentifier reads pg_control of the data directory walPath belongs
@@ -90,18 +101,30 @@ sequential recovery does not wait one round trip per segment.`,
 			if err := a.load(); err != nil {
 				return err
 			}
+			lazyGC()
 			ctx := cmd.Context()
 			name, dest := args[0], args[1]
-			r, err := openRepo(ctx, a.cfg)
-			if err != nil {
-				return &exitError{code: exitUsage, err: fmt.Errorf("fetch %s: %w", name, err)}
-			}
 			prefetchDir := ""
 			if a.cfg.WAL.Prefetch > 0 {
 				prefetchDir = restore.DefaultPrefetchDir(dest)
 			}
+			// A prefetched segment needs no repository: just a rename.
+			if wf, err := pg.ParseWALFileName(name); err == nil && prefetchDir != "" && restore.ShouldPrefetch(wf, dest) {
+				if size, ok := restore.TakePrefetched(prefetchDir, name, dest, a.log); ok {
+					if needPrefetch(prefetchDir, a.cfg.WAL.Prefetch) {
+						if err := a.startPrefetch(name, prefetchDir, size); err != nil {
+							a.log.Warn("could not start prefetch", "err", err)
+						}
+					}
+					return nil
+				}
+			}
+			r, err := openRepo(ctx, a.cfg)
+			if err != nil {
+				return &exitError{code: exitUsage, err: fmt.Errorf("fetch %s: %w", name, err)}
+			}
 			res, err := restore.FetchWAL(ctx, r, restore.FetchOptions{
-				Name: name, Dest: dest, PrefetchDir: prefetchDir, Logger: a.log,
+				Name: name, Dest: dest, Logger: a.log,
 			})
 			if errors.Is(err, restore.ErrWALNotFound) {
 				a.log.Debug("not in the archive", "file", name)

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgkeep/pgkeep/internal/pgtest"
 )
 
@@ -174,7 +176,9 @@ func TestBackupFaults(t *testing.T) {
 	t.Run("PostgreSQL stopped mid-backup", func(t *testing.T) {
 		done := make(chan result, 1)
 		go func() { done <- runPgkeep(t, backupEnv(r, primary), "", "backup") }()
-		waitNewPack(t, r, good)
+		// Stopped between pg_backup_start and pg_backup_stop, while files
+		// are still being read.
+		waitBackupStarted(t, conn)
 		pgtest.Run(t, nil, "pg_ctl", "-D", primary.DataDir, "-m", "immediate", "stop")
 		res := <-done
 		if res.code == 0 || strings.Count(strings.TrimSpace(res.stderr), "\n") > 0 && !strings.Contains(res.stderr, "pgkeep: backup") {
@@ -281,6 +285,18 @@ func countComplete(rows []backupRow) int {
 }
 
 // waitNewPack waits until a backup other than existing has written a pack.
+// waitBackupStarted waits until a session has run pg_backup_start: its
+// connection stays open, idle, with that as its last query.
+func waitBackupStarted(t *testing.T, conn *pgx.Conn) {
+	t.Helper()
+	pgtest.WaitFor(t, time.Minute, "pg_backup_start", func() (bool, error) {
+		var n int
+		err := conn.QueryRow(context.Background(),
+			"SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_backup_start(%' AND pid <> pg_backend_pid()").Scan(&n)
+		return n > 0, err
+	})
+}
+
 func waitNewPack(t *testing.T, r *testRepo, existing string) {
 	t.Helper()
 	pgtest.WaitFor(t, time.Minute, "the backup to write data", func() (bool, error) {

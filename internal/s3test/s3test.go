@@ -5,6 +5,7 @@ package s3test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -19,21 +20,30 @@ import (
 	"github.com/pgkeep/pgkeep/storage/s3"
 )
 
+// readyTimeout bounds a start. MinIO is up in about a second on an idle
+// machine; the rest is headroom for a loaded 2-core CI box.
+const readyTimeout = 30 * time.Second
+
 // Server is one MinIO process and its data directory.
 type Server struct {
-	Endpoint  string
+	Endpoint  string // http://127.0.0.1:Port
 	AccessKey string
 	SecretKey string
 	Region    string
-	Dir       string
+	Dir       string // temp dir: data/ and minio.log
 	Port      int
 
 	bin     string
-	cmd     *exec.Cmd
 	logPath string
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when cmd has exited
 }
 
-// Binary finds the MinIO server binary.
+// Binary finds the MinIO server binary: $PGKEEP_TEST_MINIO, `minio` on
+// PATH, ~/.cache/pgkeep/bin/minio (where `make deps` puts it), or
+// /work/cache/bin/minio. (The variable is PGKEEP_TEST_*, not PGKEEP_MINIO:
+// pgkeep rejects unknown PGKEEP_* variables as configuration typos, and the
+// e2e tests' pgkeep processes inherit the environment.)
 func Binary() (string, error) {
 	if p := os.Getenv("PGKEEP_TEST_MINIO"); p != "" {
 		return p, nil
@@ -41,16 +51,21 @@ func Binary() (string, error) {
 	if p, err := exec.LookPath("minio"); err == nil {
 		return p, nil
 	}
-	home, _ := os.UserHomeDir()
-	for _, p := range []string{filepath.Join(home, ".cache/pgkeep/bin/minio"), "/work/cache/bin/minio"} {
+	var candidates []string
+	if home, err := os.UserHomeDir(); err == nil {
+		candidates = append(candidates, filepath.Join(home, ".cache/pgkeep/bin/minio"))
+	}
+	candidates = append(candidates, "/work/cache/bin/minio")
+	for _, p := range candidates {
 		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("minio not found: run `make deps` (builds it into ~/.cache/pgkeep/bin) or set PGKEEP_TEST_MINIO")
+	return "", errors.New("minio not found: run `make deps` (builds it into ~/.cache/pgkeep/bin) or set PGKEEP_TEST_MINIO to a minio binary")
 }
 
 func freePort(t testing.TB) int {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -59,13 +74,15 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// Start runs a fresh MinIO; it is stopped and its data removed at cleanup.
+// Start runs a fresh MinIO; t.Cleanup stops it and removes its data.
 func Start(t testing.TB) *Server {
 	t.Helper()
 	bin, err := Binary()
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Not t.TempDir: tests may chmod their temp dirs, and this one must be
+	// removable at cleanup whatever happened.
 	dir, err := os.MkdirTemp("", "pgkeep-minio-")
 	if err != nil {
 		t.Fatal(err)
@@ -75,64 +92,102 @@ func Start(t testing.TB) *Server {
 		SecretKey: "pgkeep-test-secret-key-do-not-log",
 		Region:    "us-east-1",
 		Dir:       dir,
-		Port:      freePort(t),
 		bin:       bin,
-		logPath:   dir + ".log",
+		logPath:   filepath.Join(dir, "minio.log"),
 	}
-	s.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", s.Port)
 	t.Cleanup(func() {
 		s.kill()
 		os.RemoveAll(dir)
-		os.Remove(s.logPath)
 	})
-	s.start(t)
-	return s
+	// The free port is released before MinIO binds it, so another process
+	// can take it in between: try a few.
+	for attempt := 1; ; attempt++ {
+		s.Port = freePort(t)
+		s.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", s.Port)
+		err := s.start()
+		if err == nil {
+			return s
+		}
+		if !errors.Is(err, errExited) || attempt == 3 {
+			t.Fatalf("%v\nminio log (%s):\n%s", err, s.logPath, s.logTail())
+		}
+	}
 }
 
-func (s *Server) start(t testing.TB) {
-	t.Helper()
+var errExited = errors.New("minio exited")
+
+// start runs MinIO on s.Port and waits until it serves requests.
+func (s *Server) start() error {
 	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(s.bin, "server", "--quiet", "--address", fmt.Sprintf("127.0.0.1:%d", s.Port),
-		"--console-address", fmt.Sprintf("127.0.0.1:%d", freePort(t)), filepath.Join(s.Dir, "data"))
+	fmt.Fprintf(logf, "--- %s: starting on %s\n", time.Now().Format(time.RFC3339), s.Endpoint)
+	console, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(s.bin, "server", "--quiet",
+		"--address", fmt.Sprintf("127.0.0.1:%d", s.Port),
+		"--console-address", console,
+		filepath.Join(s.Dir, "data"))
 	cmd.Env = append(os.Environ(),
 		"MINIO_ROOT_USER="+s.AccessKey, "MINIO_ROOT_PASSWORD="+s.SecretKey,
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1")
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group, so Stop kills anything it spawned too.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start minio: %v", err)
+		return fmt.Errorf("start minio %s: %w", s.bin, err)
 	}
-	s.cmd = cmd
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(s.Endpoint + "/minio/health/live")
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	s.cmd, s.exited = cmd, exited
+
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(readyTimeout)
+	for {
+		resp, err := client.Get(s.Endpoint + "/minio/health/live")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
 		}
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case <-exited:
+			s.cmd = nil
+			return fmt.Errorf("%w while starting on %s (%v)", errExited, s.Endpoint, cmd.ProcessState)
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			s.kill()
+			return fmt.Errorf("minio not ready on %s after %s", s.Endpoint, readyTimeout)
+		}
 	}
-	s.kill()
-	log, _ := os.ReadFile(s.logPath)
-	t.Fatalf("minio did not become ready on %s:\n%s", s.Endpoint, tail(string(log), 3000))
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
 }
 
 func (s *Server) kill() {
-	if s.cmd == nil || s.cmd.Process == nil {
+	if s.cmd == nil {
 		return
 	}
 	syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-	s.cmd.Wait()
+	<-s.exited
 	s.cmd = nil
 }
 
-// Stop kills the server (storage down) and waits until the port refuses.
+// Stop kills the server (storage down) and waits until the port refuses
+// connections. The data stays for Restart.
 func (s *Server) Stop(t testing.TB) {
 	t.Helper()
 	s.kill()
@@ -144,14 +199,17 @@ func (s *Server) Stop(t testing.TB) {
 		c.Close()
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatal("minio still accepts connections after kill")
+	t.Fatalf("minio still accepts connections on port %d after kill", s.Port)
 }
 
-// Restart starts the server again on the same port and data directory.
+// Restart starts the server again on the same port and data directory and
+// waits until it is ready.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.kill()
-	s.start(t)
+	if err := s.start(); err != nil {
+		t.Fatalf("restart: %v\nminio log (%s):\n%s", err, s.logPath, s.logTail())
+	}
 }
 
 // Env is the AWS environment pgkeep needs to reach the server.
@@ -164,13 +222,16 @@ func (s *Server) Env() []string {
 	}
 }
 
-// Backend opens a storage backend on bucket/prefix with the server's
-// credentials (set in this process's environment for the AWS chain).
+// Backend opens a storage backend on bucket/prefix. Credentials reach the
+// s3 package only through the AWS chain, so this sets Env() in the test
+// process's environment (the same values for every Server).
 func (s *Server) Backend(t testing.TB, bucket, prefix string, o s3.Options) *s3.Backend {
 	t.Helper()
 	for _, kv := range s.Env() {
 		k, v, _ := strings.Cut(kv, "=")
-		os.Setenv(k, v)
+		if os.Getenv(k) != v {
+			os.Setenv(k, v)
+		}
 	}
 	o.Bucket, o.Prefix, o.Endpoint, o.Region, o.PathStyle = bucket, prefix, s.Endpoint, s.Region, true
 	if o.Timeout == 0 {
@@ -187,13 +248,19 @@ func (s *Server) Backend(t testing.TB, bucket, prefix string, o s3.Options) *s3.
 func (s *Server) CreateBucket(t testing.TB, name string) {
 	t.Helper()
 	if err := s.Backend(t, name, "", s3.Options{}).CreateBucket(context.Background()); err != nil {
-		t.Fatalf("create bucket %s: %v", name, err)
+		t.Fatalf("create bucket %s: %v\nminio log:\n%s", name, err, s.logTail())
 	}
 }
 
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
+// logTail is the end of MinIO's output, for failure messages.
+func (s *Server) logTail() string {
+	data, err := os.ReadFile(s.logPath)
+	if err != nil {
+		return err.Error()
 	}
-	return s
+	const n = 3000
+	if len(data) > n {
+		data = data[len(data)-n:]
+	}
+	return string(data)
 }

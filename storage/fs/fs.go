@@ -1,11 +1,17 @@
 // Package fs stores a repository in a local directory: pgkeep's default,
 // so it works on one machine with nothing else installed.
 //
-// Durability: an object is written to <root>/.tmp/, fsynced, then published
-// under its name with link(2) (create-if-absent: the kernel refuses an
-// existing name atomically) or rename(2) (replace), and the directory is
-// fsynced so the name survives a crash. A writer killed at any point leaves
-// at most a file in .tmp/, never a partial object under its name.
+// Durability and atomicity: Put writes the object to a fresh file in
+// <root>/.tmp/ and fsyncs it, so the data is on disk before any name points
+// at it. It then publishes the file under its final name in one atomic step:
+// link(2) for IfAbsent (the kernel refuses an existing name with EEXIST, so
+// two racing writers cannot both win and the loser never touches the stored
+// object) or rename(2) otherwise (atomic replace). Finally it fsyncs the
+// directory holding the name (and the parent of every directory it had to
+// create), because on Linux a new directory entry is only durable once its
+// directory is synced. A writer killed at any point (kill -9, power loss)
+// therefore leaves either no object or the complete one under the name;
+// the only debris is a file in .tmp/, which List never shows.
 package fs
 
 import (
@@ -28,30 +34,40 @@ import (
 
 const tmpDir = ".tmp"
 
+// readDir is os.ReadDir; tests swap it to see which directories List reads.
+var readDir = os.ReadDir
+
 // Backend is a directory of objects.
 type Backend struct {
 	root string
 }
 
-// New opens an existing repository directory.
+// New opens an existing repository directory. A missing root, or one that
+// is not a directory, gives an error wrapping storage.ErrNotFound, so callers
+// can tell "no repository here" from I/O trouble.
 func New(root string) (*Backend, error) {
 	fi, err := os.Stat(root)
 	if err != nil {
-		if os.IsNotExist(err) {
-			return nil, fmt.Errorf("directory %s: %w", root, storage.ErrNotFound)
+		if errors.Is(err, iofs.ErrNotExist) {
+			return nil, fmt.Errorf("repository directory %s: %w", root, storage.ErrNotFound)
 		}
-		return nil, fmt.Errorf("directory %s: %w", root, err)
+		return nil, fmt.Errorf("repository directory %s: %w", root, err)
 	}
 	if !fi.IsDir() {
-		return nil, fmt.Errorf("%s is not a directory", root)
+		return nil, fmt.Errorf("repository directory %s: not a directory: %w", root, storage.ErrNotFound)
 	}
 	return &Backend{root: filepath.Clean(root)}, nil
 }
 
-// Create makes the directory (and parents) if needed and opens it.
+// Create makes the directory (0750, parents too) if needed and opens it.
+// The new directories are fsynced into their parents like Put's are.
 func Create(root string) (*Backend, error) {
-	if err := os.MkdirAll(root, 0o750); err != nil {
-		return nil, fmt.Errorf("create repository directory: %w", err)
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("create repository directory %s: %w", root, err)
+	}
+	if err := mkdirAllSync(abs); err != nil {
+		return nil, fmt.Errorf("create repository directory %s: %w", root, err)
 	}
 	return New(root)
 }
@@ -61,10 +77,13 @@ func (b *Backend) Root() string { return b.root }
 
 func (b *Backend) String() string { return "file://" + b.root }
 
+// checkName keeps every name inside root and out of .tmp/. Names must be
+// clean ("a//b", "a/", "./a" are refused) so one object has one name.
 func checkName(name string) error {
-	if name == "" || strings.HasPrefix(name, "/") || strings.Contains(name, "\\") ||
-		strings.HasPrefix(name, tmpDir) || path.Clean(name) != name || strings.Contains(name, "..") {
-		return fmt.Errorf("invalid object name %q", name)
+	if name == "" || name == "." || strings.HasPrefix(name, "/") || strings.Contains(name, "\\") ||
+		strings.HasPrefix(name, tmpDir) || path.Clean(name) != name || strings.Contains(name, "..") ||
+		strings.ContainsRune(name, 0) {
+		return fmt.Errorf("invalid object name %q (want a clean relative slash path, not under %s/)", name, tmpDir)
 	}
 	return nil
 }
@@ -101,6 +120,10 @@ func (b *Backend) Put(ctx context.Context, name string, r io.Reader, opts storag
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil {
+		// Nothing is published for a caller that gave up meanwhile.
+		err = ctx.Err()
 	}
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
@@ -141,7 +164,10 @@ func (c ctxReader) Read(p []byte) (int, error) {
 // mkdirAllSync creates dir and fsyncs the parent of every directory it
 // creates, so a new directory's entry is durable too.
 func mkdirAllSync(dir string) error {
-	if _, err := os.Stat(dir); err == nil {
+	if fi, err := os.Stat(dir); err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory", dir)
+		}
 		return nil
 	}
 	parent := filepath.Dir(dir)
@@ -156,6 +182,8 @@ func mkdirAllSync(dir string) error {
 	return syncDir(parent)
 }
 
+// syncDir fsyncs a directory so the entries created in it survive a crash.
+// EINVAL means the file system cannot sync directories; nothing to do then.
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -179,12 +207,20 @@ func (b *Backend) GetRange(ctx context.Context, name string, offset, length int6
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("get %s: %w", name, err)
+	}
+	if offset < 0 {
+		return nil, fmt.Errorf("get %s: negative offset %d", name, offset)
 	}
 	f, err := os.Open(b.path(name))
 	if err != nil {
-		if os.IsNotExist(err) {
-			return nil, fmt.Errorf("get %s: %w", name, storage.ErrNotFound)
+		return nil, notFound("get", name, err)
+	}
+	// A directory opens fine but is not an object.
+	if fi, err := f.Stat(); err != nil || fi.IsDir() {
+		f.Close()
+		if err == nil {
+			err = storage.ErrNotFound
 		}
 		return nil, fmt.Errorf("get %s: %w", name, err)
 	}
@@ -204,17 +240,26 @@ func (b *Backend) GetRange(ctx context.Context, name string, offset, length int6
 	}{io.LimitReader(f, length), f}, nil
 }
 
+// notFound maps "no such file" and "a parent is a file" (ENOTDIR: the name
+// runs through an object) onto storage.ErrNotFound.
+func notFound(op, name string, err error) error {
+	if errors.Is(err, iofs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return fmt.Errorf("%s %s: %w", op, name, storage.ErrNotFound)
+	}
+	return fmt.Errorf("%s %s: %w", op, name, err)
+}
+
 // Stat implements storage.Backend.
 func (b *Backend) Stat(ctx context.Context, name string) (storage.ObjectInfo, error) {
 	if err := checkName(name); err != nil {
 		return storage.ObjectInfo{}, err
 	}
+	if err := ctx.Err(); err != nil {
+		return storage.ObjectInfo{}, fmt.Errorf("stat %s: %w", name, err)
+	}
 	fi, err := os.Stat(b.path(name))
 	if err != nil {
-		if os.IsNotExist(err) {
-			return storage.ObjectInfo{}, fmt.Errorf("stat %s: %w", name, storage.ErrNotFound)
-		}
-		return storage.ObjectInfo{}, fmt.Errorf("stat %s: %w", name, err)
+		return storage.ObjectInfo{}, notFound("stat", name, err)
 	}
 	if fi.IsDir() {
 		return storage.ObjectInfo{}, fmt.Errorf("stat %s: %w", name, storage.ErrNotFound)
@@ -230,9 +275,9 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(storage.Objec
 
 func (b *Backend) list(ctx context.Context, dir, prefix string, fn func(storage.ObjectInfo) error) error {
 	if err := ctx.Err(); err != nil {
-		return err
+		return fmt.Errorf("list %s: %w", prefix, err)
 	}
-	entries, err := os.ReadDir(filepath.Join(b.root, filepath.FromSlash(dir)))
+	entries, err := readDir(filepath.Join(b.root, filepath.FromSlash(dir)))
 	if err != nil {
 		if os.IsNotExist(err) {
 			return nil
@@ -289,12 +334,27 @@ func (b *Backend) list(ctx context.Context, dir, prefix string, fn func(storage.
 	return nil
 }
 
-// Delete implements storage.Backend.
+// Delete implements storage.Backend. Empty parent directories are kept:
+// removing them would race with a concurrent Put that just created them.
 func (b *Backend) Delete(ctx context.Context, name string) error {
 	if err := checkName(name); err != nil {
 		return err
 	}
-	if err := os.Remove(b.path(name)); err != nil && !os.IsNotExist(err) {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	p := b.path(name)
+	fi, err := os.Lstat(p)
+	if err != nil {
+		if errors.Is(notFound("delete", name, err), storage.ErrNotFound) {
+			return nil
+		}
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	if fi.IsDir() {
+		return nil // a directory is not an object: nothing to delete
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, iofs.ErrNotExist) {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
 	return nil
