@@ -158,6 +158,12 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	if err != nil {
 		return nil, fmt.Errorf("backup: start: %w", err)
 	}
+	// Tells a concurrent delete to keep this backup's WAL.
+	if err := r.MarkBackupStarted(ctx, id, repo.StartRecord{
+		StartLSN: startLSN.String(), SegmentSize: si.segmentSize, Time: start.UTC(),
+	}); err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
 
 	files, dirs, tbs, err := dataDirContents(pgdata)
 	if err != nil {

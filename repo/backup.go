@@ -19,6 +19,7 @@ import (
 
 // Backup objects (docs/format.md):
 //
+//	backups/<id>/started.json    plaintext StartRecord, written at backup start
 //	backups/<id>/pack/<NNNNNN>   concatenated blocks
 //	backups/<id>/manifest        encoded Manifest (encrypted like data)
 //	backups/<id>/backup.json     plaintext Summary, written last: the commit point
@@ -113,6 +114,45 @@ func BackupPrefix(id string) string { return backupsPrefix + id + "/" }
 func PackName(id string, n int) string { return fmt.Sprintf("%spack/%06d", BackupPrefix(id), n) }
 
 func manifestName(id string) string { return BackupPrefix(id) + "manifest" }
+func startedName(id string) string  { return BackupPrefix(id) + "started.json" }
+
+// StartRecord marks a running backup and the oldest WAL it will need, so a
+// concurrent delete keeps that WAL (docs/format.md, "Retention").
+type StartRecord struct {
+	StartLSN    string    `json:"start_lsn"`
+	SegmentSize int64     `json:"wal_segment_size"`
+	Time        time.Time `json:"time"`
+}
+
+// MarkBackupStarted writes backup id's start record.
+func (r *Repository) MarkBackupStarted(ctx context.Context, id string, rec StartRecord) error {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := r.Backend.Put(ctx, startedName(id), bytes.NewReader(data), storage.PutOptions{IfAbsent: true}); err != nil {
+		return fmt.Errorf("write start record: %w", err)
+	}
+	return nil
+}
+
+// ReadStartRecord reads backup id's start record (storage.ErrNotFound for
+// backups written before it existed).
+func (r *Repository) ReadStartRecord(ctx context.Context, id string) (StartRecord, error) {
+	var rec StartRecord
+	if err := ValidBackupID(id); err != nil {
+		return rec, err
+	}
+	rc, err := r.Backend.Get(ctx, startedName(id))
+	if err != nil {
+		return rec, err
+	}
+	defer rc.Close()
+	if err := json.NewDecoder(io.LimitReader(rc, 1<<16)).Decode(&rec); err != nil {
+		return rec, fmt.Errorf("backup %s: start record: %w", id, err)
+	}
+	return rec, nil
+}
 func summaryName(id string) string  { return BackupPrefix(id) + "backup.json" }
 
 // ValidBackupID rejects IDs that could escape the backups/ prefix.

@@ -74,6 +74,11 @@ func (r *Repository) PlanRetention(ctx context.Context, o RetentionOptions) (Ret
 			plan.Backups = append(plan.Backups, backups[i].ID)
 		}
 	}
+	// Uncommitted backups young enough to be still running keep the WAL
+	// from their start: one may commit after this delete, and it must find
+	// all its WAL (a backup that began before a newer one committed starts
+	// earlier than every retained backup).
+	var running []StartRecord
 	for _, id := range debris {
 		newest, err := r.NewestObject(ctx, id)
 		if err != nil {
@@ -81,7 +86,16 @@ func (r *Repository) PlanRetention(ctx context.Context, o RetentionOptions) (Ret
 		}
 		if o.Now.Sub(newest) >= o.DebrisMinAge {
 			plan.Debris = append(plan.Debris, id)
+			continue
 		}
+		rec, err := r.ReadStartRecord(ctx, id)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return plan, err
+		}
+		running = append(running, rec)
 	}
 	if oldest == nil {
 		return plan, nil // no backup to anchor WAL retention: keep all WAL
@@ -92,6 +106,16 @@ func (r *Repository) PlanRetention(ctx context.Context, o RetentionOptions) (Ret
 		return plan, fmt.Errorf("backup %s: %w", oldest.ID, err)
 	}
 	firstSeg := first.SegNo(oldest.SegmentSize)
+	for _, rec := range running {
+		lsn, err := pg.ParseLSN(rec.StartLSN)
+		if err != nil || !pg.ValidSegmentSize(rec.SegmentSize) {
+			return plan, fmt.Errorf("running backup has a bad start record (%q): keeping all WAL", rec.StartLSN)
+		}
+		if seg := uint64(lsn) / uint64(rec.SegmentSize); seg < firstSeg {
+			firstSeg = seg
+			plan.OldestKeptWAL = lsn.Segment(first.Timeline, rec.SegmentSize).Name
+		}
+	}
 	err = r.Backend.List(ctx, "wal/", func(obj storage.ObjectInfo) error {
 		name := obj.Name[strings.LastIndexByte(obj.Name, '/')+1:]
 		wf, err := pg.ParseWALFileName(name)
