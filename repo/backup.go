@@ -153,7 +153,7 @@ func (r *Repository) ReadStartRecord(ctx context.Context, id string) (StartRecor
 	}
 	return rec, nil
 }
-func summaryName(id string) string  { return BackupPrefix(id) + "backup.json" }
+func summaryName(id string) string { return BackupPrefix(id) + "backup.json" }
 
 // ValidBackupID rejects IDs that could escape the backups/ prefix.
 func ValidBackupID(id string) error {

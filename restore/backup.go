@@ -46,6 +46,11 @@ type BackupOptions struct {
 	Force bool
 	// RestoreCommand is written as restore_command.
 	RestoreCommand string
+	// NoRecoveryConfig writes backup_label and tablespace_map but no
+	// recovery settings and no signal file: for Patroni's bootstrap, which
+	// writes its own recovery_conf (settings left in postgresql.auto.conf
+	// would outlive the bootstrap and override Patroni's).
+	NoRecoveryConfig bool
 	// TablespaceMap relocates tablespaces: OID -> new directory.
 	TablespaceMap map[string]string
 	// Workers download and write in parallel (0 = 4).
@@ -502,6 +507,11 @@ func writeRecoveryFiles(o BackupOptions, m *repo.Manifest, tbl map[string]string
 		if err := writeFileSync(filepath.Join(o.PGData, "tablespace_map"), []byte(b.String()), 0o600); err != nil {
 			return err
 		}
+	}
+	if o.NoRecoveryConfig {
+		os.Remove(filepath.Join(o.PGData, "recovery.signal"))
+		os.Remove(filepath.Join(o.PGData, "standby.signal"))
+		return nil
 	}
 	autoConf := filepath.Join(o.PGData, "postgresql.auto.conf")
 	old, _ := os.ReadFile(autoConf)

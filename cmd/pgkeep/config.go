@@ -36,6 +36,8 @@ type Config struct {
 	UploadConcurrency   int               `yaml:"upload_concurrency"`
 	DownloadConcurrency int               `yaml:"download_concurrency"`
 	WAL                 WALConfig         `yaml:"wal"`
+	Etcd                EtcdConfig        `yaml:"etcd"`
+	Patroni             PatroniConfig     `yaml:"patroni"`
 	Log                 LogConfig         `yaml:"log"`
 }
 
@@ -68,6 +70,27 @@ type WALConfig struct {
 	CompressionLevel int `yaml:"compression_level"`
 }
 
+// EtcdConfig is how to reach Patroni's etcd (v3 API). No endpoints means
+// pgkeep does not use etcd.
+type EtcdConfig struct {
+	Endpoints []string `yaml:"endpoints"`
+	CACert    string   `yaml:"cacert"`
+	Cert      string   `yaml:"cert"`
+	Key       string   `yaml:"key"`
+	Username  string   `yaml:"username"`
+	// PasswordFile holds the password: never on the command line, nor in
+	// this file, nor in the environment.
+	PasswordFile string        `yaml:"password_file"`
+	DialTimeout  time.Duration `yaml:"dial_timeout"`
+}
+
+// PatroniConfig names the Patroni cluster: its keys are under
+// <namespace><scope>/ in etcd.
+type PatroniConfig struct {
+	Namespace string `yaml:"namespace"`
+	Scope     string `yaml:"scope"`
+}
+
 type LogConfig struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"`
@@ -81,6 +104,8 @@ func defaultConfig() Config {
 		UploadConcurrency:   4,
 		DownloadConcurrency: 4,
 		WAL:                 WALConfig{PushAhead: 8, Prefetch: 8, CompressionLevel: 1},
+		Etcd:                EtcdConfig{DialTimeout: 5 * time.Second},
+		Patroni:             PatroniConfig{Namespace: "/service/"},
 		Log:                 LogConfig{Level: "info", Format: "text"},
 	}
 }
@@ -261,6 +286,9 @@ func (c *Config) validate(path string) error {
 	if c.Encryption.PassphraseFile != "" && len(c.Encryption.Recipients) > 0 {
 		return bad("encryption", "set either recipients or passphrase_file, not both")
 	}
+	if err := c.validateEtcd(bad); err != nil {
+		return err
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -270,6 +298,35 @@ func (c *Config) validate(path string) error {
 	case "text", "json":
 	default:
 		return bad("log.format", "%q is not text or json", c.Log.Format)
+	}
+	return nil
+}
+
+func (c *Config) validateEtcd(bad func(key, format string, args ...any) error) error {
+	e := c.Etcd
+	for i, ep := range e.Endpoints {
+		// Endpoints are not echoed: a mistyped one may hold a password.
+		if strings.Contains(ep, "@") {
+			return bad(fmt.Sprintf("etcd.endpoints[%d]", i), "must not contain credentials; set etcd.username and etcd.password_file")
+		}
+		if scheme, _, ok := strings.Cut(ep, "://"); ok && scheme != "http" && scheme != "https" {
+			return bad(fmt.Sprintf("etcd.endpoints[%d]", i), "scheme %q is not http or https", scheme)
+		}
+	}
+	if e.DialTimeout <= 0 {
+		return bad("etcd.dial_timeout", "must be positive")
+	}
+	if (e.Cert == "") != (e.Key == "") {
+		return bad("etcd", "set both cert and key, or neither")
+	}
+	if (e.Username == "") != (e.PasswordFile == "") {
+		return bad("etcd", "set both username and password_file, or neither")
+	}
+	if len(e.Endpoints) > 0 && c.Patroni.Scope == "" {
+		return bad("patroni.scope", "required when etcd.endpoints is set (the scope in patroni.yml)")
+	}
+	if strings.Contains(c.Patroni.Scope, "/") {
+		return bad("patroni.scope", "%q contains a slash", c.Patroni.Scope)
 	}
 	return nil
 }

@@ -16,8 +16,9 @@ func TestExampleConfigIsCompleteAndDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(cfg, defaultConfig()) {
-		// recipients: [] decodes to an empty, non-nil slice.
+		// recipients: [] and endpoints: [] decode to empty, non-nil slices.
 		cfg.Encryption.Recipients = nil
+		cfg.Etcd.Endpoints = nil
 		if !reflect.DeepEqual(cfg, defaultConfig()) {
 			t.Fatalf("configs/pgkeep.yml differs from the defaults:\n%+v\n%+v", cfg, defaultConfig())
 		}
@@ -42,12 +43,19 @@ func TestConfigErrors(t *testing.T) {
 		return p
 	}
 	cases := map[string]string{
-		"s3:\n  endpont: x\n":         `unknown key "endpont" at line 2`,
-		"compression:\n  level: 99\n": "compression.level",
-		"repository: ftp://x\n":       "repository",
-		"upload_concurrency: 0\n":     "upload_concurrency",
-		"s3: [\n":                     "c.yml",
-		"log:\n  level: loud\n":       "log.level",
+		"s3:\n  endpont: x\n":                                     `unknown key "endpont" at line 2`,
+		"compression:\n  level: 99\n":                             "compression.level",
+		"repository: ftp://x\n":                                   "repository",
+		"upload_concurrency: 0\n":                                 "upload_concurrency",
+		"s3: [\n":                                                 "c.yml",
+		"log:\n  level: loud\n":                                   "log.level",
+		"etcd:\n  endpoints: [127.0.0.1:2379]\n":                  "patroni.scope",
+		"etcd:\n  dial_timeout: 0s\n":                             "etcd.dial_timeout",
+		"etcd:\n  cert: /c\n":                                     "cert and key",
+		"etcd:\n  username: root\n":                               "password_file",
+		"etcd:\n  password: x\n":                                  `unknown key "password"`,
+		"etcd:\n  endpoints: [ftp://h:1]\npatroni:\n  scope: s\n": "etcd.endpoints[0]",
+		"patroni:\n  scope: a/b\n":                                "patroni.scope",
 	}
 	for content, want := range cases {
 		_, err := LoadConfig(write(content), true, nil)
@@ -82,6 +90,31 @@ func TestEnvOverrides(t *testing.T) {
 		cfg.Encryption.IdentityFile != "/k" || cfg.UploadConcurrency != 9 ||
 		!reflect.DeepEqual(cfg.Encryption.Recipients, []string{"age1a", "age1b"}) {
 		t.Fatalf("overrides not applied: %+v", cfg)
+	}
+	cfg, err = LoadConfig("/nonexistent", false, []string{
+		"PGKEEP_ETCD_ENDPOINTS=https://127.0.0.1:2379, https://127.0.0.2:2379",
+		"PGKEEP_ETCD_DIAL_TIMEOUT=2s",
+		"PGKEEP_ETCD_USERNAME=pgkeep",
+		"PGKEEP_ETCD_PASSWORD_FILE=/etc/pgkeep/etcd.pw",
+		"PGKEEP_PATRONI_SCOPE=main",
+		"PGKEEP_PATRONI_NAMESPACE=/pg/",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cfg.Etcd.Endpoints, []string{"https://127.0.0.1:2379", "https://127.0.0.2:2379"}) ||
+		cfg.Etcd.DialTimeout != 2*time.Second || cfg.Etcd.Username != "pgkeep" ||
+		cfg.Etcd.PasswordFile != "/etc/pgkeep/etcd.pw" || cfg.Patroni.Scope != "main" || cfg.Patroni.Namespace != "/pg/" {
+		t.Fatalf("etcd overrides not applied: %+v %+v", cfg.Etcd, cfg.Patroni)
+	}
+	// There is deliberately no way to pass the password itself.
+	if _, err = LoadConfig("/nonexistent", false, []string{"PGKEEP_ETCD_PASSWORD=secret"}); err == nil || strings.Contains(err.Error(), "secret") {
+		t.Fatalf("PGKEEP_ETCD_PASSWORD: %v", err)
+	}
+	// Credentials in an endpoint are refused without being echoed.
+	_, err = LoadConfig("/nonexistent", false, []string{"PGKEEP_ETCD_ENDPOINTS=http://root:hunter2@127.0.0.1:2379", "PGKEEP_PATRONI_SCOPE=main"})
+	if err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("endpoint with credentials: %v", err)
 	}
 	_, err = LoadConfig("/nonexistent", false, []string{"PGKEEP_UPLOAD_CONCURRENCY=lots"})
 	if err == nil || !strings.Contains(err.Error(), "PGKEEP_UPLOAD_CONCURRENCY") {

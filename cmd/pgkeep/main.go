@@ -126,6 +126,9 @@ every key can be overridden by a PGKEEP_* environment variable
 		newRestoreCmd(a),
 		newDeleteCmd(a),
 		newVerifyCmd(a),
+		newStatusCmd(a),
+		newCreateReplicaCmd(a),
+		newBootstrapCmd(a),
 	)
 	return root
 }

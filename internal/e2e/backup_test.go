@@ -56,13 +56,19 @@ func listBackups(t *testing.T, r *testRepo) []backupRow {
 // repository under test) and returns it.
 func restoreAndStart(t *testing.T, r *testRepo, args ...string) *pgtest.Cluster {
 	t.Helper()
+	return restoreAndStartConf(t, r, nil, args...)
+}
+
+// restoreAndStartConf is restoreAndStart with extra postgresql.conf lines.
+func restoreAndStartConf(t *testing.T, r *testRepo, conf []string, args ...string) *pgtest.Cluster {
+	t.Helper()
 	dir := filepath.Join(pgtest.TempDir(t), "restored")
 	pgtest.MkdirFor(t, dir)
 	res := r.run(t, append([]string{"restore", "--pgdata", dir}, args...)...)
 	if res.code != 0 {
 		t.Fatalf("restore %v: exit %d\n%s", args, res.code, res.stderr)
 	}
-	c := pgtest.Existing(t, dir, pgtest.Options{Env: r.env, Conf: []string{"archive_mode = off", "hot_standby = on"}})
+	c := pgtest.Existing(t, dir, pgtest.Options{Env: r.env, Conf: append([]string{"archive_mode = off", "hot_standby = on"}, conf...)})
 	c.Start(t)
 	return c
 }
