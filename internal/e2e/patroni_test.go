@@ -91,6 +91,11 @@ func TestPatroni(t *testing.T) {
 			_, err := os.Stat(filepath.Join(r.repoDir, "wal", "history", "00000002.history"))
 			return err == nil, nil
 		})
+		// The new leader archives the old timeline's last segment as .partial.
+		pgtest.WaitFor(t, time.Minute, "the old timeline's .partial segment in the repository", func() (bool, error) {
+			m, _ := filepath.Glob(filepath.Join(r.repoDir, "wal", "0000000100000000", "00000001*.partial"))
+			return len(m) == 1, nil
+		})
 		insertBatch(t, lc, 4)
 		afterFailover = nowUTC(t, lc)
 		time.Sleep(20 * time.Millisecond)
