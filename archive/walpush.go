@@ -4,7 +4,6 @@ package archive
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -133,14 +132,9 @@ func pushFile(ctx context.Context, r *repo.Repository, path string) (pushedRecor
 	if wf.Kind == pg.KindSegment && !pg.ValidSegmentSize(fi.Size()) {
 		return pushedRecord{}, fmt.Errorf("%s is %d bytes, not a whole WAL segment", path, fi.Size())
 	}
-	data := make([]byte, fi.Size())
-	if _, err := readFull(f, data); err != nil {
-		return pushedRecord{}, fmt.Errorf("read %s: %w", path, err)
-	}
-	sum := sha256.Sum256(data)
-	rec := pushedRecord{Size: fi.Size(), ModTime: fi.ModTime().UnixNano(), SHA256: hex.EncodeToString(sum[:])}
 	objName := repo.WALObjectName(wf)
-	err = r.PutBytes(ctx, objName, data, sum, storage.PutOptions{IfAbsent: true})
+	sum, err := r.PutReader(ctx, objName, f, fi.Size(), storage.PutOptions{IfAbsent: true})
+	rec := pushedRecord{Size: fi.Size(), ModTime: fi.ModTime().UnixNano(), SHA256: hex.EncodeToString(sum[:])}
 	if err == nil {
 		return rec, nil
 	}
@@ -156,18 +150,6 @@ func pushFile(ctx context.Context, r *repo.Repository, path string) (pushedRecor
 			ErrConflict, h.SHA256[:6], h.Size, sum[:6], fi.Size())
 	}
 	return rec, nil
-}
-
-func readFull(f *os.File, b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := f.Read(b[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }
 
 // readyFiles lists up to n files other than current that PostgreSQL has

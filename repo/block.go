@@ -66,12 +66,18 @@ const minFrame = 2 << 20
 // many independent zstd frames compressed at once: one WAL segment then
 // uses every core, and concatenated frames decode as one zstd stream.
 func (c *Codec) encodePieces(plain []byte, sum [32]byte, parts int) ([][]byte, error) {
-	h := Header{Compressed: c.Level > 0, Encrypted: len(c.Recipients) > 0, Size: int64(len(plain)), SHA256: sum}
-	pieces := [][]byte{h.marshal()}
 	body := [][]byte{plain}
-	if h.Compressed {
+	if c.Level > 0 {
 		body = c.compressFrames(plain, parts)
 	}
+	return c.wrapPieces(body, int64(len(plain)), sum)
+}
+
+// wrapPieces puts the header before the (compressed) body pieces and
+// encrypts them when the codec has recipients.
+func (c *Codec) wrapPieces(body [][]byte, size int64, sum [32]byte) ([][]byte, error) {
+	h := Header{Compressed: c.Level > 0, Encrypted: len(c.Recipients) > 0, Size: size, SHA256: sum}
+	pieces := [][]byte{h.marshal()}
 	if !h.Encrypted {
 		return append(pieces, body...), nil
 	}
@@ -93,6 +99,56 @@ func (c *Codec) encodePieces(plain []byte, sum [32]byte, parts int) ([][]byte, e
 		return nil, err
 	}
 	return append(pieces, buf.Bytes()), nil
+}
+
+// frameSize is the piece of a streamed file compressed as one zstd frame.
+const frameSize = 4 << 20
+
+// encodeFrom reads exactly size bytes from src and returns the object's
+// pieces and the content's SHA-256. Reading and hashing (in order, on this
+// goroutine) overlap with compressing the pieces already read (one zstd
+// frame per 4 MiB, up to concurrency at once), so a WAL segment costs about
+// its compression time divided by the cores, not read + hash + compress.
+func (c *Codec) encodeFrom(src io.Reader, size int64) ([][]byte, [32]byte, error) {
+	var sum [32]byte
+	buf := make([]byte, size)
+	h := sha256.New()
+	n := int((size + frameSize - 1) / frameSize)
+	frames := make([][]byte, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, c.concurrency())
+	pool := encoderPool(c.Level)
+	var readErr error
+	for i := range n {
+		piece := buf[int64(i)*frameSize : min(int64(i+1)*frameSize, size)]
+		if _, err := io.ReadFull(src, piece); err != nil {
+			readErr = err
+			break
+		}
+		h.Write(piece)
+		if c.Level <= 0 {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			enc := pool.Get().(*zstd.Encoder)
+			frames[i] = enc.EncodeAll(piece, make([]byte, 0, len(piece)/3+1024))
+			pool.Put(enc)
+			<-sem
+		}()
+	}
+	wg.Wait()
+	if readErr != nil {
+		return nil, sum, readErr
+	}
+	copy(sum[:], h.Sum(nil))
+	if c.Level <= 0 {
+		frames = [][]byte{buf}
+	}
+	pieces, err := c.wrapPieces(frames, size, sum)
+	return pieces, sum, err
 }
 
 func (c *Codec) compressFrames(plain []byte, parts int) [][]byte {

@@ -298,6 +298,23 @@ func (r *Repository) PutStream(ctx context.Context, name string, src io.Reader, 
 	return encErr
 }
 
+// PutReader stores exactly size bytes read from src under name and returns
+// their SHA-256; reading, hashing and compressing overlap (wal-push).
+func (r *Repository) PutReader(ctx context.Context, name string, src io.Reader, size int64, opts storage.PutOptions) ([32]byte, error) {
+	if r.encryptErr != nil {
+		return [32]byte{}, r.encryptErr
+	}
+	pieces, sum, err := r.codec.encodeFrom(src, size)
+	if err != nil {
+		return sum, fmt.Errorf("read %s: %w", name, err)
+	}
+	readers := make([]io.Reader, len(pieces))
+	for i, p := range pieces {
+		readers[i] = bytes.NewReader(p)
+	}
+	return sum, r.Backend.Put(ctx, name, io.MultiReader(readers...), opts)
+}
+
 // Header reads only the plaintext header of an object.
 func (r *Repository) Header(ctx context.Context, name string) (Header, error) {
 	rc, err := r.Backend.GetRange(ctx, name, 0, headerSize)
