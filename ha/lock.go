@@ -197,3 +197,95 @@ func (c *Client) Get(ctx context.Context, name string, v any) (found bool, err e
 	}
 	return true, nil
 }
+
+var (
+	// ErrNotHeld is returned by Lock.Create when the lock is no longer held.
+	ErrNotHeld = errors.New("lock no longer held")
+	// ErrExists is returned by Lock.Create when the record already exists.
+	ErrExists = errors.New("record already exists")
+)
+
+// Create stores v as JSON in the named record in one etcd transaction that
+// succeeds only while this lock is still held (its key is on this lock's
+// lease) and the record does not exist yet. It returns an error wrapping
+// ErrNotHeld or ErrExists when a condition fails: a holder that lost its
+// lock can never write the record, and the record is written at most once.
+func (l *Lock) Create(ctx context.Context, name string, v any) error {
+	c := l.c
+	if err := checkName(name); err != nil {
+		return err
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("record %s: %w", name, err)
+	}
+	rctx, cancel := c.request(ctx)
+	defer cancel()
+	rk := c.RecordKey(name)
+	resp, err := c.cli.Txn(rctx).
+		If(clientv3.Compare(clientv3.LeaseValue(l.path), "=", l.lease),
+			clientv3.Compare(clientv3.CreateRevision(rk), "=", 0)).
+		Then(clientv3.OpPut(rk, string(data))).
+		Else(clientv3.OpGet(l.path), clientv3.OpGet(rk, clientv3.WithCountOnly())).
+		Commit()
+	if err != nil {
+		return c.fail(ctx, "create record "+name, c.timeout, err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	if rr := resp.Responses[1].GetResponseRange(); rr != nil && rr.Count > 0 {
+		return fmt.Errorf("record %s: %w", name, ErrExists)
+	}
+	return fmt.Errorf("record %s under lock %s: %w", name, l.key, ErrNotHeld)
+}
+
+// Entry is one record found by List.
+type Entry struct {
+	Name  string // relative to the records prefix, as given to Put
+	Value json.RawMessage
+}
+
+// List returns the records whose names start with prefix (e.g. "runs/"),
+// sorted by name.
+func (c *Client) List(ctx context.Context, prefix string) ([]Entry, error) {
+	rctx, cancel := c.request(ctx)
+	defer cancel()
+	base := c.RecordKey("")
+	resp, err := c.cli.Get(rctx, base+prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, c.fail(ctx, "list records "+prefix, c.timeout, err)
+	}
+	out := make([]Entry, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		out = append(out, Entry{Name: strings.TrimPrefix(string(kv.Key), base), Value: json.RawMessage(kv.Value)})
+	}
+	return out, nil
+}
+
+// Delete removes the named record; a missing record is not an error.
+func (c *Client) Delete(ctx context.Context, name string) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	rctx, cancel := c.request(ctx)
+	defer cancel()
+	if _, err := c.cli.Delete(rctx, c.RecordKey(name)); err != nil {
+		return c.fail(ctx, "delete record "+name, c.timeout, err)
+	}
+	return nil
+}
+
+// Held reports whether the named lock exists (someone holds it).
+func (c *Client) Held(ctx context.Context, name string) (bool, error) {
+	if err := checkName(name); err != nil {
+		return false, err
+	}
+	rctx, cancel := c.request(ctx)
+	defer cancel()
+	resp, err := c.cli.Get(rctx, c.LockKey(name), clientv3.WithCountOnly())
+	if err != nil {
+		return false, c.fail(ctx, "read lock "+name, c.timeout, err)
+	}
+	return resp.Count > 0, nil
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"reflect"
 	"regexp"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/pgkeep/pgkeep/scheduler"
 )
 
 // DefaultConfigPath is read when neither --config nor PGKEEP_CONFIG is set.
@@ -39,6 +42,7 @@ type Config struct {
 	Etcd                EtcdConfig        `yaml:"etcd"`
 	Patroni             PatroniConfig     `yaml:"patroni"`
 	Log                 LogConfig         `yaml:"log"`
+	Daemon              DaemonConfig      `yaml:"daemon"`
 }
 
 type S3Config struct {
@@ -91,6 +95,67 @@ type PatroniConfig struct {
 	Scope     string `yaml:"scope"`
 }
 
+// DaemonConfig is `pgkeep daemon`: scheduled jobs run on the right member
+// of the Patroni cluster (configs/pgkeep.yml documents each key).
+type DaemonConfig struct {
+	// Member is this node's Patroni member name (patroni.yml name);
+	// empty means the host name.
+	Member string `yaml:"member"`
+	// Listen is the address of /metrics and /healthz; empty disables them.
+	Listen string `yaml:"listen"`
+	// Timezone of the schedules: an IANA name, "UTC" or "Local".
+	Timezone        string        `yaml:"timezone"`
+	LockTTL         time.Duration `yaml:"lock_ttl"`
+	TakeoverTimeout time.Duration `yaml:"takeover_timeout"`
+	PollInterval    time.Duration `yaml:"poll_interval"`
+	Retries         int           `yaml:"retries"`
+	RetryDelay      time.Duration `yaml:"retry_delay"`
+	// ArchiveCheckInterval is how often pg_stat_archiver is read for the
+	// archive metrics.
+	ArchiveCheckInterval time.Duration `yaml:"archive_check_interval"`
+	Jobs                 []DaemonJob   `yaml:"jobs"`
+}
+
+// DaemonJob is one entry of daemon.jobs.
+type DaemonJob struct {
+	Name     string `yaml:"name"`
+	Kind     string `yaml:"kind"` // backup, retention or verify
+	Schedule string `yaml:"schedule"`
+	RunOn    string `yaml:"run_on"`
+	// MaxLag is bytes ("16MB", "1GB", "1048576"); default 16MB.
+	MaxLag   string        `yaml:"max_lag"`
+	Timezone string        `yaml:"timezone"`
+	Window   time.Duration `yaml:"window"`
+	// RetainFull / RetainDays: retention jobs, exactly one of them.
+	RetainFull int `yaml:"retain_full"`
+	RetainDays int `yaml:"retain_days"`
+	// Checkpoint is fast or spread (backup jobs; default fast).
+	Checkpoint string `yaml:"checkpoint"`
+}
+
+// DefaultMaxLag is a job's max_lag when it sets none.
+const DefaultMaxLag = "16MB"
+
+// parseBytes reads "1048576", "512kB", "16MB", "1GB" (powers of 1024).
+func parseBytes(s string) (uint64, error) {
+	s = strings.TrimSpace(s)
+	mult := uint64(1)
+	for _, u := range []struct {
+		suffix string
+		m      uint64
+	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"KB", 1 << 10}, {"B", 1}} {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = strings.TrimSpace(n), u.m
+			break
+		}
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || n > (1<<63)/mult {
+		return 0, errors.New("not a size in bytes (e.g. 1048576, 16MB, 1GB)")
+	}
+	return n * mult, nil
+}
+
 type LogConfig struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"`
@@ -107,6 +172,9 @@ func defaultConfig() Config {
 		Etcd:                EtcdConfig{DialTimeout: 5 * time.Second},
 		Patroni:             PatroniConfig{Namespace: "/service/"},
 		Log:                 LogConfig{Level: "info", Format: "text"},
+		Daemon: DaemonConfig{Listen: "127.0.0.1:9187", Timezone: "UTC", LockTTL: 15 * time.Second,
+			TakeoverTimeout: 60 * time.Second, PollInterval: 2 * time.Second, Retries: 3,
+			RetryDelay: 60 * time.Second, ArchiveCheckInterval: 30 * time.Second},
 	}
 }
 
@@ -289,6 +357,9 @@ func (c *Config) validate(path string) error {
 	if err := c.validateEtcd(bad); err != nil {
 		return err
 	}
+	if err := c.validateDaemon(bad); err != nil {
+		return err
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -329,4 +400,84 @@ func (c *Config) validateEtcd(bad func(key, format string, args ...any) error) e
 		return bad("patroni.scope", "%q contains a slash", c.Patroni.Scope)
 	}
 	return nil
+}
+
+func (c *Config) validateDaemon(bad func(key, format string, args ...any) error) error {
+	d := c.Daemon
+	if _, err := time.LoadLocation(d.Timezone); err != nil || d.Timezone == "" {
+		return bad("daemon.timezone", "%q is not a time zone (UTC, Local, Europe/Paris, ...)", d.Timezone)
+	}
+	for key, v := range map[string]time.Duration{"daemon.lock_ttl": d.LockTTL, "daemon.takeover_timeout": d.TakeoverTimeout,
+		"daemon.poll_interval": d.PollInterval, "daemon.retry_delay": d.RetryDelay, "daemon.archive_check_interval": d.ArchiveCheckInterval} {
+		if v <= 0 {
+			return bad(key, "must be positive")
+		}
+	}
+	if d.LockTTL < 2*time.Second {
+		return bad("daemon.lock_ttl", "%s is below 2s (etcd's minimum lease)", d.LockTTL)
+	}
+	if d.Retries < 1 || d.Retries > 100 {
+		return bad("daemon.retries", "%d is outside 1..100", d.Retries)
+	}
+	if d.Listen != "" {
+		if _, _, err := net.SplitHostPort(d.Listen); err != nil {
+			return bad("daemon.listen", "%q is not host:port", d.Listen)
+		}
+	}
+	seen := map[string]bool{}
+	for i, j := range d.Jobs {
+		key := fmt.Sprintf("daemon.jobs[%d]", i)
+		if j.Name == "" || strings.ContainsAny(j.Name, "/ \t") || seen[j.Name] {
+			return bad(key+".name", "%q: required, unique, without slashes or spaces", j.Name)
+		}
+		seen[j.Name] = true
+		key = "daemon.jobs[" + j.Name + "]"
+		switch j.Kind {
+		case "backup", "verify":
+			if j.RetainFull != 0 || j.RetainDays != 0 {
+				return bad(key, "retain_full and retain_days are for retention jobs")
+			}
+		case "retention":
+			if j.RetainFull < 0 || j.RetainDays < 0 || (j.RetainFull > 0) == (j.RetainDays > 0) {
+				return bad(key, "retention needs exactly one of retain_full or retain_days (>= 1)")
+			}
+		default:
+			return bad(key+".kind", "%q is not backup, retention or verify", j.Kind)
+		}
+		if _, err := scheduler.ParsePolicy(j.RunOn); err != nil {
+			return bad(key+".run_on", "%q is not primary, replica or prefer-replica", j.RunOn)
+		}
+		if _, err := scheduler.ParseSchedule(jobSchedule(d, j)); err != nil {
+			return bad(key+".schedule", "%v", err)
+		}
+		if j.Timezone != "" {
+			if _, err := time.LoadLocation(j.Timezone); err != nil {
+				return bad(key+".timezone", "%q is not a time zone", j.Timezone)
+			}
+		}
+		if j.MaxLag != "" {
+			if _, err := parseBytes(j.MaxLag); err != nil {
+				return bad(key+".max_lag", "%v", err)
+			}
+		}
+		if j.Window < 0 {
+			return bad(key+".window", "must not be negative")
+		}
+		if j.Checkpoint != "" && j.Checkpoint != "fast" && j.Checkpoint != "spread" {
+			return bad(key+".checkpoint", "%q is not fast or spread", j.Checkpoint)
+		}
+	}
+	return nil
+}
+
+// jobSchedule is the job's cron expression in its time zone.
+func jobSchedule(d DaemonConfig, j DaemonJob) string {
+	tz := j.Timezone
+	if tz == "" {
+		tz = d.Timezone
+	}
+	if strings.HasPrefix(j.Schedule, "CRON_TZ=") || strings.HasPrefix(j.Schedule, "TZ=") {
+		return j.Schedule
+	}
+	return "CRON_TZ=" + tz + " " + j.Schedule
 }

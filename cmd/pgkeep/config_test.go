@@ -19,6 +19,7 @@ func TestExampleConfigIsCompleteAndDefault(t *testing.T) {
 		// recipients: [] and endpoints: [] decode to empty, non-nil slices.
 		cfg.Encryption.Recipients = nil
 		cfg.Etcd.Endpoints = nil
+		cfg.Daemon.Jobs = nil
 		if !reflect.DeepEqual(cfg, defaultConfig()) {
 			t.Fatalf("configs/pgkeep.yml differs from the defaults:\n%+v\n%+v", cfg, defaultConfig())
 		}
@@ -56,6 +57,15 @@ func TestConfigErrors(t *testing.T) {
 		"etcd:\n  password: x\n":                                  `unknown key "password"`,
 		"etcd:\n  endpoints: [ftp://h:1]\npatroni:\n  scope: s\n": "etcd.endpoints[0]",
 		"patroni:\n  scope: a/b\n":                                "patroni.scope",
+		"daemon:\n  timezone: Mars/Olympus\n":                     "daemon.timezone",
+		"daemon:\n  lock_ttl: 1s\n":                               "daemon.lock_ttl",
+		"daemon:\n  listen: nope\n":                               "daemon.listen",
+		"daemon:\n  jobs: [{name: a, kind: backup, schedule: '* * *', run_on: primary}]\n":                 "daemon.jobs[a].schedule",
+		"daemon:\n  jobs: [{name: a, kind: backup, schedule: '@daily', run_on: leader}]\n":                 "daemon.jobs[a].run_on",
+		"daemon:\n  jobs: [{name: a, kind: retention, schedule: '@daily', run_on: primary}]\n":             "retain_full or retain_days",
+		"daemon:\n  jobs: [{name: a, kind: backup, schedule: '@daily', run_on: replica, max_lag: lots}]\n": "daemon.jobs[a].max_lag",
+		"daemon:\n  jobs: [{name: a, kind: snapshot, schedule: '@daily', run_on: replica}]\n":              "daemon.jobs[a].kind",
+		"daemon:\n  jobs: [{name: a, kind: backup, schedule: '@daily', run_on: replica, nope: 1}]\n":       `unknown key "nope"`,
 	}
 	for content, want := range cases {
 		_, err := LoadConfig(write(content), true, nil)

@@ -129,6 +129,7 @@ every key can be overridden by a PGKEEP_* environment variable
 		newStatusCmd(a),
 		newCreateReplicaCmd(a),
 		newBootstrapCmd(a),
+		newDaemonCmd(a),
 	)
 	return root
 }

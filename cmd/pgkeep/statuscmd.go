@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgkeep/pgkeep/ha"
 	"github.com/pgkeep/pgkeep/pg"
+	"github.com/pgkeep/pgkeep/scheduler"
 )
 
 // pgStatusTimeout bounds connecting to the local PostgreSQL and querying it.
@@ -40,7 +41,11 @@ type patroniReport struct {
 	StandbyCluster    bool           `json:"standby_cluster,omitempty"`
 	SwitchoverPending bool           `json:"switchover_pending,omitempty"`
 	Members           []memberReport `json:"members"`
-	Error             string         `json:"error,omitempty"`
+	// Jobs is the last run of each `pgkeep daemon` job, from the records
+	// under <prefix>pgkeep/records/: the newest final record, or a newer
+	// failed or aborted attempt still within its retries.
+	Jobs  []scheduler.Run `json:"jobs"`
+	Error string          `json:"error,omitempty"`
 }
 
 type memberReport struct {
@@ -188,7 +193,39 @@ func patroniStatus(ctx context.Context, a *app) (*patroniReport, error) {
 		}
 		rep.Members = append(rep.Members, mr)
 	}
+	jobs, err := lastJobRuns(ctx, c)
+	if err != nil {
+		rep.Error = err.Error()
+		return rep, err
+	}
+	rep.Jobs = jobs
 	return rep, nil
+}
+
+// lastJobRuns is the newest record of each daemon job, sorted by job name.
+func lastJobRuns(ctx context.Context, c *ha.Client) ([]scheduler.Run, error) {
+	last := map[string]scheduler.Run{}
+	for _, prefix := range []string{"runs/", "attempts/"} {
+		es, err := c.List(ctx, prefix)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range es {
+			var r scheduler.Run
+			if json.Unmarshal(e.Value, &r) != nil || r.Job == "" {
+				continue
+			}
+			if cur, ok := last[r.Job]; !ok || r.Scheduled.After(cur.Scheduled) {
+				last[r.Job] = r
+			}
+		}
+	}
+	out := []scheduler.Run{}
+	for _, r := range last {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Job < out[j].Job })
+	return out, nil
 }
 
 // redactURL drops a password from a URL (Patroni writes none, but a
@@ -326,6 +363,22 @@ func printPatroni(out io.Writer, p *patroniReport) {
 			state = "(unreadable member key)"
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", m.Name, displayRole(p, m), dash(state), tl, lag, tagList(m.Tags))
+	}
+	tw.Flush()
+	if len(p.Jobs) == 0 {
+		fmt.Fprintln(out, "  scheduled jobs: no run recorded")
+		return
+	}
+	fmt.Fprintln(out, "  last scheduled runs:")
+	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  JOB\tSCHEDULED\tNODE\tROLE\tSTATUS\tBACKUP\tDURATION\tBYTES\tERROR")
+	for _, r := range p.Jobs {
+		status := r.Status
+		if r.Status == scheduler.StatusFailed && !r.NextAttempt.IsZero() {
+			status = fmt.Sprintf("failed (attempt %d, retry after %s)", r.Attempt, r.NextAttempt.Format(time.RFC3339))
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Job, r.Scheduled.UTC().Format(time.RFC3339), r.Node, dash(r.Role), status,
+			dash(r.BackupID), time.Duration(r.DurationSeconds*float64(time.Second)).Round(time.Second), humanBytes(r.Bytes), dash(r.Error))
 	}
 	tw.Flush()
 }

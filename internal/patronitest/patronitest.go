@@ -119,6 +119,17 @@ type Options struct {
 	// Bootstrap is the bootstrap section's method part (YAML, indented two
 	// spaces), e.g. a custom pgkeep method; empty means initdb.
 	Bootstrap string
+	// ReplicaMethods overrides create_replica_methods for single nodes,
+	// keyed by index in Cluster.Nodes (0 is the first node): {2:
+	// {"basebackup"}} makes the third node clone with pg_basebackup only.
+	// Nodes not in the map use [pgkeep, basebackup].
+	ReplicaMethods map[int][]string
+	// ConnectPorts overrides, by index in Cluster.Nodes, the port a node
+	// advertises as postgresql.connect_address: what other members'
+	// pg_basebackup, create_replica_methods --connstring and
+	// primary_conninfo connect to (e.g. a counting proxy in front of its
+	// PGPort). Nodes not in the map advertise their PGPort.
+	ConnectPorts map[int]int
 }
 
 // Cluster is a Patroni cluster.
@@ -155,7 +166,7 @@ func New(t testing.TB, etcd *Etcd, o Options) *Cluster {
 		n.DataDir = filepath.Join(c.dir, n.Name)
 		n.Config = filepath.Join(c.dir, n.Name+".yml")
 		n.LogFile = filepath.Join(c.dir, n.Name+".log")
-		if err := os.WriteFile(n.Config, []byte(c.config(n, o)), 0o644); err != nil {
+		if err := os.WriteFile(n.Config, []byte(c.config(n, i-1, o)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		c.Nodes = append(c.Nodes, n)
@@ -175,11 +186,19 @@ func New(t testing.TB, etcd *Etcd, o Options) *Cluster {
 	return c
 }
 
-func (c *Cluster) config(n *Node, o Options) string {
+func (c *Cluster) config(n *Node, index int, o Options) string {
 	pk := fmt.Sprintf("%s --config %s", o.Pgkeep, o.PgkeepConfig)
 	bootstrap := o.Bootstrap
 	if bootstrap == "" {
 		bootstrap = "  initdb: [{encoding: UTF8}, {locale: C}, data-checksums]\n"
+	}
+	methods := "pgkeep, basebackup"
+	if m, ok := o.ReplicaMethods[index]; ok {
+		methods = strings.Join(m, ", ")
+	}
+	connectPort := n.PGPort
+	if p, ok := o.ConnectPorts[index]; ok {
+		connectPort = p
 	}
 	return fmt.Sprintf(`scope: %[1]s
 namespace: /service/
@@ -218,7 +237,7 @@ bootstrap:
 %[7]s
 postgresql:
   listen: 127.0.0.1:%[6]d
-  connect_address: 127.0.0.1:%[6]d
+  connect_address: 127.0.0.1:%[12]d
   data_dir: %[8]s
   bin_dir: %[9]s
   pgpass: %[10]s
@@ -234,7 +253,7 @@ postgresql:
     - local all all trust
     - host all all 127.0.0.1/32 md5
     - host replication replicator 127.0.0.1/32 md5
-  create_replica_methods: [pgkeep, basebackup]
+  create_replica_methods: [%[13]s]
   pgkeep:
     command: %[5]s create-replica
     keep_data: true
@@ -245,7 +264,7 @@ tags:
   nofailover: false
   noloadbalance: false
 `, c.Scope, n.Name, n.APIPort, strings.TrimPrefix(c.Etcd.URL, "http://"), pk, n.PGPort, bootstrap,
-		n.DataDir, pgtest.BinDir(), filepath.Join(c.dir, n.Name+".pgpass"), c.dir)
+		n.DataDir, pgtest.BinDir(), filepath.Join(c.dir, n.Name+".pgpass"), c.dir, connectPort, methods)
 }
 
 // StartNode starts Patroni for n (as postgres), appending to its log.

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/pgkeep/pgkeep/archive"
+	"github.com/pgkeep/pgkeep/repo"
+	"github.com/pgkeep/pgkeep/scheduler"
+)
+
+func newDaemonCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "daemon",
+		Short: "Run scheduled backups, retention and verify on the right node of the Patroni cluster",
+		Long: `daemon runs the jobs of daemon.jobs on their cron schedules. Run it on every node of
+the Patroni cluster: from the cluster as Patroni writes it in etcd, every daemon
+picks the same member for each job (run_on: primary, replica or prefer-replica;
+members tagged nobackup never run jobs), that member takes an etcd lock for the
+job's scheduled time and runs it, and the result is recorded in etcd once. When
+the chosen node dies mid-run another eligible node takes over after
+daemon.lock_ttl + daemon.takeover_timeout. While etcd cannot be reached no job
+starts.
+
+Prometheus metrics are served on daemon.listen (/metrics), with /healthz.
+SIGTERM or SIGINT aborts a running job cleanly and releases its lock.
+See docs/daemon.md.`,
+		Example: "  pgkeep daemon --config /etc/pgkeep/pgkeep.yml",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.load(); err != nil {
+				return err
+			}
+			return runDaemon(cmd.Context(), a)
+		},
+	}
+}
+
+func runDaemon(ctx context.Context, a *app) error {
+	cfg, d := a.cfg, a.cfg.Daemon
+	if len(cfg.Etcd.Endpoints) == 0 {
+		return &configError{"daemon: etcd.endpoints and patroni.scope are required"}
+	}
+	if len(d.Jobs) == 0 {
+		return &configError{"daemon: daemon.jobs is empty: nothing to schedule"}
+	}
+	member := d.Member
+	if member == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("daemon.member is empty and the host name is unknown: %w", err)
+		}
+		member = h
+	}
+	loc, _ := time.LoadLocation(d.Timezone) // validated
+	h, err := openHA(ctx, cfg, a.log)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	r, err := openRepo(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := scheduler.NewMetrics(reg)
+	runner := &daemonRunner{cfg: cfg, r: r, log: a.log, jobs: map[string]DaemonJob{}}
+	var jobs []scheduler.Job
+	for _, j := range d.Jobs {
+		maxLag := j.MaxLag
+		if maxLag == "" {
+			maxLag = DefaultMaxLag
+		}
+		lag, _ := parseBytes(maxLag) // validated
+		jobs = append(jobs, scheduler.Job{Name: j.Name, Kind: j.Kind, Schedule: jobSchedule(d, j),
+			RunOn: scheduler.Policy(j.RunOn), MaxLag: lag, Window: j.Window,
+			RetainFull: j.RetainFull, RetainDays: j.RetainDays})
+		runner.jobs[j.Name] = j
+	}
+	sched, err := scheduler.New(scheduler.Options{
+		HA: h, Member: member, Jobs: jobs, Runner: runner, Location: loc,
+		LockTTL: d.LockTTL, TakeoverTimeout: d.TakeoverTimeout, PollInterval: d.PollInterval,
+		Retries: d.Retries, RetryDelay: d.RetryDelay, Metrics: metrics, Logger: a.log,
+	})
+	if err != nil {
+		return &configError{err.Error()}
+	}
+	var srv *http.Server
+	if d.Listen != "" {
+		ln, err := net.Listen("tcp", d.Listen)
+		if err != nil {
+			return fmt.Errorf("daemon.listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.Handle("/healthz", sched.HealthHandler())
+		srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.log.Error("metrics server stopped", "err", err)
+			}
+		}()
+		a.log.Info("serving metrics", "address", ln.Addr().String())
+	}
+	go archiveMetrics(ctx, cfg, metrics, d.ArchiveCheckInterval)
+	a.log.Info("daemon starting", "member", member, "scope", cfg.Patroni.Scope, "jobs", len(jobs))
+	err = sched.Run(ctx)
+	if srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		srv.Shutdown(sctx)
+		cancel()
+	}
+	return err
+}
+
+// archiveMetrics refreshes the archive metrics from pg_stat_archiver until
+// ctx ends. The lag is the age of the last archived segment; unknown (-1)
+// on a standby that does not archive, or when PostgreSQL is unreachable.
+func archiveMetrics(ctx context.Context, cfg Config, m *scheduler.Metrics, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		lag, failed := -1.0, int64(-1)
+		if rep := postgresStatus(ctx, cfg); rep.archiverReport != nil {
+			ar := rep.archiverReport
+			failed = ar.FailedCount
+			archiving := !ar.InRecovery || ar.ArchiveMode == "always"
+			if archiving && ar.LastArchivedTime != nil {
+				lag = time.Since(*ar.LastArchivedTime).Seconds()
+			}
+		}
+		m.SetArchive(lag, failed)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// daemonRunner runs the daemon's jobs against the repository and the local
+// PostgreSQL.
+type daemonRunner struct {
+	cfg  Config
+	r    *repo.Repository
+	log  *slog.Logger
+	jobs map[string]DaemonJob
+}
+
+func (d *daemonRunner) Run(ctx context.Context, job scheduler.Job, _ time.Time) (scheduler.Result, error) {
+	switch job.Kind {
+	case "backup":
+		m, err := archive.Backup(ctx, d.r, archive.BackupOptions{
+			DSN:            d.cfg.Postgres.DSN,
+			PGData:         d.cfg.PGData,
+			FastCheckpoint: d.jobs[job.Name].Checkpoint != "spread",
+			Workers:        runtime.NumCPU(),
+			Writers:        d.cfg.UploadConcurrency,
+			WALTimeout:     5 * time.Minute,
+			Logger:         d.log.With("job", job.Name),
+		})
+		if err != nil {
+			return scheduler.Result{}, err
+		}
+		return scheduler.Result{BackupID: m.ID, Bytes: m.DataSize}, nil
+	case "retention":
+		plan, err := d.r.PlanRetention(ctx, repo.RetentionOptions{
+			RetainFull: job.RetainFull, RetainDays: job.RetainDays,
+			DebrisMinAge: time.Hour, Now: time.Now(),
+		})
+		if err != nil {
+			return scheduler.Result{}, err
+		}
+		if err := d.r.ApplyRetention(ctx, plan); err != nil {
+			return scheduler.Result{}, err
+		}
+		d.log.Info("retention applied", "job", job.Name, "backups_deleted", len(plan.Backups), "debris_deleted", len(plan.Debris), "wal_deleted", len(plan.WAL))
+		return scheduler.Result{}, nil
+	case "verify":
+		backups, _, err := d.r.ListBackups(ctx)
+		if err != nil {
+			return scheduler.Result{}, err
+		}
+		if len(backups) == 0 {
+			return scheduler.Result{}, errors.New("verify: the repository has no backup")
+		}
+		b := backups[len(backups)-1]
+		if probs := d.r.VerifyBackup(ctx, b.ID); len(probs) > 0 {
+			return scheduler.Result{BackupID: b.ID}, fmt.Errorf("verify %s: %d problems, first: %s", b.ID, len(probs), probs[0].What)
+		}
+		return scheduler.Result{BackupID: b.ID, Bytes: b.StoredSize}, nil
+	}
+	return scheduler.Result{}, fmt.Errorf("unknown job kind %q", job.Kind)
+}
+
+// Discard deletes a backup whose run could not be recorded (its lock was
+// lost): another node runs or ran that scheduled time.
+func (d *daemonRunner) Discard(ctx context.Context, job scheduler.Job, res scheduler.Result) error {
+	if job.Kind != "backup" || res.BackupID == "" {
+		return nil
+	}
+	return d.r.DeleteBackup(ctx, res.BackupID)
+}

@@ -1,0 +1,618 @@
+// Package scheduler runs cron-scheduled jobs (backups, retention, verify)
+// on the right member of a Patroni cluster, exactly once per scheduled
+// time, across failovers.
+//
+// Every daemon reads the same Patroni view from etcd and computes the same
+// ranking of eligible members (Eligible). For a job J due at time T:
+//
+//   - the first eligible member takes the etcd lock <J>/<unix T> (a key on
+//     a lease, ha.TryLock) and runs the job while it holds it; a lost lock
+//     or a topology that no longer allows this member cancels the run;
+//   - a run's result becomes final only through ha.Lock.Create of the
+//     record runs/<J>/<unix T>: one transaction that needs the lock still
+//     held and no such record yet. A result that cannot be recorded is
+//     discarded (Runner.Discard deletes the backup), so each scheduled time
+//     ends with at most one completed run;
+//   - the other eligible members poll; once they have seen neither the
+//     lock nor the final record for TakeoverTimeout they take the lock
+//     and run the job themselves (the holder died, or never started);
+//   - a failed run writes attempts/<J>/<unix T> (attempt count, earliest
+//     next attempt) and releases the lock; the member that is first for
+//     the topology then current retries, up to Retries attempts, after
+//     which a final "failed" record is written;
+//   - while etcd cannot be read no job starts; the log says so once.
+//
+// A scheduled time is given up when its window (Job.Window, default until
+// the job's next scheduled time) has passed without a start.
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/robfig/cron/v3"
+
+	"github.com/pgkeep/pgkeep/ha"
+)
+
+// Run statuses in records and metrics.
+const (
+	StatusSucceeded = "succeeded"
+	StatusFailed    = "failed"
+	// StatusAborted: stopped by the daemon's shutdown; does not count as
+	// an attempt.
+	StatusAborted = "aborted"
+	// StatusDiscarded: the run finished but its lock was lost before its
+	// result was recorded, so the result (backup) was deleted.
+	StatusDiscarded = "discarded"
+)
+
+// Job is one scheduled job.
+type Job struct {
+	Name string
+	// Kind is what the Runner does (backup, retention, verify); the
+	// scheduler passes it on.
+	Kind string
+	// Schedule is a cron expression with an optional seconds field
+	// ("0 30 1 * * *", "30 1 * * *", "@daily", "CRON_TZ=Europe/Paris 0 2 * * *").
+	Schedule string
+	RunOn    Policy
+	// MaxLag is the largest replication lag in bytes of a replica that
+	// may run the job.
+	MaxLag uint64
+	// Window is how long after its scheduled time a run may still start
+	// (or be taken over, or retried); 0 means until the next scheduled time.
+	Window time.Duration
+	// RetainFull and RetainDays are for retention jobs.
+	RetainFull, RetainDays int
+}
+
+// Result is what a successful run produced.
+type Result struct {
+	BackupID string
+	Bytes    int64
+}
+
+// Runner does the work of a job. Run must stop and clean up promptly when
+// ctx is done (the lock was lost, the topology changed, or shutdown).
+// Discard undoes a successful run whose result could not be recorded.
+type Runner interface {
+	Run(ctx context.Context, job Job, scheduled time.Time) (Result, error)
+	Discard(ctx context.Context, job Job, res Result) error
+}
+
+// Run is the record of one run, stored in etcd.
+type Run struct {
+	Job             string    `json:"job"`
+	Kind            string    `json:"kind"`
+	Scheduled       time.Time `json:"scheduled"`
+	Node            string    `json:"node"`
+	Role            string    `json:"role"`
+	Status          string    `json:"status"`
+	BackupID        string    `json:"backup_id,omitempty"`
+	Started         time.Time `json:"started"`
+	Finished        time.Time `json:"finished"`
+	DurationSeconds float64   `json:"duration_seconds"`
+	Bytes           int64     `json:"bytes"`
+	Error           string    `json:"error,omitempty"`
+	Attempt         int       `json:"attempt"`
+	// NextAttempt is when a failed attempt may be retried (attempt records).
+	NextAttempt time.Time `json:"next_attempt,omitzero"`
+}
+
+// Options configure a Scheduler.
+type Options struct {
+	HA *ha.Client
+	// Member is this node's Patroni member name.
+	Member string
+	Jobs   []Job
+	Runner Runner
+	// Location is the time zone of the schedules (default UTC).
+	Location *time.Location
+	// LockTTL is the lease of a job's lock (default 15s): a holder that
+	// dies frees it after at most this long.
+	LockTTL time.Duration
+	// TakeoverTimeout is how long a member that is not first in line
+	// waits, having seen neither lock nor result, before it runs the job
+	// itself (default 30s).
+	TakeoverTimeout time.Duration
+	// PollInterval is how often waiting members read etcd (default 2s).
+	PollInterval time.Duration
+	// Retries is how many attempts a scheduled time gets (default 3);
+	// RetryDelay separates them (default 30s).
+	Retries    int
+	RetryDelay time.Duration
+	// KeepRecords is how many final run records per job stay in etcd
+	// (default 100).
+	KeepRecords int
+	Metrics     *Metrics
+	Logger      *slog.Logger
+}
+
+// Scheduler runs jobs; see the package documentation.
+type Scheduler struct {
+	o     Options
+	log   *slog.Logger
+	jobs  []scheduledJob
+	mu    sync.Mutex
+	etcd  error // last etcd error, nil when the last request succeeded
+	ready bool  // etcd answered at least once
+}
+
+type scheduledJob struct {
+	Job
+	sched cron.Schedule
+}
+
+var parser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// ParseSchedule checks a cron expression.
+func ParseSchedule(spec string) (cron.Schedule, error) {
+	s, err := parser.Parse(spec)
+	if err != nil {
+		return nil, fmt.Errorf("schedule %q: %w", spec, err)
+	}
+	return s, nil
+}
+
+// New checks the options.
+func New(o Options) (*Scheduler, error) {
+	if o.HA == nil || o.Runner == nil {
+		return nil, errors.New("scheduler: HA client and runner are required")
+	}
+	if o.Member == "" {
+		return nil, errors.New("scheduler: member name is required")
+	}
+	if o.Location == nil {
+		o.Location = time.UTC
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&o.LockTTL, 15*time.Second)
+	def(&o.TakeoverTimeout, 30*time.Second)
+	def(&o.PollInterval, 2*time.Second)
+	def(&o.RetryDelay, 30*time.Second)
+	if o.Retries <= 0 {
+		o.Retries = 3
+	}
+	if o.KeepRecords <= 0 {
+		o.KeepRecords = 100
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s := &Scheduler{o: o, log: o.Logger}
+	seen := map[string]bool{}
+	for _, j := range o.Jobs {
+		if j.Name == "" || strings.ContainsAny(j.Name, "/ ") || seen[j.Name] {
+			return nil, fmt.Errorf("scheduler: job name %q: empty, duplicate, or contains '/' or a space", j.Name)
+		}
+		seen[j.Name] = true
+		if _, err := ParsePolicy(string(j.RunOn)); err != nil {
+			return nil, fmt.Errorf("job %s: %w", j.Name, err)
+		}
+		sc, err := ParseSchedule(j.Schedule)
+		if err != nil {
+			return nil, fmt.Errorf("job %s: %w", j.Name, err)
+		}
+		s.jobs = append(s.jobs, scheduledJob{j, sc})
+		o.Metrics.initJob(j.Name)
+	}
+	return s, nil
+}
+
+// Run schedules the jobs until ctx is done, then aborts running jobs,
+// releases their locks and returns.
+func (s *Scheduler) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	s.loadLastSuccess(ctx)
+	for _, j := range s.jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.loop(ctx, &wg, j)
+		}()
+	}
+	s.log.Info("scheduler started", "member", s.o.Member, "jobs", len(s.jobs))
+	<-ctx.Done()
+	wg.Wait()
+	s.log.Info("scheduler stopped")
+	return nil
+}
+
+func (s *Scheduler) loop(ctx context.Context, wg *sync.WaitGroup, j scheduledJob) {
+	for ctx.Err() == nil {
+		next := j.sched.Next(time.Now().In(s.o.Location))
+		if next.IsZero() {
+			s.log.Warn("schedule has no next time", "job", j.Name)
+			return
+		}
+		t := time.NewTimer(time.Until(next))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		deadline := next.Add(j.Window)
+		if j.Window <= 0 {
+			deadline = j.sched.Next(next)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.tick(ctx, j, next, deadline)
+		}()
+	}
+}
+
+// LockName is the lock of a job's scheduled time, RecordName its final
+// record, AttemptName its attempts record.
+func LockName(job string, t time.Time) string { return job + "/" + strconv.FormatInt(t.Unix(), 10) }
+func RecordName(job string, t time.Time) string {
+	return "runs/" + LockName(job, t)
+}
+func AttemptName(job string, t time.Time) string {
+	return "attempts/" + LockName(job, t)
+}
+
+func (s *Scheduler) sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// tick brings one scheduled time of one job to its end: a final record,
+// or the window passing, or shutdown.
+func (s *Scheduler) tick(ctx context.Context, j scheduledJob, t, deadline time.Time) {
+	lockName := LockName(j.Name, t)
+	log := s.log.With("job", j.Name, "scheduled", t.Format(time.RFC3339))
+	var absentSince time.Time // when this member first saw no lock and no result
+	for ; ctx.Err() == nil; s.sleep(ctx, s.o.PollInterval) {
+		now := time.Now()
+		var final, att Run
+		done, err := s.o.HA.Get(ctx, RecordName(j.Name, t), &final)
+		if err == nil {
+			_, err = s.o.HA.Get(ctx, AttemptName(j.Name, t), &att)
+		}
+		if err != nil {
+			s.etcdDown(err)
+			absentSince = time.Time{}
+			if now.After(deadline) {
+				log.Warn("scheduled time given up: etcd unreachable for the whole window")
+				return
+			}
+			continue
+		}
+		s.etcdUp()
+		if done {
+			s.o.Metrics.success(final)
+			return
+		}
+		if now.After(deadline) {
+			log.Warn("scheduled time given up: window passed without a run", "window_end", deadline.Format(time.RFC3339))
+			return
+		}
+		if now.Before(att.NextAttempt) {
+			absentSince = time.Time{}
+			continue
+		}
+		view, err := s.o.HA.View(ctx)
+		if err != nil {
+			s.etcdDown(err)
+			absentSince = time.Time{}
+			continue
+		}
+		el := Eligible(view, j.RunOn, j.MaxLag)
+		rank := index(el, s.o.Member)
+		if rank < 0 {
+			absentSince = time.Time{}
+			continue
+		}
+		if rank > 0 {
+			held, err := s.o.HA.Held(ctx, lockName)
+			if err != nil {
+				s.etcdDown(err)
+				absentSince = time.Time{}
+				continue
+			}
+			if held {
+				absentSince = time.Time{}
+				continue
+			}
+			if absentSince.IsZero() {
+				absentSince = now
+			}
+			if now.Sub(absentSince) < s.o.TakeoverTimeout {
+				continue
+			}
+			log.Info("taking the job over: no run seen", "first_in_line", el[0], "waited", now.Sub(absentSince).Round(time.Second))
+		}
+		lock, err := s.o.HA.TryLock(ctx, lockName, s.o.LockTTL)
+		if errors.Is(err, ha.ErrLocked) {
+			absentSince = time.Time{}
+			continue
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				s.etcdDown(err)
+			}
+			absentSince = time.Time{}
+			continue
+		}
+		if s.runLocked(ctx, log, j, t, lock, view) {
+			return
+		}
+		absentSince = time.Time{}
+	}
+}
+
+func index(names []string, name string) int {
+	for i, n := range names {
+		if n == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// bg is a context for recording and releasing after shutdown began.
+func (s *Scheduler) bg() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 10*time.Second)
+}
+
+// runLocked runs the job under lock and records the result; true when the
+// scheduled time is finished (final record written or found).
+func (s *Scheduler) runLocked(ctx context.Context, log *slog.Logger, j scheduledJob, t time.Time, lock *ha.Lock, view ha.Cluster) bool {
+	s.o.Metrics.setHeld(j.Name, true)
+	defer func() {
+		s.o.Metrics.setHeld(j.Name, false)
+		rctx, cancel := s.bg()
+		defer cancel()
+		if err := lock.Release(rctx); err != nil {
+			log.Warn("releasing the lock failed; it expires with its lease", "err", err)
+		}
+	}()
+	// The previous holder may have recorded its result just before
+	// releasing: look again now that no one else can.
+	var final, att Run
+	done, err := s.o.HA.Get(ctx, RecordName(j.Name, t), &final)
+	if err == nil {
+		_, err = s.o.HA.Get(ctx, AttemptName(j.Name, t), &att)
+	}
+	if err != nil || done {
+		return done
+	}
+	role := ""
+	if m, ok := view.Member(s.o.Member); ok {
+		role = m.Role
+	}
+	rec := Run{Job: j.Name, Kind: j.Kind, Scheduled: t, Node: s.o.Member, Role: role, Attempt: att.Attempt + 1, Started: time.Now().UTC()}
+	log = log.With("attempt", rec.Attempt)
+	log.Info("job starting", "role", role)
+
+	runCtx, cancel := context.WithCancelCause(ctx)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		s.watch(runCtx, cancel, j, lock)
+	}()
+	res, runErr := s.o.Runner.Run(runCtx, j.Job, t)
+	if runErr == nil && runCtx.Err() != nil && context.Cause(runCtx) == errLockLost {
+		runErr = errLockLost
+	}
+	cancel(nil)
+	<-watchDone
+	rec.Finished = time.Now().UTC()
+	rec.DurationSeconds = rec.Finished.Sub(rec.Started).Seconds()
+	rec.BackupID, rec.Bytes = res.BackupID, res.Bytes
+
+	rctx, rcancel := s.bg()
+	defer rcancel()
+	if runErr == nil {
+		rec.Status = StatusSucceeded
+		err := s.create(rctx, lock, RecordName(j.Name, t), rec)
+		if err == nil {
+			s.o.Metrics.observe(rec)
+			s.o.Metrics.success(rec)
+			log.Info("job succeeded", "backup_id", rec.BackupID, "bytes", rec.Bytes, "duration", time.Duration(rec.DurationSeconds*float64(time.Second)).Round(time.Millisecond))
+			s.prune(rctx, j.Name)
+			return true
+		}
+		rec.Status = StatusDiscarded
+		s.o.Metrics.observe(rec)
+		if derr := s.o.Runner.Discard(rctx, j.Job, res); derr != nil {
+			log.Error("could not discard an unrecorded result", "backup_id", res.BackupID, "err", derr)
+		}
+		log.Warn("job result discarded: it could not be recorded under the lock", "backup_id", res.BackupID, "err", err)
+		return false // someone else runs or ran it
+	}
+	rec.Error = runErr.Error()
+	if ctx.Err() != nil {
+		// Shutdown: not this time's fault; another member may take over.
+		rec.Status, rec.Attempt = StatusAborted, att.Attempt
+		s.o.Metrics.observe(rec)
+		log.Warn("job aborted by shutdown", "err", runErr)
+		if err := s.o.HA.Put(rctx, AttemptName(j.Name, t), rec); err != nil {
+			log.Warn("recording the aborted run failed", "err", err)
+		}
+		return true
+	}
+	rec.Status = StatusFailed
+	s.o.Metrics.observe(rec)
+	if rec.Attempt >= s.o.Retries {
+		log.Error("job failed, no attempts left", "err", runErr)
+		if err := s.create(rctx, lock, RecordName(j.Name, t), rec); err != nil {
+			log.Warn("recording the failure failed", "err", err)
+		}
+		return true
+	}
+	rec.NextAttempt = time.Now().Add(s.o.RetryDelay).UTC()
+	log.Warn("job failed; it will be retried on the member right for the topology then", "err", runErr, "next_attempt", rec.NextAttempt.Format(time.RFC3339))
+	if err := s.o.HA.Put(rctx, AttemptName(j.Name, t), rec); err != nil {
+		log.Warn("recording the failed attempt failed", "err", err)
+	}
+	return false
+}
+
+var (
+	errLockLost = errors.New("job lock lost (etcd unreachable or lease expired)")
+	errTopology = errors.New("topology changed: this member may no longer run the job")
+)
+
+// watch cancels a run when its lock is lost or when the Patroni view says
+// this member may no longer run the job (promoted, demoted, restarted,
+// lagging, tagged nobackup). A view that cannot be read does not cancel:
+// losing etcd shows as a lost lock after the lock's TTL.
+func (s *Scheduler) watch(ctx context.Context, cancel context.CancelCauseFunc, j scheduledJob, lock *ha.Lock) {
+	t := time.NewTicker(s.o.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-lock.Lost():
+			cancel(errLockLost)
+			return
+		case <-t.C:
+			view, err := s.o.HA.View(ctx)
+			if err != nil {
+				continue
+			}
+			if index(Eligible(view, j.RunOn, j.MaxLag), s.o.Member) < 0 {
+				_, why := Choose(view, j.RunOn, j.MaxLag)
+				s.log.Warn("aborting the job: this member may no longer run it", "job", j.Name, "member", s.o.Member, "now", why)
+				cancel(errTopology)
+				return
+			}
+		}
+	}
+}
+
+// create writes a final record under the lock, retrying transient etcd
+// errors a few times. A record that exists and is this run's counts as
+// written (the first try succeeded but its answer was lost).
+func (s *Scheduler) create(ctx context.Context, lock *ha.Lock, name string, rec Run) error {
+	var err error
+	for i := 0; i < 5; i++ {
+		err = lock.Create(ctx, name, rec)
+		if err == nil || errors.Is(err, ha.ErrNotHeld) {
+			return err
+		}
+		if errors.Is(err, ha.ErrExists) {
+			var got Run
+			if found, gerr := s.o.HA.Get(ctx, name, &got); gerr == nil && found && got.Node == rec.Node && got.Started.Equal(rec.Started) {
+				return nil
+			}
+			return err
+		}
+		s.sleep(ctx, time.Second)
+	}
+	return err
+}
+
+// prune keeps the newest KeepRecords final records of a job and drops
+// attempt records older than that.
+func (s *Scheduler) prune(ctx context.Context, job string) {
+	for _, prefix := range []string{"runs/" + job + "/", "attempts/" + job + "/"} {
+		es, err := s.o.HA.List(ctx, prefix)
+		if err != nil {
+			return
+		}
+		sort.Slice(es, func(a, b int) bool { return nameTime(es[a].Name) < nameTime(es[b].Name) })
+		for i := 0; i < len(es)-s.o.KeepRecords; i++ {
+			if err := s.o.HA.Delete(ctx, es[i].Name); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func nameTime(name string) int64 {
+	n, _ := strconv.ParseInt(name[strings.LastIndex(name, "/")+1:], 10, 64)
+	return n
+}
+
+// loadLastSuccess sets the last-success metric from the records at start.
+func (s *Scheduler) loadLastSuccess(ctx context.Context) {
+	runs, err := LastRuns(ctx, s.o.HA)
+	if err != nil {
+		return
+	}
+	for _, r := range runs {
+		s.o.Metrics.success(r)
+	}
+}
+
+// LastRuns reads every final run record, oldest scheduled time first.
+func LastRuns(ctx context.Context, c *ha.Client) ([]Run, error) {
+	es, err := c.List(ctx, "runs/")
+	if err != nil {
+		return nil, err
+	}
+	var out []Run
+	for _, e := range es {
+		var r Run
+		if json.Unmarshal(e.Value, &r) == nil {
+			out = append(out, r)
+		}
+	}
+	sort.SliceStable(out, func(a, b int) bool { return out[a].Scheduled.Before(out[b].Scheduled) })
+	return out, nil
+}
+
+func (s *Scheduler) etcdDown(err error) {
+	s.mu.Lock()
+	first := s.etcd == nil
+	s.etcd = err
+	s.mu.Unlock()
+	s.o.Metrics.setEtcdUp(false)
+	if first {
+		s.log.Warn("cannot read the cluster from etcd: no job starts until it answers", "err", err)
+	}
+}
+
+func (s *Scheduler) etcdUp() {
+	s.mu.Lock()
+	was := s.etcd
+	s.etcd, s.ready = nil, true
+	s.mu.Unlock()
+	s.o.Metrics.setEtcdUp(true)
+	if was != nil {
+		s.log.Info("etcd answers again: jobs may start")
+	}
+}
+
+// Healthy is nil when the last etcd request succeeded.
+func (s *Scheduler) Healthy() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.etcd
+}
+
+// HealthHandler answers 200 "ok" while etcd answers, else 503 with the cause.
+func (s *Scheduler) HealthHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if err := s.Healthy(); err != nil {
+			http.Error(w, "etcd: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+}

@@ -1,0 +1,528 @@
+package scheduler_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pgkeep/pgkeep/ha"
+	"github.com/pgkeep/pgkeep/internal/etcdtest"
+	"github.com/pgkeep/pgkeep/scheduler"
+)
+
+// event is one call of a recorder's Run.
+type event struct {
+	member     string
+	scheduled  time.Time
+	start, end time.Time
+	err        error
+	discarded  bool
+}
+
+// recorder is the runners of several in-process daemons: it records every
+// run, checks that no two runs of one scheduled time overlap, and sleeps.
+type recorder struct {
+	mu      sync.Mutex
+	events  []*event
+	active  map[int64]int
+	overlap []string
+	// hold, when it returns true for a run, blocks the run until its
+	// context ends (a daemon that hangs mid-run); started receives the
+	// scheduled time of held runs.
+	hold    func(member string, t time.Time) bool
+	started chan time.Time
+	sleep   time.Duration
+}
+
+type memberRunner struct {
+	r      *recorder
+	member string
+}
+
+func newRecorder(sleep time.Duration) *recorder {
+	return &recorder{active: map[int64]int{}, sleep: sleep, started: make(chan time.Time, 100)}
+}
+
+func (m memberRunner) Run(ctx context.Context, job scheduler.Job, t time.Time) (scheduler.Result, error) {
+	r := m.r
+	ev := &event{member: m.member, scheduled: t, start: time.Now()}
+	r.mu.Lock()
+	r.events = append(r.events, ev)
+	r.active[t.Unix()]++
+	if r.active[t.Unix()] > 1 {
+		r.overlap = append(r.overlap, fmt.Sprintf("%s: %d runs at once (%s joined)", t.Format(time.TimeOnly), r.active[t.Unix()], m.member))
+	}
+	hold := r.hold != nil && r.hold(m.member, t)
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.active[t.Unix()]--
+		ev.end = time.Now()
+		r.mu.Unlock()
+	}()
+	d := r.sleep
+	if hold {
+		r.started <- t
+		d = time.Hour
+	}
+	select {
+	case <-ctx.Done():
+		ev.err = context.Cause(ctx)
+		return scheduler.Result{}, fmt.Errorf("run aborted: %w", ev.err)
+	case <-time.After(d):
+	}
+	return scheduler.Result{BackupID: m.member + "-" + fmt.Sprint(t.Unix()), Bytes: 42}, nil
+}
+
+func (m memberRunner) Discard(ctx context.Context, job scheduler.Job, res scheduler.Result) error {
+	m.r.mu.Lock()
+	defer m.r.mu.Unlock()
+	for _, ev := range m.r.events {
+		if ev.member == m.member && ev.err == nil && m.member+"-"+fmt.Sprint(ev.scheduled.Unix()) == res.BackupID {
+			ev.discarded = true
+		}
+	}
+	return nil
+}
+
+// completed returns, per scheduled time, the members whose runs completed
+// and were kept (not failed, not discarded).
+func (r *recorder) completed() map[int64][]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[int64][]string{}
+	for _, ev := range r.events {
+		if !ev.end.IsZero() && ev.err == nil && !ev.discarded {
+			out[ev.scheduled.Unix()] = append(out[ev.scheduled.Unix()], ev.member)
+		}
+	}
+	return out
+}
+
+func (r *recorder) snapshot() []event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]event, len(r.events))
+	for i, ev := range r.events {
+		out[i] = *ev
+	}
+	return out
+}
+
+// daemon is one in-process scheduler with its own etcd client.
+type daemon struct {
+	member string
+	ha     *ha.Client
+	sched  *scheduler.Scheduler
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (d *daemon) stop() {
+	d.cancel()
+	<-d.done
+}
+
+func startDaemon(t *testing.T, s *etcdtest.Server, scope, member string, r *recorder, logs *logBuffer, o scheduler.Options) *daemon {
+	t.Helper()
+	d := &daemon{member: member, ha: connect(t, s, scope, member), done: make(chan struct{})}
+	o.HA, o.Member, o.Runner = d.ha, member, memberRunner{r, member}
+	if logs != nil {
+		o.Logger = logs.logger(member)
+	}
+	sc, err := scheduler.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.sched = sc
+	ctx, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	go func() {
+		defer close(d.done)
+		sc.Run(ctx)
+	}()
+	t.Cleanup(d.stop)
+	return d
+}
+
+func finalRecords(t *testing.T, c *ha.Client, job string) map[int64]scheduler.Run {
+	t.Helper()
+	es, err := c.List(tctx(t, 10*time.Second), "runs/"+job+"/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int64]scheduler.Run{}
+	for _, e := range es {
+		var r scheduler.Run
+		if err := json.Unmarshal(e.Value, &r); err != nil {
+			t.Fatal(err)
+		}
+		out[r.Scheduled.Unix()] = r
+	}
+	return out
+}
+
+// Three daemons with their own etcd clients and member names, a job every
+// 2 seconds, and a topology that flips between "pg2 may run it" and "pg3
+// may run it" every 1.3 s so that the daemons often disagree and runs get
+// aborted mid-way: every scheduled time ends with exactly one completed
+// run and one final record, and no two runs of a scheduled time overlap.
+func TestExactlyOnceThreeDaemons(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	cli := s.Client(t)
+	writeCluster(t, cli, "demo", threeNodes())
+	const maxLag = 1 << 20
+	flip := func(pg2Behind bool) {
+		lagging, ok := "members/pg3", "members/pg2"
+		if pg2Behind {
+			lagging, ok = ok, lagging
+		}
+		port := map[string]int{"members/pg2": 5433, "members/pg3": 5434}
+		writeCluster(t, cli, "demo", map[string]*string{
+			lagging: str(member(port[lagging], "replica", "running", leaderPos-2*maxLag, "")),
+			ok:      str(member(port[ok], "replica", "running", leaderPos-100, "")),
+		})
+	}
+	r := newRecorder(700 * time.Millisecond)
+	logs := &logBuffer{}
+	o := scheduler.Options{
+		Jobs:            []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/2 * * * * *", RunOn: scheduler.PreferReplica, MaxLag: maxLag, Window: 15 * time.Second}},
+		LockTTL:         3 * time.Second,
+		TakeoverTimeout: 2 * time.Second,
+		PollInterval:    100 * time.Millisecond,
+		Retries:         10,
+		RetryDelay:      200 * time.Millisecond,
+	}
+	var ds []*daemon
+	for _, m := range []string{"pg1", "pg2", "pg3"} {
+		ds = append(ds, startDaemon(t, s, "demo", m, r, logs, o))
+	}
+	first := time.Now().Truncate(2 * time.Second).Add(2 * time.Second)
+	const ticks = 21
+	last := first.Add((ticks - 1) * 2 * time.Second)
+	stopFlip := make(chan struct{})
+	flipDone := make(chan struct{})
+	go func() {
+		defer close(flipDone)
+		pg2Behind := false
+		for i := 0; i < 1000; i++ {
+			select {
+			case <-stopFlip:
+				return
+			case <-time.After(1300 * time.Millisecond):
+			}
+			pg2Behind = !pg2Behind
+			flip(pg2Behind)
+		}
+	}()
+	// Wait for the last tick to be recorded (bounded).
+	deadline := last.Add(40 * time.Second)
+	for {
+		if _, ok := finalRecords(t, ds[0].ha, "backup")[last.Unix()]; ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tick %s not recorded by %s", last.Format(time.TimeOnly), deadline.Format(time.TimeOnly))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	close(stopFlip)
+	<-flipDone
+	for _, d := range ds {
+		d.stop()
+	}
+	recs := finalRecords(t, ds[0].ha, "backup")
+	done := r.completed()
+	byNode := map[string]int{}
+	aborted := 0
+	for _, ev := range r.snapshot() {
+		if ev.err != nil {
+			aborted++
+		}
+	}
+	for tick := first; !tick.After(last); tick = tick.Add(2 * time.Second) {
+		rec, ok := recs[tick.Unix()]
+		if !ok {
+			t.Errorf("%s: no final record", tick.Format(time.TimeOnly))
+			continue
+		}
+		if rec.Status != scheduler.StatusSucceeded {
+			t.Errorf("%s: record %+v", tick.Format(time.TimeOnly), rec)
+		}
+		runs := done[tick.Unix()]
+		if len(runs) != 1 || runs[0] != rec.Node || rec.BackupID != rec.Node+"-"+fmt.Sprint(tick.Unix()) {
+			t.Errorf("%s: completed runs %q, record says %s / %s", tick.Format(time.TimeOnly), runs, rec.Node, rec.BackupID)
+		}
+		byNode[rec.Node]++
+	}
+	for tick, runs := range done {
+		if len(runs) > 1 {
+			t.Errorf("%d: completed %d times: %q", tick, len(runs), runs)
+		}
+	}
+	r.mu.Lock()
+	if len(r.overlap) > 0 {
+		t.Errorf("overlapping runs: %q", r.overlap)
+	}
+	r.mu.Unlock()
+	t.Logf("%d ticks, runs by node %v, %d runs aborted by topology changes", ticks, byNode, aborted)
+	if len(byNode) < 2 {
+		t.Errorf("the topology flips but one node ran everything: %v", byNode)
+	}
+	if t.Failed() {
+		t.Logf("logs:\n%s", logs.String())
+	}
+}
+
+// The chosen daemon hangs mid-run and then dies without releasing its
+// lock (its etcd connection closes): another eligible daemon takes the
+// scheduled time over within lock TTL + takeover timeout, exactly once.
+func TestTakeoverWhenHolderDies(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	writeCluster(t, s.Client(t), "demo", threeNodes())
+	r := newRecorder(200 * time.Millisecond)
+	var victim time.Time
+	r.hold = func(member string, tick time.Time) bool {
+		if member == "pg2" && victim.IsZero() {
+			victim = tick
+			return true
+		}
+		return false
+	}
+	logs := &logBuffer{}
+	const ttl, takeover = 3 * time.Second, 2 * time.Second
+	o := scheduler.Options{
+		Jobs:            []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/2 * * * * *", RunOn: scheduler.Replica, MaxLag: 1 << 20, Window: 30 * time.Second}},
+		LockTTL:         ttl,
+		TakeoverTimeout: takeover,
+		PollInterval:    100 * time.Millisecond,
+	}
+	var ds []*daemon
+	for _, m := range []string{"pg1", "pg2", "pg3"} {
+		ds = append(ds, startDaemon(t, s, "demo", m, r, logs, o))
+	}
+	var tick time.Time
+	select {
+	case tick = <-r.started:
+	case <-time.After(20 * time.Second):
+		t.Fatal("pg2 never started a run")
+	}
+	time.Sleep(500 * time.Millisecond)
+	// kill -9: the connection goes, the lease is neither renewed nor revoked.
+	killed := time.Now()
+	ds[1].ha.Close()
+	ds[1].cancel()
+	var rec scheduler.Run
+	for {
+		recs := finalRecords(t, ds[0].ha, "backup")
+		if got, ok := recs[tick.Unix()]; ok {
+			rec = got
+			break
+		}
+		if time.Since(killed) > ttl+takeover+15*time.Second {
+			t.Fatalf("scheduled time %s not taken over\n%s", tick.Format(time.TimeOnly), logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	took := time.Since(killed)
+	t.Logf("taken over by %s %s after the kill (ttl %s, takeover %s)", rec.Node, took.Round(100*time.Millisecond), ttl, takeover)
+	// Only pg3 is eligible: pg1 is the leader and the policy is replica.
+	if rec.Node != "pg3" || rec.Status != scheduler.StatusSucceeded {
+		t.Errorf("record %+v, want a success by pg3", rec)
+	}
+	// Later ticks: pg2 stays first in line (its Patroni is alive) but its
+	// daemon is dead: each is taken over too, still once each.
+	time.Sleep(3 * time.Second)
+	for _, d := range ds {
+		d.stop()
+	}
+	done := r.completed()
+	if len(done[tick.Unix()]) != 1 {
+		t.Errorf("victim tick completed by %q", done[tick.Unix()])
+	}
+	for tk, runs := range done {
+		if len(runs) != 1 {
+			t.Errorf("%d completed by %q", tk, runs)
+		}
+	}
+	if !strings.Contains(logs.String(), "taking the job over") {
+		t.Error("no takeover logged")
+	}
+	if t.Failed() {
+		t.Logf("logs:\n%s", logs.String())
+	}
+}
+
+// With etcd down no job starts and the daemon says why once; jobs resume
+// when etcd is back. The health endpoint follows.
+func TestEtcdDownNoJobStarts(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	writeCluster(t, s.Client(t), "demo", threeNodes())
+	r := newRecorder(100 * time.Millisecond)
+	logs := &logBuffer{}
+	o := scheduler.Options{
+		Jobs:         []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "* * * * * *", RunOn: scheduler.Primary}},
+		LockTTL:      2 * time.Second,
+		PollInterval: 100 * time.Millisecond,
+	}
+	d := startDaemon(t, s, "demo", "pg1", r, logs, o)
+	health := httpServe(t, d.sched.HealthHandler())
+	waitRuns := func(n int, after time.Time) {
+		t.Helper()
+		for i := 0; i < 300; i++ {
+			c := 0
+			for _, ev := range r.snapshot() {
+				if ev.start.After(after) && !ev.end.IsZero() {
+					c++
+				}
+			}
+			if c >= n {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("fewer than %d runs after %s\n%s", n, after.Format(time.TimeOnly), logs.String())
+	}
+	waitRuns(2, time.Time{})
+	if code, _ := get(t, health); code != 200 {
+		t.Fatalf("health with etcd up: %d", code)
+	}
+	s.Stop(t)
+	down := time.Now()
+	time.Sleep(6 * time.Second)
+	code, body := get(t, health)
+	up := time.Now()
+	s.Restart(t)
+	for _, ev := range r.snapshot() {
+		if ev.start.After(down.Add(200*time.Millisecond)) && ev.start.Before(up) {
+			t.Errorf("run started at %s with etcd down (%s..%s)", ev.start.Format(time.TimeOnly), down.Format(time.TimeOnly), up.Format(time.TimeOnly))
+		}
+	}
+	if code != 503 || !strings.Contains(body, "etcd") {
+		t.Errorf("health with etcd down: %d %q", code, body)
+	}
+	waitRuns(2, up)
+	if code, _ := get(t, health); code != 200 {
+		t.Errorf("health after etcd came back: %d", code)
+	}
+	d.stop()
+	n := strings.Count(logs.String(), "no job starts until it answers")
+	if n != 1 {
+		t.Errorf("etcd outage logged %d times, want once\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "etcd answers again") {
+		t.Error("recovery not logged")
+	}
+}
+
+// The metrics endpoint has every metric and they move after a run.
+func TestMetrics(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	writeCluster(t, s.Client(t), "demo", threeNodes())
+	r := newRecorder(300 * time.Millisecond)
+	reg := prometheus.NewRegistry()
+	m := scheduler.NewMetrics(reg)
+	m.SetArchive(12.5, 3)
+	o := scheduler.Options{
+		Jobs:         []scheduler.Job{{Name: "nightly", Kind: "backup", Schedule: "*/2 * * * * *", RunOn: scheduler.Primary}},
+		PollInterval: 100 * time.Millisecond,
+		Metrics:      m,
+	}
+	// Watch the lock being held from the start of a run.
+	heldSeen := make(chan string, 10)
+	url := httpServe(t, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	r.hold = nil
+	d := startDaemon(t, s, "demo", "pg1", r, nil, o)
+	_, before := get(t, url)
+	for _, name := range []string{scheduler.MetricRuns, scheduler.MetricHeld, scheduler.MetricEtcdUp, scheduler.MetricArchiveLag + " 12.5", scheduler.MetricArchiveFailed + " 3"} {
+		if !strings.Contains(before, name) {
+			t.Errorf("metrics before a run lack %q", name)
+		}
+	}
+	go func() {
+		for i := 0; i < 100; i++ {
+			_, b := fetch(url)
+			if strings.Contains(b, scheduler.MetricHeld+`{job="nightly"} 1`) {
+				heldSeen <- b
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	var after string
+	for i := 0; i < 100; i++ {
+		_, after = get(t, url)
+		if strings.Contains(after, scheduler.MetricRuns+`{job="nightly",result="succeeded"} 1`) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	d.stop()
+	for _, want := range []string{
+		scheduler.MetricRuns + `{job="nightly",result="succeeded"} 1`,
+		scheduler.MetricRuns + `{job="nightly",result="failed"} 0`,
+		scheduler.MetricLastSuccess + `{job="nightly"} 1.`,
+		scheduler.MetricDuration + `_count{job="nightly"} 1`,
+		scheduler.MetricBytes + `{job="nightly"} 42`,
+		scheduler.MetricHeld + `{job="nightly"} 0`,
+		scheduler.MetricEtcdUp + " 1",
+	} {
+		if !strings.Contains(after, want) {
+			t.Errorf("metrics after a run lack %q", want)
+		}
+	}
+	if strings.Contains(before, scheduler.MetricLastSuccess+"{") {
+		t.Error("last success set before any run")
+	}
+	select {
+	case <-heldSeen:
+	case <-time.After(time.Second):
+		t.Error("lock_held never seen at 1 during the run")
+	}
+}
+
+func httpServe(t *testing.T, h http.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String() + "/"
+}
+
+func get(t *testing.T, url string) (int, string) {
+	code, body, err := fetchErr(url)
+	if err != nil {
+		t.Errorf("GET %s: %v", url, err)
+	}
+	return code, body
+}
+
+func fetch(url string) (int, string) {
+	code, body, _ := fetchErr(url)
+	return code, body
+}
+
+func fetchErr(url string) (int, string, error) {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), nil
+}
