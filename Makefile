@@ -36,6 +36,12 @@ bench: build deps
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./repo/
 	bash bench/wal.sh
 
+# Replica provisioning: pgkeep create-replica vs Patroni's basebackup (as
+# root; SCALE=10 REPS=1 for a quick try). Needs `make deps`.
+.PHONY: bench-replica
+bench-replica:
+	bash bench/replica.sh
+
 demo: build
 	bash scripts/demo.sh
 
