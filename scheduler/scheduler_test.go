@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgkeep/pgkeep/ha"
 	"github.com/pgkeep/pgkeep/internal/etcdtest"
+	"github.com/pgkeep/pgkeep/internal/pgtest"
 	"github.com/pgkeep/pgkeep/scheduler"
 )
 
@@ -525,4 +526,72 @@ func fetchErr(url string) (int, string, error) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), nil
+}
+
+// Shutdown mid-run (SIGTERM in the daemon): the run's context ends, the
+// lock is released at once (not left to expire), the aborted run is
+// recorded as an attempt without a final record, and another member then
+// completes the scheduled time.
+func TestShutdownAbortsAndReleases(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	writeCluster(t, s.Client(t), "demo", threeNodes())
+	r := newRecorder(200 * time.Millisecond)
+	var victim time.Time
+	r.hold = func(member string, tick time.Time) bool {
+		if member == "pg2" && victim.IsZero() {
+			victim = tick
+			return true
+		}
+		return false
+	}
+	logs := &logBuffer{}
+	o := scheduler.Options{
+		Jobs:            []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/3 * * * * *", RunOn: scheduler.Replica, MaxLag: 1 << 20, Window: 30 * time.Second}},
+		LockTTL:         30 * time.Second, // far longer than the test waits: only a release frees it
+		TakeoverTimeout: time.Second,
+		PollInterval:    100 * time.Millisecond,
+	}
+	pg2 := startDaemon(t, s, "demo", "pg2", r, logs, o)
+	pg3 := startDaemon(t, s, "demo", "pg3", r, logs, o)
+	var tick time.Time
+	select {
+	case tick = <-r.started:
+	case <-time.After(20 * time.Second):
+		t.Fatal("pg2 never started a run")
+	}
+	lock := scheduler.LockName("backup", tick)
+	if held, err := pg3.ha.Held(tctx(t, 5*time.Second), lock); err != nil || !held {
+		t.Fatalf("lock %s during the run: held=%v err=%v", lock, held, err)
+	}
+	stopped := time.Now()
+	pg2.stop()
+	if d := time.Since(stopped); d > 5*time.Second {
+		t.Errorf("stopping took %s with a run in progress", d)
+	}
+	if held, err := pg3.ha.Held(tctx(t, 5*time.Second), lock); err != nil || held {
+		t.Errorf("lock %s after shutdown: held=%v err=%v, want released", lock, held, err)
+	}
+	var ev *event
+	for _, e := range r.snapshot() {
+		if e.member == "pg2" && e.scheduled.Equal(tick) {
+			ev = &e
+		}
+	}
+	if ev == nil || ev.err == nil || ev.end.IsZero() {
+		t.Fatalf("pg2's run was not ended by the shutdown: %+v", ev)
+	}
+	var att scheduler.Run
+	found, err := pg3.ha.Get(tctx(t, 5*time.Second), scheduler.AttemptName("backup", tick), &att)
+	if err != nil || !found || att.Status != scheduler.StatusAborted || att.Node != "pg2" {
+		t.Errorf("attempt record after shutdown: found=%v err=%v %+v, want aborted by pg2", found, err, att)
+	}
+	// pg3 takes the scheduled time over and completes it once.
+	pgtest.WaitFor(t, 20*time.Second, "pg3 to complete the aborted scheduled time", func() (bool, error) {
+		rec, ok := finalRecords(t, pg3.ha, "backup")[tick.Unix()]
+		return ok && rec.Node == "pg3" && rec.Status == scheduler.StatusSucceeded, nil
+	})
+	pg3.stop()
+	if !strings.Contains(logs.String(), "job aborted by shutdown") {
+		t.Errorf("abort not logged:\n%s", logs.String())
+	}
 }
