@@ -23,7 +23,8 @@ type Metrics struct {
 	archiveFailed prometheus.Gauge
 }
 
-// Metric names, for tests and alert rules.
+// Metric names, for tests and alert rules. The job label is job_name:
+// Prometheus reserves "job" for the scrape job.
 const (
 	MetricLastSuccess   = "pgkeep_job_last_success_timestamp_seconds"
 	MetricDuration      = "pgkeep_job_duration_seconds"
@@ -40,16 +41,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		last: map[string]float64{},
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricLastSuccess,
-			Help: "Unix time at which the last successful run of the job (on any node of the cluster) ended."}, []string{"job"}),
+			Help: "Unix time at which the last successful run of the job (on any node of the cluster) ended."}, []string{"job_name"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: MetricDuration,
 			Help:    "Duration of the job's runs on this node.",
-			Buckets: []float64{1, 10, 60, 300, 900, 1800, 3600, 7200, 14400, 28800}}, []string{"job"}),
+			Buckets: []float64{1, 10, 60, 300, 900, 1800, 3600, 7200, 14400, 28800}}, []string{"job_name"}),
 		bytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricBytes,
-			Help: "Bytes the job's last successful run on this node stored (backups: database size)."}, []string{"job"}),
+			Help: "Bytes the job's last successful run on this node stored (backups: database size)."}, []string{"job_name"}),
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricRuns,
-			Help: "Runs of the job on this node by result (succeeded, failed, aborted, discarded)."}, []string{"job", "result"}),
+			Help: "Runs of the job on this node by result (succeeded, failed, aborted, discarded)."}, []string{"job_name", "result"}),
 		held: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricHeld,
-			Help: "1 while this node holds the job's lock (runs it), else 0."}, []string{"job"}),
+			Help: "1 while this node holds the job's lock (runs it), else 0."}, []string{"job_name"}),
 		etcdUp: prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricEtcdUp,
 			Help: "1 when the last etcd request succeeded, else 0 (no job starts)."}),
 		archiveLag: prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricArchiveLag,

@@ -453,7 +453,7 @@ func TestMetrics(t *testing.T) {
 	go func() {
 		for i := 0; i < 100; i++ {
 			_, b := fetch(url)
-			if strings.Contains(b, scheduler.MetricHeld+`{job="nightly"} 1`) {
+			if strings.Contains(b, scheduler.MetricHeld+`{job_name="nightly"} 1`) {
 				heldSeen <- b
 				return
 			}
@@ -463,19 +463,19 @@ func TestMetrics(t *testing.T) {
 	var after string
 	for i := 0; i < 100; i++ {
 		_, after = get(t, url)
-		if strings.Contains(after, scheduler.MetricRuns+`{job="nightly",result="succeeded"} 1`) {
+		if strings.Contains(after, scheduler.MetricRuns+`{job_name="nightly",result="succeeded"} 1`) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	d.stop()
 	for _, want := range []string{
-		scheduler.MetricRuns + `{job="nightly",result="succeeded"} 1`,
-		scheduler.MetricRuns + `{job="nightly",result="failed"} 0`,
-		scheduler.MetricLastSuccess + `{job="nightly"} 1.`,
-		scheduler.MetricDuration + `_count{job="nightly"} 1`,
-		scheduler.MetricBytes + `{job="nightly"} 42`,
-		scheduler.MetricHeld + `{job="nightly"} 0`,
+		scheduler.MetricRuns + `{job_name="nightly",result="succeeded"} 1`,
+		scheduler.MetricRuns + `{job_name="nightly",result="failed"} 0`,
+		scheduler.MetricLastSuccess + `{job_name="nightly"} 1.`,
+		scheduler.MetricDuration + `_count{job_name="nightly"} 1`,
+		scheduler.MetricBytes + `{job_name="nightly"} 42`,
+		scheduler.MetricHeld + `{job_name="nightly"} 0`,
 		scheduler.MetricEtcdUp + " 1",
 	} {
 		if !strings.Contains(after, want) {

@@ -263,9 +263,9 @@ func TestPatroniDaemon(t *testing.T) {
 	}
 	m := scrape(t, daemons[second.Node].metrics)
 	for _, want := range []string{
-		scheduler.MetricRuns + `{job="backup",result="succeeded"}`,
-		scheduler.MetricLastSuccess + `{job="backup"}`,
-		scheduler.MetricDuration + `_count{job="backup"}`,
+		scheduler.MetricRuns + `{job_name="backup",result="succeeded"}`,
+		scheduler.MetricLastSuccess + `{job_name="backup"}`,
+		scheduler.MetricDuration + `_count{job_name="backup"}`,
 		scheduler.MetricEtcdUp + " 1",
 		scheduler.MetricArchiveFailed,
 	} {
@@ -273,7 +273,7 @@ func TestPatroniDaemon(t *testing.T) {
 			t.Errorf("metrics of %s lack %q", second.Node, want)
 		}
 	}
-	if strings.Contains(m, scheduler.MetricRuns+`{job="backup",result="succeeded"} 0`) {
+	if strings.Contains(m, scheduler.MetricRuns+`{job_name="backup",result="succeeded"} 0`) {
 		t.Errorf("metrics of %s show no successful run after one:\n%s", second.Node, m)
 	}
 
