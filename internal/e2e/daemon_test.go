@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -30,6 +31,7 @@ type daemonProc struct {
 	node    *patronitest.Node
 	cmd     *exec.Cmd
 	log     string
+	config  string
 	metrics string
 	done    chan error
 }
@@ -69,6 +71,7 @@ daemon:
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	d.config = path
 	pgtest.Chown(t, dir)
 	logf, err := os.Create(d.log)
 	if err != nil {
@@ -347,6 +350,40 @@ func TestPatroniDaemon(t *testing.T) {
 		t.Errorf("%d complete backups in the repository (%v), %d recorded (%v)", len(listed), listed, len(want), want)
 	}
 	t.Logf("%d scheduled backups recorded; before the failover on %s and %s, after it on %s", len(want), first.Node, second.Node, after.Node)
+
+	// pgkeep status shows the newest run of the job, as recorded: the
+	// newest final record, or a newer attempt (SIGTERM may have aborted a
+	// run just now).
+	newest := recs[len(recs)-1]
+	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+	attempts, err := h.List(actx, "attempts/backup/")
+	acancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range attempts {
+		var a scheduler.Run
+		if json.Unmarshal(e.Value, &a) == nil && a.Scheduled.After(newest.Scheduled) {
+			newest = a
+		}
+	}
+	res := runPgkeep(t, nil, "", "--config", daemons[replica.Name].config, "status", "--json")
+	var st struct {
+		Patroni struct {
+			Jobs []scheduler.Run `json:"jobs"`
+		} `json:"patroni"`
+	}
+	if err := json.Unmarshal([]byte(res.stdout), &st); err != nil || res.code != 0 {
+		t.Fatalf("status --json: exit %d %v\n%s%s", res.code, err, res.stdout, res.stderr)
+	}
+	if j := st.Patroni.Jobs; len(j) != 1 || j[0].Job != "backup" || !j[0].Scheduled.Equal(newest.Scheduled) ||
+		j[0].Node != newest.Node || j[0].Status != newest.Status || j[0].BackupID != newest.BackupID {
+		t.Errorf("status shows jobs %+v, want the newest record %+v", j, newest)
+	}
+	if text := runPgkeep(t, nil, "", "--config", daemons[replica.Name].config, "status"); !strings.Contains(text.stdout, newest.Scheduled.UTC().Format(time.RFC3339)) ||
+		!strings.Contains(text.stdout, newest.Status) {
+		t.Errorf("status text lacks the newest run (%s, %s):\n%s", newest.Scheduled.UTC().Format(time.RFC3339), newest.Status, text.stdout)
+	}
 
 	// The backup taken after the failover restores to exactly its rows.
 	hba := filepath.Join(pgtest.TempDir(t), "pg_hba.conf")
