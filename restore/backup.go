@@ -473,6 +473,12 @@ func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, l
 			return fmt.Errorf("write %s: %w", b.file.Path, err)
 		}
 		_, err = f.WriteAt(plain, b.ref.FileOffset)
+		if err == nil {
+			// Start writeback now, so the final syncfs does not wait for
+			// the whole restore's dirty pages at once (PostgreSQL's
+			// *_flush_after does the same); advisory, errors show at syncfs.
+			unix.SyncFileRange(int(f.Fd()), b.ref.FileOffset, int64(len(plain)), unix.SYNC_FILE_RANGE_WRITE)
+		}
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}

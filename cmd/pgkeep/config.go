@@ -164,7 +164,7 @@ type LogConfig struct {
 func defaultConfig() Config {
 	return Config{
 		Repository:          DefaultRepository,
-		S3:                  S3Config{Timeout: 60 * time.Second, MaxAttempts: 3, PartSizeMB: 16},
+		S3:                  S3Config{Timeout: 60 * time.Second, MaxAttempts: 3, PartSizeMB: 8},
 		Compression:         CompressionConfig{Level: 3},
 		UploadConcurrency:   4,
 		DownloadConcurrency: 4,
@@ -248,7 +248,7 @@ type envField struct {
 
 // envNotConfig are PGKEEP_* variables that are not config keys (nor is
 // PGKEEP_TEST_*, which pgkeep's own test suite uses).
-var envNotConfig = map[string]bool{"PGKEEP_CONFIG": true}
+var envNotConfig = map[string]bool{"PGKEEP_CONFIG": true, "PGKEEP_CPUPROFILE": true}
 
 func applyEnv(cfg *Config, env []string) error {
 	fields := map[string]envField{}

@@ -54,7 +54,9 @@ type app struct {
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	endProfile := startProfile()
 	code := run(ctx, os.Args[1:])
+	endProfile()
 	stop()
 	os.Exit(code)
 }

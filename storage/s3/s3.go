@@ -59,7 +59,7 @@ type Options struct {
 	// fixed total bound). Reading the caller's data is not timed. 0 = 60s.
 	Timeout     time.Duration
 	MaxAttempts int   // SDK attempts per request (0 = 3)
-	PartSize    int64 // multipart part size (0 = 16 MiB; at least 5 MiB)
+	PartSize    int64 // multipart part size (0 = 8 MiB; at least 5 MiB)
 	Concurrency int   // parallel part uploads (0 = 4)
 }
 
@@ -67,6 +67,31 @@ type Options struct {
 type Backend struct {
 	o      Options
 	client *s3.Client
+	// parts keeps part buffers for reuse across puts: a backup uploads
+	// pack after pack, and fresh 8 MiB buffers for each would pile up as
+	// garbage (the Go heap grows to twice what is live between GCs).
+	parts chan []byte
+}
+
+// partBuffer returns a reusable PartSize buffer.
+func (b *Backend) partBuffer() []byte {
+	select {
+	case buf := <-b.parts:
+		return buf[:cap(buf)]
+	default:
+		return make([]byte, b.o.PartSize)
+	}
+}
+
+// releasePart keeps buf for reuse if there is room.
+func (b *Backend) releasePart(buf []byte) {
+	if int64(cap(buf)) != b.o.PartSize {
+		return
+	}
+	select {
+	case b.parts <- buf:
+	default:
+	}
 }
 
 // New creates the client; it does not contact the server.
@@ -81,7 +106,7 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 		o.MaxAttempts = 3
 	}
 	if o.PartSize <= 0 {
-		o.PartSize = 16 << 20
+		o.PartSize = 8 << 20
 	}
 	o.PartSize = max(o.PartSize, minPartSize)
 	if o.Concurrency <= 0 {
@@ -127,7 +152,7 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 		so.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
 		so.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 	})
-	return &Backend{o: o, client: client}, nil
+	return &Backend{o: o, client: client, parts: make(chan []byte, 2*(o.Concurrency+1))}, nil
 }
 
 func (b *Backend) String() string {
@@ -276,6 +301,7 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, opts storag
 	if !eof {
 		return b.multipart(ctx, name, first, rest, opts)
 	}
+	defer b.releasePart(first)
 	ctx, cancel := context.WithTimeout(ctx, b.o.Timeout)
 	defer cancel()
 	in := &s3.PutObjectInput{
@@ -303,11 +329,11 @@ func (b *Backend) readFirst(ctx context.Context, r io.Reader) (first []byte, res
 	if err != nil || eof {
 		return small[:n], nil, err
 	}
-	buf := make([]byte, b.o.PartSize)
+	buf := b.partBuffer()
 	copy(buf, small)
 	m, eof, err := readPart(ctx, r, buf[n:])
 	if err != nil || eof {
-		return buf[:n+m], nil, err
+		return buf[:n+m], nil, err // the caller releases it
 	}
 	var one [1]byte
 	k, eof, err := readPart(ctx, r, one[:])
@@ -397,7 +423,7 @@ func (b *Backend) multipart(ctx context.Context, name string, first []byte, r io
 		}
 		if allocated < b.o.Concurrency+1 {
 			allocated++
-			return make([]byte, b.o.PartSize), nil
+			return b.partBuffer(), nil
 		}
 		select {
 		case buf := <-free:
@@ -407,6 +433,17 @@ func (b *Backend) multipart(ctx context.Context, name string, first []byte, r io
 		}
 	}
 
+	defer func() {
+		// Every upload has returned its buffer by now (wg.Wait below).
+		for {
+			select {
+			case buf := <-free:
+				b.releasePart(buf)
+			default:
+				return
+			}
+		}
+	}()
 	data := first
 	for num := int32(1); ; num++ {
 		wg.Add(1)
