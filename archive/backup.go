@@ -287,6 +287,12 @@ type copier struct {
 	vanish  []bool
 	packs   []repo.Pack
 	packSeq atomic.Int64
+
+	// free holds encoded-block buffers for reuse: a block's object is built
+	// in one (repo.Codec.EncodeBlock) and the buffer comes back once a
+	// writer has stored it, so blocks cost no allocation and the memory in
+	// use stays at about the blocks in flight.
+	free chan []byte
 }
 
 type blockJob struct {
@@ -331,6 +337,8 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 
 	jobCh := make(chan blockJob)
 	blockCh := make(chan encodedBlock, c.o.Writers)
+	// One buffer per worker, per queued block and per writer.
+	c.free = make(chan []byte, c.o.Workers+2*c.o.Writers)
 	var workers, writers sync.WaitGroup
 	for w := 0; w < c.o.Workers; w++ {
 		workers.Add(1)
@@ -403,7 +411,12 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 			c.log.Warn("checksum failure", "err", err)
 		}
 	}
-	enc, sum, err := c.r.Codec().EncodeBlock(nil, buf)
+	var dst []byte
+	select {
+	case dst = <-c.free:
+	default:
+	}
+	enc, sum, err := c.r.Codec().EncodeBlock(dst[:0], buf)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", j.src.Rel, err)
 	}
@@ -422,6 +435,18 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 		return nil
 	case <-ctx.Done():
 		return nil
+	}
+}
+
+// release gives an encoded block's buffer back for reuse; buffers too
+// small for a whole block (a small file's) are left to the GC.
+func (c *copier) release(b []byte) {
+	if cap(b) < repo.BlockBound(int(c.o.BlockSize)) {
+		return
+	}
+	select {
+	case c.free <- b[:0]:
+	default:
 	}
 }
 
@@ -516,6 +541,7 @@ func (c *copier) writePacks(ctx context.Context, in <-chan encodedBlock) error {
 		}
 		b.done(n, off)
 		off += int64(len(b.data))
+		c.release(b.data) // the pipe's reader has consumed it
 		if off >= c.o.PackSize {
 			if err := closePack(); err != nil {
 				return err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 
 	"filippo.io/age"
@@ -44,18 +45,58 @@ func encoderPool(level int) *sync.Pool {
 }
 
 // EncodeBlock appends the object for plain to dst and returns it with the
-// plain content's SHA-256.
+// plain content's SHA-256. The object is built in place: the header, then
+// the zstd frame compressed straight after it (or the age stream written
+// straight after it), so with a dst of enough capacity (BlockBound) a block
+// costs no allocation and no copy of its body. The bytes are those of
+// encodePieces with one part.
 func (c *Codec) EncodeBlock(dst []byte, plain []byte) ([]byte, [32]byte, error) {
 	sum := sha256.Sum256(plain)
-	pieces, err := c.encodePieces(plain, sum, 1)
+	h := Header{Compressed: c.Level > 0, Encrypted: len(c.Recipients) > 0, Size: int64(len(plain)), SHA256: sum}
+	dst = slices.Grow(dst, BlockBound(len(plain)))
+	dst = append(dst, h.marshal()...)
+	if !h.Encrypted {
+		if !h.Compressed {
+			return append(dst, plain...), sum, nil
+		}
+		enc := encoderPool(c.Level).Get().(*zstd.Encoder)
+		dst = enc.EncodeAll(plain, dst)
+		encoderPool(c.Level).Put(enc)
+		return dst, sum, nil
+	}
+	body := plain
+	if h.Compressed {
+		sp := scratchPool.Get().(*[]byte)
+		defer scratchPool.Put(sp)
+		enc := encoderPool(c.Level).Get().(*zstd.Encoder)
+		*sp = enc.EncodeAll(plain, (*sp)[:0])
+		encoderPool(c.Level).Put(enc)
+		body = *sp
+	}
+	buf := bytes.NewBuffer(dst)
+	w, err := age.Encrypt(buf, c.Recipients...)
 	if err != nil {
+		return nil, sum, fmt.Errorf("encrypt: %w", err)
+	}
+	if _, err := w.Write(body); err != nil {
 		return nil, sum, err
 	}
-	for _, p := range pieces {
-		dst = append(dst, p...)
+	if err := w.Close(); err != nil {
+		return nil, sum, err
 	}
-	return dst, sum, nil
+	return buf.Bytes(), sum, nil
 }
+
+// BlockBound is a capacity that holds the object of a plain block of n
+// bytes whatever its content: the header, zstd's worst case (incompressible
+// content is stored in raw blocks, a few bytes each 128 KiB) and age's
+// overhead (16 bytes per 64 KiB chunk, plus its header).
+func BlockBound(n int) int {
+	return headerSize + n + n/128 + 1024
+}
+
+// scratchPool holds compressed bodies on their way into age.
+var scratchPool = sync.Pool{New: func() any { b := []byte(nil); return &b }}
 
 // minFrame is the smallest piece worth compressing on its own goroutine.
 const minFrame = 2 << 20
@@ -184,6 +225,9 @@ func (c *Codec) DecodeBlock(obj []byte) ([]byte, Header, error) {
 	if err != nil {
 		return nil, h, err
 	}
+	if h.Size > 1<<31 {
+		return nil, h, fmt.Errorf("%w: block of %d bytes", ErrCorrupt, h.Size)
+	}
 	body := obj[headerSize:]
 	if h.Encrypted {
 		if len(c.Identities) == 0 {
@@ -197,16 +241,23 @@ func (c *Codec) DecodeBlock(obj []byte) ([]byte, Header, error) {
 			}
 			return nil, h, fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
-		body, err = io.ReadAll(r)
-		if err != nil {
+		// The decrypted body is at most as long as the encrypted one.
+		var out *bytes.Buffer
+		if h.Compressed {
+			sp := scratchPool.Get().(*[]byte)
+			defer scratchPool.Put(sp)
+			out = bytes.NewBuffer(slices.Grow((*sp)[:0], len(body)+bytes.MinRead))
+			defer func() { *sp = out.Bytes()[:0] }()
+		} else {
+			out = bytes.NewBuffer(make([]byte, 0, len(body)+bytes.MinRead))
+		}
+		if _, err := out.ReadFrom(r); err != nil {
 			return nil, h, fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
+		body = out.Bytes()
 	}
 	plain := body
 	if h.Compressed {
-		if h.Size > 1<<31 {
-			return nil, h, fmt.Errorf("%w: block of %d bytes", ErrCorrupt, h.Size)
-		}
 		dec := decPool.Get().(*zstd.Decoder)
 		plain, err = dec.DecodeAll(body, make([]byte, 0, h.Size))
 		decPool.Put(dec)

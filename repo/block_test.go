@@ -1,0 +1,81 @@
+package repo
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"testing"
+)
+
+// EncodeBlock builds the object in the caller's buffer: the same bytes as
+// the piecewise encoder, whatever the buffer held before, and, with
+// BlockBound's capacity, without reallocating even for incompressible
+// content.
+func TestEncodeBlockInPlace(t *testing.T) {
+	random := make([]byte, 4<<20)
+	rand.Read(random)
+	for name, c := range codecs(t) {
+		for _, tc := range []struct {
+			name  string
+			plain []byte
+		}{{"empty", nil}, {"small", walLike(100)}, {"wal", walLike(4 << 20)}, {"random", random}, {"odd", walLike(1<<20 + 7)}} {
+			t.Run(fmt.Sprintf("%s/%s", name, tc.name), func(t *testing.T) {
+				buf := make([]byte, 3, BlockBound(4<<20))
+				copy(buf, "old")
+				blk, sum, err := c.EncodeBlock(buf[:0], tc.plain)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(tc.plain) > 0 && &blk[0] != &buf[:1][0] {
+					t.Error("EncodeBlock reallocated a buffer of BlockBound's capacity")
+				}
+				if len(c.Recipients) == 0 {
+					pieces, err := c.encodePieces(tc.plain, sum, 1)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if !bytes.Equal(blk, bytes.Join(pieces, nil)) {
+						t.Fatal("EncodeBlock's bytes differ from encodePieces'")
+					}
+				}
+				got, h, err := c.DecodeBlock(blk)
+				if err != nil || !bytes.Equal(got, tc.plain) || h.SHA256 != sum {
+					t.Fatalf("decode: %v", err)
+				}
+				// Appending after existing content keeps it.
+				pre := append(make([]byte, 0, 8), "prefix"...)
+				blk2, _, err := c.EncodeBlock(pre, tc.plain)
+				if err != nil || string(blk2[:6]) != "prefix" {
+					t.Fatalf("append to a non-empty dst: %v", err)
+				}
+				if got, _, err := c.DecodeBlock(blk2[6:]); err != nil || !bytes.Equal(got, tc.plain) {
+					t.Fatalf("decode after prefix: %v", err)
+				}
+			})
+		}
+	}
+}
+
+// DecodeBlock refuses a block with any damaged byte, the zstd frame's own
+// checksum included (verify relies on it).
+func TestDecodeBlockDetectsEveryDamage(t *testing.T) {
+	for name, c := range codecs(t) {
+		plain := walLike(300 << 10)
+		blk, _, err := c.EncodeBlock(nil, plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, at := range []int{headerSize, headerSize + 1, len(blk) / 2, len(blk) - 5, len(blk) - 1} {
+			bad := bytes.Clone(blk)
+			bad[at] ^= 0x01
+			got, _, err := c.DecodeBlock(bad)
+			if err == nil {
+				t.Fatalf("%s: a flipped bit at %d of %d decoded (equal to plain: %v)", name, at, len(blk), bytes.Equal(got, plain))
+			}
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("%s: flipped bit at %d: %v, want ErrCorrupt", name, at, err)
+			}
+		}
+	}
+}
