@@ -445,6 +445,24 @@ func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, l
 	br := bufio.NewReaderSize(rc, 1<<20)
 	pos := first
 	var buf []byte
+	// Blocks of one file are mostly adjacent in a pack: keep its file
+	// open across them instead of an open and close per block.
+	var (
+		open     *os.File
+		openPath string
+	)
+	closeOpen := func() error {
+		if open == nil {
+			return nil
+		}
+		err := open.Close()
+		open = nil
+		if err != nil {
+			return fmt.Errorf("write %s: %w", openPath, err)
+		}
+		return nil
+	}
+	defer closeOpen()
 	for _, b := range blocks {
 		if skip := b.ref.Offset - pos; skip > 0 {
 			if _, err := io.CopyN(io.Discard, br, skip); err != nil {
@@ -468,29 +486,29 @@ func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, l
 		if int64(len(plain)) != b.ref.Size {
 			return fmt.Errorf("%s: block at %d (%s): %w: size %d, manifest says %d", b.file.Path, b.ref.FileOffset, packName, repo.ErrCorrupt, len(plain), b.ref.Size)
 		}
-		f, err := os.OpenFile(filepath.Join(pgdata, filepath.FromSlash(b.file.Path)), os.O_WRONLY, 0)
-		if err != nil {
+		if open == nil || openPath != b.file.Path {
+			if err := closeOpen(); err != nil {
+				return err
+			}
+			f, err := os.OpenFile(filepath.Join(pgdata, filepath.FromSlash(b.file.Path)), os.O_WRONLY, 0)
+			if err != nil {
+				return fmt.Errorf("write %s: %w", b.file.Path, err)
+			}
+			open, openPath = f, b.file.Path
+		}
+		if _, err := open.WriteAt(plain, b.ref.FileOffset); err != nil {
 			return fmt.Errorf("write %s: %w", b.file.Path, err)
 		}
-		_, err = f.WriteAt(plain, b.ref.FileOffset)
-		if err == nil {
-			// Start writeback now, so the final syncfs does not wait for
-			// the whole restore's dirty pages at once (PostgreSQL's
-			// *_flush_after does the same); advisory, errors show at syncfs.
-			unix.SyncFileRange(int(f.Fd()), b.ref.FileOffset, int64(len(plain)), unix.SYNC_FILE_RANGE_WRITE)
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fmt.Errorf("write %s: %w", b.file.Path, err)
-		}
+		// Start writeback now, so the final syncfs does not wait for the
+		// whole restore's dirty pages at once (PostgreSQL's *_flush_after
+		// does the same); advisory: errors show at syncfs.
+		unix.SyncFileRange(int(open.Fd()), b.ref.FileOffset, int64(len(plain)), unix.SYNC_FILE_RANGE_WRITE)
 		written.Add(int64(len(plain)))
 		if prog != nil {
 			prog.Add(int64(len(plain)))
 		}
 	}
-	return nil
+	return closeOpen()
 }
 
 // quoteConf quotes a value for postgresql.conf.
