@@ -399,9 +399,9 @@ func (s *Scheduler) runLocked(ctx context.Context, log *slog.Logger, j scheduled
 	if err != nil || done {
 		return done
 	}
-	role := ""
+	role, start := "", ha.Member{}
 	if m, ok := view.Member(s.o.Member); ok {
-		role = m.Role
+		role, start = m.Role, m
 	}
 	rec := Run{Job: j.Name, Kind: j.Kind, Scheduled: t, Node: s.o.Member, Role: role, Attempt: att.Attempt + 1, Started: time.Now().UTC()}
 	log = log.With("attempt", rec.Attempt)
@@ -411,7 +411,7 @@ func (s *Scheduler) runLocked(ctx context.Context, log *slog.Logger, j scheduled
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		s.watch(runCtx, cancel, j, lock)
+		s.watch(runCtx, cancel, j, lock, start)
 	}()
 	res, runErr := s.o.Runner.Run(runCtx, j.Job, t)
 	if runErr == nil && runCtx.Err() != nil && context.Cause(runCtx) == errLockLost {
@@ -476,11 +476,15 @@ var (
 	errTopology = errors.New("topology changed: this member may no longer run the job")
 )
 
-// watch cancels a run when its lock is lost or when the Patroni view says
-// this member may no longer run the job (promoted, demoted, restarted,
-// lagging, tagged nobackup). A view that cannot be read does not cancel:
-// losing etcd shows as a lost lock after the lock's TTL.
-func (s *Scheduler) watch(ctx context.Context, cancel context.CancelCauseFunc, j scheduledJob, lock *ha.Lock) {
+// watch cancels a run when its lock is lost, when the Patroni view says
+// this member may no longer run the job (lagging, tagged nobackup, no
+// longer a healthy replica), or when the member's footing changed under
+// the run: promoted or demoted (role), a new timeline, PostgreSQL not
+// running. A backup begun on a standby that is now a primary (or the
+// reverse) is no backup to keep; the retry runs where the new topology
+// says. A view that cannot be read does not cancel: losing etcd shows as a
+// lost lock after the lock's TTL.
+func (s *Scheduler) watch(ctx context.Context, cancel context.CancelCauseFunc, j scheduledJob, lock *ha.Lock, start ha.Member) {
 	t := time.NewTicker(s.o.PollInterval)
 	defer t.Stop()
 	for {
@@ -501,8 +505,36 @@ func (s *Scheduler) watch(ctx context.Context, cancel context.CancelCauseFunc, j
 				cancel(errTopology)
 				return
 			}
+			if why := footingChanged(start, view, s.o.Member); why != "" {
+				s.log.Warn("aborting the job: this member changed under it", "job", j.Name, "member", s.o.Member, "change", why)
+				cancel(errTopology)
+				return
+			}
 		}
 	}
+}
+
+// footingChanged says how member changed since start ("" if it did not):
+// role (promoted, demoted), timeline, or state.
+func footingChanged(start ha.Member, view ha.Cluster, member string) string {
+	now, ok := view.Member(member)
+	switch {
+	case start.Name == "":
+		return "" // not in the view at start: nothing to compare
+	case !ok:
+		return "its member key is gone"
+	case isPrimaryRole(start.Role) != isPrimaryRole(now.Role):
+		return fmt.Sprintf("role %s -> %s", start.Role, now.Role)
+	case start.Timeline != 0 && now.Timeline != 0 && start.Timeline != now.Timeline:
+		return fmt.Sprintf("timeline %d -> %d", start.Timeline, now.Timeline)
+	case now.State != "running" && now.State != "streaming":
+		return fmt.Sprintf("state %q", now.State)
+	}
+	return ""
+}
+
+func isPrimaryRole(role string) bool {
+	return role == "master" || role == "primary" || role == "standby_leader"
 }
 
 // create writes a final record under the lock, retrying transient etcd

@@ -595,3 +595,74 @@ func TestShutdownAbortsAndReleases(t *testing.T) {
 		t.Errorf("abort not logged:\n%s", logs.String())
 	}
 }
+
+// A backup begun on a replica that is promoted mid-run is aborted (its
+// result would be no backup to keep) and the scheduled time is retried on
+// the member the new topology prefers, once.
+func TestPromotedMidRunIsRetriedElsewhere(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	cli := s.Client(t)
+	writeCluster(t, cli, "demo", threeNodes())
+	r := newRecorder(200 * time.Millisecond)
+	var victim time.Time
+	r.hold = func(member string, tick time.Time) bool {
+		if member == "pg2" && victim.IsZero() {
+			victim = tick
+			return true
+		}
+		return false
+	}
+	logs := &logBuffer{}
+	o := scheduler.Options{
+		Jobs:            []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/3 * * * * *", RunOn: scheduler.PreferReplica, MaxLag: 1 << 20, Window: 30 * time.Second}},
+		LockTTL:         5 * time.Second,
+		TakeoverTimeout: 20 * time.Second, // longer than the test: only the retry may run it
+		PollInterval:    100 * time.Millisecond,
+		RetryDelay:      500 * time.Millisecond,
+	}
+	var ds []*daemon
+	for _, m := range []string{"pg1", "pg2", "pg3"} {
+		ds = append(ds, startDaemon(t, s, "demo", m, r, logs, o))
+	}
+	var tick time.Time
+	select {
+	case tick = <-r.started:
+	case <-time.After(20 * time.Second):
+		t.Fatal("pg2 never started a run")
+	}
+	// Patroni promotes pg2 (a switchover): pg2 leads, pg1 follows. pg2 is
+	// still eligible under prefer-replica (as the primary, last in line),
+	// so only the change of its own role may stop the run.
+	writeCluster(t, cli, "demo", map[string]*string{
+		"leader":      str("pg2"),
+		"members/pg2": str(member(5433, "master", "running", leaderPos, "")),
+		"members/pg1": str(member(5432, "replica", "running", leaderPos-100, "")),
+	})
+	var rec scheduler.Run
+	pgtest.WaitFor(t, 20*time.Second, "the scheduled time to be retried and recorded", func() (bool, error) {
+		got, ok := finalRecords(t, ds[0].ha, "backup")[tick.Unix()]
+		rec = got
+		return ok, nil
+	})
+	for _, d := range ds {
+		d.stop()
+	}
+	if rec.Status != scheduler.StatusSucceeded || rec.Node != "pg1" || rec.Role != "replica" || rec.Attempt != 2 {
+		t.Errorf("record %+v, want attempt 2 succeeded on pg1 as a replica", rec)
+	}
+	var pg2Run *event
+	for _, e := range r.snapshot() {
+		if e.member == "pg2" && e.scheduled.Equal(tick) {
+			pg2Run = &e
+		}
+	}
+	if pg2Run == nil || pg2Run.err == nil || !strings.Contains(pg2Run.err.Error(), "topology") {
+		t.Errorf("pg2's run was not stopped by the promotion: %+v", pg2Run)
+	}
+	if done := r.completed()[tick.Unix()]; len(done) != 1 || done[0] != "pg1" {
+		t.Errorf("scheduled time completed by %q, want once by pg1", done)
+	}
+	if !strings.Contains(logs.String(), "role replica -> master") {
+		t.Errorf("the abort does not say why:\n%s", logs.String())
+	}
+}
