@@ -290,8 +290,8 @@ type copier struct {
 
 	// free holds encoded-block buffers for reuse: a block's object is built
 	// in one (repo.Codec.EncodeBlock) and the buffer comes back once a
-	// writer has stored it, so blocks cost no allocation and the memory in
-	// use stays at about the blocks in flight.
+	// writer has stored it, so blocks seldom allocate and the memory in use
+	// stays at about the blocks in flight.
 	free chan []byte
 }
 
@@ -438,10 +438,11 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 	}
 }
 
-// release gives an encoded block's buffer back for reuse; buffers too
-// small for a whole block (a small file's) are left to the GC.
+// release gives an encoded block's buffer back for reuse. Small ones (a
+// small file's) are left to the GC; the others keep the size the content
+// needed, so they stay small for compressible data.
 func (c *copier) release(b []byte) {
-	if cap(b) < repo.BlockBound(int(c.o.BlockSize)) {
+	if int64(cap(b)) < c.o.BlockSize/4 {
 		return
 	}
 	select {

@@ -63,26 +63,34 @@ if [ "$(id -u)" = 0 ]; then
 	chmod 755 "$WORK"
 	# shellcheck disable=SC2317 # called by the trap
 	outer_cleanup() {
-		# The inner script stops what it started; this is the safety net.
+		# The inner script stops what it started; this is the safety net
+		# (MinIO, and any postmaster still running on a directory here).
 		local f pid
-		for f in "$WORK"/*.pid; do
+		for f in "$WORK"/*.pid "$WORK"/pgdata-*/postmaster.pid "$WORK"/restore/postmaster.pid; do
 			[ -f "$f" ] || continue
 			pid=$(head -n 1 "$f")
-			if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
+			if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$WORK/"; then
+				kill -9 "$pid" 2>/dev/null || true
+			fi
 		done
 		rm -rf "$WORK"
 	}
 	trap outer_cleanup EXIT
-	trap 'exit 130' INT TERM
 	mkdir "$WORK/bin"
 	cp "$PGKEEP_SRC" "$WORK/bin/pgkeep"
 	ln "$MINIO_SRC" "$WORK/bin/minio" 2>/dev/null || cp "$MINIO_SRC" "$WORK/bin/minio"
 	cp "$0" "$WORK/backup.sh"
 	chown -R postgres:postgres "$WORK"
+	# In the background, so that INT or TERM reach the trap at once; runuser
+	# passes them on to the inner script, which stops its servers.
 	runuser -u postgres -- env WORK="$WORK" REPS="$REPS" DATASETS="$DATASETS" ROWS="$ROWS" SCALE="$SCALE" \
 		RANDOM_MB="$RANDOM_MB" VERIFY="$VERIFY" PGBIN="$PGBIN" PK_BIN="$WORK/bin/pgkeep" MINIO_BIN="$WORK/bin/minio" \
-		PGBR_BUNDLE="${PGBR_BUNDLE:-n}" bash "$WORK/backup.sh"
-	exit
+		PGBR_BUNDLE="${PGBR_BUNDLE:-n}" bash "$WORK/backup.sh" &
+	INNER=$!
+	trap 'kill -TERM "$INNER" 2>/dev/null; wait "$INNER"; exit 130' INT TERM
+	rc=0
+	wait "$INNER" || rc=$?
+	exit "$rc"
 fi
 
 OWN_WORK=

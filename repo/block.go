@@ -45,20 +45,22 @@ func encoderPool(level int) *sync.Pool {
 }
 
 // EncodeBlock appends the object for plain to dst and returns it with the
-// plain content's SHA-256. The object is built in place: the header, then
-// the zstd frame compressed straight after it (or the age stream written
-// straight after it), so with a dst of enough capacity (BlockBound) a block
-// costs no allocation and no copy of its body. The bytes are those of
-// encodePieces with one part.
+// plain content's SHA-256. The object is built in place, the header and
+// then the zstd frame (or the age stream) straight after it, so a reused
+// dst that is large enough costs no allocation and no copy of the body; a
+// smaller one grows. The bytes are those of encodePieces with one part.
 func (c *Codec) EncodeBlock(dst []byte, plain []byte) ([]byte, [32]byte, error) {
 	sum := sha256.Sum256(plain)
 	h := Header{Compressed: c.Level > 0, Encrypted: len(c.Recipients) > 0, Size: int64(len(plain)), SHA256: sum}
-	dst = slices.Grow(dst, BlockBound(len(plain)))
-	dst = append(dst, h.marshal()...)
 	if !h.Encrypted {
 		if !h.Compressed {
+			dst = slices.Grow(dst, headerSize+len(plain))
+			dst = append(dst, h.marshal()...)
 			return append(dst, plain...), sum, nil
 		}
+		// Room for 3:1 up front; less compressible content grows it.
+		dst = slices.Grow(dst, headerSize+len(plain)/3+1024)
+		dst = append(dst, h.marshal()...)
 		enc := encoderPool(c.Level).Get().(*zstd.Encoder)
 		dst = enc.EncodeAll(plain, dst)
 		encoderPool(c.Level).Put(enc)
@@ -73,7 +75,9 @@ func (c *Codec) EncodeBlock(dst []byte, plain []byte) ([]byte, [32]byte, error) 
 		encoderPool(c.Level).Put(enc)
 		body = *sp
 	}
-	buf := bytes.NewBuffer(dst)
+	// age adds its header (a stanza per recipient) and 16 bytes per 64 KiB.
+	dst = slices.Grow(dst, headerSize+len(body)+len(body)>>12+512+128*len(c.Recipients))
+	buf := bytes.NewBuffer(append(dst, h.marshal()...))
 	w, err := age.Encrypt(buf, c.Recipients...)
 	if err != nil {
 		return nil, sum, fmt.Errorf("encrypt: %w", err)
@@ -85,14 +89,6 @@ func (c *Codec) EncodeBlock(dst []byte, plain []byte) ([]byte, [32]byte, error) 
 		return nil, sum, err
 	}
 	return buf.Bytes(), sum, nil
-}
-
-// BlockBound is a capacity that holds the object of a plain block of n
-// bytes whatever its content: the header, zstd's worst case (incompressible
-// content is stored in raw blocks, a few bytes each 128 KiB) and age's
-// overhead (16 bytes per 64 KiB chunk, plus its header).
-func BlockBound(n int) int {
-	return headerSize + n + n/128 + 1024
 }
 
 // scratchPool holds compressed bodies on their way into age.
