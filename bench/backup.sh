@@ -63,33 +63,50 @@ if [ "$(id -u)" = 0 ]; then
 	chmod 755 "$WORK"
 	# shellcheck disable=SC2317 # called by the trap
 	outer_cleanup() {
-		# The inner script stops what it started; this is the safety net
-		# (MinIO, and any postmaster still running on a directory here).
-		local f pid
-		for f in "$WORK"/*.pid "$WORK"/pgdata-*/postmaster.pid "$WORK"/restore/postmaster.pid; do
+		# Normally the inner script has stopped what it started. If it was
+		# interrupted or killed: stop its whole session (it, the tools, MinIO),
+		# then any postmaster still running on a directory here.
+		local rc=$? sid pids f pid
+		trap - EXIT INT TERM
+		set +e
+		if [ -s "$WORK/sid" ]; then
+			sid=$(cat "$WORK/sid")
+			pids=$(ps -eo pid=,sid= | awk -v s="$sid" '$2 == s { print $1 }')
+			if [ -n "$pids" ]; then
+				# shellcheck disable=SC2086
+				kill -TERM $pids 2>/dev/null
+				sleep 2
+				pids=$(ps -eo pid=,sid= | awk -v s="$sid" '$2 == s { print $1 }')
+				# shellcheck disable=SC2086
+				[ -z "$pids" ] || kill -KILL $pids 2>/dev/null
+			fi
+		fi
+		for f in "$WORK"/pgdata-*/postmaster.pid "$WORK"/restore/postmaster.pid; do
 			[ -f "$f" ] || continue
 			pid=$(head -n 1 "$f")
 			if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$WORK/"; then
-				kill -9 "$pid" 2>/dev/null || true
+				runuser -u postgres -- "$PGBIN/pg_ctl" -D "$(dirname "$f")" -m immediate -w -t 30 stop >/dev/null 2>&1 ||
+					kill -KILL "$pid" 2>/dev/null
 			fi
 		done
-		rm -rf "$WORK"
+		rm -rf "$WORK" 2>/dev/null || { sleep 2; rm -rf "$WORK"; }
+		exit "$rc"
 	}
 	trap outer_cleanup EXIT
+	trap 'exit 130' INT TERM
 	mkdir "$WORK/bin"
 	cp "$PGKEEP_SRC" "$WORK/bin/pgkeep"
 	ln "$MINIO_SRC" "$WORK/bin/minio" 2>/dev/null || cp "$MINIO_SRC" "$WORK/bin/minio"
 	cp "$0" "$WORK/backup.sh"
 	chown -R postgres:postgres "$WORK"
-	# In the background, so that INT or TERM reach the trap at once; runuser
-	# passes them on to the inner script, which stops its servers.
-	runuser -u postgres -- env WORK="$WORK" REPS="$REPS" DATASETS="$DATASETS" ROWS="$ROWS" SCALE="$SCALE" \
+	# The inner script runs in a session of its own, whose id the cleanup
+	# uses; in the background, so that INT or TERM reach the trap at once.
+	setsid -w bash -c 'echo $$ >"$0/sid"; exec "$@"' "$WORK" \
+		runuser -u postgres -- env WORK="$WORK" REPS="$REPS" DATASETS="$DATASETS" ROWS="$ROWS" SCALE="$SCALE" \
 		RANDOM_MB="$RANDOM_MB" VERIFY="$VERIFY" PGBIN="$PGBIN" PK_BIN="$WORK/bin/pgkeep" MINIO_BIN="$WORK/bin/minio" \
 		PGBR_BUNDLE="${PGBR_BUNDLE:-n}" bash "$WORK/backup.sh" &
-	INNER=$!
-	trap 'kill -TERM "$INNER" 2>/dev/null; wait "$INNER"; exit 130' INT TERM
 	rc=0
-	wait "$INNER" || rc=$?
+	wait $! || rc=$?
 	exit "$rc"
 fi
 
