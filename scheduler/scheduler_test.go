@@ -45,6 +45,30 @@ type recorder struct {
 	sleep   time.Duration
 }
 
+// holdFirst makes member's first run hang until its context ends.
+func (r *recorder) holdFirst(member string) {
+	var victim time.Time
+	r.hold = func(m string, tick time.Time) bool {
+		if m == member && victim.IsZero() {
+			victim = tick
+			return true
+		}
+		return false
+	}
+}
+
+// waitHeld returns the scheduled time of the held run once it started.
+func (r *recorder) waitHeld(t *testing.T, member string) time.Time {
+	t.Helper()
+	select {
+	case tick := <-r.started:
+		return tick
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s never started a run", member)
+	}
+	return time.Time{}
+}
+
 type memberRunner struct {
 	r      *recorder
 	member string
@@ -292,14 +316,7 @@ func TestTakeoverWhenHolderDies(t *testing.T) {
 	s := etcdtest.Start(t, etcdtest.Options{})
 	writeCluster(t, s.Client(t), "demo", threeNodes())
 	r := newRecorder(200 * time.Millisecond)
-	var victim time.Time
-	r.hold = func(member string, tick time.Time) bool {
-		if member == "pg2" && victim.IsZero() {
-			victim = tick
-			return true
-		}
-		return false
-	}
+	r.holdFirst("pg2")
 	logs := &logBuffer{}
 	const ttl, takeover = 3 * time.Second, 2 * time.Second
 	o := scheduler.Options{
@@ -312,12 +329,7 @@ func TestTakeoverWhenHolderDies(t *testing.T) {
 	for _, m := range []string{"pg1", "pg2", "pg3"} {
 		ds = append(ds, startDaemon(t, s, "demo", m, r, logs, o))
 	}
-	var tick time.Time
-	select {
-	case tick = <-r.started:
-	case <-time.After(20 * time.Second):
-		t.Fatal("pg2 never started a run")
-	}
+	tick := r.waitHeld(t, "pg2")
 	time.Sleep(500 * time.Millisecond)
 	// kill -9: the connection goes, the lease is neither renewed nor revoked.
 	killed := time.Now()
@@ -536,14 +548,7 @@ func TestShutdownAbortsAndReleases(t *testing.T) {
 	s := etcdtest.Start(t, etcdtest.Options{})
 	writeCluster(t, s.Client(t), "demo", threeNodes())
 	r := newRecorder(200 * time.Millisecond)
-	var victim time.Time
-	r.hold = func(member string, tick time.Time) bool {
-		if member == "pg2" && victim.IsZero() {
-			victim = tick
-			return true
-		}
-		return false
-	}
+	r.holdFirst("pg2")
 	logs := &logBuffer{}
 	o := scheduler.Options{
 		Jobs:            []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/3 * * * * *", RunOn: scheduler.Replica, MaxLag: 1 << 20, Window: 30 * time.Second}},
@@ -553,12 +558,7 @@ func TestShutdownAbortsAndReleases(t *testing.T) {
 	}
 	pg2 := startDaemon(t, s, "demo", "pg2", r, logs, o)
 	pg3 := startDaemon(t, s, "demo", "pg3", r, logs, o)
-	var tick time.Time
-	select {
-	case tick = <-r.started:
-	case <-time.After(20 * time.Second):
-		t.Fatal("pg2 never started a run")
-	}
+	tick := r.waitHeld(t, "pg2")
 	lock := scheduler.LockName("backup", tick)
 	if held, err := pg3.ha.Held(tctx(t, 5*time.Second), lock); err != nil || !held {
 		t.Fatalf("lock %s during the run: held=%v err=%v", lock, held, err)
@@ -604,14 +604,7 @@ func TestPromotedMidRunIsRetriedElsewhere(t *testing.T) {
 	cli := s.Client(t)
 	writeCluster(t, cli, "demo", threeNodes())
 	r := newRecorder(200 * time.Millisecond)
-	var victim time.Time
-	r.hold = func(member string, tick time.Time) bool {
-		if member == "pg2" && victim.IsZero() {
-			victim = tick
-			return true
-		}
-		return false
-	}
+	r.holdFirst("pg2")
 	logs := &logBuffer{}
 	o := scheduler.Options{
 		Jobs:            []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/3 * * * * *", RunOn: scheduler.PreferReplica, MaxLag: 1 << 20, Window: 30 * time.Second}},
@@ -624,12 +617,7 @@ func TestPromotedMidRunIsRetriedElsewhere(t *testing.T) {
 	for _, m := range []string{"pg1", "pg2", "pg3"} {
 		ds = append(ds, startDaemon(t, s, "demo", m, r, logs, o))
 	}
-	var tick time.Time
-	select {
-	case tick = <-r.started:
-	case <-time.After(20 * time.Second):
-		t.Fatal("pg2 never started a run")
-	}
+	tick := r.waitHeld(t, "pg2")
 	// Patroni promotes pg2 (a switchover): pg2 leads, pg1 follows. pg2 is
 	// still eligible under prefer-replica (as the primary, last in line),
 	// so only the change of its own role may stop the run.
