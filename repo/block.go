@@ -217,6 +217,17 @@ func (c *Codec) compressFrames(plain []byte, parts int) [][]byte {
 
 // DecodeBlock decodes one in-memory object, verifying size and checksum.
 func (c *Codec) DecodeBlock(obj []byte) ([]byte, Header, error) {
+	return c.DecodeBlockTo(nil, obj, true)
+}
+
+// DecodeBlockTo is DecodeBlock decoding into dst's storage when it is large
+// enough (the result may also be a new slice; dst is clobbered either way).
+// With fullCheck false a compressed body whose zstd frames all carry
+// content checksums (every frame pgkeep writes) is trusted on those
+// checksums, which the decoder verifies, and its size, instead of also
+// hashing the plain bytes with SHA-256: restore's hot path. verify always
+// checks SHA-256.
+func (c *Codec) DecodeBlockTo(dst, obj []byte, fullCheck bool) ([]byte, Header, error) {
 	h, err := ReadHeader(bytes.NewReader(obj))
 	if err != nil {
 		return nil, h, err
@@ -253,17 +264,22 @@ func (c *Codec) DecodeBlock(obj []byte) ([]byte, Header, error) {
 		body = out.Bytes()
 	}
 	plain := body
+	checked := false
 	if h.Compressed {
+		if int64(cap(dst)) < h.Size {
+			dst = make([]byte, 0, h.Size)
+		}
+		checked = !fullCheck && framesChecksummed(body)
 		dec := decPool.Get().(*zstd.Decoder)
-		plain, err = dec.DecodeAll(body, make([]byte, 0, h.Size))
+		plain, err = dec.DecodeAll(body, dst[:0])
 		decPool.Put(dec)
 		if err != nil {
 			return nil, h, fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
 	} else if !h.Encrypted {
-		plain = append([]byte(nil), body...)
+		plain = append(dst[:0], body...)
 	}
-	if int64(len(plain)) != h.Size || sha256.Sum256(plain) != h.SHA256 {
+	if int64(len(plain)) != h.Size || (!checked && sha256.Sum256(plain) != h.SHA256) {
 		return nil, h, fmt.Errorf("%w: content does not match its checksum", ErrCorrupt)
 	}
 	return plain, h, nil
