@@ -36,23 +36,22 @@ var checksumBaseOffsets = [nSums]uint32{
 // for page (BlockSize bytes, little-endian host) at absolute block blkno of
 // its relation fork. The page's own checksum field is treated as zero.
 func PageChecksum(page []byte, blkno uint32) uint16 {
-	var sums [nSums]uint32
-	sums = checksumBaseOffsets
-	const rows = BlockSize / (4 * nSums)
-	for i := 0; i < rows; i++ {
-		row := page[i*4*nSums : (i+1)*4*nSums]
-		for j := 0; j < nSums; j++ {
-			v := binary.LittleEndian.Uint32(row[j*4:])
-			if i == 0 && j == 2 {
-				// Bytes 8..9 are pd_checksum: computed as zero.
-				v &^= 0xFFFF
-			}
-			t := sums[j] ^ v
-			sums[j] = t*fnvPrime ^ (t >> 17)
-		}
+	const rowSize = 4 * nSums
+	const rows = BlockSize / rowSize
+	_ = page[BlockSize-1]
+	sums := checksumBaseOffsets
+	// Row 0 holds pd_checksum (bytes 8..9), computed as zero; the other
+	// rows go through a fixed-size view, so the loop has no bounds checks
+	// or special case.
+	var first [rowSize]byte
+	copy(first[:], page[:rowSize])
+	first[8], first[9] = 0, 0
+	mixRow(&sums, &first)
+	for i := 1; i < rows; i++ {
+		mixRow(&sums, (*[rowSize]byte)(page[i*rowSize:]))
 	}
 	for r := 0; r < 2; r++ {
-		for j := 0; j < nSums; j++ {
+		for j := range sums {
 			t := sums[j]
 			sums[j] = t*fnvPrime ^ (t >> 17)
 		}
@@ -63,6 +62,14 @@ func PageChecksum(page []byte, blkno uint32) uint16 {
 	}
 	result ^= blkno
 	return uint16(result%65535) + 1
+}
+
+// mixRow folds one row of 32 little-endian words into the 32 sums.
+func mixRow(sums *[nSums]uint32, row *[4 * nSums]byte) {
+	for j := range sums {
+		t := sums[j] ^ binary.LittleEndian.Uint32(row[j*4:])
+		sums[j] = t*fnvPrime ^ (t >> 17)
+	}
 }
 
 // PageHeader is the part of a page header a backup looks at.

@@ -82,3 +82,14 @@ func TestLSN(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkPageChecksum(b *testing.B) {
+	page := make([]byte, pg.BlockSize)
+	for i := range page {
+		page[i] = byte(i * 7)
+	}
+	b.SetBytes(pg.BlockSize)
+	for i := 0; i < b.N; i++ {
+		pg.PageChecksum(page, uint32(i))
+	}
+}
