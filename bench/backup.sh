@@ -25,8 +25,9 @@
 # pushes, with the tool being measured, into the repository being measured.
 #
 # Every run is timed with /usr/bin/time (wall, user+sys CPU, max RSS); the
-# two tools alternate run by run (pgkeep, pgBackRest, pgkeep, ...) so machine
-# noise hits both alike, REPS runs each; medians are printed. `sync` runs
+# two tools alternate run by run so machine noise hits both alike, and which
+# goes first alternates by repetition (pgkeep first in odd ones); REPS runs
+# each (use an even number for balance); medians are printed. `sync` runs
 # (untimed) before each run. Old backups are expired between runs (untimed).
 #
 # Usage: bash bench/backup.sh        (needs: make build deps; pgbackrest installed)
@@ -393,10 +394,16 @@ measure() {
 backup_pair() {
 	local ds=$1 v=$2 rep=$3 key="$1.backup-$2"
 	log "$key (rep $rep)"
-	set_archive_target "pk-$v"
-	measure "$key" pgkeep "$LOGS/$key.pk.$rep.log" "$PGKEEP" backup --config "$WORK/pk-$v.yml"
-	set_archive_target "br-$v"
-	measure "$key" pgbackrest "$LOGS/$key.br.$rep.log" pgbackrest --config="$WORK/br-$v.conf" --stanza=bench --type=full backup
+	local tool
+	for tool in $(pair_order "$rep"); do
+		if [ "$tool" = pgkeep ]; then
+			set_archive_target "pk-$v"
+			measure "$key" pgkeep "$LOGS/$key.pk.$rep.log" "$PGKEEP" backup --config "$WORK/pk-$v.yml"
+		else
+			set_archive_target "br-$v"
+			measure "$key" pgbackrest "$LOGS/$key.br.$rep.log" pgbackrest --config="$WORK/br-$v.conf" --stanza=bench --type=full backup
+		fi
+	done
 	set_archive_target discard
 	# Untimed: keep only the newest backup (restore rows use it).
 	"$PGKEEP" delete --config "$WORK/pk-$v.yml" --retain-full 1 >"$LOGS/expire-pk.log" 2>&1 ||
@@ -418,15 +425,27 @@ restore_pair() {
 		HAVE_BACKUP[$v]=1
 	fi
 	log "$key (rep $rep)"
+	local tool
+	for tool in $(pair_order "$rep"); do
+		rm -rf "$WORK/restore"
+		mkdir -m 700 "$WORK/restore"
+		if [ "$tool" = pgkeep ]; then
+			measure "$key" pgkeep "$LOGS/$key.pk.$rep.log" "$PGKEEP" restore --config "$WORK/pk-$v.yml" --pgdata "$WORK/restore"
+		else
+			measure "$key" pgbackrest "$LOGS/$key.br.$rep.log" pgbackrest --config="$WORK/br-$v.conf" --stanza=bench restore --pg1-path="$WORK/restore"
+		fi
+		if [ "$VERIFY" = 1 ] && [ "$rep" = 1 ]; then verify_restore "$ds" "$tool"; fi
+	done
 	rm -rf "$WORK/restore"
-	mkdir -m 700 "$WORK/restore"
-	measure "$key" pgkeep "$LOGS/$key.pk.$rep.log" "$PGKEEP" restore --config "$WORK/pk-$v.yml" --pgdata "$WORK/restore"
-	if [ "$VERIFY" = 1 ] && [ "$rep" = 1 ]; then verify_restore "$ds" pgkeep; fi
-	rm -rf "$WORK/restore"
-	mkdir -m 700 "$WORK/restore"
-	measure "$key" pgbackrest "$LOGS/$key.br.$rep.log" pgbackrest --config="$WORK/br-$v.conf" --stanza=bench restore --pg1-path="$WORK/restore"
-	if [ "$VERIFY" = 1 ] && [ "$rep" = 1 ]; then verify_restore "$ds" pgbackrest; fi
-	rm -rf "$WORK/restore"
+}
+
+# pair_order is the order of the two tools in repetition $1: pgkeep first in
+# odd repetitions, pgBackRest first in even ones. Whichever runs first after
+# an untimed step pays for it (on a VM, the first touch of memory the host
+# has not backed yet costs kernel time in every write), so neither tool
+# always goes first.
+pair_order() {
+	if [ $(( $1 % 2 )) = 1 ]; then echo pgkeep pgbackrest; else echo pgbackrest pgkeep; fi
 }
 
 # Untimed: start a restored cluster once (recovery fetches the WAL with the
