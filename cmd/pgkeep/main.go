@@ -154,6 +154,7 @@ func (a *app) load() error {
 	}
 	a.cfg = cfg
 	a.log = newLogger(cfg.Log)
+	setMemoryLimit(cfg)
 	return nil
 }
 

@@ -71,10 +71,15 @@ type Backend struct {
 	// pack after pack, and fresh 8 MiB buffers for each would pile up as
 	// garbage (the Go heap grows to twice what is live between GCs).
 	parts chan []byte
+	// slots holds a token for each part buffer in use, across all puts:
+	// Concurrency+1 at most (one filling, the others uploading), however
+	// many puts run at once, so a backup's parallel pack uploads share
+	// one memory budget.
+	slots chan struct{}
 }
 
-// partBuffer returns a reusable PartSize buffer.
-func (b *Backend) partBuffer() []byte {
+// newPart returns a PartSize buffer; the caller holds a slot for it.
+func (b *Backend) newPart() []byte {
 	select {
 	case buf := <-b.parts:
 		return buf[:cap(buf)]
@@ -83,7 +88,18 @@ func (b *Backend) partBuffer() []byte {
 	}
 }
 
-// releasePart keeps buf for reuse if there is room.
+// partBuffer waits for a slot, then returns a part buffer.
+func (b *Backend) partBuffer(ctx context.Context) ([]byte, error) {
+	select {
+	case b.slots <- struct{}{}:
+		return b.newPart(), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// releasePart gives back a buffer from partBuffer (others are ignored):
+// kept for reuse if there is room, and its slot freed.
 func (b *Backend) releasePart(buf []byte) {
 	if int64(cap(buf)) != b.o.PartSize {
 		return
@@ -92,6 +108,7 @@ func (b *Backend) releasePart(buf []byte) {
 	case b.parts <- buf:
 	default:
 	}
+	<-b.slots
 }
 
 // New creates the client; it does not contact the server.
@@ -152,7 +169,7 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 		so.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
 		so.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 	})
-	return &Backend{o: o, client: client, parts: make(chan []byte, 2*(o.Concurrency+1))}, nil
+	return &Backend{o: o, client: client, parts: make(chan []byte, o.Concurrency+1), slots: make(chan struct{}, o.Concurrency+1)}, nil
 }
 
 func (b *Backend) String() string {
@@ -280,6 +297,12 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, opts storag
 		return err
 	}
 	first, rest, err := b.readFirst(ctx, r)
+	owned := true // first is released here unless multipart takes it over
+	defer func() {
+		if owned {
+			b.releasePart(first)
+		}
+	}()
 	if err != nil {
 		return fmt.Errorf("s3 put %s: %w", name, err)
 	}
@@ -299,9 +322,9 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, opts storag
 		}
 	}
 	if !eof {
+		owned = false
 		return b.multipart(ctx, name, first, rest, opts)
 	}
-	defer b.releasePart(first)
 	ctx, cancel := context.WithTimeout(ctx, b.o.Timeout)
 	defer cancel()
 	in := &s3.PutObjectInput{
@@ -329,7 +352,10 @@ func (b *Backend) readFirst(ctx context.Context, r io.Reader) (first []byte, res
 	if err != nil || eof {
 		return small[:n], nil, err
 	}
-	buf := b.partBuffer()
+	buf, err := b.partBuffer(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
 	copy(buf, small)
 	m, eof, err := readPart(ctx, r, buf[n:])
 	if err != nil || eof {
@@ -351,6 +377,7 @@ func (b *Backend) multipart(ctx context.Context, name string, first []byte, r io
 	created, err := b.client.CreateMultipartUpload(cctx, &s3.CreateMultipartUploadInput{Bucket: aws.String(b.o.Bucket), Key: aws.String(key)})
 	cancel()
 	if err != nil {
+		b.releasePart(first)
 		return classify("put", name, err)
 	}
 	uploadID := created.UploadId
@@ -377,9 +404,8 @@ func (b *Backend) multipart(ctx context.Context, name string, first []byte, r io
 		firstErr error
 		// Buffers come back here when their part is uploaded; at most
 		// Concurrency+1 exist: one filling, the rest uploading.
-		free      = make(chan []byte, b.o.Concurrency+1)
-		allocated = 1
-		sem       = make(chan struct{}, b.o.Concurrency)
+		free = make(chan []byte, b.o.Concurrency+1)
+		sem  = make(chan struct{}, b.o.Concurrency)
 	)
 	fail := func(err error) {
 		mu.Lock()
@@ -421,13 +447,11 @@ func (b *Backend) multipart(ctx context.Context, name string, first []byte, r io
 			return buf[:cap(buf)], nil
 		default:
 		}
-		if allocated < b.o.Concurrency+1 {
-			allocated++
-			return b.partBuffer(), nil
-		}
 		select {
 		case buf := <-free:
 			return buf[:cap(buf)], nil
+		case b.slots <- struct{}{}:
+			return b.newPart(), nil
 		case <-pctx.Done():
 			return nil, pctx.Err()
 		}
@@ -455,13 +479,16 @@ func (b *Backend) multipart(ctx context.Context, name string, first []byte, r io
 		}
 		n, eof, err := readPart(pctx, r, buf)
 		if err != nil {
+			free <- buf
 			fail(fmt.Errorf("s3 put %s: %w", name, err))
 			break
 		}
 		if n == 0 {
+			free <- buf
 			break // the stream ended exactly at a part boundary
 		}
 		if num+1 > maxParts {
+			free <- buf
 			fail(fmt.Errorf("s3 put %s: more than %d parts of %d bytes", name, maxParts, b.o.PartSize))
 			break
 		}

@@ -356,3 +356,80 @@ func random(n int) []byte {
 	rand.Read(b)
 	return b
 }
+
+// More concurrent multipart puts than the backend has part buffers (its
+// budget is Concurrency+1 across all puts), some of them cancelled or
+// failing midway: every other put completes with the right content, and
+// no buffer is leaked (puts after them still run).
+func TestPartBudgetSharedByConcurrentPuts(t *testing.T) {
+	srv := s3test.Start(t)
+	b := srv.Backend(t, newBucket(t, srv), "", s3.Options{PartSize: 5 << 20, Concurrency: 1})
+	data := make([]byte, 12<<20)
+	rand.Read(data)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for round := 0; round < 2; round++ {
+		var wg sync.WaitGroup
+		errs := make([]error, 6)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var r io.Reader = bytes.NewReader(data)
+				pctx := ctx
+				if i == 2 {
+					// Cancelled midway through its second part.
+					c, stop := context.WithCancel(ctx)
+					defer stop()
+					r = &cancelAfter{r: r, n: 7 << 20, cancel: stop}
+					pctx = c
+				}
+				if i == 4 {
+					r = io.MultiReader(bytes.NewReader(data[:6<<20]), errReader{})
+				}
+				errs[i] = b.Put(pctx, fmt.Sprintf("r%d/obj-%d", round, i), r, storage.PutOptions{})
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			switch i {
+			case 2, 4:
+				if err == nil {
+					t.Errorf("round %d put %d: succeeded, want an error", round, i)
+				}
+			default:
+				if err != nil {
+					t.Fatalf("round %d put %d: %v", round, i, err)
+				}
+				rc, err := b.Get(ctx, fmt.Sprintf("r%d/obj-%d", round, i))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, _ := io.ReadAll(rc)
+				rc.Close()
+				if !bytes.Equal(got, data) {
+					t.Errorf("round %d put %d: content differs", round, i)
+				}
+			}
+		}
+	}
+}
+
+// cancelAfter cancels a context once n bytes have been read.
+type cancelAfter struct {
+	r      io.Reader
+	n      int
+	cancel func()
+}
+
+func (c *cancelAfter) Read(p []byte) (int, error) {
+	k, err := c.r.Read(p)
+	if c.n -= k; c.n <= 0 {
+		c.cancel()
+	}
+	return k, err
+}
+
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, errors.New("source broke") }
