@@ -36,6 +36,13 @@ bench: build deps
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./repo/
 	bash bench/wal.sh
 
+# Full backups and restores: pgkeep vs pgBackRest on pgbench scale 100 and
+# 1 GB of random data, local, encrypted and MinIO (REPS=1 SCALE=10
+# RANDOM_MB=128 for a quick try). Needs `make deps`.
+.PHONY: bench-backup
+bench-backup: build
+	bash bench/backup.sh
+
 # Replica provisioning: pgkeep create-replica vs Patroni's basebackup (as
 # root; SCALE=10 REPS=1 for a quick try). Needs `make deps`.
 .PHONY: bench-replica
