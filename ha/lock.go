@@ -160,14 +160,23 @@ func (l *Lock) Release(ctx context.Context) error {
 	return err
 }
 
-// Put stores v as JSON in the named record (overwriting it).
-func (c *Client) Put(ctx context.Context, name string, v any) error {
+// recordValue checks a record's name and encodes its value.
+func recordValue(name string, v any) ([]byte, error) {
 	if err := checkName(name); err != nil {
-		return err
+		return nil, err
 	}
 	data, err := json.Marshal(v)
 	if err != nil {
-		return fmt.Errorf("record %s: %w", name, err)
+		return nil, fmt.Errorf("record %s: %w", name, err)
+	}
+	return data, nil
+}
+
+// Put stores v as JSON in the named record (overwriting it).
+func (c *Client) Put(ctx context.Context, name string, v any) error {
+	data, err := recordValue(name, v)
+	if err != nil {
+		return err
 	}
 	rctx, cancel := c.request(ctx)
 	defer cancel()
@@ -212,12 +221,9 @@ var (
 // lock can never write the record, and the record is written at most once.
 func (l *Lock) Create(ctx context.Context, name string, v any) error {
 	c := l.c
-	if err := checkName(name); err != nil {
-		return err
-	}
-	data, err := json.Marshal(v)
+	data, err := recordValue(name, v)
 	if err != nil {
-		return fmt.Errorf("record %s: %w", name, err)
+		return err
 	}
 	rctx, cancel := c.request(ctx)
 	defer cancel()
