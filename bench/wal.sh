@@ -155,6 +155,9 @@ echo "== fetch: one process per segment, sequential, alternating"
 mkdir -p "$WORK/fetch/pg_wal" "$WORK/fetchbr"
 : >"$WORK/fetch.pgkeep"; : >"$WORK/fetch.pgbackrest"
 while read -r s; do
+	# PostgreSQL unlinks RECOVERYXLOG before it runs restore_command
+	# (xlogarchive.c); do the same, untimed, for both tools.
+	rm -f "$WORK/fetch/pg_wal/RECOVERYXLOG" "$WORK/fetchbr/RECOVERYXLOG"
 	t0=$(now); "$PGKEEP" wal-fetch "$s" "$WORK/fetch/pg_wal/RECOVERYXLOG"; t1=$(now)
 	ms "$t0" "$t1" >>"$WORK/fetch.pgkeep"
 	cmp -s "$WORK/fetch/pg_wal/RECOVERYXLOG" "$WORK/segs/$s" || { echo "pgkeep fetched wrong bytes for $s" >&2; exit 1; }
