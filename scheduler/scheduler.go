@@ -64,7 +64,9 @@ type Job struct {
 	// scheduler passes it on.
 	Kind string
 	// Schedule is a cron expression with an optional seconds field
-	// ("0 30 1 * * *", "30 1 * * *", "@daily", "CRON_TZ=Europe/Paris 0 2 * * *").
+	// ("0 30 1 * * *", "30 1 * * *", "@daily"), in the time zone a
+	// CRON_TZ= prefix names ("CRON_TZ=Europe/Paris 0 2 * * *"), else in
+	// the machine's local time. pgkeep daemon always sets the prefix.
 	Schedule string
 	RunOn    Policy
 	// MaxLag is the largest replication lag in bytes of a replica that
@@ -117,8 +119,6 @@ type Options struct {
 	Member string
 	Jobs   []Job
 	Runner Runner
-	// Location is the time zone of the schedules (default UTC).
-	Location *time.Location
 	// LockTTL is the lease of a job's lock (default 15s): a holder that
 	// dies frees it after at most this long.
 	LockTTL time.Duration
@@ -141,12 +141,11 @@ type Options struct {
 
 // Scheduler runs jobs; see the package documentation.
 type Scheduler struct {
-	o     Options
-	log   *slog.Logger
-	jobs  []scheduledJob
-	mu    sync.Mutex
-	etcd  error // last etcd error, nil when the last request succeeded
-	ready bool  // etcd answered at least once
+	o    Options
+	log  *slog.Logger
+	jobs []scheduledJob
+	mu   sync.Mutex
+	etcd error // last etcd error, nil when the last request succeeded
 }
 
 type scheduledJob struct {
@@ -172,9 +171,6 @@ func New(o Options) (*Scheduler, error) {
 	}
 	if o.Member == "" {
 		return nil, errors.New("scheduler: member name is required")
-	}
-	if o.Location == nil {
-		o.Location = time.UTC
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
@@ -235,7 +231,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 
 func (s *Scheduler) loop(ctx context.Context, wg *sync.WaitGroup, j scheduledJob) {
 	for ctx.Err() == nil {
-		next := j.sched.Next(time.Now().In(s.o.Location))
+		next := j.sched.Next(time.Now())
 		if next.IsZero() {
 			s.log.Warn("schedule has no next time", "job", j.Name)
 			return
@@ -594,7 +590,40 @@ func (s *Scheduler) loadLastSuccess(ctx context.Context) {
 
 // LastRuns reads every final run record, oldest scheduled time first.
 func LastRuns(ctx context.Context, c *ha.Client) ([]Run, error) {
-	es, err := c.List(ctx, "runs/")
+	out, err := readRuns(ctx, c, "runs/")
+	if err != nil {
+		return nil, err
+	}
+	sort.SliceStable(out, func(a, b int) bool { return out[a].Scheduled.Before(out[b].Scheduled) })
+	return out, nil
+}
+
+// LatestRuns is the newest run of each job, by job name: its newest final
+// record, or a newer attempt (failed and awaiting a retry, or aborted).
+func LatestRuns(ctx context.Context, c *ha.Client) ([]Run, error) {
+	last := map[string]Run{}
+	for _, prefix := range []string{"runs/", "attempts/"} {
+		runs, err := readRuns(ctx, c, prefix)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range runs {
+			if cur, ok := last[r.Job]; r.Job != "" && (!ok || r.Scheduled.After(cur.Scheduled)) {
+				last[r.Job] = r
+			}
+		}
+	}
+	out := make([]Run, 0, len(last))
+	for _, r := range last {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Job < out[j].Job })
+	return out, nil
+}
+
+// readRuns decodes the records under prefix, skipping any that are not runs.
+func readRuns(ctx context.Context, c *ha.Client, prefix string) ([]Run, error) {
+	es, err := c.List(ctx, prefix)
 	if err != nil {
 		return nil, err
 	}
@@ -605,7 +634,6 @@ func LastRuns(ctx context.Context, c *ha.Client) ([]Run, error) {
 			out = append(out, r)
 		}
 	}
-	sort.SliceStable(out, func(a, b int) bool { return out[a].Scheduled.Before(out[b].Scheduled) })
 	return out, nil
 }
 
@@ -623,7 +651,7 @@ func (s *Scheduler) etcdDown(err error) {
 func (s *Scheduler) etcdUp() {
 	s.mu.Lock()
 	was := s.etcd
-	s.etcd, s.ready = nil, true
+	s.etcd = nil
 	s.mu.Unlock()
 	s.o.Metrics.setEtcdUp(true)
 	if was != nil {

@@ -64,7 +64,6 @@ func runDaemon(ctx context.Context, a *app) error {
 		}
 		member = h
 	}
-	loc, _ := time.LoadLocation(d.Timezone) // validated
 	h, err := openHA(ctx, cfg, a.log)
 	if err != nil {
 		return err
@@ -91,7 +90,7 @@ func runDaemon(ctx context.Context, a *app) error {
 		runner.jobs[j.Name] = j
 	}
 	sched, err := scheduler.New(scheduler.Options{
-		HA: h, Member: member, Jobs: jobs, Runner: runner, Location: loc,
+		HA: h, Member: member, Jobs: jobs, Runner: runner,
 		LockTTL: d.LockTTL, TakeoverTimeout: d.TakeoverTimeout, PollInterval: d.PollInterval,
 		Retries: d.Retries, RetryDelay: d.RetryDelay, Metrics: metrics, Logger: a.log,
 	})

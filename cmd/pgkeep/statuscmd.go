@@ -193,39 +193,13 @@ func patroniStatus(ctx context.Context, a *app) (*patroniReport, error) {
 		}
 		rep.Members = append(rep.Members, mr)
 	}
-	jobs, err := lastJobRuns(ctx, c)
+	jobs, err := scheduler.LatestRuns(ctx, c)
 	if err != nil {
 		rep.Error = err.Error()
 		return rep, err
 	}
 	rep.Jobs = jobs
 	return rep, nil
-}
-
-// lastJobRuns is the newest record of each daemon job, sorted by job name.
-func lastJobRuns(ctx context.Context, c *ha.Client) ([]scheduler.Run, error) {
-	last := map[string]scheduler.Run{}
-	for _, prefix := range []string{"runs/", "attempts/"} {
-		es, err := c.List(ctx, prefix)
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range es {
-			var r scheduler.Run
-			if json.Unmarshal(e.Value, &r) != nil || r.Job == "" {
-				continue
-			}
-			if cur, ok := last[r.Job]; !ok || r.Scheduled.After(cur.Scheduled) {
-				last[r.Job] = r
-			}
-		}
-	}
-	out := []scheduler.Run{}
-	for _, r := range last {
-		out = append(out, r)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Job < out[j].Job })
-	return out, nil
 }
 
 // redactURL drops a password from a URL (Patroni writes none, but a
