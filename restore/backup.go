@@ -367,6 +367,16 @@ const jobPlainSize = 32 << 20
 // pgBackRest's speed in bench/backup.sh instead of 1.5x it.
 const writeChunk = 256 << 10
 
+// writeChunked writes p at off in writeChunk pieces.
+func writeChunked(f *os.File, p []byte, off int64) error {
+	for i := 0; i < len(p); i += writeChunk {
+		if _, err := f.WriteAt(p[i:min(i+writeChunk, len(p))], off+int64(i)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 type fileBlock struct {
 	file *repo.File
 	ref  repo.BlockRef
@@ -513,10 +523,8 @@ func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, l
 			}
 			open, openPath = f, b.file.Path
 		}
-		for off := 0; off < len(plain); off += writeChunk {
-			if _, err := open.WriteAt(plain[off:min(off+writeChunk, len(plain))], b.ref.FileOffset+int64(off)); err != nil {
-				return fmt.Errorf("write %s: %w", b.file.Path, err)
-			}
+		if err := writeChunked(open, plain, b.ref.FileOffset); err != nil {
+			return fmt.Errorf("write %s: %w", b.file.Path, err)
 		}
 		plainBuf = plain[:0]
 		// Start writeback now, so the final syncfs does not wait for the

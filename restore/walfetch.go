@@ -122,34 +122,28 @@ func fetchTo(ctx context.Context, r *repo.Repository, wf pg.WALFile, dest string
 	return h.Size, nil
 }
 
-// inMemoryWAL bounds the archived objects decodeWAL decodes in memory:
-// every WAL segment size up to 64 MiB.
+// inMemoryWAL bounds the objects decodeWAL decodes in memory, archived and
+// plain: every WAL segment size up to 64 MiB.
 const inMemoryWAL = 64 << 20
 
-// decodeWAL decodes the archived object read from rc into f. Objects up to
-// inMemoryWAL are decoded in memory, trusting the zstd frames' content
-// checksums as restore does (hashing the 16 MiB again with SHA-256 was a
-// third of a fetch's CPU time, and the prefetcher must keep ahead of
-// recovery), and written in 256 KiB pieces (see writeChunk); larger ones
+// decodeWAL decodes the archived object read from rc into the empty file f.
+// Up to inMemoryWAL it decodes in memory, trusting the zstd frames' content
+// checksums as restore does (no second pass over the segment with
+// SHA-256), and writes in writeChunk pieces; larger objects or segments
 // stream through Codec.Decode, which checks the SHA-256.
 func decodeWAL(r *repo.Repository, rc io.Reader, f *os.File) (repo.Header, error) {
 	obj, err := io.ReadAll(io.LimitReader(rc, inMemoryWAL+1))
 	if err != nil {
 		return repo.Header{}, fmt.Errorf("read: %w", err)
 	}
-	if len(obj) > inMemoryWAL {
+	if h, err := repo.ReadHeader(bytes.NewReader(obj)); err != nil || len(obj) > inMemoryWAL || h.Size > inMemoryWAL {
 		return r.Codec().Decode(f, io.MultiReader(bytes.NewReader(obj), rc))
 	}
 	plain, h, err := r.Codec().DecodeBlockTo(nil, obj, false)
 	if err != nil {
 		return h, err
 	}
-	for off := 0; off < len(plain); off += writeChunk {
-		if _, err := f.Write(plain[off:min(off+writeChunk, len(plain))]); err != nil {
-			return h, err
-		}
-	}
-	return h, nil
+	return h, writeChunked(f, plain, 0)
 }
 
 func syncDir(dir string) {
