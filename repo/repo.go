@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -299,10 +300,22 @@ func (r *Repository) PutStream(ctx context.Context, name string, src io.Reader, 
 }
 
 // PutReader stores exactly size bytes read from src under name and returns
-// their SHA-256; reading, hashing and compressing overlap (wal-push).
+// their SHA-256; reading, hashing and compressing overlap (wal-push). A
+// regular *os.File is mapped rather than read, from its start (callers pass
+// a freshly opened file).
 func (r *Repository) PutReader(ctx context.Context, name string, src io.Reader, size int64, opts storage.PutOptions) ([32]byte, error) {
 	if r.encryptErr != nil {
 		return [32]byte{}, r.encryptErr
+	}
+	if f, ok := src.(*os.File); ok && r.codec.Level > 0 && size > 0 && size <= 1<<30 {
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+			sum, err := r.putFile(ctx, name, f, size, func(body io.Reader) error {
+				return r.Backend.Put(ctx, name, body, opts)
+			})
+			if !errors.Is(err, errNotMapped) {
+				return sum, err
+			}
+		}
 	}
 	pieces, sum, err := r.codec.encodeFrom(src, size)
 	if err != nil {
