@@ -246,6 +246,10 @@ func waitForWAL(ctx context.Context, r *repo.Repository, first, last string, seg
 	f, _ := pg.ParseWALFileName(first)
 	l, _ := pg.ParseWALFileName(last)
 	deadline := time.Now().Add(timeout)
+	// The last segment is usually archived within a wal-push or two of
+	// pg_backup_stop: poll soon, then back off to 200 ms, so a backup does
+	// not idle most of a fixed interval on every wait.
+	wait := 10 * time.Millisecond
 	for seg := f; seg.SegNo(segSize) <= l.SegNo(segSize); {
 		_, err := r.Backend.Stat(ctx, repo.WALObjectName(seg))
 		if err == nil {
@@ -264,8 +268,9 @@ func waitForWAL(ctx context.Context, r *repo.Repository, first, last string, seg
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, 200*time.Millisecond)
 	}
 	return nil
 }
