@@ -46,9 +46,24 @@ func PageChecksum(page []byte, blkno uint32) uint16 {
 	var first [rowSize]byte
 	copy(first[:], page[:rowSize])
 	first[8], first[9] = 0, 0
-	mixRow(&sums, &first)
-	for i := 1; i < rows; i++ {
-		mixRow(&sums, (*[rowSize]byte)(page[i*rowSize:]))
+	mixRows(&sums, &first, page[rowSize:])
+	var result uint32
+	for _, s := range sums {
+		result ^= s
+	}
+	result ^= blkno
+	return uint16(result%65535) + 1
+}
+
+// mixRowsGo folds the first row and then the rows of rest (whole rows of
+// 32 little-endian words) into the 32 sums, and ends with PostgreSQL's two
+// rounds of zeros. mixRows is this, or the same in AVX2 where the CPU has
+// it (the 32 sums are four 8-lane vectors: ~4x faster).
+func mixRowsGo(sums *[nSums]uint32, first *[4 * nSums]byte, rest []byte) {
+	const rowSize = 4 * nSums
+	mixRow(sums, first)
+	for i := 0; i+rowSize <= len(rest); i += rowSize {
+		mixRow(sums, (*[rowSize]byte)(rest[i:]))
 	}
 	for r := 0; r < 2; r++ {
 		for j := range sums {
@@ -56,12 +71,6 @@ func PageChecksum(page []byte, blkno uint32) uint16 {
 			sums[j] = t*fnvPrime ^ (t >> 17)
 		}
 	}
-	var result uint32
-	for _, s := range sums {
-		result ^= s
-	}
-	result ^= blkno
-	return uint16(result%65535) + 1
 }
 
 // mixRow folds one row of 32 little-endian words into the 32 sums.
