@@ -216,7 +216,12 @@ func (c *Codec) compressEachGuarded(plain []byte, frame, workers int) ([][]byte,
 	errs := make([]error, workers)
 	work := func(w int) {
 		enc := pool.Get().(*zstd.Encoder)
-		defer pool.Put(enc)
+		defer func() {
+			// An encoder interrupted by a fault may hold broken state.
+			if errs[w] == nil {
+				pool.Put(enc)
+			}
+		}()
 		errs[w] = guardFault(func() {
 			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
 				piece := plain[i*frame : min((i+1)*frame, len(plain))]

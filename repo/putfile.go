@@ -75,7 +75,13 @@ func (r *Repository) putFile(ctx context.Context, name string, f *os.File, size 
 		go func() {
 			defer wg.Done()
 			enc := pool.Get().(*zstd.Encoder)
-			defer pool.Put(enc)
+			faulted := false
+			defer func() {
+				// An encoder interrupted by a fault may hold broken state.
+				if !faulted {
+					pool.Put(enc)
+				}
+			}()
 			for {
 				// Frames take buffers in frame order, so the lowest frame
 				// not yet written always has one: the ring cannot deadlock.
@@ -97,6 +103,10 @@ func (r *Repository) putFile(ctx context.Context, name string, f *os.File, size 
 				piece := data[i*mappedFrame : min((i+1)*mappedFrame, len(data))]
 				err := guardFault(func() { buf = enc.EncodeAll(piece, buf[:0]) })
 				slots[i] <- result{buf, err}
+				if err != nil {
+					faulted = true
+					return
+				}
 			}
 		}()
 	}
