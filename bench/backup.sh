@@ -27,8 +27,9 @@
 # Every run is timed with /usr/bin/time (wall, user+sys CPU, max RSS); the
 # two tools alternate run by run so machine noise hits both alike, and which
 # goes first alternates by repetition (pgkeep first in odd ones); REPS runs
-# each (use an even number for balance); medians are printed. `sync` runs
-# (untimed) before each run. Old backups are expired between runs (untimed).
+# each (use an even number for balance); medians are printed. `sync` and a
+# page-cache prewarm (PREWARM_MB, see prewarm) run, untimed, before each run.
+# Old backups are expired between runs (untimed).
 #
 # Usage: bash bench/backup.sh        (needs: make build deps; pgbackrest installed)
 #        REPS=1 SCALE=10 RANDOM_MB=128 bash bench/backup.sh     (a quick look)
@@ -41,6 +42,7 @@ ROWS=${ROWS:-backup-local backup-enc backup-s3 restore-local restore-enc}
 SCALE=${SCALE:-100}
 RANDOM_MB=${RANDOM_MB:-1024}
 VERIFY=${VERIFY:-1}
+PREWARM_MB=${PREWARM_MB:-2048}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PGKEEP_SRC=${PK_BIN:-$ROOT/bin/pgkeep}
@@ -373,11 +375,24 @@ EOF
 	fi
 }
 
+# prewarm (untimed, before every timed run of either tool): write and
+# delete PREWARM_MB of page cache. On a VM whose host takes back free memory
+# (free page reporting), the first write into memory not touched lately
+# faults into the host; without this, whichever run follows an untimed
+# step pays for it (the same restore took 1.5 s or 4.9 s by its position).
+# The memory freed here is what the timed run writes into next.
+prewarm() {
+	[ "$PREWARM_MB" -gt 0 ] || return 0
+	dd if=/dev/zero of="$WORK/prewarm" bs=1M count="$PREWARM_MB" status=none
+	rm -f "$WORK/prewarm"
+}
+
 # measure KEY TOOL LOGFILE CMD...: one timed run.
 measure() {
 	local key=$1 tool=$2 logf=$3 e u s m cpu
 	shift 3
 	sync
+	prewarm
 	if ! /usr/bin/time -f '%e %U %S %M' -o "$WORK/time.out" "$@" >"$logf" 2>&1; then
 		echo "FAILED: $key $tool: $*" >&2
 		tail -n 30 "$logf" >&2
