@@ -250,7 +250,7 @@ func guardFault(fn func()) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			if _, ok := r.(interface{ Addr() uintptr }); ok {
-				err = errors.New("the file shrank while it was being read")
+				err = errShrunk
 				return
 			}
 			panic(r)

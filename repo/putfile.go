@@ -1,7 +1,6 @@
 package repo
 
 import (
-	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -22,6 +21,7 @@ const mappedFrame = 1 << 20
 
 var (
 	errUploadEnded = errors.New("upload ended")
+	errShrunk      = errors.New("the file shrank while it was being read")
 	// errNotMapped: the file could not be mapped (a filesystem without
 	// mmap); the caller reads it instead.
 	errNotMapped = errors.New("file cannot be mapped")
@@ -34,7 +34,7 @@ var (
 // mappedFrame frames, and streamed to the backend in order through a small
 // ring of reused buffers: the header as soon as the hash is known, then
 // each frame as it is ready.
-func (r *Repository) putFile(ctx context.Context, name string, f *os.File, size int64, put func(io.Reader) error) ([32]byte, error) {
+func (r *Repository) putFile(name string, f *os.File, size int64, put func(io.Reader) error) ([32]byte, error) {
 	c := r.codec
 	data, err := syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED|syscall.MAP_POPULATE)
 	if err != nil {
@@ -151,6 +151,12 @@ func (r *Repository) putFile(ctx context.Context, name string, f *os.File, size 
 					return err
 				}
 				ring <- res.buf
+			}
+			// Reading a mapped file past a shrunk end faults, except in its
+			// last page, which reads as zeros: check the size before the
+			// object can be completed.
+			if fi, err := f.Stat(); err != nil || fi.Size() < size {
+				return errShrunk
 			}
 			if aw != nil {
 				return aw.Close()

@@ -309,7 +309,7 @@ func (r *Repository) PutReader(ctx context.Context, name string, src io.Reader, 
 	}
 	if f, ok := src.(*os.File); ok && r.codec.Level > 0 && size > 0 && size <= 1<<30 {
 		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
-			sum, err := r.putFile(ctx, name, f, size, func(body io.Reader) error {
+			sum, err := r.putFile(name, f, size, func(body io.Reader) error {
 				return r.Backend.Put(ctx, name, body, opts)
 			})
 			if !errors.Is(err, errNotMapped) {
