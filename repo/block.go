@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime/debug"
 	"slices"
 	"sync"
-	"sync/atomic"
 
 	"filippo.io/age"
 	"github.com/klauspost/compress/zstd"
@@ -192,72 +190,29 @@ func (c *Codec) encodeFrom(src io.Reader, size int64) ([][]byte, [32]byte, error
 
 func (c *Codec) compressFrames(plain []byte, parts int) [][]byte {
 	parts = max(min(parts, len(plain)/minFrame), 1)
-	return c.compressEach(plain, (len(plain)+parts-1)/parts, parts)
-}
-
-// compressEach compresses plain as independent zstd frames of frame bytes
-// (the last may be shorter), with up to workers frames at once. Each worker
-// keeps one encoder for all the frames it takes, so a short-lived process
-// (wal-push) builds and touches no more encoder state than it has workers.
-// A fault while reading plain (a mapped file that shrank) is returned as an
-// error instead of crashing the process.
-func (c *Codec) compressEach(plain []byte, frame, workers int) [][]byte {
-	out, _ := c.compressEachGuarded(plain, frame, workers)
-	return out
-}
-
-func (c *Codec) compressEachGuarded(plain []byte, frame, workers int) ([][]byte, error) {
-	frame = max(frame, 1)
-	n := max((len(plain)+frame-1)/frame, 1)
-	workers = max(min(workers, n), 1)
 	pool := encoderPool(c.Level)
-	out := make([][]byte, n)
-	var next atomic.Int64
-	errs := make([]error, workers)
-	work := func(w int) {
-		enc := pool.Get().(*zstd.Encoder)
-		defer func() {
-			// An encoder interrupted by a fault may hold broken state.
-			if errs[w] == nil {
-				pool.Put(enc)
-			}
-		}()
-		errs[w] = guardFault(func() {
-			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-				piece := plain[i*frame : min((i+1)*frame, len(plain))]
-				out[i] = enc.EncodeAll(piece, make([]byte, 0, len(piece)/3+1024))
-			}
-		})
-	}
+	size := (len(plain) + parts - 1) / parts
+	out := make([][]byte, parts)
 	var wg sync.WaitGroup
-	for w := 1; w < workers; w++ {
+	for i := range parts {
+		compress := func() {
+			piece := plain[i*size : min((i+1)*size, len(plain))]
+			enc := pool.Get().(*zstd.Encoder)
+			out[i] = enc.EncodeAll(piece, make([]byte, 0, len(piece)/3+1024))
+			pool.Put(enc)
+		}
+		if parts == 1 {
+			compress()
+			break
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			work(w)
+			compress()
 		}()
 	}
-	work(0)
 	wg.Wait()
-	return out, errors.Join(errs...)
-}
-
-// guardFault runs fn and turns a memory fault in it into an error: reading
-// a mapped file that was truncated meanwhile raises SIGBUS, which must not
-// take the process down with a crash report.
-func guardFault(fn func()) (err error) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if r := recover(); r != nil {
-			if _, ok := r.(interface{ Addr() uintptr }); ok {
-				err = errShrunk
-				return
-			}
-			panic(r)
-		}
-	}()
-	fn()
-	return nil
+	return out
 }
 
 // DecodeBlock decodes one in-memory object, verifying size and checksum.

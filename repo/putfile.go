@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"sync"
 	"syscall"
 
@@ -174,4 +175,22 @@ func (r *Repository) putFile(name string, f *os.File, size int64, put func(io.Re
 		return sum, fmt.Errorf("read %s: %w", name, sumErr)
 	}
 	return sum, err
+}
+
+// guardFault runs fn and turns a memory fault in it into an error: reading
+// a mapped file that was truncated meanwhile raises SIGBUS, which must not
+// take the process down with a crash report.
+func guardFault(fn func()) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(interface{ Addr() uintptr }); ok {
+				err = errShrunk
+				return
+			}
+			panic(r)
+		}
+	}()
+	fn()
+	return nil
 }
