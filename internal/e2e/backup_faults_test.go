@@ -135,6 +135,15 @@ func TestBackupFaults(t *testing.T) {
 	primary.Exec(t, conn, "CREATE TABLE bulk AS SELECT g AS id, repeat(md5(g::text), 8) AS h FROM generate_series(1, 1500000) g")
 
 	t.Run("kill -9 mid-backup", func(t *testing.T) {
+		// Archiving is held off, so the backup cannot finish (it waits for
+		// its last segment): the kill lands while it is incomplete however
+		// fast it copies. Its packs are written by then.
+		primary.Exec(t, conn, "ALTER SYSTEM SET archive_command = 'false'")
+		primary.Exec(t, conn, "SELECT pg_reload_conf()")
+		defer func() {
+			primary.Exec(t, conn, "ALTER SYSTEM RESET archive_command")
+			primary.Exec(t, conn, "SELECT pg_reload_conf()")
+		}()
 		cmd := exec.Command(pgkeepBin(t), "backup")
 		cmd.Env = append([]string{"PATH=/usr/bin:/bin", "HOME=/tmp"}, backupEnv(r, primary)...)
 		pgtest.AsPostgres(t, cmd)
