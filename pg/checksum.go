@@ -37,16 +37,13 @@ var checksumBaseOffsets = [nSums]uint32{
 // its relation fork. The page's own checksum field is treated as zero.
 func PageChecksum(page []byte, blkno uint32) uint16 {
 	const rowSize = 4 * nSums
-	const rows = BlockSize / rowSize
-	_ = page[BlockSize-1]
 	sums := checksumBaseOffsets
-	// Row 0 holds pd_checksum (bytes 8..9), computed as zero; the other
-	// rows go through a fixed-size view, so the loop has no bounds checks
-	// or special case.
+	// Row 0 holds pd_checksum (bytes 8..9), computed as zero, so it goes
+	// in as a copy; the other rows are read in place.
 	var first [rowSize]byte
 	copy(first[:], page[:rowSize])
 	first[8], first[9] = 0, 0
-	mixRows(&sums, &first, page[rowSize:])
+	mixRows(&sums, &first, page[rowSize:BlockSize])
 	var result uint32
 	for _, s := range sums {
 		result ^= s

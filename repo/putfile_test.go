@@ -2,12 +2,15 @@ package repo
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/pgkeep/pgkeep/storage"
 )
 
 func writeTemp(t *testing.T, data []byte) *os.File {
@@ -105,6 +108,37 @@ func TestPutFileShrunk(t *testing.T) {
 		})
 		if !errors.Is(err, errShrunk) || completed {
 			t.Fatalf("shrunk to %d: err %v, object completed %v", keep, err, completed)
+		}
+	}
+}
+
+// PutReader maps a regular file and reads anything else (here a pipe,
+// which cannot be mapped): both store the same content.
+func TestPutReaderFileAndPipe(t *testing.T) {
+	r := testRepo(t)
+	if r.codec.Level <= 0 {
+		t.Fatal("test repository does not compress: the mapped path is not taken")
+	}
+	ctx := context.Background()
+	plain := walLike(3<<20 + 5)
+	f := writeTemp(t, plain)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		pw.Write(plain)
+		pw.Close()
+	}()
+	defer pr.Close()
+	for name, src := range map[string]*os.File{"file": f, "pipe": pr} {
+		sum, err := r.PutReader(ctx, name, src, int64(len(plain)), storage.PutOptions{IfAbsent: true})
+		if err != nil || sum != sha256.Sum256(plain) {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var out bytes.Buffer
+		if _, err := r.GetObject(ctx, name, &out); err != nil || !bytes.Equal(out.Bytes(), plain) {
+			t.Fatalf("%s: stored content differs: %v", name, err)
 		}
 	}
 }

@@ -308,13 +308,13 @@ func (r *Repository) PutReader(ctx context.Context, name string, src io.Reader, 
 		return [32]byte{}, r.encryptErr
 	}
 	if f, ok := src.(*os.File); ok && r.codec.Level > 0 && size > 0 && size <= 1<<30 {
-		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
-			sum, err := r.putFile(name, f, size, func(body io.Reader) error {
-				return r.Backend.Put(ctx, name, body, opts)
-			})
-			if !errors.Is(err, errNotMapped) {
-				return sum, err
-			}
+		// A file that cannot be mapped (not a regular file, a filesystem
+		// without mmap) is read instead.
+		sum, err := r.putFile(name, f, size, func(body io.Reader) error {
+			return r.Backend.Put(ctx, name, body, opts)
+		})
+		if !errors.Is(err, errNotMapped) {
+			return sum, err
 		}
 	}
 	pieces, sum, err := r.codec.encodeFrom(src, size)
