@@ -22,6 +22,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/pgkeep/pgkeep/internal/testport"
 )
 
 // readyTimeout bounds a start: etcd elects itself in about a second; the
@@ -70,15 +72,6 @@ func Binary() (string, error) {
 	return "", errors.New("etcd not found: run `make deps` (installs etcd-server) or set PGKEEP_TEST_ETCD to an etcd binary")
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // Start runs a fresh etcd; t.Cleanup stops it and removes its data.
 func Start(t testing.TB, o Options) *Server {
 	t.Helper()
@@ -101,8 +94,8 @@ func Start(t testing.TB, o Options) *Server {
 	// Free ports are released before etcd binds them, so another process
 	// can take one in between: try a few.
 	for attempt := 1; ; attempt++ {
-		if s.Port, err = freePort(); err == nil {
-			s.peerPort, err = freePort()
+		if s.Port, err = testport.Free(); err == nil {
+			s.peerPort, err = testport.Free()
 		}
 		if err != nil {
 			t.Fatal(err)

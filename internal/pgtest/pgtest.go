@@ -8,7 +8,6 @@ package pgtest
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pgkeep/pgkeep/internal/testport"
 )
 
 // BinDir holds the PostgreSQL 15 programs; PGKEEP_TEST_PG_BIN overrides it.
@@ -113,14 +113,13 @@ func MkdirFor(t testing.TB, dir string) string {
 	return dir
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 for a server (testport.Free).
 func FreePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := testport.Free()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // Cluster is one PostgreSQL instance.

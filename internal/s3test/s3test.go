@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgkeep/pgkeep/internal/testport"
 	"github.com/pgkeep/pgkeep/storage/s3"
 )
 
@@ -64,16 +65,6 @@ func Binary() (string, error) {
 	return "", errors.New("minio not found: run `make deps` (builds it into ~/.cache/pgkeep/bin) or set PGKEEP_TEST_MINIO to a minio binary")
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // Start runs a fresh MinIO; t.Cleanup stops it and removes its data.
 func Start(t testing.TB) *Server {
 	t.Helper()
@@ -102,7 +93,9 @@ func Start(t testing.TB) *Server {
 	// The free port is released before MinIO binds it, so another process
 	// can take it in between: try a few.
 	for attempt := 1; ; attempt++ {
-		s.Port = freePort(t)
+		if s.Port, err = testport.Free(); err != nil {
+			t.Fatal(err)
+		}
 		s.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", s.Port)
 		err := s.start()
 		if err == nil {
@@ -124,10 +117,11 @@ func (s *Server) start() error {
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "--- %s: starting on %s\n", time.Now().Format(time.RFC3339), s.Endpoint)
-	console, err := freeAddr()
+	consolePort, err := testport.Free()
 	if err != nil {
 		return err
 	}
+	console := fmt.Sprintf("127.0.0.1:%d", consolePort)
 	cmd := exec.Command(s.bin, "server", "--quiet",
 		"--address", fmt.Sprintf("127.0.0.1:%d", s.Port),
 		"--console-address", console,
@@ -166,15 +160,6 @@ func (s *Server) start() error {
 			return fmt.Errorf("minio not ready on %s after %s", s.Endpoint, readyTimeout)
 		}
 	}
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 func (s *Server) kill() {
