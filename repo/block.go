@@ -240,7 +240,11 @@ func (c *Codec) DecodeBlockTo(dst, obj []byte, fullCheck bool) ([]byte, Header, 
 		if len(c.Identities) == 0 {
 			return nil, h, ErrNoIdentity
 		}
-		r, err := age.Decrypt(bytes.NewReader(body), c.Identities...)
+		// DecryptReaderAt, not age.Decrypt: the streaming reader allocates a
+		// fresh 64 KiB buffer for every chunk it opens (age v1.3), which was
+		// a sixth of an encrypted restore's decode time; this one reuses a
+		// chunk buffer and authenticates the final chunk (the size) first.
+		ra, size, err := age.DecryptReaderAt(bytes.NewReader(body), int64(len(body)), c.Identities...)
 		if err != nil {
 			var nm *age.NoIdentityMatchError
 			if errors.As(err, &nm) {
@@ -248,20 +252,24 @@ func (c *Codec) DecodeBlockTo(dst, obj []byte, fullCheck bool) ([]byte, Header, 
 			}
 			return nil, h, fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
-		// The decrypted body is at most as long as the encrypted one.
-		var out *bytes.Buffer
+		// The decrypted body is shorter than the encrypted one. A stored
+		// (uncompressed) body is the plain content: decrypt straight into dst.
+		var out []byte
 		if h.Compressed {
 			sp := scratchPool.Get().(*[]byte)
 			defer scratchPool.Put(sp)
-			out = bytes.NewBuffer(slices.Grow((*sp)[:0], len(body)+bytes.MinRead))
-			defer func() { *sp = out.Bytes()[:0] }()
+			out = slices.Grow((*sp)[:0], int(size))[:size]
+			defer func() { *sp = out[:0] }()
 		} else {
-			out = bytes.NewBuffer(make([]byte, 0, len(body)+bytes.MinRead))
+			if size != h.Size {
+				return nil, h, fmt.Errorf("%w: content does not match its checksum", ErrCorrupt)
+			}
+			out = slices.Grow(dst[:0], int(size))[:size]
 		}
-		if _, err := out.ReadFrom(r); err != nil {
+		if n, err := ra.ReadAt(out, 0); n != len(out) || err != nil && err != io.EOF {
 			return nil, h, fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
-		body = out.Bytes()
+		body = out
 	}
 	plain := body
 	checked := false

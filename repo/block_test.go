@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+
+	"filippo.io/age"
 )
 
 // blockBound is a capacity that holds the object of a plain block of n
@@ -81,6 +83,39 @@ func TestDecodeBlockDetectsEveryDamage(t *testing.T) {
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("%s: flipped bit at %d: %v, want ErrCorrupt", name, at, err)
 			}
+		}
+	}
+}
+
+// Restore's fast path (no SHA-256) still refuses a truncated or extended
+// block and one encrypted to another key, and writes no plain bytes for it.
+func TestDecodeBlockToRefusesTruncatedAndWrongKey(t *testing.T) {
+	other, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range codecs(t) {
+		plain := walLike(200 << 10)
+		blk, _, err := c.EncodeBlock(nil, plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := make([]byte, 0, len(plain))
+		for _, cut := range []int{1, 16, 17, 1000, len(blk) - headerSize - 1} {
+			if _, _, err := c.DecodeBlockTo(dst, blk[:len(blk)-cut], false); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("%s: block cut by %d: %v, want ErrCorrupt", name, cut, err)
+			}
+		}
+		if _, _, err := c.DecodeBlockTo(dst, append(bytes.Clone(blk), 0), false); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("%s: block with a trailing byte: %v, want ErrCorrupt", name, err)
+		}
+		if len(c.Identities) == 0 {
+			continue
+		}
+		wrong := *c
+		wrong.Identities = []age.Identity{other}
+		if _, _, err := wrong.DecodeBlockTo(dst, blk, false); !errors.Is(err, ErrWrongKey) {
+			t.Fatalf("%s: wrong identity: %v, want ErrWrongKey", name, err)
 		}
 	}
 }
