@@ -217,8 +217,8 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 		// archiver to be patient, and wait below.
 		log.Info("backup from a standby: waiting for the primary to archive the backup's last segment", "segment", m.StopWAL)
 	}
-	alive := func() error { return conn.Ping(ctx) }
-	if err := waitForWAL(ctx, r, m.StartWAL, m.StopWAL, si.segmentSize, o.WALTimeout, alive); err != nil {
+	probe := func() (archiverState, error) { return queryArchiver(ctx, conn) }
+	if err := waitForWAL(ctx, r, m.StartWAL, m.StopWAL, si.segmentSize, o.WALTimeout, probe, log); err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
 	if err := r.CommitBackup(ctx, m); err != nil {
@@ -240,9 +240,35 @@ func labelTimeline(label string) (uint32, error) {
 	return uint32(n), err
 }
 
+// archiverState is what pg_stat_archiver says about the server's own
+// archiving: whether its latest attempt failed, and on which file.
+type archiverState struct {
+	failing    bool // the last failure is newer than the last success
+	failedWAL  string
+	failedAt   time.Time
+	failedRuns int64
+}
+
+func queryArchiver(ctx context.Context, conn *pgx.Conn) (archiverState, error) {
+	var st archiverState
+	var failedAt *time.Time
+	err := conn.QueryRow(ctx, `SELECT coalesce(last_failed_wal, ''), last_failed_time, failed_count,
+		coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) FROM pg_stat_archiver`).
+		Scan(&st.failedWAL, &failedAt, &st.failedRuns, &st.failing)
+	if failedAt != nil {
+		st.failedAt = *failedAt
+	}
+	return st, err
+}
+
 // waitForWAL waits until every segment from first to last is archived,
-// giving up early if the server that should archive them is gone.
-func waitForWAL(ctx context.Context, r *repo.Repository, first, last string, segSize int64, timeout time.Duration, alive func() error) error {
+// giving up early if the server that should archive them is gone (probe
+// fails). When the server's own archiver reports failures meanwhile, it
+// says so at once in the log and in the timeout error: a backup waiting on
+// a broken archive_command is the usual cause, and the server log has the
+// command's own error.
+func waitForWAL(ctx context.Context, r *repo.Repository, first, last string, segSize int64, timeout time.Duration,
+	probe func() (archiverState, error), log *slog.Logger) error {
 	f, _ := pg.ParseWALFileName(first)
 	l, _ := pg.ParseWALFileName(last)
 	deadline := time.Now().Add(timeout)
@@ -250,6 +276,8 @@ func waitForWAL(ctx context.Context, r *repo.Repository, first, last string, seg
 	// pg_backup_stop: poll soon, then back off to 200 ms, so a backup does
 	// not idle most of a fixed interval on every wait.
 	wait := 10 * time.Millisecond
+	var st archiverState
+	warned := false
 	for seg := f; seg.SegNo(segSize) <= l.SegNo(segSize); {
 		_, err := r.Backend.Stat(ctx, repo.WALObjectName(seg))
 		if err == nil {
@@ -260,10 +288,20 @@ func waitForWAL(ctx context.Context, r *repo.Repository, first, last string, seg
 			return fmt.Errorf("check archived WAL %s: %w", seg.Name, err)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("WAL segment %s needed by the backup was not archived within %s (is archive_command = 'pgkeep wal-push %%p' working?)", seg.Name, timeout)
+			msg := fmt.Sprintf("WAL segment %s needed by the backup was not archived within %s", seg.Name, timeout)
+			if st.failing {
+				return fmt.Errorf("%s: PostgreSQL's archiver is failing (%d failures so far, the last on %s at %s; the server log has archive_command's error)",
+					msg, st.failedRuns, st.failedWAL, st.failedAt.UTC().Format(time.RFC3339))
+			}
+			return fmt.Errorf("%s (is archive_command = 'pgkeep wal-push %%p' working?)", msg)
 		}
-		if err := alive(); err != nil {
+		if st, err = probe(); err != nil {
 			return fmt.Errorf("PostgreSQL went away before WAL segment %s needed by the backup was archived: %w", seg.Name, err)
+		}
+		if st.failing && !warned {
+			warned = true
+			log.Warn("PostgreSQL's archiver is failing; still waiting for the backup's WAL (the server log has archive_command's error)",
+				"waiting_for", seg.Name, "last_failed_wal", st.failedWAL, "last_failed_time", st.failedAt.UTC())
 		}
 		select {
 		case <-ctx.Done():

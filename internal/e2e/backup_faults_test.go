@@ -202,6 +202,30 @@ func TestBackupFaults(t *testing.T) {
 		primary.Start(t)
 	})
 
+	t.Run("archive_command failing", func(t *testing.T) {
+		c := primary.Conn(t)
+		primary.Exec(t, c, "ALTER SYSTEM SET archive_command = 'false'")
+		primary.Exec(t, c, "SELECT pg_reload_conf()")
+		defer func() {
+			primary.Exec(t, c, "ALTER SYSTEM RESET archive_command")
+			primary.Exec(t, c, "SELECT pg_reload_conf()")
+		}()
+		res := runPgkeep(t, backupEnv(r, primary), "", "backup", "--wal-timeout", "8s")
+		lines := strings.Split(strings.TrimSpace(res.stderr), "\n")
+		last := lines[len(lines)-1]
+		if res.code == 0 || !strings.HasPrefix(last, "pgkeep: backup: WAL segment") ||
+			!strings.Contains(last, "was not archived within 8s: PostgreSQL's archiver is failing") ||
+			!strings.Contains(last, "the server log has archive_command's error") {
+			t.Fatalf("backup with archiving broken: exit %d, last line %q", res.code, last)
+		}
+		if !strings.Contains(res.stderr, `level=WARN msg="PostgreSQL's archiver is failing; still waiting`) {
+			t.Fatalf("no warning while waiting: %q", res.stderr)
+		}
+		if rows := listBackups(t, r); countComplete(rows) != 1 || rows[0].ID != good {
+			t.Fatalf("after the backup that could not get its WAL: %+v", rows)
+		}
+	})
+
 	t.Run("good backup still restores", func(t *testing.T) {
 		c := restoreAndStart(t, r, "--backup", good, "--target", "immediate", "--target-action", "promote")
 		waitRecoveryDone(t, c, false)
