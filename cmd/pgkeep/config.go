@@ -43,6 +43,11 @@ type Config struct {
 	Patroni             PatroniConfig     `yaml:"patroni"`
 	Log                 LogConfig         `yaml:"log"`
 	Daemon              DaemonConfig      `yaml:"daemon"`
+
+	// source says where the settings came from, for errors that may stem
+	// from reading the wrong config (archive_command runs with
+	// PostgreSQL's environment, not the shell's).
+	source string
 }
 
 type S3Config struct {
@@ -202,7 +207,9 @@ func LoadConfig(path string, explicit bool, env []string) (Config, error) {
 			msg := strings.ReplaceAll(err.Error(), "\n", " ")
 			return cfg, &configError{fmt.Sprintf("config %s: %s", path, strings.TrimPrefix(msg, "yaml: "))}
 		}
+		cfg.source = "settings from " + path
 	case os.IsNotExist(err) && !explicit:
+		cfg.source = "no config file at " + path + ", so only defaults and PGKEEP_* variables apply"
 	default:
 		return cfg, &configError{fmt.Sprintf("config %s: %v", path, unwrapPathError(err))}
 	}

@@ -15,6 +15,7 @@ func TestExampleConfigIsCompleteAndDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.source = ""
 	if !reflect.DeepEqual(cfg, defaultConfig()) {
 		// recipients: [] and endpoints: [] decode to empty, non-nil slices.
 		cfg.Encryption.Recipients = nil
@@ -133,5 +134,33 @@ func TestEnvOverrides(t *testing.T) {
 	_, err = LoadConfig("/nonexistent", false, []string{"PGKEEP_NOPE=1"})
 	if err == nil || !strings.Contains(err.Error(), "PGKEEP_NOPE") {
 		t.Fatalf("unknown env: %v", err)
+	}
+}
+
+// "No repository here" names the settings used: a hook that runs without
+// the shell's PGKEEP_CONFIG reads the default file, or none.
+func TestMissingRepositoryNamesSettings(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "none.yml")
+	cfg, err := LoadConfig(missing, false, []string{"PGKEEP_REPOSITORY=file://" + filepath.Join(dir, "repo")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = openRepo(t.Context(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "pgkeep repo init") ||
+		!strings.Contains(err.Error(), "no config file at "+missing+", so only defaults and PGKEEP_* variables apply") {
+		t.Fatalf("missing repository: %v", err)
+	}
+
+	file := filepath.Join(dir, "pgkeep.yml")
+	os.Mkdir(filepath.Join(dir, "empty"), 0o700)
+	os.WriteFile(file, []byte("repository: file://"+filepath.Join(dir, "empty")+"\n"), 0o600)
+	cfg, err = LoadConfig(file, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = openRepo(t.Context(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "not initialized") || !strings.Contains(err.Error(), "settings from "+file) {
+		t.Fatalf("uninitialized repository: %v", err)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -35,6 +36,9 @@ func openBackend(ctx context.Context, cfg Config, create bool) (storage.Backend,
 			return fs.Create(u.Path)
 		}
 		b, err := fs.New(u.Path)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, fmt.Errorf("repository %s: %s is missing or not a directory (create it with `pgkeep repo init`; %s)", cfg.Repository, u.Path, cfg.sourceHint())
+		}
 		if err != nil {
 			return nil, fmt.Errorf("repository %s: %w", cfg.Repository, err)
 		}
@@ -117,8 +121,21 @@ func openRepoLevel(ctx context.Context, cfg Config, level int) (*repo.Repository
 	if err != nil {
 		return nil, err
 	}
-	return repo.Open(ctx, b, repo.OpenOptions{
+	r, err := repo.Open(ctx, b, repo.OpenOptions{
 		Keys:             keys,
 		CompressionLevel: level,
 	})
+	if errors.Is(err, repo.ErrNotInitialized) {
+		return nil, fmt.Errorf("%w (%s)", err, cfg.sourceHint())
+	}
+	return r, err
+}
+
+// sourceHint says which settings were used: the usual reason for "no
+// repository here" is a hook that did not get the config the shell has.
+func (c Config) sourceHint() string {
+	if c.source == "" {
+		return "settings given by the caller"
+	}
+	return c.source
 }
