@@ -124,6 +124,15 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 		return res, fmt.Errorf("restore: %w", err)
 	}
 
+	// pg_control is made visible last (written under another name, renamed
+	// after everything else is on disk): a restore interrupted at any point
+	// leaves a directory PostgreSQL refuses to start, never one it would
+	// take for a crashed cluster and "recover". A delta restore drops the
+	// old one first for the same reason.
+	if err := removeSynced(filepath.Join(o.PGData, filepath.FromSlash(controlFile))); err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
+
 	// Decide which files to write; with --delta keep the ones that match.
 	want := map[string]bool{}
 	var todo []*repo.File
@@ -136,6 +145,11 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 				res.FilesKept++
 				continue
 			}
+		}
+		if f.Path == controlFile {
+			tmp := *f
+			tmp.Path = controlTemp
+			f = &tmp
 		}
 		todo = append(todo, f)
 		total += f.Size
@@ -187,9 +201,50 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 	if err := syncAll(o.PGData, tbl); err != nil {
 		return res, fmt.Errorf("restore: fsync: %w", err)
 	}
+	if err := publishControlFile(o.PGData, want[controlFile]); err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
 	log.Info("restore complete", "backup", m.ID, "files_written", res.FilesWritten, "files_kept", res.FilesKept,
 		"files_removed", res.FilesRemoved, "bytes_downloaded", res.BytesDownloaded)
 	return res, nil
+}
+
+const (
+	controlFile = "global/pg_control"
+	controlTemp = "global/pg_control.pgkeep-restore"
+)
+
+// removeSynced removes a file, if present, durably.
+func removeSynced(p string) error {
+	if err := os.Remove(p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	return syncDir(filepath.Dir(p))
+}
+
+// publishControlFile renames the restored pg_control into place: the last
+// step of a restore.
+func publishControlFile(pgdata string, inBackup bool) error {
+	if !inBackup {
+		return fmt.Errorf("the backup has no %s", controlFile)
+	}
+	final := filepath.Join(pgdata, filepath.FromSlash(controlFile))
+	if err := os.Rename(filepath.Join(pgdata, filepath.FromSlash(controlTemp)), final); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(final))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // checkBackupWAL makes sure the WAL that makes the backup consistent is

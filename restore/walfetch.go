@@ -118,6 +118,8 @@ func fetchTo(ctx context.Context, r *repo.Repository, wf pg.WALFile, dest string
 		os.Remove(tmp)
 		return 0, err
 	}
+	// Best effort: PostgreSQL reads the file now; after a crash recovery
+	// asks for it again.
 	syncDir(filepath.Dir(dest))
 	return h.Size, nil
 }
@@ -144,13 +146,6 @@ func decodeWAL(r *repo.Repository, rc io.Reader, f *os.File) (repo.Header, error
 		return h, err
 	}
 	return h, writeChunked(f, plain, 0)
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 }
 
 // Prefetched files are named <segment>.<sha256 of content>, written only

@@ -51,6 +51,37 @@ func TestDeltaRestore(t *testing.T) {
 	dir := restored.DataDir
 	os.WriteFile(filepath.Join(dir, "stray-file"), []byte("x"), 0o600)
 
+	// Killed midway, a delta restore leaves a directory PostgreSQL refuses
+	// to start: pg_control goes first and comes back last, so the server
+	// cannot take the mix of old and new files for a crashed cluster.
+	kill := exec.Command(pgkeepBin(t), "restore", "--pgdata", dir, "--backup", id, "--delta", "--target", "immediate")
+	kill.Env = append([]string{"PATH=/usr/bin:/bin", "HOME=/tmp"}, r.env...)
+	kill.Dir = "/"
+	pgtest.AsPostgres(t, kill)
+	if err := kill.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "global", "pg_control.pgkeep-restore")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			kill.Process.Kill()
+			t.Fatal("the delta restore did not start writing")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	kill.Process.Kill()
+	kill.Wait()
+	if _, err := os.Stat(filepath.Join(dir, "global", "pg_control")); !os.IsNotExist(err) {
+		t.Fatalf("a killed restore left global/pg_control (%v): PostgreSQL could start on a half-restored directory", err)
+	}
+	if out, err := pgtest.RunErr(t, nil, "pg_ctl", "-D", dir, "-l", filepath.Join(dir, "half.log"), "-w", "-t", "30", "start"); err == nil {
+		pgtest.Run(t, nil, "pg_ctl", "-D", dir, "-m", "immediate", "stop")
+		t.Fatalf("PostgreSQL started on a half-restored directory: %s", out)
+	}
+
 	res := r.run(t, "restore", "--pgdata", dir, "--backup", id, "--delta", "--target-action", "promote", "--target", "immediate")
 	if res.code != 0 {
 		t.Fatalf("delta restore: %s", res.stderr)
