@@ -247,6 +247,17 @@ func TestPatroniDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
+	// Patroni publishes a replica's WAL position in etcd on its next HA
+	// loop: until then prefer-replica rightly falls back to the leader.
+	// Start the daemons once etcd shows a replica to choose.
+	pgtest.WaitFor(t, time.Minute, "etcd to show a streaming replica", func() (bool, error) {
+		view, err := h.View(ctx)
+		if err != nil {
+			return false, err
+		}
+		name, _ := scheduler.Choose(view, scheduler.PreferReplica, 64<<20)
+		return name != "" && name != leader.Name, nil
+	})
 
 	const jobs = `    - {name: backup, kind: backup, schedule: "*/15 * * * * *", run_on: prefer-replica, max_lag: 64MB}
 `
