@@ -241,9 +241,9 @@ func (c *Codec) DecodeBlockTo(dst, obj []byte, fullCheck bool) ([]byte, Header, 
 			return nil, h, ErrNoIdentity
 		}
 		// DecryptReaderAt, not age.Decrypt: the streaming reader allocates a
-		// fresh 64 KiB buffer for every chunk it opens (age v1.3), which was
-		// a sixth of an encrypted restore's decode time; this one reuses a
-		// chunk buffer and authenticates the final chunk (the size) first.
+		// fresh 64 KiB buffer for every chunk it opens (age v1.3); this one
+		// reuses one chunk buffer and authenticates the final chunk (so the
+		// size) first. BenchmarkDecodeBlock/zstd3age: ~0.85 -> ~1.2 GB/s.
 		ra, size, err := age.DecryptReaderAt(bytes.NewReader(body), int64(len(body)), c.Identities...)
 		if err != nil {
 			var nm *age.NoIdentityMatchError

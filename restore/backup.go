@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -129,6 +130,9 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 	// leaves a directory PostgreSQL refuses to start, never one it would
 	// take for a crashed cluster and "recover". A delta restore drops the
 	// old one first for the same reason.
+	if !slices.ContainsFunc(m.Files, func(f repo.File) bool { return f.Path == controlFile }) {
+		return res, fmt.Errorf("restore: backup %s has no %s", m.ID, controlFile)
+	}
 	if err := removeSynced(filepath.Join(o.PGData, filepath.FromSlash(controlFile))); err != nil {
 		return res, fmt.Errorf("restore: %w", err)
 	}
@@ -201,7 +205,7 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 	if err := syncAll(o.PGData, tbl); err != nil {
 		return res, fmt.Errorf("restore: fsync: %w", err)
 	}
-	if err := publishControlFile(o.PGData, want[controlFile]); err != nil {
+	if err := publishControlFile(o.PGData); err != nil {
 		return res, fmt.Errorf("restore: %w", err)
 	}
 	log.Info("restore complete", "backup", m.ID, "files_written", res.FilesWritten, "files_kept", res.FilesKept,
@@ -227,10 +231,7 @@ func removeSynced(p string) error {
 
 // publishControlFile renames the restored pg_control into place: the last
 // step of a restore.
-func publishControlFile(pgdata string, inBackup bool) error {
-	if !inBackup {
-		return fmt.Errorf("the backup has no %s", controlFile)
-	}
+func publishControlFile(pgdata string) error {
 	final := filepath.Join(pgdata, filepath.FromSlash(controlFile))
 	if err := os.Rename(filepath.Join(pgdata, filepath.FromSlash(controlTemp)), final); err != nil {
 		return err
