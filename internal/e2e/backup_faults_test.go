@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -54,10 +53,7 @@ func TestDeltaRestore(t *testing.T) {
 	// Killed midway, a delta restore leaves a directory PostgreSQL refuses
 	// to start: pg_control goes first and comes back last, so the server
 	// cannot take the mix of old and new files for a crashed cluster.
-	kill := exec.Command(pgkeepBin(t), "restore", "--pgdata", dir, "--backup", id, "--delta", "--target", "immediate")
-	kill.Env = append([]string{"PATH=/usr/bin:/bin", "HOME=/tmp"}, r.env...)
-	kill.Dir = "/"
-	pgtest.AsPostgres(t, kill)
+	kill := pgkeepCommand(t, r.env, "restore", "--pgdata", dir, "--backup", id, "--delta", "--target", "immediate")
 	if err := kill.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -175,9 +171,7 @@ func TestBackupFaults(t *testing.T) {
 			primary.Exec(t, conn, "ALTER SYSTEM RESET archive_command")
 			primary.Exec(t, conn, "SELECT pg_reload_conf()")
 		}()
-		cmd := exec.Command(pgkeepBin(t), "backup")
-		cmd.Env = append([]string{"PATH=/usr/bin:/bin", "HOME=/tmp"}, backupEnv(r, primary)...)
-		pgtest.AsPostgres(t, cmd)
+		cmd := pgkeepCommand(t, backupEnv(r, primary), "backup")
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}

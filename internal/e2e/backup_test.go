@@ -204,17 +204,10 @@ func currentLSN(t *testing.T, c *pgtest.Cluster, standby bool) string {
 	return s
 }
 
-// TestStandbyBackupAndTimelines takes a backup on a streaming standby,
-// promotes the standby (timeline 2), and restores that timeline-1 backup to
-// a moment on timeline 2 and to a moment before the switch.
-func TestStandbyBackupAndTimelines(t *testing.T) {
-	r := newRepo(t, repoOpts{kind: "fs"})
-	primary := archivingCluster(t, r)
-	conn := primary.Conn(t)
-	ctx := context.Background()
-	primary.Exec(t, conn, "CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text)")
-	insertBatch(t, conn, 1)
-
+// streamingStandby makes a hot standby of primary (pg_basebackup, streaming)
+// whose archive_command pushes into r once it is promoted.
+func streamingStandby(t *testing.T, r *testRepo, primary *pgtest.Cluster) *pgtest.Cluster {
+	t.Helper()
 	sdir := filepath.Join(pgtest.TempDir(t), "standby")
 	pgtest.Run(t, nil, "pg_basebackup", "-h", "127.0.0.1", "-p", fmt.Sprint(primary.Port), "-U", "postgres",
 		"-D", sdir, "-X", "stream", "-R", "--no-sync", "-c", "fast")
@@ -224,13 +217,44 @@ func TestStandbyBackupAndTimelines(t *testing.T) {
 		"hot_standby = on",
 	}})
 	standby.Start(t)
-	waitReplayed := func() {
-		want := currentLSN(t, primary, false)
-		pgtest.WaitFor(t, time.Minute, "standby to replay "+want, func() (bool, error) {
-			return lsnGE(currentLSN(t, standby, true), want), nil
-		})
-	}
-	waitReplayed()
+	return standby
+}
+
+// waitReplayed waits until standby has replayed primary's current WAL.
+func waitReplayed(t *testing.T, primary, standby *pgtest.Cluster) {
+	t.Helper()
+	want := currentLSN(t, primary, false)
+	pgtest.WaitFor(t, time.Minute, "standby to replay "+want, func() (bool, error) {
+		return lsnGE(currentLSN(t, standby, true), want), nil
+	})
+}
+
+// promote promotes standby, waits until it leaves recovery and returns a
+// connection to it.
+func promote(t *testing.T, standby *pgtest.Cluster) *pgx.Conn {
+	t.Helper()
+	conn := standby.Conn(t)
+	standby.Exec(t, conn, "SELECT pg_promote()")
+	pgtest.WaitFor(t, time.Minute, "promotion", func() (bool, error) {
+		var rec bool
+		err := conn.QueryRow(context.Background(), "SELECT pg_is_in_recovery()").Scan(&rec)
+		return err == nil && !rec, err
+	})
+	return conn
+}
+
+// TestStandbyBackupAndTimelines takes a backup on a streaming standby,
+// promotes the standby (timeline 2), and restores that timeline-1 backup to
+// a moment on timeline 2 and to a moment before the switch.
+func TestStandbyBackupAndTimelines(t *testing.T) {
+	r := newRepo(t, repoOpts{kind: "fs"})
+	primary := archivingCluster(t, r)
+	conn := primary.Conn(t)
+	primary.Exec(t, conn, "CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text)")
+	insertBatch(t, conn, 1)
+
+	standby := streamingStandby(t, r, primary)
+	waitReplayed(t, primary, standby)
 
 	// Backup from the standby: its last segment is archived by the primary,
 	// so keep the primary switching WAL until the backup is done.
@@ -261,18 +285,12 @@ wait:
 	insertBatch(t, conn, 2)
 	last := switchSegments(t, primary, 1, 0)
 	waitArchived(t, primary, last, time.Minute)
-	waitReplayed()
+	waitReplayed(t, primary, standby)
 	beforeSwitch := nowUTC(t, conn)
 	time.Sleep(50 * time.Millisecond)
 	primary.Stop(t)
 
-	sconn := standby.Conn(t)
-	standby.Exec(t, sconn, "SELECT pg_promote()")
-	pgtest.WaitFor(t, time.Minute, "promotion", func() (bool, error) {
-		var rec bool
-		err := sconn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec)
-		return err == nil && !rec, err
-	})
+	sconn := promote(t, standby)
 	time.Sleep(50 * time.Millisecond)
 	insertBatch(t, sconn, 3)
 	onTL2 := nowUTC(t, sconn)

@@ -244,3 +244,13 @@ func waitArchived(t *testing.T, c *pgtest.Cluster, name string, timeout time.Dur
 }
 
 func pgkeepBin(t *testing.T) string { return testbin.Pgkeep(t) }
+
+// pgkeepCommand is a pgkeep command as runPgkeep runs it (as postgres, a
+// minimal environment plus env), for tests that start and signal it.
+func pgkeepCommand(t *testing.T, env []string, args ...string) *exec.Cmd {
+	cmd := exec.Command(testbin.Pgkeep(t), args...)
+	cmd.Env = append([]string{"PATH=/usr/bin:/bin", "HOME=/tmp"}, env...)
+	cmd.Dir = "/"
+	pgtest.AsPostgres(t, cmd)
+	return cmd
+}

@@ -2,17 +2,13 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"errors"
-	"fmt"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/pgkeep/pgkeep/internal/pgtest"
 )
 
 // TestStandbyPromotedMidBackup: a failover while a standby's backup runs.
@@ -24,30 +20,15 @@ func TestStandbyPromotedMidBackup(t *testing.T) {
 	r := newRepo(t, repoOpts{kind: "fs"})
 	primary := archivingCluster(t, r)
 	conn := primary.Conn(t)
-	ctx := context.Background()
 	primary.Exec(t, conn, "CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text)")
 	insertBatch(t, conn, 1)
 	// Enough data that copying takes far longer than noticing it started.
 	primary.Exec(t, conn, "CREATE TABLE bulk AS SELECT g AS id, repeat(md5(g::text), 8) AS h FROM generate_series(1, 600000) g")
 
-	sdir := filepath.Join(pgtest.TempDir(t), "standby")
-	pgtest.Run(t, nil, "pg_basebackup", "-h", "127.0.0.1", "-p", fmt.Sprint(primary.Port), "-U", "postgres",
-		"-D", sdir, "-X", "stream", "-R", "--no-sync", "-c", "fast")
-	standby := pgtest.Existing(t, sdir, pgtest.Options{Env: r.env, Conf: []string{
-		"archive_mode = on",
-		fmt.Sprintf("archive_command = '%s wal-push %%p'", pgkeepBin(t)),
-		"hot_standby = on",
-	}})
-	standby.Start(t)
-	want := currentLSN(t, primary, false)
-	pgtest.WaitFor(t, time.Minute, "standby to replay "+want, func() (bool, error) {
-		return lsnGE(currentLSN(t, standby, true), want), nil
-	})
+	standby := streamingStandby(t, r, primary)
+	waitReplayed(t, primary, standby)
 
-	cmd := exec.Command(pgkeepBin(t), "backup")
-	cmd.Env = append([]string{"PATH=/usr/bin:/bin", "HOME=/tmp"}, backupEnv(r, standby)...)
-	cmd.Dir = "/"
-	pgtest.AsPostgres(t, cmd)
+	cmd := pgkeepCommand(t, backupEnv(r, standby), "backup")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
@@ -72,13 +53,7 @@ func TestStandbyPromotedMidBackup(t *testing.T) {
 
 	// Failover: the primary dies, the standby is promoted.
 	primary.Stop(t)
-	sconn := standby.Conn(t)
-	standby.Exec(t, sconn, "SELECT pg_promote()")
-	pgtest.WaitFor(t, time.Minute, "promotion", func() (bool, error) {
-		var rec bool
-		err := sconn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec)
-		return err == nil && !rec, err
-	})
+	promote(t, standby)
 
 	if err := cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
