@@ -71,7 +71,7 @@ fi
 
 # Everything the test creates (its TMPDIR) lives under WORK; postgres must
 # be able to reach it.
-WORK=$(mktemp -d /tmp/pgkeep-bench-replica.XXXXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}"/pgkeep-bench-replica.XXXXXX)
 chmod 755 "$WORK"
 
 sweep() {

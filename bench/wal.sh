@@ -27,7 +27,7 @@ PGKEEP_SRC=${PK_BIN:-$ROOT/bin/pgkeep}
 
 if [ "$(id -u)" = 0 ]; then
 	# PostgreSQL and pgBackRest run as postgres; so does the whole bench.
-	WORK=$(mktemp -d /tmp/pgkeep-bench.XXXXXX)
+	WORK=$(mktemp -d "${TMPDIR:-/tmp}"/pgkeep-bench.XXXXXX)
 	chmod 755 "$WORK"
 	cp "$PGKEEP_SRC" "$WORK/pgkeep"
 	cp "$0" "$WORK/wal.sh"
@@ -37,7 +37,7 @@ if [ "$(id -u)" = 0 ]; then
 	exit
 fi
 
-WORK=${WORK:-$(mktemp -d /tmp/pgkeep-bench.XXXXXX)}
+WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}"/pgkeep-bench.XXXXXX)}
 PGKEEP=${PK_BIN:-$PGKEEP_SRC}
 command -v pgbackrest >/dev/null || { echo "pgbackrest is not installed (apt-get install pgbackrest)" >&2; exit 1; }
 [ -x "$PGKEEP" ] || { echo "no pgkeep binary at $PGKEEP (make build)" >&2; exit 1; }
