@@ -129,6 +129,7 @@ every key can be overridden by a PGKEEP_* environment variable
 		newDeleteCmd(a),
 		newVerifyCmd(a),
 		newStatusCmd(a),
+		newCheckCmd(a),
 		newCreateReplicaCmd(a),
 		newBootstrapCmd(a),
 		newDaemonCmd(a),

@@ -1,0 +1,85 @@
+package archive
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgkeep/pgkeep/repo"
+)
+
+// CheckOptions configure Check.
+type CheckOptions struct {
+	DSN     string
+	Timeout time.Duration // for the switched segment to arrive (default 1 min)
+	Logger  *slog.Logger
+}
+
+// CheckResult is what Check found.
+type CheckResult struct {
+	Standby bool   // on a standby only the settings and the repository are checked
+	Segment string // the segment switched and found archived (primary)
+	Elapsed time.Duration
+}
+
+// Check proves that WAL archiving into r works end to end, the way a
+// backup depends on it: the server belongs to the repository, archive_mode
+// is on, and on a primary a freshly switched segment reaches the
+// repository within the timeout (through whatever archive_command is set).
+func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (CheckResult, error) {
+	var res CheckResult
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = time.Minute
+	}
+	conn, err := pgx.Connect(ctx, o.DSN)
+	if err != nil {
+		return res, fmt.Errorf("check: connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	si, err := queryServer(ctx, conn)
+	if err != nil {
+		return res, fmt.Errorf("check: %w", err)
+	}
+	if err := r.CheckSystem(si.sysid); err != nil {
+		return res, fmt.Errorf("check: %w", err)
+	}
+	var mode, command string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('archive_mode'), current_setting('archive_command')").Scan(&mode, &command); err != nil {
+		return res, fmt.Errorf("check: read archive settings: %w", err)
+	}
+	res.Standby = si.standby
+	switch {
+	case mode == "off":
+		return res, fmt.Errorf("check: archive_mode is off: set archive_mode = on and archive_command = 'pgkeep wal-push %%p', then restart PostgreSQL")
+	case si.standby && mode != "always":
+		// The primary archives; a standby with archive_mode = on does not.
+		return res, nil
+	case !strings.Contains(command, "wal-push"):
+		log.Warn("archive_command does not call pgkeep wal-push; checking that it still fills the repository", "archive_command", command)
+	}
+	if si.standby {
+		return res, nil
+	}
+	// A restore point makes sure the segment holds WAL, so the switch
+	// happens even on an idle server; pg_walfile_name names the segment the
+	// switch completed, on the current timeline.
+	var seg string
+	if err := conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_create_restore_point('pgkeep check')) rp").Scan(&seg); err != nil {
+		return res, fmt.Errorf("check: switch WAL: %w", err)
+	}
+	start := time.Now()
+	probe := func() (archiverState, error) { return queryArchiver(ctx, conn) }
+	if err := waitForWAL(ctx, r, seg, seg, si.segmentSize, o.Timeout, probe, log); err != nil {
+		return res, fmt.Errorf("check: %w", err)
+	}
+	res.Segment, res.Elapsed = seg, time.Since(start)
+	return res, nil
+}
