@@ -69,6 +69,24 @@ type serverInfo struct {
 	segmentSize int64
 }
 
+// connectServer connects to the server, learns what pgkeep needs to know
+// about it, and makes sure the repository belongs to it.
+func connectServer(ctx context.Context, dsn string, r *repo.Repository) (*pgx.Conn, serverInfo, error) {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return nil, serverInfo{}, fmt.Errorf("connect: %w", err)
+	}
+	si, err := queryServer(ctx, conn)
+	if err == nil {
+		err = r.CheckSystem(si.sysid)
+	}
+	if err != nil {
+		conn.Close(context.Background())
+		return nil, si, err
+	}
+	return conn, si, nil
+}
+
 func queryServer(ctx context.Context, conn *pgx.Conn) (serverInfo, error) {
 	var si serverInfo
 	var checksums, seg string
@@ -113,18 +131,11 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	if o.WALTimeout <= 0 {
 		o.WALTimeout = 5 * time.Minute
 	}
-	conn, err := pgx.Connect(ctx, o.DSN)
+	conn, si, err := connectServer(ctx, o.DSN, r)
 	if err != nil {
-		return nil, fmt.Errorf("backup: connect: %w", err)
+		return nil, fmt.Errorf("backup: %w", err)
 	}
 	defer conn.Close(context.Background())
-	si, err := queryServer(ctx, conn)
-	if err != nil {
-		return nil, fmt.Errorf("backup: %w", err)
-	}
-	if err := r.CheckSystem(si.sysid); err != nil {
-		return nil, fmt.Errorf("backup: %w", err)
-	}
 	pgdata := o.PGData
 	if pgdata == "" {
 		pgdata = si.dataDir

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/pgkeep/pgkeep/repo"
 )
 
@@ -39,18 +37,11 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (CheckResult
 	if o.Timeout <= 0 {
 		o.Timeout = time.Minute
 	}
-	conn, err := pgx.Connect(ctx, o.DSN)
+	conn, si, err := connectServer(ctx, o.DSN, r)
 	if err != nil {
-		return res, fmt.Errorf("check: connect: %w", err)
+		return res, fmt.Errorf("check: %w", err)
 	}
 	defer conn.Close(context.Background())
-	si, err := queryServer(ctx, conn)
-	if err != nil {
-		return res, fmt.Errorf("check: %w", err)
-	}
-	if err := r.CheckSystem(si.sysid); err != nil {
-		return res, fmt.Errorf("check: %w", err)
-	}
 	var mode, command string
 	if err := conn.QueryRow(ctx, "SELECT current_setting('archive_mode'), current_setting('archive_command')").Scan(&mode, &command); err != nil {
 		return res, fmt.Errorf("check: read archive settings: %w", err)
