@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pgkeep/pgkeep/internal/fsync"
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/storage"
@@ -226,7 +227,7 @@ func removeSynced(p string) error {
 		}
 		return err
 	}
-	return syncDir(filepath.Dir(p))
+	return fsync.Dir(filepath.Dir(p))
 }
 
 // publishControlFile renames the restored pg_control into place: the last
@@ -236,16 +237,7 @@ func publishControlFile(pgdata string) error {
 	if err := os.Rename(filepath.Join(pgdata, filepath.FromSlash(controlTemp)), final); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(final))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return fsync.Dir(filepath.Dir(final))
 }
 
 // checkBackupWAL makes sure the WAL that makes the backup consistent is

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pgkeep/pgkeep/internal/fsync"
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/storage"
@@ -120,7 +121,7 @@ func fetchTo(ctx context.Context, r *repo.Repository, wf pg.WALFile, dest string
 	}
 	// Best effort: PostgreSQL reads the file now; after a crash recovery
 	// asks for it again.
-	syncDir(filepath.Dir(dest))
+	fsync.Dir(filepath.Dir(dest))
 	return h.Size, nil
 }
 
@@ -190,7 +191,7 @@ func TakePrefetched(dir, name, dest string, log *slog.Logger) (int64, bool) {
 	if err := os.Rename(path, dest); err != nil {
 		return 0, false
 	}
-	syncDir(filepath.Dir(dest))
+	fsync.Dir(filepath.Dir(dest))
 	return fi.Size(), true
 }
 

@@ -20,7 +20,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"io"
 	iofs "io/fs"
 	"os"
@@ -30,6 +29,9 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/pgkeep/pgkeep/internal/fsync"
 	"github.com/pgkeep/pgkeep/storage"
 )
 
@@ -143,7 +145,7 @@ func (b *Backend) Put(ctx context.Context, name string, r io.Reader, opts storag
 	} else if err := os.Rename(tmp, final); err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := fsync.Dir(dir); err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
 	return nil
@@ -180,21 +182,7 @@ func mkdirAllSync(dir string) error {
 	if err := os.Mkdir(dir, 0o750); err != nil && !os.IsExist(err) {
 		return err
 	}
-	return syncDir(parent)
-}
-
-// syncDir fsyncs a directory so the entries created in it survive a crash.
-// EINVAL means the file system cannot sync directories; nothing to do then.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return err
-	}
-	return nil
+	return fsync.Dir(parent)
 }
 
 // Get implements storage.Backend.
