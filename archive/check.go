@@ -46,16 +46,16 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (CheckResult
 	if err := conn.QueryRow(ctx, "SELECT current_setting('archive_mode'), current_setting('archive_command')").Scan(&mode, &command); err != nil {
 		return res, fmt.Errorf("check: read archive settings: %w", err)
 	}
-	res.Standby = si.standby
-	switch {
-	case mode == "off":
+	if mode == "off" {
 		return res, fmt.Errorf("check: archive_mode is off: set archive_mode = on and archive_command = 'pgkeep wal-push %%p', then restart PostgreSQL")
-	case si.standby && mode != "always":
-		// The primary archives; a standby with archive_mode = on does not.
-		return res, nil
-	case !strings.Contains(command, "wal-push"):
-		log.Warn("archive_command does not call pgkeep wal-push; checking that it still fills the repository", "archive_command", command)
 	}
+	// A standby archives only with archive_mode = always; either way its
+	// primary's archiving is what makes the WAL, and it cannot switch WAL.
+	if (!si.standby || mode == "always") && !strings.Contains(command, "wal-push") {
+		// Not the command itself: it may carry credentials.
+		log.Warn("archive_command does not call pgkeep wal-push; checking that it still fills the repository")
+	}
+	res.Standby = si.standby
 	if si.standby {
 		return res, nil
 	}
