@@ -78,7 +78,7 @@ func connectServer(ctx context.Context, dsn string, r *repo.Repository) (*pgx.Co
 	}
 	si, err := queryServer(ctx, conn)
 	if err == nil {
-		err = r.CheckSystem(si.sysid)
+		err = r.CheckSystem(ctx, si.sysid)
 	}
 	if err != nil {
 		conn.Close(context.Background())
@@ -140,6 +140,9 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	if pgdata == "" {
 		pgdata = si.dataDir
 	}
+	if err := r.CheckWritable(ctx); err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
 	// Files are read locally: make sure this is the server's directory.
 	if id, err := pg.SystemIdentifier(pgdata); err != nil || id != si.sysid {
 		return nil, fmt.Errorf("backup: %s is not the data directory of the server pgkeep connected to (run pgkeep on the database host, and set pgdata)", pgdata)
@@ -175,6 +178,12 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	}); err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
+	// Tells a concurrent delete the backup is running (repo/running.go).
+	hb, err := r.StartHeartbeat(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
+	defer hb.Stop()
 
 	files, dirs, tbs, err := dataDirContents(pgdata)
 	if err != nil {
@@ -231,6 +240,9 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	probe := func() (archiverState, error) { return queryArchiver(ctx, conn) }
 	if err := waitForWAL(ctx, r, m.StartWAL, m.StopWAL, si.segmentSize, o.WALTimeout, probe, log); err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
+	}
+	if err := hb.Healthy(); err != nil {
+		return nil, fmt.Errorf("backup: not committed: %w", err)
 	}
 	if err := r.CommitBackup(ctx, m); err != nil {
 		return nil, fmt.Errorf("backup: %w", err)

@@ -4,16 +4,19 @@ package archive
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/pgkeep/pgkeep/pg"
@@ -47,6 +50,9 @@ type PushOptions struct {
 // hint only: if it is lost or does not match the file, the file is checked
 // against the repository again.
 type pushedRecord struct {
+	// Repo is the ID of the repository the file was stored in: a record
+	// means nothing for another one (the config may point elsewhere since).
+	Repo    string `json:"repo"`
 	Size    int64  `json:"size"`
 	ModTime int64  `json:"mtime_ns"`
 	SHA256  string `json:"sha256"`
@@ -64,16 +70,18 @@ func PushWAL(ctx context.Context, r *repo.Repository, o PushOptions) error {
 	if _, err := pg.ParseWALFileName(name); err != nil {
 		return fmt.Errorf("push %s: %w", o.Path, err)
 	}
-	if err := r.CheckSystem(o.SystemIdentifier); err != nil {
-		return fmt.Errorf("push %s: %w", name, err)
-	}
 	walDir := filepath.Dir(o.Path)
 	stateDir := o.StateDir
 	if stateDir == "" {
 		stateDir = filepath.Join(walDir, "pgkeep", "pushed")
 	}
+	r.SetBindingCache(filepath.Dir(stateDir))
+	if err := r.CheckWritable(ctx); err != nil {
+		return fmt.Errorf("push %s: %w", name, err)
+	}
+	repoID := r.ID()
 
-	if fi, err := os.Stat(o.Path); err == nil && matchesRecord(stateDir, name, fi) {
+	if fi, err := os.Lstat(o.Path); err == nil && fi.Mode().IsRegular() && matchesRecord(stateDir, name, repoID, fi) {
 		// Pushed ahead by an earlier call; the record is consumed so a later
 		// call for the same name (after a crash) checks the repository.
 		os.Remove(filepath.Join(stateDir, name))
@@ -81,7 +89,7 @@ func PushWAL(ctx context.Context, r *repo.Repository, o PushOptions) error {
 		return nil
 	}
 
-	ahead := readyFiles(walDir, name, o.PushAhead, stateDir)
+	ahead := readyFiles(walDir, name, o.PushAhead, stateDir, repoID)
 	conc := max(o.Concurrency, 1)
 	sem := make(chan struct{}, conc)
 	var wg sync.WaitGroup
@@ -92,7 +100,7 @@ func PushWAL(ctx context.Context, r *repo.Repository, o PushOptions) error {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			p := filepath.Join(walDir, a)
-			rec, err := pushFile(ctx, r, p)
+			rec, err := pushFile(ctx, r, p, o.SystemIdentifier)
 			if err != nil {
 				// Not fatal: the file stays .ready and PostgreSQL asks again.
 				log.Warn("push-ahead failed", "file", a, "err", err)
@@ -102,7 +110,7 @@ func PushWAL(ctx context.Context, r *repo.Repository, o PushOptions) error {
 		}()
 	}
 	sem <- struct{}{}
-	_, err := pushFile(ctx, r, o.Path)
+	_, err := pushFile(ctx, r, o.Path, o.SystemIdentifier)
 	<-sem
 	wg.Wait()
 	cleanRecords(stateDir, 24*time.Hour)
@@ -114,48 +122,165 @@ func PushWAL(ctx context.Context, r *repo.Repository, o PushOptions) error {
 }
 
 // pushFile stores one file, treating an identical archived copy as success.
-func pushFile(ctx context.Context, r *repo.Repository, path string) (pushedRecord, error) {
+// Before anything is stored the file must be what its name says: a regular
+// file; a segment of the repository's system, of the size its page header
+// records, not past a newer timeline's fork; a parseable history file.
+func pushFile(ctx context.Context, r *repo.Repository, path string, sysid uint64) (pushedRecord, error) {
 	name := filepath.Base(path)
 	wf, err := pg.ParseWALFileName(name)
 	if err != nil {
 		return pushedRecord{}, err
 	}
-	f, err := os.Open(path)
+	f, fi, err := openRegular(path)
 	if err != nil {
 		return pushedRecord{}, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
+	diverged, err := checkWALFile(ctx, r, f, wf, fi.Size(), sysid)
 	if err != nil {
 		return pushedRecord{}, err
 	}
-	if wf.Kind == pg.KindSegment && !pg.ValidSegmentSize(fi.Size()) {
-		return pushedRecord{}, fmt.Errorf("%s is %d bytes, not a whole WAL segment", path, fi.Size())
-	}
 	objName := repo.WALObjectName(wf)
-	sum, err := r.PutReader(ctx, objName, f, fi.Size(), storage.PutOptions{IfAbsent: true})
-	rec := pushedRecord{Size: fi.Size(), ModTime: fi.ModTime().UnixNano(), SHA256: hex.EncodeToString(sum[:])}
-	if err == nil {
-		return rec, nil
-	}
-	if !errors.Is(err, storage.ErrExists) {
-		return rec, err
+	rec := pushedRecord{Repo: r.ID(), Size: fi.Size(), ModTime: fi.ModTime().UnixNano()}
+	var sum [32]byte
+	if diverged == nil {
+		sum, err = r.PutReader(ctx, objName, f, fi.Size(), storage.PutOptions{IfAbsent: true})
+		rec.SHA256 = hex.EncodeToString(sum[:])
+		if err == nil {
+			return rec, nil
+		}
+		if !errors.Is(err, storage.ErrExists) {
+			return rec, err
+		}
+	} else {
+		// Only the very same file, archived before the fork was known, is
+		// accepted: PostgreSQL retries a refused file forever.
+		if sum, err = fileSHA256(f); err != nil {
+			return rec, err
+		}
+		rec.SHA256 = hex.EncodeToString(sum[:])
 	}
 	h, err := r.Header(ctx, objName)
+	if errors.Is(err, storage.ErrNotFound) && diverged != nil {
+		return rec, diverged
+	}
 	if err != nil {
 		return rec, fmt.Errorf("check archived copy: %w", err)
 	}
 	if h.SHA256 != sum || h.Size != fi.Size() {
+		if diverged != nil {
+			return rec, diverged
+		}
 		return rec, fmt.Errorf("%w (archived sha256 %x…, %d bytes; local sha256 %x…, %d bytes)",
 			ErrConflict, h.SHA256[:6], h.Size, sum[:6], fi.Size())
 	}
 	return rec, nil
 }
 
+// openRegular opens path for reading only if it is a regular file: a FIFO
+// would block open(2) forever, and a symlink or device is not WAL
+// PostgreSQL wrote.
+func openRegular(path string) (*os.File, os.FileInfo, error) {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, nil, fmt.Errorf("%s is not a regular file (%s); PostgreSQL archives only regular files", path, fi.Mode().Type())
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	if fi, err = f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		if err == nil {
+			err = fmt.Errorf("%s is not a regular file", path)
+		}
+		return nil, nil, err
+	}
+	return f, fi, nil
+}
+
+// checkWALFile checks f against its name and the repository before it is
+// stored. A segment past a newer timeline's fork is not an error yet: it
+// is returned as diverged, for the caller to accept only an identical
+// archived copy.
+func checkWALFile(ctx context.Context, r *repo.Repository, f *os.File, wf pg.WALFile, size int64, sysid uint64) (diverged error, err error) {
+	switch wf.Kind {
+	case pg.KindSegment, pg.KindPartial:
+		buf := make([]byte, pg.WALLongPageHeaderSize)
+		if _, err := f.ReadAt(buf, 0); err != nil {
+			return nil, fmt.Errorf("%s: read page header: %w", wf.Name, err)
+		}
+		h, err := pg.ParseWALPageHeader(buf)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", wf.Name, err)
+		}
+		if err := h.CheckSegment(wf, size); err != nil {
+			return nil, err
+		}
+		if sysid != 0 && h.SystemIdentifier != sysid {
+			return nil, fmt.Errorf("%s was written by database system %d, but the data directory is %d", wf.Name, h.SystemIdentifier, sysid)
+		}
+		if err := r.BindSystem(ctx, h.SystemIdentifier); err != nil {
+			return nil, fmt.Errorf("%s: %w", wf.Name, err)
+		}
+		if wf.Kind == pg.KindSegment {
+			if err := r.CheckNotDiverged(ctx, wf, size); errors.Is(err, repo.ErrDiverged) {
+				return err, nil
+			} else if err != nil {
+				return nil, err
+			}
+		}
+	case pg.KindHistory:
+		data := make([]byte, min(size, maxHistorySize+1))
+		if _, err := f.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%s: %w", wf.Name, err)
+		}
+		sw, err := pg.ParseHistory(data)
+		switch {
+		case size > maxHistorySize:
+			return nil, fmt.Errorf("%s is %d bytes; refusing a history file over %d", wf.Name, size, maxHistorySize)
+		case err != nil:
+			return nil, fmt.Errorf("%s: %w", wf.Name, err)
+		case len(sw) == 0:
+			return nil, fmt.Errorf("%s names no parent timeline (%d bytes); PostgreSQL never archives an empty history file", wf.Name, size)
+		}
+		if sysid != 0 {
+			if err := r.BindSystem(ctx, sysid); err != nil {
+				return nil, fmt.Errorf("%s: %w", wf.Name, err)
+			}
+		}
+	case pg.KindBackup:
+		if size == 0 || size > maxHistorySize {
+			return nil, fmt.Errorf("%s is %d bytes, not a backup history file", wf.Name, size)
+		}
+		if sysid != 0 {
+			if err := r.BindSystem(ctx, sysid); err != nil {
+				return nil, fmt.Errorf("%s: %w", wf.Name, err)
+			}
+		}
+	}
+	return nil, nil
+}
+
+// maxHistorySize bounds history and backup history files (a few lines per
+// timeline switch; thousands of switches fit).
+const maxHistorySize = 1 << 20
+
+func fileSHA256(f *os.File) ([32]byte, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62)); err != nil {
+		return [32]byte{}, err
+	}
+	return [32]byte(h.Sum(nil)), nil
+}
+
 // readyFiles lists up to n files other than current that PostgreSQL has
 // marked .ready, in the order the archiver would ask for them, skipping
 // those already pushed ahead.
-func readyFiles(walDir, current string, n int, stateDir string) []string {
+func readyFiles(walDir, current string, n int, stateDir, repoID string) []string {
 	if n <= 0 {
 		return nil
 	}
@@ -173,7 +298,7 @@ func readyFiles(walDir, current string, n int, stateDir string) []string {
 		if err != nil {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(stateDir, name)); err == nil {
+		if fi, err := os.Lstat(filepath.Join(walDir, name)); err != nil || matchesRecord(stateDir, name, repoID, fi) {
 			continue
 		}
 		if wf.Kind == pg.KindHistory {
@@ -191,7 +316,7 @@ func readyFiles(walDir, current string, n int, stateDir string) []string {
 	return all
 }
 
-func matchesRecord(stateDir, name string, fi os.FileInfo) bool {
+func matchesRecord(stateDir, name, repoID string, fi os.FileInfo) bool {
 	data, err := os.ReadFile(filepath.Join(stateDir, name))
 	if err != nil {
 		return false
@@ -200,7 +325,7 @@ func matchesRecord(stateDir, name string, fi os.FileInfo) bool {
 	if json.Unmarshal(data, &rec) != nil {
 		return false
 	}
-	return rec.Size == fi.Size() && rec.ModTime == fi.ModTime().UnixNano()
+	return rec.Repo == repoID && rec.Size == fi.Size() && rec.ModTime == fi.ModTime().UnixNano()
 }
 
 func writeRecord(stateDir, name string, rec pushedRecord) {

@@ -13,7 +13,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
+	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/restore"
 )
@@ -73,9 +75,12 @@ type Options struct {
 	// RestoreCommand is written as restore_command (create-replica), so the
 	// replica replays from the archive before it streams.
 	RestoreCommand string
-	Workers        int
-	Progress       restore.Progress
-	Logger         *slog.Logger
+	// ConnString is the leader's (create-replica; "" with no leader): the
+	// backup restored must be on the leader's timeline history.
+	ConnString string
+	Workers    int
+	Progress   restore.Progress
+	Logger     *slog.Logger
 }
 
 // CreateReplica restores the newest backup into o.DataDir as a standby
@@ -91,9 +96,22 @@ func CreateReplica(ctx context.Context, r *repo.Repository, o Options) (restore.
 	if err := requireBackup(ctx, r); err != nil {
 		return restore.BackupResult{}, err
 	}
+	// Patroni's replica follows the leader's timeline; a backup of an
+	// abandoned one (after a rollback) would restore fine and then never
+	// start. Without a leader, the newest archived timeline is followed.
+	var tli uint32
+	if o.ConnString != "" {
+		var err error
+		if tli, err = pg.ServerTimeline(ctx, o.ConnString, 10*time.Second); err != nil {
+			log.Warn("could not ask the leader for its timeline; following the newest archived one", "err", err)
+		} else {
+			log.Info("leader's timeline", "timeline", tli)
+		}
+	}
 	nonEmpty := !isEmpty(o.DataDir)
 	res, err := restore.Backup(ctx, r, restore.BackupOptions{
 		PGData:         o.DataDir,
+		Timeline:       tli,
 		BackupID:       "latest",
 		Standby:        true,
 		Delta:          nonEmpty,

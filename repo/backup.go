@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/storage"
 )
 
@@ -179,6 +180,9 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 	if err != nil {
 		return err
 	}
+	if err := r.checkPacks(ctx, m); err != nil {
+		return err
+	}
 	if err := r.PutObject(ctx, manifestName(m.ID), data, storage.PutOptions{IfAbsent: true}); err != nil {
 		return fmt.Errorf("write manifest: %w", err)
 	}
@@ -193,6 +197,14 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 	}
 	if err := r.Backend.Put(ctx, summaryName(m.ID), bytes.NewReader(sdata), storage.PutOptions{IfAbsent: true}); err != nil {
 		return fmt.Errorf("write backup summary: %w", err)
+	}
+	// A delete that removed packs between the check and the summary must
+	// not leave a visible backup behind: take it back.
+	if err := r.checkPacks(ctx, m); err != nil {
+		if derr := r.Backend.Delete(context.WithoutCancel(ctx), summaryName(m.ID)); derr != nil {
+			return fmt.Errorf("%w; and removing its summary failed: %v (delete backup %s by hand)", err, derr, m.ID)
+		}
+		return err
 	}
 	return nil
 }
@@ -228,9 +240,37 @@ func (r *Repository) ListBackups(ctx context.Context) (backups []Summary, debris
 		}
 		backups = append(backups, s)
 	}
-	sort.Slice(backups, func(i, j int) bool { return backups[i].StartTime.Before(backups[j].StartTime) })
+	SortBackups(backups)
 	sort.Strings(debris)
 	return backups, debris, nil
+}
+
+// SortBackups orders backups oldest first by WAL position: timeline, then
+// start LSN. Clocks are for display: a backup taken while a clock ran fast
+// must not outrank a newer one.
+func SortBackups(b []Summary) {
+	sort.SliceStable(b, func(i, j int) bool {
+		if b[i].Timeline != b[j].Timeline {
+			return b[i].Timeline < b[j].Timeline
+		}
+		li, lj := b[i].startPos(), b[j].startPos()
+		if li != lj {
+			return li < lj
+		}
+		return b[i].ID < b[j].ID
+	})
+}
+
+// startPos is the backup's start LSN (from its first segment if the LSN
+// does not parse).
+func (s Summary) startPos() pg.LSN {
+	if l, err := pg.ParseLSN(s.StartLSN); err == nil {
+		return l
+	}
+	if wf, err := pg.ParseWALFileName(s.StartWAL); err == nil && pg.ValidSegmentSize(s.SegmentSize) {
+		return pg.LSN(wf.SegNo(s.SegmentSize) * uint64(s.SegmentSize))
+	}
+	return 0
 }
 
 // ReadSummary reads a committed backup's plaintext summary.

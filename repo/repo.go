@@ -57,6 +57,12 @@ type Config struct {
 	// SystemIdentifier is the PostgreSQL cluster the repository belongs to,
 	// as a decimal string (JSON numbers lose uint64 precision); empty until known.
 	SystemIdentifier string `json:"system_identifier,omitempty"`
+	// ID names the repository for what hosts remember about it (see
+	// Repository.ID); Recipients are the age recipients objects may be
+	// encrypted to (recipients mode). Both are recorded at init since
+	// format 1 repositories made by pgkeep 0.x lack them.
+	ID         string   `json:"id,omitempty"`
+	Recipients []string `json:"recipients,omitempty"`
 }
 
 // Keys are the key material a host's configuration supplies.
@@ -82,6 +88,7 @@ func Init(ctx context.Context, b storage.Backend, o InitOptions) (Config, error)
 		Compression:      "zstd",
 		CompressionLevel: o.CompressionLevel,
 		Encryption:       EncryptionNone,
+		ID:               newRepositoryID(),
 	}
 	if o.CompressionLevel == 0 {
 		cfg.Compression = "none"
@@ -113,6 +120,10 @@ func Init(ctx context.Context, b storage.Backend, o InitOptions) (Config, error)
 		cfg.WrappedIdentity = base64.StdEncoding.EncodeToString(buf.Bytes())
 	case len(o.Keys.Recipients) > 0:
 		cfg.Encryption = EncryptionRecipients
+		cfg.Recipients = recipientStrings(o.Keys)
+		if len(cfg.Recipients) != len(o.Keys.Recipients) {
+			return cfg, errors.New("encryption.recipients: only age X25519 recipients can be recorded")
+		}
 	}
 	data, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
@@ -130,26 +141,31 @@ func Init(ctx context.Context, b storage.Backend, o InitOptions) (Config, error)
 
 // ReadConfig reads the repository config object.
 func ReadConfig(ctx context.Context, b storage.Backend) (Config, error) {
+	cfg, _, err := readConfig(ctx, b)
+	return cfg, err
+}
+
+func readConfig(ctx context.Context, b storage.Backend) (Config, []byte, error) {
 	var cfg Config
 	rc, err := b.Get(ctx, ConfigObject)
 	if errors.Is(err, storage.ErrNotFound) {
-		return cfg, fmt.Errorf("%s: %w", b, ErrNotInitialized)
+		return cfg, nil, fmt.Errorf("%s: %w", b, ErrNotInitialized)
 	}
 	if err != nil {
-		return cfg, fmt.Errorf("read repository config: %w", err)
+		return cfg, nil, fmt.Errorf("read repository config: %w", err)
 	}
 	defer rc.Close()
 	data, err := io.ReadAll(io.LimitReader(rc, 1<<20))
 	if err != nil {
-		return cfg, fmt.Errorf("read repository config: %w", err)
+		return cfg, nil, fmt.Errorf("read repository config: %w", err)
 	}
 	if err := json.Unmarshal(data, &cfg); err != nil {
-		return cfg, fmt.Errorf("repository config %s is not valid JSON: %w", ConfigObject, err)
+		return cfg, nil, fmt.Errorf("repository config %s is not valid JSON: %w", ConfigObject, err)
 	}
 	if cfg.Format < 1 || cfg.Format > FormatVersion {
-		return cfg, fmt.Errorf("repository format %d is not supported by this pgkeep (supports 1..%d)", cfg.Format, FormatVersion)
+		return cfg, nil, fmt.Errorf("repository format %d is not supported by this pgkeep (supports 1..%d)", cfg.Format, FormatVersion)
 	}
-	return cfg, nil
+	return cfg, data, nil
 }
 
 // Repository is an opened repository: backend, config and codec.
@@ -160,6 +176,13 @@ type Repository struct {
 	keys    Keys
 	// encryptErr is why this host cannot write objects, if it cannot.
 	encryptErr error
+	// rawConfig is config.json as stored (Repository.ID of old repositories).
+	rawConfig []byte
+	// bindCache is where bindings read are remembered ("" = nowhere).
+	bindCache string
+	// writableErr is CheckWritable's answer once writableChecked.
+	writableChecked bool
+	writableErr     error
 }
 
 // OpenOptions are the host's settings for an opened repository.
@@ -174,11 +197,11 @@ type OpenOptions struct {
 // only matter for one direction (no recipient for writing, no identity for
 // reading) are reported when that direction is used.
 func Open(ctx context.Context, b storage.Backend, o OpenOptions) (*Repository, error) {
-	cfg, err := ReadConfig(ctx, b)
+	cfg, raw, err := readConfig(ctx, b)
 	if err != nil {
 		return nil, err
 	}
-	r := &Repository{Backend: b, Config: cfg, keys: o.Keys}
+	r := &Repository{Backend: b, Config: cfg, keys: o.Keys, rawConfig: raw}
 	level := cfg.CompressionLevel
 	if o.CompressionLevel >= 0 {
 		level = o.CompressionLevel
@@ -237,19 +260,6 @@ func unwrapIdentity(wrapped string, passphrase []byte) (age.Identity, error) {
 	return id, nil
 }
 
-// CheckSystem refuses a cluster other than the one the repository belongs
-// to, so two clusters never interleave WAL under the same names.
-func (r *Repository) CheckSystem(sysid uint64) error {
-	if sysid == 0 || r.Config.SystemIdentifier == "" {
-		return nil
-	}
-	if r.Config.SystemIdentifier != fmt.Sprint(sysid) {
-		return fmt.Errorf("repository belongs to database system %s but this cluster is %d; refusing to mix clusters in one repository",
-			r.Config.SystemIdentifier, sysid)
-	}
-	return nil
-}
-
 // Codec returns the codec objects are written and read with.
 func (r *Repository) Codec() *Codec { return r.codec }
 
@@ -263,8 +273,8 @@ func (r *Repository) PutObject(ctx context.Context, name string, plain []byte, o
 // SHA-256 (wal-push hashes each segment once). The object is encoded in
 // memory, using every core for large content, before the upload starts.
 func (r *Repository) PutBytes(ctx context.Context, name string, plain []byte, sum [32]byte, opts storage.PutOptions) error {
-	if r.encryptErr != nil {
-		return r.encryptErr
+	if err := r.CheckWritable(ctx); err != nil {
+		return err
 	}
 	pieces, err := r.codec.encodePieces(plain, sum, r.codec.concurrency())
 	if err != nil {
@@ -280,8 +290,8 @@ func (r *Repository) PutBytes(ctx context.Context, name string, plain []byte, su
 // PutStream is PutObject for content the caller streams; size and sum must
 // describe it exactly (see Codec.Encode).
 func (r *Repository) PutStream(ctx context.Context, name string, src io.Reader, size int64, sum [32]byte, opts storage.PutOptions) error {
-	if r.encryptErr != nil {
-		return r.encryptErr
+	if err := r.CheckWritable(ctx); err != nil {
+		return err
 	}
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
@@ -304,8 +314,8 @@ func (r *Repository) PutStream(ctx context.Context, name string, src io.Reader, 
 // regular *os.File is mapped rather than read, from its start (callers pass
 // a freshly opened file).
 func (r *Repository) PutReader(ctx context.Context, name string, src io.Reader, size int64, opts storage.PutOptions) ([32]byte, error) {
-	if r.encryptErr != nil {
-		return [32]byte{}, r.encryptErr
+	if err := r.CheckWritable(ctx); err != nil {
+		return [32]byte{}, err
 	}
 	if f, ok := src.(*os.File); ok && r.codec.Level > 0 && size > 0 && size <= 1<<30 {
 		// A file that cannot be mapped (not a regular file, a filesystem

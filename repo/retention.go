@@ -20,9 +20,29 @@ type RetentionOptions struct {
 	// newest older one, so any moment of the window stays restorable.
 	RetainDays int
 	// DebrisMinAge protects uncommitted backups that may still be running:
-	// only debris with no object newer than this is removed.
+	// only debris whose heartbeat (or, without one, newest object) is older
+	// than this, and never younger than RunningGrace, is removed.
 	DebrisMinAge time.Duration
 	Now          time.Time
+}
+
+// Bounds of retention settings: beyond them a typo, not a policy.
+const (
+	MaxRetainFull = 100000
+	MaxRetainDays = 100 * 366
+)
+
+// Validate bounds what a user can ask for.
+func (o RetentionOptions) Validate() error {
+	switch {
+	case o.RetainFull < 0 || o.RetainFull > MaxRetainFull:
+		return fmt.Errorf("--retain-full %d: give 1 to %d backups", o.RetainFull, MaxRetainFull)
+	case o.RetainDays < 0 || o.RetainDays > MaxRetainDays:
+		return fmt.Errorf("--retain-days %d: give 1 to %d days", o.RetainDays, MaxRetainDays)
+	case o.DebrisMinAge < 0:
+		return fmt.Errorf("--debris-min-age %s: must not be negative", o.DebrisMinAge)
+	}
+	return nil
 }
 
 // RetentionPlan is exactly what ApplyRetention deletes.
@@ -46,6 +66,9 @@ func (r *Repository) PlanRetention(ctx context.Context, o RetentionOptions) (Ret
 	if (o.RetainFull > 0) == (o.RetainDays > 0) {
 		return plan, errors.New("give exactly one of --retain-full N or --retain-days D")
 	}
+	if err := o.Validate(); err != nil {
+		return plan, err
+	}
 	backups, debris, err := r.ListBackups(ctx)
 	if err != nil {
 		return plan, err
@@ -56,7 +79,7 @@ func (r *Repository) PlanRetention(ctx context.Context, o RetentionOptions) (Ret
 			keep[backups[i].ID] = true
 		}
 	} else {
-		cutoff := o.Now.Add(-time.Duration(o.RetainDays) * 24 * time.Hour)
+		cutoff := o.Now.AddDate(0, 0, -o.RetainDays)
 		for i := len(backups) - 1; i >= 0; i-- {
 			keep[backups[i].ID] = true
 			if backups[i].StopTime.Before(cutoff) {
@@ -79,12 +102,19 @@ func (r *Repository) PlanRetention(ctx context.Context, o RetentionOptions) (Ret
 	// all its WAL (a backup that began before a newer one committed starts
 	// earlier than every retained backup).
 	var running []StartRecord
-	for _, id := range debris {
-		newest, err := r.NewestObject(ctx, id)
-		if err != nil {
+	var now time.Time
+	if len(debris) > 0 {
+		if now, err = r.storeNow(ctx); err != nil {
 			return plan, err
 		}
-		if o.Now.Sub(newest) >= o.DebrisMinAge {
+	}
+	minAge := max(o.DebrisMinAge, RunningGrace)
+	for _, id := range debris {
+		last, err := r.lastSign(ctx, id)
+		if err != nil {
+			return plan, fmt.Errorf("backup %s: %w", id, err)
+		}
+		if now.Sub(last) >= minAge {
 			plan.Debris = append(plan.Debris, id)
 			continue
 		}

@@ -3,6 +3,9 @@ package repo
 import (
 	"context"
 	"fmt"
+	fs2 "io/fs"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -16,10 +19,32 @@ const segSize = 16 << 20
 
 func segName(n int) string { return fmt.Sprintf("00000001%08X%08X", n/256, n%256) }
 
+// repoDirs remembers each test repository's directory, for tests that
+// age objects by hand.
+var repoDirs = map[*Repository]string{}
+
+// ageBackup sets the modification time of every object of backup id back
+// by d, as if nothing had written to it for that long.
+func ageBackup(t *testing.T, r *Repository, id string, d time.Duration) {
+	t.Helper()
+	root := filepath.Join(repoDirs[r], "backups", id)
+	err := filepath.WalkDir(root, func(p string, e fs2.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		old := time.Now().Add(-d)
+		return os.Chtimes(p, old, old)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func testRepo(t *testing.T) *Repository {
 	t.Helper()
 	ctx := context.Background()
-	b, err := fs.Create(t.TempDir())
+	dir := t.TempDir()
+	b, err := fs.Create(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,6 +55,7 @@ func testRepo(t *testing.T) *Repository {
 	if err != nil {
 		t.Fatal(err)
 	}
+	repoDirs[r] = dir
 	for n := 1; n <= 40; n++ {
 		wf, _ := pg.ParseWALFileName(segName(n))
 		if err := r.PutObject(ctx, WALObjectName(wf), []byte("wal"), storage.PutOptions{IfAbsent: true}); err != nil {
@@ -42,7 +68,7 @@ func testRepo(t *testing.T) *Repository {
 func commitFake(t *testing.T, r *Repository, id string, startSeg int, at time.Time) {
 	t.Helper()
 	m := &Manifest{Summary: Summary{ID: id, StartTime: at, StopTime: at.Add(time.Minute),
-		StartWAL: segName(startSeg), StopWAL: segName(startSeg + 1), SegmentSize: segSize, Timeline: 1}}
+		StartLSN: pg.LSN(uint64(startSeg) * segSize).String(), StartWAL: segName(startSeg), StopWAL: segName(startSeg + 1), SegmentSize: segSize, Timeline: 1}}
 	if err := r.CommitBackup(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +124,18 @@ func TestRetentionKeepsRunningBackupsWAL(t *testing.T) {
 		t.Fatalf("oldest kept %s", plan.OldestKeptWAL)
 	}
 
+	// --debris-min-age 0 does not make a running backup debris: its
+	// objects are younger than RunningGrace.
+	plan, err = r.PlanRetention(ctx, RetentionOptions{RetainFull: 1, DebrisMinAge: 0, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Debris) != 0 || keptFrom(t, plan) != 10 {
+		t.Fatalf("a backup written to just now was taken for debris: %+v", plan)
+	}
+
 	// Once it is old enough to be debris, it is removed and anchors nothing.
+	ageBackup(t, r, running, RunningGrace+time.Second)
 	plan, err = r.PlanRetention(ctx, RetentionOptions{RetainFull: 1, DebrisMinAge: 0, Now: now.Add(time.Second)})
 	if err != nil {
 		t.Fatal(err)

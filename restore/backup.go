@@ -17,7 +17,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -55,6 +54,11 @@ type BackupOptions struct {
 	NoRecoveryConfig bool
 	// TablespaceMap relocates tablespaces: OID -> new directory.
 	TablespaceMap map[string]string
+	// Timeline is the timeline recovery will follow, when the caller knows
+	// it (create-replica: the leader's); 0 means the recovery target
+	// timeline (a number, or for latest the newest archived). Only a backup
+	// on its history can be chosen: PostgreSQL refuses any other.
+	Timeline uint32
 	// Workers download and write in parallel (0 = 4).
 	Workers  int
 	Progress Progress
@@ -91,10 +95,15 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 	if o.PGData == "" || !filepath.IsAbs(o.PGData) {
 		return res, fmt.Errorf("restore: --pgdata must be an absolute path (got %q)", o.PGData)
 	}
-	if err := checkTargetDir(o.PGData, o.Delta || o.Force); err != nil {
+	running := pg.RunningClusters()
+	if err := checkTargetDir(o.PGData, o.Delta || o.Force, running); err != nil {
 		return res, fmt.Errorf("restore: %w", err)
 	}
 	backups, _, err := r.ListBackups(ctx)
+	if err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
+	backups, err = onRecoveryPath(ctx, r, backups, o, log)
 	if err != nil {
 		return res, fmt.Errorf("restore: %w", err)
 	}
@@ -107,6 +116,9 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 		return res, fmt.Errorf("restore: %w", err)
 	}
 	res.BackupID = m.ID
+	if err := checkTablespaceLocations(m, o.TablespaceMap, running); err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
 	if err := checkBackupWAL(ctx, r, m); err != nil {
 		return res, fmt.Errorf("restore: %w", err)
 	}
@@ -121,7 +133,7 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 		return res, fmt.Errorf("restore: %w", err)
 	}
 	os.Chmod(o.PGData, 0o700)
-	tbl, err := prepareTablespaces(o.PGData, m, o.TablespaceMap, o.Delta || o.Force)
+	tbl, err := prepareTablespaces(o.PGData, m, o.TablespaceMap, o.Delta || o.Force, running)
 	if err != nil {
 		return res, fmt.Errorf("restore: %w", err)
 	}
@@ -214,6 +226,53 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 	return res, nil
 }
 
+// onRecoveryPath keeps the backups recovery can start from when it follows
+// the timeline it will follow: one on an abandoned timeline (after a
+// cluster rollback) would make PostgreSQL refuse to start ("requested
+// timeline is not a child of this server's history").
+func onRecoveryPath(ctx context.Context, r *repo.Repository, backups []repo.Summary, o BackupOptions, log *slog.Logger) ([]repo.Summary, error) {
+	tli := o.Timeline
+	switch tl := o.Target.Timeline; {
+	case tli != 0:
+	case tl == "current":
+		return backups, nil
+	case tl == "" || tl == "latest":
+		newest, err := r.NewestTimeline(ctx)
+		if err != nil {
+			return nil, err
+		}
+		tli = newest
+		for _, b := range backups {
+			tli = max(tli, b.Timeline) // its history file may not be archived
+		}
+	default:
+		n, err := strconv.ParseUint(tl, 0, 32)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("recovery target timeline %q: use latest, current or a timeline number", tl)
+		}
+		tli = uint32(n)
+	}
+	history, err := r.TimelineHistory(ctx, tli)
+	if err != nil {
+		return nil, fmt.Errorf("timeline %d: %w", tli, err)
+	}
+	var out []repo.Summary
+	for _, b := range backups {
+		if repo.OnTimelinePath(b, tli, history) {
+			out = append(out, b)
+		} else if b.ID == o.BackupID {
+			return nil, fmt.Errorf("backup %s (timeline %d, consistent at %s) is not on the history of timeline %d that recovery follows; choose another backup or --target-timeline", b.ID, b.Timeline, b.StopLSN, tli)
+		}
+	}
+	if len(out) < len(backups) {
+		log.Info("skipping backups not on the recovery timeline's history", "timeline", tli, "skipped", len(backups)-len(out))
+	}
+	if len(out) == 0 && len(backups) > 0 {
+		return nil, fmt.Errorf("none of the %d backups is on the history of timeline %d that recovery follows (the newest is on timeline %d)", len(backups), tli, backups[len(backups)-1].Timeline)
+	}
+	return out, nil
+}
+
 const (
 	controlFile = "global/pg_control"
 	controlTemp = "global/pg_control.pgkeep-restore"
@@ -262,16 +321,18 @@ func checkBackupWAL(ctx context.Context, r *repo.Repository, m *repo.Manifest) e
 	return nil
 }
 
-// checkTargetDir refuses a live postmaster always, and a non-empty
-// directory unless allowed.
-func checkTargetDir(dir string, allowNonEmpty bool) error {
-	if data, err := os.ReadFile(filepath.Join(dir, "postmaster.pid")); err == nil {
-		line, _, _ := strings.Cut(string(data), "\n")
-		if pid, err := strconv.Atoi(strings.TrimSpace(line)); err == nil && pid > 0 {
-			if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
-				return fmt.Errorf("%s: %w (pid %d)", dir, ErrPostmasterRunning, pid)
-			}
-		}
+// ErrLocationInUse means a directory restore would write to belongs to a
+// running cluster (its data directory or one of its tablespaces).
+var ErrLocationInUse = errors.New("is in use by a running cluster; refusing to write there whatever the flags")
+
+// checkTargetDir refuses a live postmaster and a directory a running
+// cluster writes to always, and a non-empty directory unless allowed.
+func checkTargetDir(dir string, allowNonEmpty bool, running []pg.RunningCluster) error {
+	if pid := pg.PostmasterPID(dir); pid > 0 {
+		return fmt.Errorf("%s: %w (pid %d)", dir, ErrPostmasterRunning, pid)
+	}
+	if c, used, ok := pg.UsedBy(dir, running); ok {
+		return fmt.Errorf("%s overlaps %s, which %w (postmaster pid %d, data directory %s)", dir, used, ErrLocationInUse, c.PID, c.DataDir)
 	}
 	entries, err := os.ReadDir(dir)
 	if os.IsNotExist(err) {
@@ -304,7 +365,7 @@ func emptyDir(dir string) error {
 
 // prepareTablespaces creates each tablespace directory (relocated if asked)
 // and the pg_tblspc symlink to it. It returns pg_tblspc/<oid> -> location.
-func prepareTablespaces(pgdata string, m *repo.Manifest, remap map[string]string, allowNonEmpty bool) (map[string]string, error) {
+func prepareTablespaces(pgdata string, m *repo.Manifest, remap map[string]string, allowNonEmpty bool, running []pg.RunningCluster) (map[string]string, error) {
 	out := map[string]string{}
 	for oid := range remap {
 		found := false
@@ -320,8 +381,8 @@ func prepareTablespaces(pgdata string, m *repo.Manifest, remap map[string]string
 		if v, ok := remap[t.OID]; ok {
 			loc = v
 		}
-		if !filepath.IsAbs(loc) {
-			return nil, fmt.Errorf("tablespace %s: location %q is not absolute", t.OID, loc)
+		if err := checkTablespaceLocation(t.OID, loc, running); err != nil {
+			return nil, err
 		}
 		if entries, err := os.ReadDir(loc); err == nil && len(entries) > 0 && !allowNonEmpty {
 			return nil, fmt.Errorf("tablespace %s directory %s is not empty (use --tablespace-map %s=DIR, --delta or --force)", t.OID, loc, t.OID)
@@ -342,6 +403,32 @@ func prepareTablespaces(pgdata string, m *repo.Manifest, remap map[string]string
 		out["pg_tblspc/"+t.OID] = loc
 	}
 	return out, nil
+}
+
+// checkTablespaceLocations checks, before anything is written, every
+// directory the backup's tablespaces would be restored to.
+func checkTablespaceLocations(m *repo.Manifest, remap map[string]string, running []pg.RunningCluster) error {
+	for _, t := range m.Tablespaces {
+		loc := t.Location
+		if v, ok := remap[t.OID]; ok {
+			loc = v
+		}
+		if err := checkTablespaceLocation(t.OID, loc, running); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkTablespaceLocation(oid, loc string, running []pg.RunningCluster) error {
+	if !filepath.IsAbs(loc) {
+		return fmt.Errorf("tablespace %s: location %q is not absolute", oid, loc)
+	}
+	if c, used, ok := pg.UsedBy(loc, running); ok {
+		return fmt.Errorf("tablespace %s: location %s overlaps %s, which %w (postmaster pid %d, data directory %s); restore it elsewhere with --tablespace-map %s=DIR",
+			oid, loc, used, ErrLocationInUse, c.PID, c.DataDir, oid)
+	}
+	return nil
 }
 
 // removeExtras deletes files a delta restore must not keep: anything the

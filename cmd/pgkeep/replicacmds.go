@@ -68,6 +68,7 @@ leaving --datadir empty, so Patroni falls back to its next method. Unknown
 			res, err := replicate.CreateReplica(ctx, r, replicate.Options{
 				DataDir:        args.DataDir,
 				RestoreCommand: a.restoreCommand(),
+				ConnString:     args.ConnString,
 				Workers:        a.cfg.DownloadConcurrency,
 				Progress:       newProgress("create-replica", a.log),
 				Logger:         a.log,

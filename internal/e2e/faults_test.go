@@ -50,7 +50,7 @@ func TestS3DownDuringArchiving(t *testing.T) {
 	}
 	// The configured bound: timeout 5s, 2 attempts.
 	pgdata := walDir(t)
-	writeSegment(t, pgdata, "000000010000000000000077", randomSegment(t, 16<<20))
+	writeSegment(t, pgdata, "000000010000000000000077", randomSegment(t, "000000010000000000000077", 16<<20))
 	res := runPgkeep(t, r.env, pgdata, "wal-push", "pg_wal/000000010000000000000077")
 	if res.code == 0 || res.code >= 126 {
 		t.Fatalf("push with storage down: exit %d", res.code)
@@ -101,8 +101,8 @@ func startPush(t *testing.T, r *testRepo, pgdata, seg string) *exec.Cmd {
 func TestKillDuringPushFS(t *testing.T) {
 	r := newRepo(t, repoOpts{kind: "fs", encrypted: true})
 	pgdata := walDir(t)
-	seg := "000000010000000000000010"
-	data := randomSegment(t, 256<<20)
+	seg := "000000010000000000000003"
+	data := randomSegment(t, seg, 256<<20)
 	writeSegment(t, pgdata, seg, data)
 	for _, delay := range []time.Duration{50 * time.Millisecond, 300 * time.Millisecond, 700 * time.Millisecond, 1500 * time.Millisecond} {
 		cmd := startPush(t, r, pgdata, seg)
@@ -138,7 +138,7 @@ func TestKillDuringPushS3(t *testing.T) {
 	slowEnv := append(append([]string{}, r.env...), "PGKEEP_S3_ENDPOINT=http://"+addr, "PGKEEP_S3_TIMEOUT=5m")
 	pgdata := walDir(t)
 	seg := "000000010000000000000011"
-	data := randomSegment(t, 32<<20)
+	data := randomSegment(t, seg, 32<<20)
 	writeSegment(t, pgdata, seg, data)
 
 	slow := &testRepo{env: slowEnv}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/pgkeep/pgkeep/internal/pgtest"
 	"github.com/pgkeep/pgkeep/internal/s3test"
 	"github.com/pgkeep/pgkeep/internal/testbin"
+	"github.com/pgkeep/pgkeep/pg"
 )
 
 // TestArchiveAndFetchEverySegment is the main contract: PostgreSQL archives
@@ -168,10 +170,36 @@ func writeSegment(t *testing.T, pgdata, name string, data []byte) {
 	pgtest.Chown(t, p)
 }
 
-func randomSegment(t *testing.T, size int) []byte {
+// testSystemID is the system identifier of the fake segments tests push.
+const testSystemID = 7400000000000000001
+
+// randomSegment is a fake segment for name: a valid long page header (of
+// testSystemID, size-byte segments), then half random, half zeros.
+func randomSegment(t *testing.T, name string, size int) []byte {
+	t.Helper()
 	b := make([]byte, size)
 	rand.Read(b[:size/2]) // half random, half zeros: realistic-ish ratio
+	stampSegmentHeader(t, b, name, testSystemID)
 	return b
+}
+
+// stampSegmentHeader writes the long page header PostgreSQL 15 starts
+// segment name with, for a cluster sysid.
+func stampSegmentHeader(t *testing.T, b []byte, name string, sysid uint64) {
+	t.Helper()
+	wf, err := pg.ParseWALFileName(name[:24])
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	clear(b[:pg.WALLongPageHeaderSize])
+	le.PutUint16(b[0:], pg.WALPageMagic15)
+	le.PutUint16(b[2:], pg.XLPLongHeader)
+	le.PutUint32(b[4:], wf.Timeline)
+	le.PutUint64(b[8:], wf.SegNo(int64(len(b)))*uint64(len(b)))
+	le.PutUint64(b[24:], sysid)
+	le.PutUint32(b[32:], uint32(len(b)))
+	le.PutUint32(b[36:], 8192)
 }
 
 // fetchBytes fetches name into a temp file and returns its content.
@@ -189,7 +217,7 @@ func TestPushSameAndConflictingContent(t *testing.T) {
 			r := newRepo(t, repoOpts{kind: kind})
 			pgdata := walDir(t)
 			seg := "000000010000000000000003"
-			orig := randomSegment(t, 16<<20)
+			orig := randomSegment(t, seg, 16<<20)
 			writeSegment(t, pgdata, seg, orig)
 			push := func() result { return runPgkeep(t, r.env, pgdata, "wal-push", "pg_wal/"+seg) }
 			if res := push(); res.code != 0 {
@@ -198,7 +226,7 @@ func TestPushSameAndConflictingContent(t *testing.T) {
 			if res := push(); res.code != 0 {
 				t.Fatalf("identical push: exit %d %s", res.code, res.stderr)
 			}
-			other := randomSegment(t, 16<<20)
+			other := randomSegment(t, seg, 16<<20)
 			writeSegment(t, pgdata, seg, other)
 			res := push()
 			if res.code == 0 || res.code >= 126 {
@@ -228,7 +256,7 @@ func TestConcurrentIdenticalPushes(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			r := newRepo(t, repoOpts{kind: kind, encrypted: true})
 			seg := "000000020000000000000007"
-			data := randomSegment(t, 16<<20)
+			data := randomSegment(t, seg, 16<<20)
 			var dirs []string
 			for i := 0; i < 4; i++ {
 				d := walDir(t)
@@ -257,7 +285,7 @@ func TestFetchWrongKeyAndTruncatedObject(t *testing.T) {
 	pgdata := walDir(t)
 	segs := []string{"000000010000000000000001", "000000010000000000000002"}
 	for _, s := range segs {
-		writeSegment(t, pgdata, s, randomSegment(t, 16<<20))
+		writeSegment(t, pgdata, s, randomSegment(t, s, 16<<20))
 		if res := runPgkeep(t, r.env, pgdata, "wal-push", "pg_wal/"+s); res.code != 0 {
 			t.Fatalf("push: %s", res.stderr)
 		}

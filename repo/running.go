@@ -1,0 +1,161 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pgkeep/pgkeep/storage"
+)
+
+// A running backup is known by its heartbeat, not guessed from the age of
+// its objects (it writes nothing while it waits for WAL): the backup
+// rewrites backups/<id>/alive every HeartbeatInterval, and delete treats an
+// uncommitted backup whose heartbeat is younger than RunningGrace (by the
+// store's own clock) as running, whatever --debris-min-age says. A backup
+// that could not renew its heartbeat for RunningGrace/2 does not commit,
+// and one whose packs are not all there at commit does not either: a
+// delete that removed them cannot produce a backup restore would trust.
+const (
+	HeartbeatInterval = 5 * time.Second
+	RunningGrace      = 4 * HeartbeatInterval
+)
+
+func aliveName(id string) string { return BackupPrefix(id) + "alive" }
+
+// Heartbeat keeps a running backup visible as running.
+type Heartbeat struct {
+	r      *Repository
+	id     string
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu     sync.Mutex
+	lastOK time.Time
+	err    error
+}
+
+// StartHeartbeat writes backup id's heartbeat now and then every
+// HeartbeatInterval until Stop.
+func (r *Repository) StartHeartbeat(ctx context.Context, id string) (*Heartbeat, error) {
+	h := &Heartbeat{r: r, id: id, done: make(chan struct{})}
+	if err := h.beat(ctx); err != nil {
+		return nil, fmt.Errorf("write heartbeat: %w", err)
+	}
+	ctx, h.cancel = context.WithCancel(ctx)
+	go func() {
+		defer close(h.done)
+		t := time.NewTicker(HeartbeatInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				bctx, cancel := context.WithTimeout(ctx, HeartbeatInterval)
+				err := h.beat(bctx)
+				cancel()
+				if err != nil && ctx.Err() == nil {
+					h.mu.Lock()
+					h.err = err
+					h.mu.Unlock()
+				}
+			}
+		}
+	}()
+	return h, nil
+}
+
+func (h *Heartbeat) beat(ctx context.Context) error {
+	host, _ := os.Hostname()
+	data, _ := json.Marshal(map[string]any{"host": host, "pid": os.Getpid(), "time": time.Now().UTC()})
+	if err := h.r.Backend.Put(ctx, aliveName(h.id), bytes.NewReader(data), storage.PutOptions{}); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.lastOK = time.Now()
+	h.mu.Unlock()
+	return nil
+}
+
+// Stop ends the heartbeat.
+func (h *Heartbeat) Stop() {
+	h.cancel()
+	<-h.done
+}
+
+// Healthy reports whether the heartbeat was renewed recently enough that
+// no delete can have taken the backup for abandoned.
+func (h *Heartbeat) Healthy() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if since := time.Since(h.lastOK); since > RunningGrace/2 {
+		msg := fmt.Sprintf("backup %s could not renew its heartbeat for %s (a concurrent delete may take it for abandoned)", h.id, since.Round(time.Second))
+		if h.err != nil {
+			return fmt.Errorf("%s: %w", msg, h.err)
+		}
+		return errors.New(msg)
+	}
+	return nil
+}
+
+// storeNow is the store's current time: the modification time it gives a
+// fresh object. Comparing heartbeats with it keeps a fast clock on the
+// deleting host from taking a running backup for abandoned.
+func (r *Repository) storeNow(ctx context.Context) (time.Time, error) {
+	var b [8]byte
+	rand.Read(b[:])
+	name := "locks/clock-" + hex.EncodeToString(b[:])
+	if err := r.Backend.Put(ctx, name, strings.NewReader("clock probe\n"), storage.PutOptions{IfAbsent: true}); err != nil {
+		return time.Time{}, fmt.Errorf("probe the store's clock: %w", err)
+	}
+	defer r.Backend.Delete(context.WithoutCancel(ctx), name)
+	info, err := r.Backend.Stat(ctx, name)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("probe the store's clock: %w", err)
+	}
+	return info.ModTime, nil
+}
+
+// lastSign is when an uncommitted backup last showed it was alive: its
+// heartbeat, or for backups made before heartbeats, its newest object.
+func (r *Repository) lastSign(ctx context.Context, id string) (time.Time, error) {
+	info, err := r.Backend.Stat(ctx, aliveName(id))
+	if err == nil {
+		return info.ModTime, nil
+	}
+	if !errors.Is(err, storage.ErrNotFound) {
+		return time.Time{}, err
+	}
+	return r.NewestObject(ctx, id)
+}
+
+// checkPacks makes sure every pack m references is stored at its size.
+func (r *Repository) checkPacks(ctx context.Context, m *Manifest) error {
+	stored := map[string]int64{}
+	err := r.Backend.List(ctx, BackupPrefix(m.ID)+"pack/", func(o storage.ObjectInfo) error {
+		stored[o.Name] = o.Size
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list packs: %w", err)
+	}
+	for _, p := range m.Packs {
+		size, ok := stored[p.Name]
+		if !ok {
+			return fmt.Errorf("pack %s is gone (removed by a concurrent delete?); the backup is not committed", p.Name)
+		}
+		if size != p.Size {
+			return fmt.Errorf("pack %s is %d bytes, %d were written; the backup is not committed", p.Name, size, p.Size)
+		}
+	}
+	return nil
+}

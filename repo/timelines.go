@@ -1,0 +1,150 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/pgkeep/pgkeep/pg"
+	"github.com/pgkeep/pgkeep/storage"
+)
+
+// ErrDiverged means a WAL segment holds WAL of a timeline past the point
+// where a newer, archived timeline forked from it: after a failover, what
+// the old primary wrote there was never part of the surviving history.
+// Recovery asks for an older timeline's segment when the newer timeline's
+// is not archived yet, so storing it would let recovery replay a fork.
+var ErrDiverged = errors.New("segment holds WAL past the point where a newer timeline forked from its timeline; refusing to archive diverged WAL")
+
+// ForkPoint returns the earliest point at which an archived history file
+// says a newer timeline left timeline tli, and whether there is one.
+// History files are immutable, so the host's binding cache keeps them.
+func (r *Repository) ForkPoint(ctx context.Context, tli uint32) (pg.LSN, uint32, bool, error) {
+	var names []string
+	err := r.Backend.List(ctx, "wal/history/", func(o storage.ObjectInfo) error {
+		name := o.Name[strings.LastIndexByte(o.Name, '/')+1:]
+		if wf, err := pg.ParseWALFileName(name); err == nil && wf.Kind == pg.KindHistory && wf.Timeline > tli {
+			names = append(names, name)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("list timeline history: %w", err)
+	}
+	var (
+		fork  pg.LSN
+		child uint32
+		found bool
+	)
+	for _, name := range names {
+		data, err := r.readHistory(ctx, name)
+		if err != nil {
+			return 0, 0, false, err
+		}
+		sw, err := pg.ParseHistory(data)
+		if err != nil {
+			return 0, 0, false, fmt.Errorf("archived %s: %w", name, err)
+		}
+		wf, _ := pg.ParseWALFileName(name)
+		for _, s := range sw {
+			if s.Parent == tli && (!found || s.Switch < fork) {
+				fork, child, found = s.Switch, wf.Timeline, true
+			}
+		}
+	}
+	return fork, child, found, nil
+}
+
+// readHistory returns an archived history file's content.
+func (r *Repository) readHistory(ctx context.Context, name string) ([]byte, error) {
+	note := ""
+	if r.bindCache != "" {
+		note = filepath.Join(r.bindCache, "history-"+r.ID()+"-"+name)
+		if data, err := os.ReadFile(note); err == nil {
+			return data, nil
+		}
+	}
+	var buf bytes.Buffer
+	wf := pg.WALFile{Name: name, Kind: pg.KindHistory}
+	if _, err := r.GetObject(ctx, WALObjectName(wf), &buf); err != nil {
+		return nil, fmt.Errorf("read archived %s: %w", name, err)
+	}
+	if note != "" {
+		writeNote(note, buf.Bytes())
+	}
+	return buf.Bytes(), nil
+}
+
+// CheckNotDiverged refuses segment wf (of segmentSize bytes) when it holds
+// WAL past a newer archived timeline's fork from wf's timeline.
+func (r *Repository) CheckNotDiverged(ctx context.Context, wf pg.WALFile, segmentSize int64) error {
+	fork, child, ok, err := r.ForkPoint(ctx, wf.Timeline)
+	if err != nil || !ok {
+		return err
+	}
+	end := pg.LSN((wf.SegNo(segmentSize) + 1) * uint64(segmentSize))
+	if end > fork {
+		return fmt.Errorf("timeline %d forked from timeline %d at %s, and %s ends at %s: %w",
+			child, wf.Timeline, fork, wf.Name, end, ErrDiverged)
+	}
+	return nil
+}
+
+// NewestTimeline is the highest timeline with an archived history file (1
+// when there is none): the timeline recovery_target_timeline = 'latest'
+// recovers to.
+func (r *Repository) NewestTimeline(ctx context.Context) (uint32, error) {
+	newest := uint32(1)
+	err := r.Backend.List(ctx, "wal/history/", func(o storage.ObjectInfo) error {
+		name := o.Name[strings.LastIndexByte(o.Name, '/')+1:]
+		if wf, err := pg.ParseWALFileName(name); err == nil && wf.Kind == pg.KindHistory && wf.Timeline > newest {
+			newest = wf.Timeline
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("list timeline history: %w", err)
+	}
+	return newest, nil
+}
+
+// TimelineHistory returns timeline tli's archived history: the switches
+// that led to it, oldest first (none for timeline 1).
+func (r *Repository) TimelineHistory(ctx context.Context, tli uint32) ([]pg.TimelineSwitch, error) {
+	if tli <= 1 {
+		return nil, nil
+	}
+	name := fmt.Sprintf("%08X.history", tli)
+	data, err := r.readHistory(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	sw, err := pg.ParseHistory(data)
+	if err != nil {
+		return nil, fmt.Errorf("archived %s: %w", name, err)
+	}
+	return sw, nil
+}
+
+// OnTimelinePath reports whether a backup can be recovered along timeline
+// tli: it was taken on tli, or on an ancestor of tli and became consistent
+// (its stop LSN) no later than where tli's history left that ancestor.
+func OnTimelinePath(b Summary, tli uint32, history []pg.TimelineSwitch) bool {
+	if b.Timeline == tli {
+		return true
+	}
+	stop, err := pg.ParseLSN(b.StopLSN)
+	if err != nil {
+		return false
+	}
+	for _, s := range history {
+		if s.Parent == b.Timeline {
+			return stop <= s.Switch
+		}
+	}
+	return false
+}
