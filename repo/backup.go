@@ -166,26 +166,26 @@ func ValidBackupID(id string) error {
 
 // CommitBackup writes the manifest, then the summary that makes the backup
 // visible. A crash before the summary leaves invisible debris.
+//
+// The summary's manifest_sha256 is the SHA-256 of the manifest object's
+// plain content exactly as stored; in that content the field itself is
+// empty (a hash cannot contain itself).
 func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 	m.Summary.Format = FormatVersion
 	m.Summary.Files = len(m.Files)
+	m.Summary.ManifestSHA256 = ""
 	data, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
 	sum := sha256.Sum256(data)
-	m.Summary.ManifestSHA256 = hex.EncodeToString(sum[:])
-	// The manifest's own checksum is only known now; re-marshal with it.
-	data, err = json.Marshal(m)
-	if err != nil {
-		return err
-	}
 	if err := r.checkPacks(ctx, m); err != nil {
 		return err
 	}
 	if err := r.PutObject(ctx, manifestName(m.ID), data, storage.PutOptions{IfAbsent: true}); err != nil {
 		return fmt.Errorf("write manifest: %w", err)
 	}
+	m.Summary.ManifestSHA256 = hex.EncodeToString(sum[:])
 	info, err := r.Backend.Stat(ctx, manifestName(m.ID))
 	if err != nil {
 		return fmt.Errorf("write manifest: %w", err)
@@ -209,11 +209,54 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 	return nil
 }
 
+// checkManifestSum reports whether plain is the manifest a summary's
+// manifest_sha256 names. Manifests written before that hash covered the
+// stored bytes carry the hash of themselves with the field empty; that is
+// accepted too (it binds the content just as well).
+func checkManifestSum(plain []byte, want string) bool {
+	if len(want) != 64 {
+		return false
+	}
+	sum := sha256.Sum256(plain)
+	if hex.EncodeToString(sum[:]) == want {
+		return true
+	}
+	field := []byte(`"manifest_sha256":"` + want + `"`)
+	if bytes.Count(plain, field) != 1 {
+		return false
+	}
+	sum = sha256.Sum256(bytes.Replace(plain, field, []byte(`"manifest_sha256":""`), 1))
+	return hex.EncodeToString(sum[:]) == want
+}
+
 // ListBackups returns the committed backups, oldest first. debris gets the
 // IDs that have objects but no summary (failed or running backups).
 func (r *Repository) ListBackups(ctx context.Context) (backups []Summary, debris []string, err error) {
+	ids, debris, err := r.listBackupIDs(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, id := range ids {
+		s, err := r.ReadSummary(ctx, id)
+		if err != nil {
+			return nil, nil, err
+		}
+		backups = append(backups, s)
+	}
+	SortBackups(backups)
+	return backups, debris, nil
+}
+
+// BackupIDs returns the IDs of the committed backups (those with a
+// summary), in lexical order, without reading their summaries.
+func (r *Repository) BackupIDs(ctx context.Context) ([]string, error) {
+	ids, _, err := r.listBackupIDs(ctx)
+	return ids, err
+}
+
+func (r *Repository) listBackupIDs(ctx context.Context) (committed, debris []string, err error) {
 	ids := map[string]bool{}
-	committed := map[string]bool{}
+	done := map[string]bool{}
 	err = r.Backend.List(ctx, backupsPrefix, func(o storage.ObjectInfo) error {
 		rest := strings.TrimPrefix(o.Name, backupsPrefix)
 		id, obj, ok := strings.Cut(rest, "/")
@@ -222,7 +265,7 @@ func (r *Repository) ListBackups(ctx context.Context) (backups []Summary, debris
 		}
 		ids[id] = true
 		if obj == "backup.json" {
-			committed[id] = true
+			done[id] = true
 		}
 		return nil
 	})
@@ -230,19 +273,15 @@ func (r *Repository) ListBackups(ctx context.Context) (backups []Summary, debris
 		return nil, nil, fmt.Errorf("list backups: %w", err)
 	}
 	for id := range ids {
-		if !committed[id] {
+		if done[id] {
+			committed = append(committed, id)
+		} else {
 			debris = append(debris, id)
-			continue
 		}
-		s, err := r.ReadSummary(ctx, id)
-		if err != nil {
-			return nil, nil, err
-		}
-		backups = append(backups, s)
 	}
-	SortBackups(backups)
+	sort.Strings(committed)
 	sort.Strings(debris)
-	return backups, debris, nil
+	return committed, debris, nil
 }
 
 // SortBackups orders backups oldest first by WAL position: timeline, then
@@ -294,6 +333,9 @@ func (r *Repository) ReadSummary(ctx context.Context, id string) (Summary, error
 	if err := json.Unmarshal(data, &s); err != nil {
 		return s, fmt.Errorf("backup %s: summary is corrupt: %v", id, err)
 	}
+	if s.ID != id {
+		return s, fmt.Errorf("backup %s: its summary (%s) is backup %s's; refusing a swapped or copied backup.json", id, summaryName(id), s.ID)
+	}
 	return s, nil
 }
 
@@ -307,14 +349,36 @@ func (r *Repository) ReadManifest(ctx context.Context, id string) (*Manifest, er
 	if _, err := r.GetObject(ctx, manifestName(id), &buf); err != nil {
 		return nil, fmt.Errorf("backup %s: manifest: %w", id, err)
 	}
+	if !checkManifestSum(buf.Bytes(), s.ManifestSHA256) {
+		return nil, fmt.Errorf("backup %s: manifest does not match the summary's manifest_sha256 (%.12s…): it was changed or swapped; refusing to use it", id, s.ManifestSHA256)
+	}
 	var m Manifest
 	if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
 		return nil, fmt.Errorf("backup %s: manifest: %w: %v", id, ErrCorrupt, err)
 	}
-	if m.ID != s.ID || m.StartLSN != s.StartLSN {
-		return nil, fmt.Errorf("backup %s: manifest does not belong to this backup", id)
+	if err := sameBackup(m.Summary, s); err != nil {
+		return nil, fmt.Errorf("backup %s: manifest does not belong to this backup: %w", id, err)
 	}
+	m.Summary.ManifestSHA256 = s.ManifestSHA256
+	m.Summary.StoredSize = s.StoredSize
 	return &m, nil
+}
+
+// sameBackup checks that a manifest's copy of the summary describes the
+// backup the summary does.
+func sameBackup(m, s Summary) error {
+	for _, f := range []struct{ name, m, s string }{
+		{"id", m.ID, s.ID}, {"start_lsn", m.StartLSN, s.StartLSN}, {"stop_lsn", m.StopLSN, s.StopLSN},
+		{"start_wal", m.StartWAL, s.StartWAL}, {"stop_wal", m.StopWAL, s.StopWAL},
+		{"system_identifier", m.SystemIdentifier, s.SystemIdentifier},
+		{"timeline", fmt.Sprint(m.Timeline), fmt.Sprint(s.Timeline)},
+		{"wal_segment_size", fmt.Sprint(m.SegmentSize), fmt.Sprint(s.SegmentSize)},
+	} {
+		if f.m != f.s {
+			return fmt.Errorf("%s is %q in the manifest, %q in the summary", f.name, f.m, f.s)
+		}
+	}
+	return nil
 }
 
 // DeleteBackup removes the summary first (the backup stops being visible),

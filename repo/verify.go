@@ -6,27 +6,142 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/storage"
 )
 
-// Problem is one thing verify found wrong.
+// Problem is one thing verify found wrong: with a backup, an object of
+// that backup; with an object, that object (WAL); otherwise the
+// repository as a whole.
 type Problem struct {
 	Backup string `json:"backup,omitempty"`
+	Object string `json:"object,omitempty"`
 	What   string `json:"problem"`
+}
+
+// String is the problem as one line, naming what it is about first.
+func (p Problem) String() string {
+	switch {
+	case p.Backup != "":
+		return p.Backup + ": " + p.What
+	case p.Object != "":
+		return p.Object + ": " + p.What
+	}
+	return p.What
+}
+
+// VerifyOptions says what Verify checks and how.
+type VerifyOptions struct {
+	// BackupIDs are the backups to verify; nil means every committed one.
+	BackupIDs []string
+	// Cache, when set, spares reading WAL objects an earlier verify read
+	// in full and found good, if they are unchanged (see VerifyCache).
+	Cache *VerifyCache
+	// Concurrency is how many WAL objects are read at once (default 4).
+	Concurrency int
+	Logger      *slog.Logger
+}
+
+// WALStats counts the WAL objects verify checked.
+type WALStats struct {
+	Objects int // WAL objects in the repository
+	Read    int // read and decoded in full this time
+	Cached  int // unchanged since an earlier verify read them in full
+	Bad     int // with a problem
+}
+
+// VerifyReport is what Verify found.
+type VerifyReport struct {
+	Backups  []string
+	WAL      WALStats
+	Problems []Problem
+}
+
+// Verify checks the backups (every block decodes to the bytes its
+// checksum names; the summary and manifest belong to the backup they are
+// stored under), every archived WAL object (decoded in full and, for
+// segments, their page header belongs to the repository's system) and the
+// continuity of the WAL from each backup's start to the newest archived
+// segment. It never changes the repository. An error means the repository
+// could not be listed; everything else is a Problem.
+func (r *Repository) Verify(ctx context.Context, o VerifyOptions) (VerifyReport, error) {
+	var rep VerifyReport
+	ids := o.BackupIDs
+	if ids == nil {
+		var err error
+		if ids, err = r.BackupIDs(ctx); err != nil {
+			return rep, err
+		}
+	}
+	var sums []Summary
+	for _, id := range ids {
+		rep.Backups = append(rep.Backups, id)
+		s, err := r.ReadSummary(ctx, id)
+		if err != nil {
+			rep.Problems = append(rep.Problems, Problem{Backup: id, What: trimBackupPrefix(err, id)})
+			continue
+		}
+		sums = append(sums, s)
+		rep.Problems = append(rep.Problems, r.VerifyBackup(ctx, id)...)
+	}
+	a, err := r.ReadWALArchive(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return rep, err
+		}
+		rep.Problems = append(rep.Problems, Problem{What: err.Error()})
+	}
+	if a != nil {
+		want := walExpect{}
+		if id, err := strconv.ParseUint(r.Config.SystemIdentifier, 10, 64); err == nil {
+			want.sysid, want.sysidFrom = id, "the repository belongs to"
+		}
+		for _, s := range sums {
+			if id, err := strconv.ParseUint(s.SystemIdentifier, 10, 64); err == nil && want.sysid == 0 {
+				want.sysid, want.sysidFrom = id, "backup "+s.ID+" is of"
+			}
+			if want.segSize == 0 && pg.ValidSegmentSize(s.SegmentSize) {
+				want.segSize, want.segSizeFrom = s.SegmentSize, s.ID
+			}
+		}
+		stats, probs, err := r.verifyWAL(ctx, a, want, o)
+		if err != nil {
+			return rep, err
+		}
+		rep.WAL = stats
+		rep.Problems = append(rep.Problems, probs...)
+		for _, s := range sums {
+			rep.Problems = append(rep.Problems, a.CheckContinuity(s)...)
+		}
+	}
+	return rep, ctx.Err()
+}
+
+// trimBackupPrefix drops a leading "backup ID: " from an error that is
+// reported under the backup's ID anyway.
+func trimBackupPrefix(err error, id string) string {
+	msg := err.Error()
+	for _, p := range []string{"backup " + id + ": ", id + ": "} {
+		msg = strings.TrimPrefix(msg, p)
+	}
+	return msg
 }
 
 // VerifyBackup re-reads every block of a backup and checks it decodes to
 // the bytes its checksum names.
 func (r *Repository) VerifyBackup(ctx context.Context, id string) []Problem {
 	var probs []Problem
-	add := func(format string, args ...any) { probs = append(probs, Problem{id, fmt.Sprintf(format, args...)}) }
+	add := func(format string, args ...any) {
+		probs = append(probs, Problem{Backup: id, What: fmt.Sprintf(format, args...)})
+	}
 	m, err := r.ReadManifest(ctx, id)
 	if err != nil {
-		add("%v", err)
+		add("%s", trimBackupPrefix(err, id))
 		return probs
 	}
 	type ref struct {
@@ -91,6 +206,7 @@ func (r *Repository) VerifyBackup(ctx context.Context, id string) []Problem {
 
 // WALArchive is what the repository holds of WAL, for continuity checks.
 type WALArchive struct {
+	objects []walObject
 	names   map[string]bool // segment (and .partial) names
 	latest  uint32          // highest timeline seen
 	history []pg.TimelineSwitch
@@ -110,6 +226,7 @@ func (r *Repository) ReadWALArchive(ctx context.Context) (*WALArchive, error) {
 			a.latest = max(a.latest, wf.Timeline)
 		}
 		a.names[name] = true
+		a.objects = append(a.objects, walObject{o, wf})
 		return nil
 	})
 	if err != nil {
@@ -135,7 +252,7 @@ func (a *WALArchive) CheckContinuity(s Summary) []Problem {
 	var probs []Problem
 	start, err := pg.ParseWALFileName(s.StartWAL)
 	if err != nil {
-		return []Problem{{s.ID, fmt.Sprintf("bad start segment %q", s.StartWAL)}}
+		return []Problem{{Backup: s.ID, What: fmt.Sprintf("bad start segment %q", s.StartWAL)}}
 	}
 	stop, _ := pg.ParseWALFileName(s.StopWAL)
 	size := s.SegmentSize
@@ -172,7 +289,7 @@ func (a *WALArchive) CheckContinuity(s Summary) []Problem {
 		if len(missing) > 1 {
 			what += ", last " + missing[len(missing)-1]
 		}
-		probs = append(probs, Problem{s.ID, what})
+		probs = append(probs, Problem{Backup: s.ID, What: what})
 	}
 	return probs
 }

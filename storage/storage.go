@@ -25,6 +25,9 @@ type ObjectInfo struct {
 	Name    string // full object name, relative to the backend's root
 	Size    int64
 	ModTime time.Time
+	// ETag is the store's version tag of the content, when it has one (S3);
+	// it changes whenever the object is replaced.
+	ETag string
 }
 
 // PutOptions changes how Put treats an existing object.

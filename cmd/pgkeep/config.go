@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"sort"
@@ -43,6 +44,7 @@ type Config struct {
 	Patroni             PatroniConfig     `yaml:"patroni"`
 	Log                 LogConfig         `yaml:"log"`
 	Daemon              DaemonConfig      `yaml:"daemon"`
+	Verify              VerifyConfig      `yaml:"verify"`
 
 	// source says where the settings came from, for errors that may stem
 	// from reading the wrong config (archive_command runs with
@@ -159,6 +161,14 @@ func parseBytes(s string) (uint64, error) {
 		return 0, errors.New("not a size in bytes (e.g. 1048576, 16MB, 1GB)")
 	}
 	return n * mult, nil
+}
+
+// VerifyConfig is `pgkeep verify` (and the daemon's verify jobs).
+type VerifyConfig struct {
+	// CacheDir holds what verify remembers of WAL objects it read in full
+	// (one file per repository); empty means $XDG_CACHE_HOME/pgkeep or
+	// ~/.cache/pgkeep.
+	CacheDir string `yaml:"cache_dir"`
 }
 
 type LogConfig struct {
@@ -360,6 +370,9 @@ func (c *Config) validate(path string) error {
 	}
 	if c.Encryption.PassphraseFile != "" && len(c.Encryption.Recipients) > 0 {
 		return bad("encryption", "set either recipients or passphrase_file, not both")
+	}
+	if c.Verify.CacheDir != "" && !filepath.IsAbs(c.Verify.CacheDir) {
+		return bad("verify.cache_dir", "%q is not an absolute path", c.Verify.CacheDir)
 	}
 	if err := c.validateEtcd(bad); err != nil {
 		return err

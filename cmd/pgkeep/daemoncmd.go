@@ -197,9 +197,19 @@ func (d *daemonRunner) Run(ctx context.Context, job scheduler.Job, _ time.Time) 
 			return scheduler.Result{}, errors.New("verify: the repository has no backup")
 		}
 		b := backups[len(backups)-1]
-		if probs := d.r.VerifyBackup(ctx, b.ID); len(probs) > 0 {
-			return scheduler.Result{BackupID: b.ID}, fmt.Errorf("verify %s: %d problems, first: %s", b.ID, len(probs), probs[0].What)
+		rep, err := d.r.Verify(ctx, repo.VerifyOptions{
+			BackupIDs:   []string{b.ID},
+			Cache:       openVerifyCache(d.cfg, d.log, d.r),
+			Concurrency: d.cfg.DownloadConcurrency,
+			Logger:      d.log,
+		})
+		if err != nil {
+			return scheduler.Result{BackupID: b.ID}, fmt.Errorf("verify %s: %w", b.ID, err)
 		}
+		if probs := rep.Problems; len(probs) > 0 {
+			return scheduler.Result{BackupID: b.ID}, fmt.Errorf("verify %s: %d problems, first: %s", b.ID, len(probs), probs[0])
+		}
+		d.log.Info("verified", "job", job.Name, "backup", b.ID, "wal_objects", rep.WAL.Objects, "wal_read", rep.WAL.Read, "wal_from_cache", rep.WAL.Cached)
 		return scheduler.Result{BackupID: b.ID, Bytes: b.StoredSize}, nil
 	}
 	return scheduler.Result{}, fmt.Errorf("unknown job kind %q", job.Kind)

@@ -624,7 +624,7 @@ func (b *Backend) Stat(ctx context.Context, name string) (storage.ObjectInfo, er
 	if err != nil {
 		return storage.ObjectInfo{}, classify("stat", name, err)
 	}
-	info := storage.ObjectInfo{Name: name, Size: aws.ToInt64(out.ContentLength)}
+	info := storage.ObjectInfo{Name: name, Size: aws.ToInt64(out.ContentLength), ETag: aws.ToString(out.ETag)}
 	if out.LastModified != nil {
 		info.ModTime = *out.LastModified
 	}
@@ -647,7 +647,7 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(storage.Objec
 			return classify("list", prefix, err)
 		}
 		for _, obj := range page.Contents {
-			info := storage.ObjectInfo{Name: strings.TrimPrefix(aws.ToString(obj.Key), strip), Size: aws.ToInt64(obj.Size)}
+			info := storage.ObjectInfo{Name: strings.TrimPrefix(aws.ToString(obj.Key), strip), Size: aws.ToInt64(obj.Size), ETag: aws.ToString(obj.ETag)}
 			if obj.LastModified != nil {
 				info.ModTime = *obj.LastModified
 			}
