@@ -161,6 +161,8 @@ func TestVerifyReadsWAL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As an older pgkeep, which did not check recipients, would have.
+	fr.writableChecked = true
 	if err := fr.PutObject(ctx, foreignKey, fakeSegment(1, 5, vSysid), storage.PutOptions{IfAbsent: true}); err != nil {
 		t.Fatal(err)
 	}
