@@ -19,9 +19,8 @@ import (
 // seen through it: a real store that ignores create-if-absent, the way
 // some S3-compatible stores do (they overwrite). The client signed the
 // header and the proxy's host, so the proxy signs every request again with
-// the server's keys. Only
-// Endpoint differs from s; Stop and Restart belong to s, not to the
-// returned value. t.Cleanup closes the proxy.
+// the server's keys. Endpoint and Port are the proxy's; Stop and Restart
+// belong to s, not to the returned value. t.Cleanup closes the proxy.
 func (s *Server) StripIfNoneMatch(t testing.TB) *Server {
 	t.Helper()
 	return s.stripIfNoneMatch(t, func(*http.Request) bool { return true })
