@@ -6,10 +6,15 @@ CACHE         ?= $(HOME)/.cache/pgkeep
 # MinIO is built from its Go module (no prebuilt downloads) and cached.
 MINIO_VERSION ?= v0.0.0-20260212201848-7aac2a2c5b7c
 MINIO         := $(CACHE)/bin/minio
+# versitygw (Versity's S3 gateway, posix backend) is the second S3
+# implementation the storage conformance suite runs against; built the same way.
+VERSITYGW_VERSION ?= v1.8.0
+VERSITYGW     := $(CACHE)/bin/versitygw
 VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -s -w -X main.version=$(VERSION)
 
 export PGKEEP_TEST_MINIO := $(MINIO)
+export PGKEEP_TEST_VERSITYGW := $(VERSITYGW)
 
 .PHONY: all build test deps lint bench demo clean
 
@@ -18,12 +23,16 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/pgkeep ./cmd/pgkeep
 
-deps: $(MINIO)
+deps: $(MINIO) $(VERSITYGW)
 	bash scripts/install-deps.sh
 
 $(MINIO):
 	mkdir -p $(CACHE)/bin
 	cd /tmp && GOBIN=$(CACHE)/bin GOFLAGS=-mod=mod $(GO) install github.com/minio/minio@$(MINIO_VERSION)
+
+$(VERSITYGW):
+	mkdir -p $(CACHE)/bin
+	cd /tmp && GOBIN=$(CACHE)/bin GOFLAGS=-mod=mod $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 
 lint:
 	@test -z "$$(gofmt -l .)" || (gofmt -l . && echo "gofmt: files above need formatting" && exit 1)

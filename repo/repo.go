@@ -81,7 +81,16 @@ type InitOptions struct {
 }
 
 // Init writes a new repository's config object; it never overwrites one.
+// A backend whose create-if-absent rests on the server
+// (storage.ConditionalPutProber) is probed first: the promise that archived
+// WAL and manifests are never overwritten depends on it, so a store that
+// ignores it gets no repository.
 func Init(ctx context.Context, b storage.Backend, o InitOptions) (Config, error) {
+	if p, ok := b.(storage.ConditionalPutProber); ok {
+		if err := p.ProbeConditionalPut(ctx); err != nil {
+			return Config{}, err
+		}
+	}
 	cfg := Config{
 		Format:           FormatVersion,
 		Created:          o.Now.UTC(),

@@ -58,3 +58,15 @@ type Backend interface {
 	// String names the backend for messages (never with credentials).
 	String() string
 }
+
+// ConditionalPutProber is implemented by backends whose create-if-absent
+// (PutOptions.IfAbsent) depends on the server honouring it, so it can be
+// checked once, when a repository is created, instead of being trusted.
+// The local filesystem needs no probe.
+type ConditionalPutProber interface {
+	// ProbeConditionalPut writes a probe object with IfAbsent, writes it
+	// again the same way and requires that to be refused, then deletes it.
+	// It returns an error naming the store's behaviour if the store
+	// accepted the second write, or if the probe could not be done.
+	ProbeConditionalPut(ctx context.Context) error
+}

@@ -45,6 +45,8 @@ type repoOpts struct {
 	// extra YAML lines appended to the config.
 	extra []string
 	s3    *s3test.Server
+	// noInit leaves `pgkeep repo init` to the test.
+	noInit bool
 }
 
 var bucketSeq int
@@ -93,7 +95,9 @@ func newRepo(t *testing.T, o repoOpts) *testRepo {
 	}
 	r.env = append(r.env, "PGKEEP_CONFIG="+r.config)
 	pgtest.Chown(t, r.dir)
-	r.mustRun(t, "repo", "init")
+	if !o.noInit {
+		r.mustRun(t, "repo", "init")
+	}
 	_ = bin
 	return r
 }

@@ -1,6 +1,8 @@
-// Package s3test runs a real MinIO server process on 127.0.0.1 for tests.
-// There is no mock: tests that need S3 fail (never skip) when MinIO is not
-// installed; `make deps` builds it.
+// Package s3test runs real S3 server processes on 127.0.0.1 for tests:
+// MinIO, and versitygw (Versity's S3 gateway on its posix backend) as a
+// second, independent implementation. There is no mock: tests that need a
+// server fail (never skip) when it is not installed; `make deps` builds
+// both from their Go modules.
 package s3test
 
 import (
@@ -13,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,18 +24,34 @@ import (
 	"github.com/pgkeep/pgkeep/storage/s3"
 )
 
-// readyTimeout bounds a start. MinIO is up in about a second on an idle
-// machine; the rest is headroom for a loaded 2-core CI box.
+// readyTimeout bounds a start. Either server is up in about a second on
+// an idle machine; the rest is headroom for a loaded 2-core CI box.
 const readyTimeout = 30 * time.Second
 
-// Server is one MinIO process and its data directory.
+// Kind is an S3 server implementation.
+type Kind string
+
+const (
+	MinIO   Kind = "minio"
+	Versity Kind = "versitygw" // posix backend on a local directory
+)
+
+// Kinds are the implementations every S3 conformance test runs against.
+var Kinds = []Kind{MinIO, Versity}
+
+// Server is one server process and its data directory.
 type Server struct {
+	Kind      Kind
 	Endpoint  string // http://127.0.0.1:Port
 	AccessKey string
 	SecretKey string
 	Region    string
-	Dir       string // temp dir: data/ and minio.log
+	Dir       string // temp dir: data/ and <kind>.log
 	Port      int
+
+	// IfNoneMatchStripped counts the requests a StripIfNoneMatch proxy
+	// took the header off; nil for a real server.
+	IfNoneMatchStripped *atomic.Int64
 
 	bin     string
 	logPath string
@@ -40,58 +59,88 @@ type Server struct {
 	exited  chan struct{} // closed when cmd has exited
 }
 
+// binaries says where each kind's binary is looked for: the variable, the
+// name on PATH, and the name under ~/.cache/pgkeep/bin and /work/cache/bin
+// (where `make deps` puts them). (The variables are PGKEEP_TEST_*, not
+// PGKEEP_MINIO: pgkeep rejects unknown PGKEEP_* variables as configuration
+// typos, and the e2e tests' pgkeep processes inherit the environment.)
+var binaries = map[Kind]struct{ env, name string }{
+	MinIO:   {"PGKEEP_TEST_MINIO", "minio"},
+	Versity: {"PGKEEP_TEST_VERSITYGW", "versitygw"},
+}
+
 // Binary finds the MinIO server binary: $PGKEEP_TEST_MINIO, `minio` on
 // PATH, ~/.cache/pgkeep/bin/minio (where `make deps` puts it), or
-// /work/cache/bin/minio. (The variable is PGKEEP_TEST_*, not PGKEEP_MINIO:
-// pgkeep rejects unknown PGKEEP_* variables as configuration typos, and the
-// e2e tests' pgkeep processes inherit the environment.)
-func Binary() (string, error) {
-	if p := os.Getenv("PGKEEP_TEST_MINIO"); p != "" {
+// /work/cache/bin/minio.
+func Binary() (string, error) { return KindBinary(MinIO) }
+
+// KindBinary finds the binary of a server kind, as Binary does for MinIO.
+func KindBinary(k Kind) (string, error) {
+	b, ok := binaries[k]
+	if !ok {
+		return "", fmt.Errorf("unknown S3 server kind %q", k)
+	}
+	if p := os.Getenv(b.env); p != "" {
 		return p, nil
 	}
-	if p, err := exec.LookPath("minio"); err == nil {
+	if p, err := exec.LookPath(b.name); err == nil {
 		return p, nil
 	}
 	var candidates []string
 	if home, err := os.UserHomeDir(); err == nil {
-		candidates = append(candidates, filepath.Join(home, ".cache/pgkeep/bin/minio"))
+		candidates = append(candidates, filepath.Join(home, ".cache/pgkeep/bin", b.name))
 	}
-	candidates = append(candidates, "/work/cache/bin/minio")
+	candidates = append(candidates, filepath.Join("/work/cache/bin", b.name))
 	for _, p := range candidates {
 		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
 			return p, nil
 		}
 	}
-	return "", errors.New("minio not found: run `make deps` (builds it into ~/.cache/pgkeep/bin) or set PGKEEP_TEST_MINIO to a minio binary")
+	return "", fmt.Errorf("%s not found: run `make deps` (builds it into ~/.cache/pgkeep/bin) or set %s to a %s binary", b.name, b.env, b.name)
 }
 
 // Start runs a fresh MinIO; t.Cleanup stops it and removes its data.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	bin, err := Binary()
+	return StartKind(t, MinIO)
+}
+
+// StartVersity runs a fresh versitygw; t.Cleanup stops it and removes its
+// data.
+func StartVersity(t testing.TB) *Server {
+	t.Helper()
+	return StartKind(t, Versity)
+}
+
+// StartKind runs a fresh server of kind k; t.Cleanup stops it and removes
+// its data.
+func StartKind(t testing.TB, k Kind) *Server {
+	t.Helper()
+	bin, err := KindBinary(k)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Not t.TempDir: tests may chmod their temp dirs, and this one must be
 	// removable at cleanup whatever happened.
-	dir, err := os.MkdirTemp("", "pgkeep-minio-")
+	dir, err := os.MkdirTemp("", "pgkeep-"+string(k)+"-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &Server{
+		Kind:      k,
 		AccessKey: "pgkeeptest",
 		SecretKey: "pgkeep-test-secret-key-do-not-log",
 		Region:    "us-east-1",
 		Dir:       dir,
 		bin:       bin,
-		logPath:   filepath.Join(dir, "minio.log"),
+		logPath:   filepath.Join(dir, string(k)+".log"),
 	}
 	t.Cleanup(func() {
 		s.kill()
 		os.RemoveAll(dir)
 	})
-	// The free port is released before MinIO binds it, so another process
-	// can take it in between: try a few.
+	// The free port is released before the server binds it, so another
+	// process can take it in between: try a few.
 	for attempt := 1; ; attempt++ {
 		if s.Port, err = testport.Free(); err != nil {
 			t.Fatal(err)
@@ -102,14 +151,14 @@ func Start(t testing.TB) *Server {
 			return s
 		}
 		if !errors.Is(err, errExited) || attempt == 3 {
-			t.Fatalf("%v\nminio log (%s):\n%s", err, s.logPath, s.logTail())
+			t.Fatalf("%v\n%s log (%s):\n%s", err, s.Kind, s.logPath, s.logTail())
 		}
 	}
 }
 
-var errExited = errors.New("minio exited")
+var errExited = errors.New("server exited")
 
-// start runs MinIO on s.Port and waits until it serves requests.
+// start runs the server on s.Port and waits until it serves requests.
 func (s *Server) start() error {
 	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -117,23 +166,15 @@ func (s *Server) start() error {
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "--- %s: starting on %s\n", time.Now().Format(time.RFC3339), s.Endpoint)
-	consolePort, err := testport.Free()
+	cmd, health, err := s.command()
 	if err != nil {
 		return err
 	}
-	console := fmt.Sprintf("127.0.0.1:%d", consolePort)
-	cmd := exec.Command(s.bin, "server", "--quiet",
-		"--address", fmt.Sprintf("127.0.0.1:%d", s.Port),
-		"--console-address", console,
-		filepath.Join(s.Dir, "data"))
-	cmd.Env = append(os.Environ(),
-		"MINIO_ROOT_USER="+s.AccessKey, "MINIO_ROOT_PASSWORD="+s.SecretKey,
-		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group, so Stop kills anything it spawned too.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start minio %s: %w", s.bin, err)
+		return fmt.Errorf("start %s %s: %w", s.Kind, s.bin, err)
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
@@ -142,7 +183,7 @@ func (s *Server) start() error {
 	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(readyTimeout)
 	for {
-		resp, err := client.Get(s.Endpoint + "/minio/health/live")
+		resp, err := client.Get(s.Endpoint + health)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -157,9 +198,42 @@ func (s *Server) start() error {
 		}
 		if time.Now().After(deadline) {
 			s.kill()
-			return fmt.Errorf("minio not ready on %s after %s", s.Endpoint, readyTimeout)
+			return fmt.Errorf("%s not ready on %s after %s", s.Kind, s.Endpoint, readyTimeout)
 		}
 	}
+}
+
+// command is the server's command line on s.Port (keys in the
+// environment, never in argv) and the path that answers 200 once it serves.
+func (s *Server) command() (*exec.Cmd, string, error) {
+	data := filepath.Join(s.Dir, "data")
+	addr := fmt.Sprintf("127.0.0.1:%d", s.Port)
+	switch s.Kind {
+	case MinIO:
+		consolePort, err := testport.Free()
+		if err != nil {
+			return nil, "", err
+		}
+		cmd := exec.Command(s.bin, "server", "--quiet",
+			"--address", addr,
+			"--console-address", fmt.Sprintf("127.0.0.1:%d", consolePort),
+			data)
+		cmd.Env = append(os.Environ(),
+			"MINIO_ROOT_USER="+s.AccessKey, "MINIO_ROOT_PASSWORD="+s.SecretKey,
+			"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1")
+		return cmd, "/minio/health/live", nil
+	case Versity:
+		// The posix backend serves each directory under data/ as a bucket.
+		if err := os.MkdirAll(data, 0o700); err != nil {
+			return nil, "", err
+		}
+		cmd := exec.Command(s.bin, "--port", addr, "--region", s.Region, "--health", "/health", "--quiet",
+			"posix", data)
+		cmd.Env = append(os.Environ(),
+			"ROOT_ACCESS_KEY_ID="+s.AccessKey, "ROOT_SECRET_ACCESS_KEY="+s.SecretKey)
+		return cmd, "/health", nil
+	}
+	return nil, "", fmt.Errorf("unknown S3 server kind %q", s.Kind)
 }
 
 func (s *Server) kill() {
@@ -175,6 +249,7 @@ func (s *Server) kill() {
 // connections. The data stays for Restart.
 func (s *Server) Stop(t testing.TB) {
 	t.Helper()
+	s.notProxy(t)
 	s.kill()
 	for i := 0; i < 100; i++ {
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", s.Port), 100*time.Millisecond)
@@ -184,16 +259,24 @@ func (s *Server) Stop(t testing.TB) {
 		c.Close()
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("minio still accepts connections on port %d after kill", s.Port)
+	t.Fatalf("%s still accepts connections on port %d after kill", s.Kind, s.Port)
 }
 
 // Restart starts the server again on the same port and data directory and
 // waits until it is ready.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
+	s.notProxy(t)
 	s.kill()
 	if err := s.start(); err != nil {
-		t.Fatalf("restart: %v\nminio log (%s):\n%s", err, s.logPath, s.logTail())
+		t.Fatalf("restart: %v\n%s log (%s):\n%s", err, s.Kind, s.logPath, s.logTail())
+	}
+}
+
+func (s *Server) notProxy(t testing.TB) {
+	t.Helper()
+	if s.IfNoneMatchStripped != nil {
+		t.Fatal("s3test: Stop and Restart the server behind a StripIfNoneMatch proxy, not the proxy")
 	}
 }
 
@@ -233,11 +316,14 @@ func (s *Server) Backend(t testing.TB, bucket, prefix string, o s3.Options) *s3.
 func (s *Server) CreateBucket(t testing.TB, name string) {
 	t.Helper()
 	if err := s.Backend(t, name, "", s3.Options{}).CreateBucket(context.Background()); err != nil {
-		t.Fatalf("create bucket %s: %v\nminio log:\n%s", name, err, s.logTail())
+		t.Fatalf("create bucket %s: %v\n%s log:\n%s", name, err, s.Kind, s.logTail())
 	}
 }
 
-// logTail is the end of MinIO's output, for failure messages.
+// LogTail is the end of the server's output, for failure messages.
+func (s *Server) LogTail() string { return s.logTail() }
+
+// logTail is the end of the server's output, for failure messages.
 func (s *Server) logTail() string {
 	data, err := os.ReadFile(s.logPath)
 	if err != nil {

@@ -11,3 +11,11 @@ func SetPreCheckSize(t interface{ Cleanup(func()) }, n int) {
 	preCheckSize = n
 	t.Cleanup(func() { preCheckSize = old })
 }
+
+// SetListPageSize makes every listing request ask for at most n keys until
+// the test ends.
+func SetListPageSize(t interface{ Cleanup(func()) }, n int32) {
+	old := listPageSize
+	listPageSize = n
+	t.Cleanup(func() { listPageSize = old })
+}

@@ -44,6 +44,11 @@ const (
 // taken: see Put. (A variable for tests.)
 var preCheckSize = 1 << 20
 
+// listPageSize is the MaxKeys of each listing request; 0 leaves it to the
+// server (1000 on AWS). (A variable for tests: small pages make every
+// listing page across "directories".)
+var listPageSize int32
+
 // Options configures the backend. Credentials are not among them: they
 // come only from the standard AWS chain (environment, shared files, roles),
 // so they never pass through pgkeep's configuration or messages.
@@ -638,7 +643,11 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(storage.Objec
 	if b.o.Prefix != "" {
 		strip = b.o.Prefix + "/"
 	}
-	p := s3.NewListObjectsV2Paginator(b.client, &s3.ListObjectsV2Input{Bucket: aws.String(b.o.Bucket), Prefix: aws.String(strip + prefix)})
+	in := &s3.ListObjectsV2Input{Bucket: aws.String(b.o.Bucket), Prefix: aws.String(strip + prefix)}
+	if listPageSize > 0 {
+		in.MaxKeys = aws.Int32(listPageSize)
+	}
+	p := s3.NewListObjectsV2Paginator(b.client, in)
 	for p.HasMorePages() {
 		pctx, cancel := context.WithTimeout(ctx, b.o.Timeout)
 		page, err := p.NextPage(pctx)

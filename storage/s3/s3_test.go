@@ -32,8 +32,20 @@ func newBucket(t *testing.T, srv *s3test.Server) string {
 	return bucket
 }
 
-func TestConformance(t *testing.T) {
-	srv := s3test.Start(t)
+// eachServer runs test against a fresh server of every kind (MinIO and
+// versitygw), as subtests named after the kind.
+func eachServer(t *testing.T, test func(t *testing.T, srv *s3test.Server)) {
+	for _, k := range s3test.Kinds {
+		t.Run(string(k), func(t *testing.T) { test(t, s3test.StartKind(t, k)) })
+	}
+}
+
+func TestConformance(t *testing.T) { eachServer(t, testConformance) }
+
+func testConformance(t *testing.T, srv *s3test.Server) {
+	// Listings in pages of 3 keys: continuation across "directories" (the
+	// posix backend of versitygw walks a directory tree) is checked too.
+	s3.SetListPageSize(t, 3)
 	var backends []*s3.Backend
 	storagetest.Run(t, 12<<20, func(t *testing.T) storage.Backend {
 		// 5 MiB parts: 12 MiB objects take the multipart path.
@@ -60,8 +72,9 @@ func pendingUploads(t *testing.T, b *s3.Backend) int {
 	return len(out.Uploads)
 }
 
-func TestPrefixAndString(t *testing.T) {
-	srv := s3test.Start(t)
+func TestPrefixAndString(t *testing.T) { eachServer(t, testPrefixAndString) }
+
+func testPrefixAndString(t *testing.T, srv *s3test.Server) {
 	bucket := newBucket(t, srv)
 	ctx := context.Background()
 	root := srv.Backend(t, bucket, "", s3.Options{})
@@ -101,8 +114,9 @@ func TestPrefixAndString(t *testing.T) {
 // TestServerDown: with the server gone, operations fail within the
 // configured timeout, the errors never show the secret key, and everything
 // works again once the server is back.
-func TestServerDown(t *testing.T) {
-	srv := s3test.Start(t)
+func TestServerDown(t *testing.T) { eachServer(t, testServerDown) }
+
+func testServerDown(t *testing.T, srv *s3test.Server) {
 	bucket := newBucket(t, srv)
 	b := srv.Backend(t, bucket, "", s3.Options{Timeout: 3 * time.Second, MaxAttempts: 3, PartSize: 5 << 20})
 	ctx := context.Background()
@@ -175,10 +189,11 @@ func read(t *testing.T, b storage.Backend, name string) string {
 	return string(data)
 }
 
-// TestMinIOConditionalWrites pins down, with the bare SDK, what the backend
-// relies on MinIO to do with If-None-Match: *.
-func TestMinIOConditionalWrites(t *testing.T) {
-	srv := s3test.Start(t)
+// TestConditionalWrites pins down, with the bare SDK, what the backend
+// relies on each server to do with If-None-Match: *.
+func TestConditionalWrites(t *testing.T) { eachServer(t, testConditionalWrites) }
+
+func testConditionalWrites(t *testing.T, srv *s3test.Server) {
 	bucket := newBucket(t, srv)
 	c := srv.Backend(t, bucket, "", s3.Options{MaxAttempts: 1}).Client()
 	ctx := context.Background()
@@ -280,8 +295,9 @@ func TestMinIOConditionalWrites(t *testing.T) {
 
 // TestIfAbsentLargeExisting: a large IfAbsent put on a taken name is refused
 // quickly, without uploading, and leaves no pending upload.
-func TestIfAbsentLargeExisting(t *testing.T) {
-	srv := s3test.Start(t)
+func TestIfAbsentLargeExisting(t *testing.T) { eachServer(t, testIfAbsentLargeExisting) }
+
+func testIfAbsentLargeExisting(t *testing.T, srv *s3test.Server) {
 	b := srv.Backend(t, newBucket(t, srv), "", s3.Options{PartSize: 5 << 20})
 	ctx := context.Background()
 	if err := b.Put(ctx, "seg", bytes.NewReader(random(16<<20)), storage.PutOptions{IfAbsent: true}); err != nil {
@@ -300,8 +316,9 @@ func TestIfAbsentLargeExisting(t *testing.T) {
 // TestPartBoundaries: an object of exactly one part is one PutObject, one of
 // exactly two parts a two-part upload (no empty third part), checked by the
 // ETag S3 gives multipart objects ("<md5 of md5s>-<parts>").
-func TestPartBoundaries(t *testing.T) {
-	srv := s3test.Start(t)
+func TestPartBoundaries(t *testing.T) { eachServer(t, testPartBoundaries) }
+
+func testPartBoundaries(t *testing.T, srv *s3test.Server) {
 	bucket := newBucket(t, srv)
 	const part = 5 << 20
 	b := srv.Backend(t, bucket, "", s3.Options{PartSize: part, Concurrency: 1})
@@ -332,8 +349,9 @@ func TestPartBoundaries(t *testing.T) {
 
 // TestIfAbsentLostAnswer: without the pre-check, MinIO's early 412 on a large
 // body mostly arrives as a connection reset; Put still reports ErrExists.
-func TestIfAbsentLostAnswer(t *testing.T) {
-	srv := s3test.Start(t)
+func TestIfAbsentLostAnswer(t *testing.T) { eachServer(t, testIfAbsentLostAnswer) }
+
+func testIfAbsentLostAnswer(t *testing.T, srv *s3test.Server) {
 	b := srv.Backend(t, newBucket(t, srv), "", s3.Options{PartSize: 32 << 20})
 	s3.SetPreCheckSize(t, 1<<40)
 	ctx := context.Background()
@@ -362,7 +380,10 @@ func random(n int) []byte {
 // failing midway: every other put completes with the right content, and
 // no buffer is leaked (puts after them still run).
 func TestPartBudgetSharedByConcurrentPuts(t *testing.T) {
-	srv := s3test.Start(t)
+	eachServer(t, testPartBudgetSharedByConcurrentPuts)
+}
+
+func testPartBudgetSharedByConcurrentPuts(t *testing.T, srv *s3test.Server) {
 	b := srv.Backend(t, newBucket(t, srv), "", s3.Options{PartSize: 5 << 20, Concurrency: 1})
 	data := make([]byte, 12<<20)
 	rand.Read(data)
