@@ -602,7 +602,11 @@ func (c *copier) writePacks(ctx context.Context, in <-chan encodedBlock) error {
 		}
 		if _, err := pw.Write(b.data); err != nil {
 			pw.CloseWithError(err)
-			<-result
+			// The write failed because the upload did: its error is the
+			// cause (ENOSPC, connection refused), not the closed pipe.
+			if perr := <-result; perr != nil {
+				err = perr
+			}
 			pw = nil
 			return fmt.Errorf("upload %s: %w", name, err)
 		}
