@@ -51,6 +51,9 @@ superuser or a role with pg_backup_start/pg_backup_stop and pg_read_all_settings
 			if checksumFailures != "error" && checksumFailures != "warn" {
 				return &configError{fmt.Sprintf("--checksum-failures %q: use error or warn", checksumFailures)}
 			}
+			if pgdata != "" && !filepath.IsAbs(pgdata) {
+				return &configError{fmt.Sprintf("--pgdata %q must be an absolute path", pgdata)}
+			}
 			ctx := cmd.Context()
 			r, err := openRepo(ctx, a.cfg)
 			if err != nil {
@@ -255,7 +258,13 @@ files that match the backup, rewrite the rest, delete extras) or --force (empty 
 				if !ok || k == "" || v == "" {
 					return &configError{fmt.Sprintf("--tablespace-map %q: use OID=DIRECTORY", kv)}
 				}
+				if !filepath.IsAbs(v) {
+					return &configError{fmt.Sprintf("--tablespace-map %q: the directory must be an absolute path", kv)}
+				}
 				o.TablespaceMap[k] = v
+			}
+			if !filepath.IsAbs(o.PGData) {
+				return &configError{fmt.Sprintf("--pgdata %q must be an absolute path", o.PGData)}
 			}
 			if err := o.Target.Validate(); err != nil {
 				return &configError{err.Error()}

@@ -217,6 +217,9 @@ func LoadConfig(path string, explicit bool, env []string) (Config, error) {
 			msg := strings.ReplaceAll(err.Error(), "\n", " ")
 			return cfg, &configError{fmt.Sprintf("config %s: %s", path, strings.TrimPrefix(msg, "yaml: "))}
 		}
+		if err := checkScalarTypes(path, data, &cfg); err != nil {
+			return cfg, err
+		}
 		cfg.source = "settings from " + path
 	case os.IsNotExist(err) && !explicit:
 		cfg.source = "no config file at " + path + ", so only defaults and PGKEEP_* variables apply"
@@ -338,8 +341,8 @@ func (c *Config) validate(path string) error {
 	bad := func(key, format string, args ...any) error {
 		return &configError{fmt.Sprintf("config %s: %s: %s", path, key, fmt.Sprintf(format, args...))}
 	}
-	if !strings.HasPrefix(c.Repository, "file://") && !strings.HasPrefix(c.Repository, "s3://") {
-		return bad("repository", "%q is not a file:///path or s3://bucket/prefix URL", c.Repository)
+	if err := checkRepositoryURL(c.Repository); err != nil {
+		return bad("repository", "%v", err)
 	}
 	if c.Compression.Level < 0 || c.Compression.Level > 22 {
 		return bad("compression.level", "%d is outside 0 (off) .. 22", c.Compression.Level)
@@ -370,6 +373,9 @@ func (c *Config) validate(path string) error {
 	}
 	if c.Encryption.PassphraseFile != "" && len(c.Encryption.Recipients) > 0 {
 		return bad("encryption", "set either recipients or passphrase_file, not both")
+	}
+	if c.PGData != "" && !filepath.IsAbs(c.PGData) {
+		return bad("pgdata", "%q is not an absolute path", c.PGData)
 	}
 	if c.Verify.CacheDir != "" && !filepath.IsAbs(c.Verify.CacheDir) {
 		return bad("verify.cache_dir", "%q is not an absolute path", c.Verify.CacheDir)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"filippo.io/age"
@@ -44,6 +45,9 @@ encryption.passphrase_file.`,
 			keys, err := loadKeys(a.cfg)
 			if err != nil {
 				return err
+			}
+			if pgdata != "" && !filepath.IsAbs(pgdata) {
+				return &configError{fmt.Sprintf("--pgdata %q must be an absolute path", pgdata)}
 			}
 			dir := pgdata
 			if dir == "" {

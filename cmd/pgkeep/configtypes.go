@@ -1,0 +1,92 @@
+package main
+
+import (
+	"fmt"
+	"net/url"
+	"reflect"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// checkScalarTypes refuses a YAML value that the decoder would convert
+// silently: yaml.v3 stores 1.5 in an int field as 1, so `wal.prefetch: 1.5`
+// became 1 without a word.
+func checkScalarTypes(path string, data []byte, into any) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil || len(doc.Content) == 0 {
+		return nil // the decoder reports syntax errors
+	}
+	return walkScalars(path, doc.Content[0], reflect.TypeOf(into).Elem(), "")
+}
+
+func walkScalars(path string, n *yaml.Node, t reflect.Type, key string) error {
+	switch {
+	case n.Kind == yaml.MappingNode && t.Kind() == reflect.Struct:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			name := n.Content[i].Value
+			f, ok := fieldByTag(t, name)
+			if !ok {
+				continue // unknown keys are the decoder's error
+			}
+			if err := walkScalars(path, n.Content[i+1], f.Type, joinKey(key, name)); err != nil {
+				return err
+			}
+		}
+	case n.Kind == yaml.ScalarNode && isInt(t) && n.Tag != "!!int" && n.Tag != "!!null":
+		return &configError{fmt.Sprintf("config %s: %s: %q is not a whole number (line %d)", path, key, n.Value, n.Line)}
+	}
+	return nil
+}
+
+func isInt(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return true
+	case reflect.Int64:
+		return t.String() != "time.Duration"
+	}
+	return false
+}
+
+func fieldByTag(t reflect.Type, name string) (reflect.StructField, bool) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); tag == name {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+func joinKey(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "." + b
+}
+
+// checkRepositoryURL refuses repository URLs pgkeep cannot open, as a
+// configuration error (exit 2) rather than a failed operation.
+func checkRepositoryURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a URL", s)
+	}
+	switch u.Scheme {
+	case "file":
+		if (u.Host != "" && u.Host != "localhost") || !strings.HasPrefix(u.Path, "/") {
+			return fmt.Errorf("%q: file URLs take an absolute path (file:///var/lib/pgkeep/repo)", s)
+		}
+	case "s3":
+		if u.Host == "" {
+			return fmt.Errorf("%q: s3 URLs name a bucket (s3://bucket/prefix)", s)
+		}
+		if u.User != nil {
+			return fmt.Errorf("repository URL must not contain credentials; use the AWS environment or shared credentials file")
+		}
+	default:
+		return fmt.Errorf("%q is not a file:///path or s3://bucket/prefix URL", s)
+	}
+	return nil
+}
