@@ -185,9 +185,12 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	}
 	defer hb.Stop()
 
-	files, dirs, tbs, err := dataDirContents(pgdata)
+	files, dirs, tbs, followed, err := dataDirContents(pgdata)
 	if err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
+	}
+	for _, l := range followed {
+		log.Warn("data directory entry is a symlink; backing up what it points to (the restore has a copy, not a link)", "link", l)
 	}
 	m := &repo.Manifest{Summary: repo.Summary{
 		ID: id, StartTime: start.UTC(), StartLSN: startLSN.String(),

@@ -48,11 +48,16 @@ type sourceFile struct {
 // dataDirContents lists what a backup of pgdata holds: files, directories
 // (so empty ones are recreated) and tablespaces (pg_tblspc symlinks, whose
 // targets are walked as pg_tblspc/<oid>/...).
-func dataDirContents(pgdata string) ([]sourceFile, []repo.Dir, []repo.Tablespace, error) {
-	var files []sourceFile
-	var dirs []repo.Dir
-	var tbs []repo.Tablespace
-	walk := func(root, prefix string) error {
+//
+// Any other symlink (a postgresql.conf linked from elsewhere, a linked log
+// directory) is followed: its target's content is backed up under the
+// link's name, so the restored cluster has the file, and the link is
+// reported in followed. It used to be left out silently, and a restored
+// cluster whose postgresql.conf was a link did not start.
+func dataDirContents(pgdata string) (files []sourceFile, dirs []repo.Dir, tbs []repo.Tablespace, followed []string, err error) {
+	seen := map[string]bool{}
+	var walk func(root, prefix string) error
+	walk = func(root, prefix string) error {
 		return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
 				if os.IsNotExist(err) {
@@ -89,7 +94,7 @@ func dataDirContents(pgdata string) ([]sourceFile, []repo.Dir, []repo.Tablespace
 					dirs = append(dirs, repo.Dir{Path: "pg_wal", Mode: 0o700}, repo.Dir{Path: "pg_wal/archive_status", Mode: 0o700})
 					return nil
 				}
-				return nil // other symlinks: not PostgreSQL's
+				return followLink(p, rel, &files, &dirs, &followed, seen, walk)
 			}
 			info, err := d.Info()
 			if err != nil {
@@ -122,16 +127,43 @@ func dataDirContents(pgdata string) ([]sourceFile, []repo.Dir, []repo.Tablespace
 		})
 	}
 	if err := walk(pgdata, ""); err != nil {
-		return nil, nil, nil, fmt.Errorf("read data directory: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("read data directory: %w", err)
 	}
 	for _, tb := range tbs {
 		if err := walk(tb.Location, "pg_tblspc/"+tb.OID); err != nil {
-			return nil, nil, nil, fmt.Errorf("read tablespace %s (%s): %w", tb.OID, tb.Location, err)
+			return nil, nil, nil, nil, fmt.Errorf("read tablespace %s (%s): %w", tb.OID, tb.Location, err)
 		}
 	}
 	files = dropUnlogged(files)
 	sort.Slice(files, func(i, j int) bool { return files[i].Rel < files[j].Rel })
-	return files, dirs, tbs, nil
+	return files, dirs, tbs, followed, nil
+}
+
+// followLink backs up what the symlink at p (rel in the backup) points to:
+// a file's content, or a directory's tree, once per target.
+func followLink(p, rel string, files *[]sourceFile, dirs *[]repo.Dir, followed *[]string, seen map[string]bool, walk func(root, prefix string) error) error {
+	target, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		return fmt.Errorf("%s is a symlink pgkeep cannot follow: %w", rel, err)
+	}
+	if seen[target] {
+		return fmt.Errorf("%s is a symlink to %s, which the backup already holds (a loop?)", rel, target)
+	}
+	seen[target] = true
+	info, err := os.Stat(target)
+	if err != nil {
+		return fmt.Errorf("%s -> %s: %w", rel, target, err)
+	}
+	*followed = append(*followed, rel+" -> "+target)
+	switch {
+	case info.Mode().IsRegular():
+		*files = append(*files, sourceFile{Rel: rel, Abs: target, Size: info.Size(), Mode: info.Mode().Perm()})
+		return nil
+	case info.IsDir():
+		*dirs = append(*dirs, repo.Dir{Path: rel, Mode: uint32(info.Mode().Perm())})
+		return walk(target, rel)
+	}
+	return fmt.Errorf("%s is a symlink to %s, which is neither a file nor a directory", rel, target)
 }
 
 // dropUnlogged leaves out every fork but the init fork of unlogged
