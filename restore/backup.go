@@ -658,8 +658,11 @@ func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, l
 	return closeOpen()
 }
 
-// quoteConf quotes a value for postgresql.conf.
-func quoteConf(v string) string { return "'" + strings.ReplaceAll(v, "'", "''") + "'" }
+// quoteConf quotes a value for postgresql.conf, where a backslash inside
+// quotes starts an escape.
+func quoteConf(v string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, "'", "''").Replace(v) + "'"
+}
 
 // writeRecoveryFiles writes backup_label, tablespace_map, the recovery
 // settings and the signal file.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"text/tabwriter"
@@ -200,15 +201,30 @@ func shellQuote(s string) string {
 }
 
 // restoreCommand is the restore_command a restored cluster gets: this very
-// binary, with the config file given on the command line, if any.
+// binary, with the absolute path of the config file this run read, however
+// it was named (--config, $PGKEEP_CONFIG or the default path): the
+// postmaster's environment need not have PGKEEP_CONFIG, and may even name
+// another file. Settings that came only from PGKEEP_* variables cannot be
+// carried without putting them (maybe secrets) on the command line, so
+// they are named in a warning.
 func (a *app) restoreCommand() string {
 	exe, err := os.Executable()
 	if err != nil {
 		exe = "pgkeep"
 	}
 	cmd := shellQuote(exe)
-	if a.configFlag != "" {
-		cmd += " --config " + shellQuote(a.configFlag)
+	if a.cfg.file != "" {
+		path := a.cfg.file
+		if abs, err := filepath.Abs(path); err == nil {
+			path = abs
+		}
+		cmd += " --config " + shellQuote(path)
+	} else {
+		a.log.Warn("no config file was read: the restored cluster's restore_command will use the defaults and the PGKEEP_* variables of the postmaster's environment", "path", a.configPath)
+	}
+	if len(a.cfg.fromEnv) > 0 {
+		a.log.Warn("settings from environment variables are not part of the restored cluster's restore_command; give the postmaster the same variables or move them into the config file",
+			"variables", strings.Join(a.cfg.fromEnv, ","))
 	}
 	return cmd + " wal-fetch %f %p"
 }

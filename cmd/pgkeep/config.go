@@ -48,6 +48,10 @@ type Config struct {
 	// from reading the wrong config (archive_command runs with
 	// PostgreSQL's environment, not the shell's).
 	source string
+	// file is the config file that was read ("" for none); fromEnv the
+	// PGKEEP_* variables that set keys.
+	file    string
+	fromEnv []string
 }
 
 type S3Config struct {
@@ -215,6 +219,7 @@ func LoadConfig(path string, explicit bool, env []string) (Config, error) {
 			return cfg, &configError{fmt.Sprintf("config %s: %s", path, strings.TrimPrefix(msg, "yaml: "))}
 		}
 		cfg.source = "settings from " + path
+		cfg.file = path
 	case os.IsNotExist(err) && !explicit:
 		cfg.source = "no config file at " + path + ", so only defaults and PGKEEP_* variables apply"
 	default:
@@ -287,6 +292,7 @@ func applyEnv(cfg *Config, env []string) error {
 			// The value is not echoed: it may be a secret.
 			return &configError{fmt.Sprintf("environment variable %s (key %s): %v", k, f.key, err)}
 		}
+		cfg.fromEnv = append(cfg.fromEnv, k)
 	}
 	return nil
 }

@@ -15,7 +15,7 @@ func TestExampleConfigIsCompleteAndDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.source = ""
+	cfg.source, cfg.file = "", ""
 	if !reflect.DeepEqual(cfg, defaultConfig()) {
 		// recipients: [] and endpoints: [] decode to empty, non-nil slices.
 		cfg.Encryption.Recipients = nil

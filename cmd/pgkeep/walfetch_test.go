@@ -1,6 +1,10 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,5 +54,29 @@ func TestFetchRetryTimeConfig(t *testing.T) {
 	}
 	if cfg, _ := LoadConfig("/nonexistent", false, nil); cfg.WAL.FetchRetryTime != 5*time.Minute {
 		t.Fatalf("default retry time %s", cfg.WAL.FetchRetryTime)
+	}
+}
+
+// restore_command names the config that was read, by absolute path, however
+// it was found; PGKEEP_* settings are not carried.
+func TestRestoreCommandConfig(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	if err := os.WriteFile("it's here.yml", []byte("repository: file:///srv/r\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PGKEEP_CONFIG", "it's here.yml")
+	t.Setenv("PGKEEP_WAL_PREFETCH", "3")
+	a := &app{}
+	if err := a.load(); err != nil {
+		t.Fatal(err)
+	}
+	got := a.restoreCommand()
+	want := " --config '" + filepath.Join(dir, "it'\\''s here.yml") + "' wal-fetch %f %p"
+	if !strings.HasSuffix(got, want) {
+		t.Fatalf("restore_command %q, want suffix %q", got, want)
+	}
+	if !reflect.DeepEqual(a.cfg.fromEnv, []string{"PGKEEP_WAL_PREFETCH"}) {
+		t.Fatalf("fromEnv %v", a.cfg.fromEnv)
 	}
 }
