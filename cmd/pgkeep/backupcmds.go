@@ -231,9 +231,10 @@ func (a *app) restoreCommand() string {
 
 func newRestoreCmd(a *app) *cobra.Command {
 	var (
-		o        restore.BackupOptions
-		target   string
-		tblspace []string
+		o           restore.BackupOptions
+		target      string
+		archiveMode string
+		tblspace    []string
 	)
 	cmd := &cobra.Command{
 		Use:   "restore",
@@ -243,18 +244,30 @@ func newRestoreCmd(a *app) *cobra.Command {
 recovery.signal (or standby.signal with --standby). Start PostgreSQL afterwards and it
 replays archived WAL up to the target.
 
+--archive-mode off writes archive_mode = off, for a copy (test, reporting, a
+rehearsal) that must never push a new timeline into the production repository once
+promoted; the default, preserve, keeps the backup's archive_mode, as a restore that
+replaces the production cluster needs.
+
 Without --backup, the newest backup that ended before the target is used. It refuses
 a data directory with a running postmaster, and a non-empty one unless --delta (keep
 files that match the backup, rewrite the rest, delete extras) or --force (empty it).`,
 		Example: `  pgkeep restore --pgdata /var/lib/postgresql/15/main
   pgkeep restore --pgdata /srv/pitr --target-time '2026-11-22 17:59:00+00' --target-action promote
   pgkeep restore --pgdata /var/lib/postgresql/15/main --delta --target-lsn 0/5000060
-  pgkeep restore --pgdata /srv/copy --backup 20261122T180000Z-1a2b --target immediate
+  pgkeep restore --pgdata /srv/copy --backup 20261122T180000Z-1a2b --target immediate --archive-mode off
   pgkeep restore --pgdata /srv/copy --tablespace-map 16400=/srv/copy-ts`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := a.load(); err != nil {
 				return err
+			}
+			switch archiveMode {
+			case "preserve":
+			case "off":
+				o.ArchiveModeOff = true
+			default:
+				return &configError{fmt.Sprintf("--archive-mode %q: use off or preserve", archiveMode)}
 			}
 			switch target {
 			case "":
@@ -289,6 +302,9 @@ files that match the backup, rewrite the rest, delete extras) or --force (empty 
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "restored backup %s into %s: %d files written, %d kept, %d removed, %s downloaded\n",
 				res.BackupID, o.PGData, res.FilesWritten, res.FilesKept, res.FilesRemoved, humanBytes(res.BytesDownloaded))
+			if !o.ArchiveModeOff && !o.Standby {
+				a.log.Info("archive_mode is kept from the backup: once promoted, the restored cluster archives like the original; restore a test copy with --archive-mode off")
+			}
 			return nil
 		},
 	}
@@ -304,6 +320,7 @@ files that match the backup, rewrite the rest, delete extras) or --force (empty 
 	f.StringVar(&o.Target.Timeline, "target-timeline", "", "latest (default), current or a timeline number")
 	f.BoolVar(&o.Target.Exclusive, "target-exclusive", false, "stop just before the target instead of just after it")
 	f.BoolVar(&o.Standby, "standby", false, "write standby.signal: start as a standby")
+	f.StringVar(&archiveMode, "archive-mode", "preserve", "preserve: keep the backup's archive_mode (a restore that replaces the cluster); off: write archive_mode = off (a test copy that must never archive into this repository)")
 	f.BoolVar(&o.Delta, "delta", false, "reuse files that match the backup; rewrite the rest, delete extras")
 	f.BoolVar(&o.Force, "force", false, "empty a non-empty data directory first")
 	f.StringArrayVar(&tblspace, "tablespace-map", nil, "OID=DIR: restore a tablespace somewhere else (repeatable)")
