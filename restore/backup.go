@@ -47,6 +47,10 @@ type BackupOptions struct {
 	Force bool
 	// RestoreCommand is written as restore_command.
 	RestoreCommand string
+	// ArchiveModeOff writes archive_mode = off (pgkeep restore
+	// --archive-mode off): a test copy that is promoted must never push its
+	// new timeline into the repository it came from.
+	ArchiveModeOff bool
 	// NoRecoveryConfig writes backup_label and tablespace_map but no
 	// recovery settings and no signal file: for Patroni's bootstrap, which
 	// writes its own recovery_conf (settings left in postgresql.auto.conf
@@ -745,8 +749,11 @@ func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, l
 	return closeOpen()
 }
 
-// quoteConf quotes a value for postgresql.conf.
-func quoteConf(v string) string { return "'" + strings.ReplaceAll(v, "'", "''") + "'" }
+// quoteConf quotes a value for postgresql.conf, where a backslash inside
+// quotes starts an escape.
+func quoteConf(v string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, "'", "''").Replace(v) + "'"
+}
 
 // writeRecoveryFiles writes backup_label, tablespace_map, the recovery
 // settings and the signal file.
@@ -776,7 +783,8 @@ func writeRecoveryFiles(o BackupOptions, m *repo.Manifest, tbl map[string]string
 	var kept []string
 	for _, line := range strings.Split(string(old), "\n") {
 		key := strings.TrimSpace(line)
-		if strings.HasPrefix(key, "restore_command") || strings.HasPrefix(key, "recovery_target") || strings.HasPrefix(key, "# pgkeep restore") {
+		if strings.HasPrefix(key, "restore_command") || strings.HasPrefix(key, "recovery_target") || strings.HasPrefix(key, "# pgkeep restore") ||
+			(o.ArchiveModeOff && strings.HasPrefix(key, "archive_mode")) {
 			continue
 		}
 		kept = append(kept, line)
@@ -788,6 +796,10 @@ func writeRecoveryFiles(o BackupOptions, m *repo.Manifest, tbl map[string]string
 	}
 	for _, kv := range o.Target.Settings() {
 		conf += kv[0] + " = " + quoteConf(kv[1]) + "\n"
+	}
+	if o.ArchiveModeOff {
+		// postgresql.auto.conf is read after postgresql.conf: this wins.
+		conf += "archive_mode = 'off'\n"
 	}
 	if err := writeFileSync(autoConf, []byte(conf), 0o600); err != nil {
 		return err

@@ -205,24 +205,40 @@ func shellQuote(s string) string {
 }
 
 // restoreCommand is the restore_command a restored cluster gets: this very
-// binary, with the config file given on the command line, if any.
+// binary, with the absolute path of the config file this run read, however
+// it was named (--config, $PGKEEP_CONFIG or the default path): the
+// postmaster's environment need not have PGKEEP_CONFIG, and may even name
+// another file. Settings that came only from PGKEEP_* variables cannot be
+// carried without putting them (maybe secrets) on the command line, so
+// they are named in a warning.
 func (a *app) restoreCommand() string {
 	exe, err := os.Executable()
 	if err != nil {
 		exe = "pgkeep"
 	}
 	cmd := shellQuote(exe)
-	if a.configFlag != "" {
-		cmd += " --config " + shellQuote(a.configFlag)
+	if a.cfg.file != "" {
+		path := a.cfg.file
+		if abs, err := filepath.Abs(path); err == nil {
+			path = abs
+		}
+		cmd += " --config " + shellQuote(path)
+	} else {
+		a.log.Warn("no config file was read: the restored cluster's restore_command will use the defaults and the PGKEEP_* variables of the postmaster's environment", "path", a.configPath)
+	}
+	if len(a.cfg.fromEnv) > 0 {
+		a.log.Warn("settings from environment variables are not part of the restored cluster's restore_command; give the postmaster the same variables or move them into the config file",
+			"variables", strings.Join(a.cfg.fromEnv, ","))
 	}
 	return cmd + " wal-fetch %f %p"
 }
 
 func newRestoreCmd(a *app) *cobra.Command {
 	var (
-		o        restore.BackupOptions
-		target   string
-		tblspace []string
+		o           restore.BackupOptions
+		target      string
+		archiveMode string
+		tblspace    []string
 	)
 	cmd := &cobra.Command{
 		Use:   "restore",
@@ -232,18 +248,30 @@ func newRestoreCmd(a *app) *cobra.Command {
 recovery.signal (or standby.signal with --standby). Start PostgreSQL afterwards and it
 replays archived WAL up to the target.
 
+--archive-mode off writes archive_mode = off, for a copy (test, reporting, a
+rehearsal) that must never push a new timeline into the production repository once
+promoted; the default, preserve, keeps the backup's archive_mode, as a restore that
+replaces the production cluster needs.
+
 Without --backup, the newest backup that ended before the target is used. It refuses
 a data directory with a running postmaster, and a non-empty one unless --delta (keep
 files that match the backup, rewrite the rest, delete extras) or --force (empty it).`,
 		Example: `  pgkeep restore --pgdata /var/lib/postgresql/15/main
   pgkeep restore --pgdata /srv/pitr --target-time '2026-11-22 17:59:00+00' --target-action promote
   pgkeep restore --pgdata /var/lib/postgresql/15/main --delta --target-lsn 0/5000060
-  pgkeep restore --pgdata /srv/copy --backup 20261122T180000Z-1a2b --target immediate
+  pgkeep restore --pgdata /srv/copy --backup 20261122T180000Z-1a2b --target immediate --archive-mode off
   pgkeep restore --pgdata /srv/copy --tablespace-map 16400=/srv/copy-ts`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := a.load(); err != nil {
 				return err
+			}
+			switch archiveMode {
+			case "preserve":
+			case "off":
+				o.ArchiveModeOff = true
+			default:
+				return &configError{fmt.Sprintf("--archive-mode %q: use off or preserve", archiveMode)}
 			}
 			switch target {
 			case "":
@@ -284,6 +312,9 @@ files that match the backup, rewrite the rest, delete extras) or --force (empty 
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "restored backup %s into %s: %d files written, %d kept, %d removed, %s downloaded\n",
 				res.BackupID, o.PGData, res.FilesWritten, res.FilesKept, res.FilesRemoved, humanBytes(res.BytesDownloaded))
+			if !o.ArchiveModeOff && !o.Standby {
+				a.log.Info("archive_mode is kept from the backup: once promoted, the restored cluster archives like the original; restore a test copy with --archive-mode off")
+			}
 			return nil
 		},
 	}
@@ -299,6 +330,7 @@ files that match the backup, rewrite the rest, delete extras) or --force (empty 
 	f.StringVar(&o.Target.Timeline, "target-timeline", "", "latest (default), current or a timeline number")
 	f.BoolVar(&o.Target.Exclusive, "target-exclusive", false, "stop just before the target instead of just after it")
 	f.BoolVar(&o.Standby, "standby", false, "write standby.signal: start as a standby")
+	f.StringVar(&archiveMode, "archive-mode", "preserve", "preserve: keep the backup's archive_mode (a restore that replaces the cluster); off: write archive_mode = off (a test copy that must never archive into this repository)")
 	f.BoolVar(&o.Delta, "delta", false, "reuse files that match the backup; rewrite the rest, delete extras")
 	f.BoolVar(&o.Force, "force", false, "empty a non-empty data directory first")
 	f.StringArrayVar(&tblspace, "tablespace-map", nil, "OID=DIR: restore a tablespace somewhere else (repeatable)")

@@ -50,6 +50,10 @@ type Config struct {
 	// from reading the wrong config (archive_command runs with
 	// PostgreSQL's environment, not the shell's).
 	source string
+	// file is the config file that was read ("" for none); fromEnv the
+	// PGKEEP_* variables that set keys.
+	file    string
+	fromEnv []string
 }
 
 type S3Config struct {
@@ -79,7 +83,14 @@ type WALConfig struct {
 	PushAhead        int `yaml:"push_ahead"`
 	Prefetch         int `yaml:"prefetch"`
 	CompressionLevel int `yaml:"compression_level"`
+	// FetchRetryTime is how long wal-fetch retries storage errors before it
+	// gives up (and, in archive recovery, stops recovery).
+	FetchRetryTime time.Duration `yaml:"fetch_retry_time"`
 }
+
+// MaxFetchRetryTime bounds wal.fetch_retry_time: PostgreSQL waits inside
+// restore_command all that time.
+const MaxFetchRetryTime = time.Hour
 
 // EtcdConfig is how to reach Patroni's etcd (v3 API). No endpoints means
 // pgkeep does not use etcd.
@@ -183,7 +194,7 @@ func defaultConfig() Config {
 		Compression:         CompressionConfig{Level: 3},
 		UploadConcurrency:   4,
 		DownloadConcurrency: 4,
-		WAL:                 WALConfig{PushAhead: 8, Prefetch: 8, CompressionLevel: 1},
+		WAL:                 WALConfig{PushAhead: 8, Prefetch: 8, CompressionLevel: 1, FetchRetryTime: 5 * time.Minute},
 		Etcd:                EtcdConfig{DialTimeout: 5 * time.Second},
 		Patroni:             PatroniConfig{Namespace: "/service/"},
 		Log:                 LogConfig{Level: "info", Format: "text"},
@@ -221,6 +232,7 @@ func LoadConfig(path string, explicit bool, env []string) (Config, error) {
 			return cfg, err
 		}
 		cfg.source = "settings from " + path
+		cfg.file = path
 	case os.IsNotExist(err) && !explicit:
 		cfg.source = "no config file at " + path + ", so only defaults and PGKEEP_* variables apply"
 	default:
@@ -293,6 +305,7 @@ func applyEnv(cfg *Config, env []string) error {
 			// The value is not echoed: it may be a secret.
 			return &configError{fmt.Sprintf("environment variable %s (key %s): %v", k, f.key, err)}
 		}
+		cfg.fromEnv = append(cfg.fromEnv, k)
 	}
 	return nil
 }
@@ -361,6 +374,9 @@ func (c *Config) validate(path string) error {
 	}
 	if c.WAL.Prefetch < 0 || c.WAL.Prefetch > 1024 {
 		return bad("wal.prefetch", "%d is outside 0..1024", c.WAL.Prefetch)
+	}
+	if c.WAL.FetchRetryTime < 0 || c.WAL.FetchRetryTime > MaxFetchRetryTime {
+		return bad("wal.fetch_retry_time", "%s is outside 0s..%s", c.WAL.FetchRetryTime, MaxFetchRetryTime)
 	}
 	if c.S3.Timeout <= 0 {
 		return bad("s3.timeout", "must be positive")

@@ -15,7 +15,7 @@ func TestExampleConfigIsCompleteAndDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.source = ""
+	cfg.source, cfg.file = "", ""
 	if !reflect.DeepEqual(cfg, defaultConfig()) {
 		// recipients: [] and endpoints: [] decode to empty, non-nil slices.
 		cfg.Encryption.Recipients = nil
@@ -49,6 +49,8 @@ func TestConfigErrors(t *testing.T) {
 		"compression:\n  level: 99\n":                             "compression.level",
 		"repository: ftp://x\n":                                   "repository",
 		"upload_concurrency: 0\n":                                 "upload_concurrency",
+		"wal:\n  fetch_retry_time: -1s\n":                         "wal.fetch_retry_time",
+		"wal:\n  fetch_retry_time: 48h\n":                         "wal.fetch_retry_time",
 		"s3: [\n":                                                 "c.yml",
 		"log:\n  level: loud\n":                                   "log.level",
 		"etcd:\n  endpoints: [127.0.0.1:2379]\n":                  "patroni.scope",

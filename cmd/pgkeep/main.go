@@ -16,13 +16,19 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// Exit codes (docs/cli.md). PostgreSQL treats 126 and above, and death by
-// signal, as fatal for archive and restore commands, so all stay below.
+// Exit codes (docs/wal.md). PostgreSQL treats 126 and above, and death by
+// signal, as fatal for archive and restore commands, so all stay below but
+// exitStopRecovery, which wal-fetch uses precisely for that.
 const (
 	exitOK       = 0
 	exitFailure  = 1 // the operation failed (wal-fetch: file not in the archive)
-	exitUsage    = 2 // bad flags or configuration; wal-fetch: any failure but "not found"
+	exitUsage    = 2 // bad flags or configuration; wal-fetch in standby mode: any failure but "not found"
 	exitNotFound = 1
+	// exitStopRecovery: wal-fetch could not get a file that may exist; in
+	// archive recovery PostgreSQL must stop (FATAL) rather than promote.
+	// Not 126 or 127, which PostgreSQL's log calls "command not
+	// executable" and "command not found".
+	exitStopRecovery = 255
 )
 
 // version is set by the linker (-X main.version=...).
@@ -72,13 +78,12 @@ func run(ctx context.Context, args []string) int {
 	var ee *exitError
 	code := exitFailure
 	quiet := false
-	if errors.As(err, &ee) {
-		code, quiet = ee.code, ee.quiet
-	} else if isUsageError(err) {
-		code = exitUsage
-	}
 	var ce *configError
-	if errors.As(err, &ce) {
+	switch {
+	case errors.As(err, &ee):
+		// The command chose its code (wal-fetch, for PostgreSQL).
+		code, quiet = ee.code, ee.quiet
+	case isUsageError(err), errors.As(err, &ce):
 		code = exitUsage
 	}
 	if !quiet {

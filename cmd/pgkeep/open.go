@@ -113,9 +113,18 @@ func openWALRepo(ctx context.Context, cfg Config) (*repo.Repository, error) {
 }
 
 func openRepoLevel(ctx context.Context, cfg Config, level int) (*repo.Repository, error) {
+	return openRepoWrapped(ctx, cfg, level, nil)
+}
+
+// openRepoWrapped is openRepoLevel with the backend wrapped by wrap (nil:
+// as is), e.g. to tell storage errors from the rest.
+func openRepoWrapped(ctx context.Context, cfg Config, level int, wrap func(storage.Backend) storage.Backend) (*repo.Repository, error) {
 	b, err := openBackend(ctx, cfg, false)
 	if err != nil {
 		return nil, err
+	}
+	if wrap != nil {
+		b = wrap(b)
 	}
 	keys, err := loadKeys(cfg)
 	if err != nil {

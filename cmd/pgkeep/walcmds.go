@@ -1,7 +1,7 @@
 package main
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/pgkeep/pgkeep/archive"
 	"github.com/pgkeep/pgkeep/pg"
+	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/restore"
 )
 
@@ -87,28 +88,48 @@ func newWALFetchCmd(a *app) *cobra.Command {
 		Use:   "wal-fetch NAME PATH",
 		Short: "Restore one archived WAL file (PostgreSQL's restore_command)",
 		Long: `wal-fetch writes the archived WAL file NAME to PATH (via a temporary file, fsynced,
-then renamed). Exit 1 without output means the file is not in the archive, which
-PostgreSQL expects while it probes for files; any other failure exits 2 with the
-cause.
+then renamed). Exit 1 without output means the repository answered that the file is
+not in the archive, which PostgreSQL expects while it probes for files.
+
+Storage errors are retried with backoff for wal.fetch_retry_time. A failure that
+remains (storage still down, wrong key, corrupt object, bad configuration) exits 2
+in standby mode (standby.signal: PostgreSQL retries by itself) and 255 otherwise,
+which makes PostgreSQL stop archive recovery with a FATAL error instead of taking
+the failure for the end of the archive and promoting early.
 
 When PATH is PostgreSQL's recovery file (pg_wal/RECOVERYXLOG), a background
 process fetches and verifies the next wal.prefetch segments of the timeline, so
 sequential recovery does not wait one round trip per segment.`,
 		Example: `  # postgresql.conf (or Patroni's recovery_conf)
   restore_command = 'pgkeep wal-fetch %f %p'`,
-		Args: cobra.ExactArgs(2),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := cobra.ExactArgs(2)(cmd, args); err != nil {
+				// Even a malformed restore_command must not read as "missing".
+				return &exitError{code: walFetchExitCode(restore.Failed, fetchMode("")), err: err}
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			name, dest := args[0], args[1]
+			mode := fetchMode(dest)
+			fail := func(err error) error {
+				o := restore.Classify(err)
+				if o == restore.Missing {
+					return &exitError{code: exitNotFound, err: err, quiet: true}
+				}
+				return &exitError{code: walFetchExitCode(o, mode), err: err}
+			}
 			if err := a.load(); err != nil {
-				return err
+				return fail(fmt.Errorf("fetch %s: %w", name, err))
 			}
 			lazyGC()
 			ctx := cmd.Context()
-			name, dest := args[0], args[1]
 			prefetchDir := ""
 			if a.cfg.WAL.Prefetch > 0 {
 				prefetchDir = restore.DefaultPrefetchDir(dest)
 			}
-			// A prefetched segment needs no repository: just a rename.
+			// A prefetched segment needs no repository: just a rename. A
+			// prefetch that failed left nothing: fetch it here.
 			if wf, err := pg.ParseWALFileName(name); err == nil && prefetchDir != "" && restore.ShouldPrefetch(wf, dest) {
 				if size, ok := restore.TakePrefetched(prefetchDir, name, dest, a.log); ok {
 					if needPrefetch(prefetchDir, a.cfg.WAL.Prefetch) {
@@ -119,19 +140,22 @@ sequential recovery does not wait one round trip per segment.`,
 					return nil
 				}
 			}
-			r, err := openRepo(ctx, a.cfg)
-			if err != nil {
-				return &exitError{code: exitUsage, err: fmt.Errorf("fetch %s: %w", name, err)}
+			// In standby mode PostgreSQL retries by itself (and may stream
+			// meanwhile): answer at once rather than hold it in here.
+			retry := a.cfg.WAL.FetchRetryTime
+			if mode == restore.ModeStandby {
+				retry = 0
 			}
-			res, err := restore.FetchWAL(ctx, r, restore.FetchOptions{
-				Name: name, Dest: dest, Logger: a.log,
-			})
-			if errors.Is(err, restore.ErrWALNotFound) {
-				a.log.Debug("not in the archive", "file", name)
-				return &exitError{code: exitNotFound, err: err, quiet: true}
+			open := func(ctx context.Context) (*repo.Repository, error) {
+				return openRepoWrapped(ctx, a.cfg, a.cfg.Compression.Level, restore.TagUnavailable)
 			}
+			res, err := restore.FetchWALRetry(ctx, open, restore.FetchOptions{Name: name, Dest: dest, Logger: a.log},
+				restore.RetryOptions{RetryTime: retry, Logger: a.log})
 			if err != nil {
-				return &exitError{code: exitUsage, err: err}
+				if restore.Classify(err) == restore.Missing {
+					a.log.Debug("not in the archive", "file", name)
+				}
+				return fail(err)
 			}
 			if prefetchDir != "" && restore.ShouldPrefetch(res.File, dest) && needPrefetch(prefetchDir, a.cfg.WAL.Prefetch) {
 				if err := a.startPrefetch(name, prefetchDir, res.Size); err != nil {
@@ -141,6 +165,39 @@ sequential recovery does not wait one round trip per segment.`,
 			return nil
 		},
 	}
+}
+
+// fetchMode is the recovery mode of the data directory dest is in (dest ""
+// or unknown: the current directory, where PostgreSQL runs
+// restore_command).
+func fetchMode(dest string) restore.RecoveryMode {
+	cwd, err := os.Getwd()
+	if err != nil {
+		return restore.ModeUnknown
+	}
+	if dest == "" {
+		return restore.DetectRecoveryMode(cwd)
+	}
+	return restore.DetectRecoveryMode(restore.DataDirOf(dest, cwd))
+}
+
+// walFetchExitCode is wal-fetch's exit status for a failed fetch.
+// PostgreSQL takes any status below 126 for "no such file": in archive
+// recovery that ends recovery and promotes, so only a repository's answer
+// may say so (1). Every other failure stops archive recovery (255, which
+// PostgreSQL makes FATAL) when it cannot be ridden out; in standby mode,
+// where PostgreSQL retries by itself and a FATAL would stop the standby,
+// it is 2. When the mode is unknown, stopping is the safe choice.
+func walFetchExitCode(o restore.Outcome, mode restore.RecoveryMode) int {
+	switch {
+	case o == restore.Fetched:
+		return exitOK
+	case o == restore.Missing:
+		return exitNotFound
+	case mode == restore.ModeStandby:
+		return exitUsage
+	}
+	return exitStopRecovery
 }
 
 // needPrefetch avoids starting a process per segment when the prefetch

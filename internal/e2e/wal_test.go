@@ -296,11 +296,22 @@ func TestFetchWrongKeyAndTruncatedObject(t *testing.T) {
 	wrong := filepath.Join(r.dir, "wrong.txt")
 	r.mustRun(t, "keygen", "--output", wrong)
 	env := append(append([]string{}, r.env...), "PGKEEP_ENCRYPTION_IDENTITY_FILE="+wrong)
-	dest := filepath.Join(pgtest.TempDir(t), "RECOVERYXLOG")
+	// A data directory in archive recovery: neither failure is "missing"
+	// (1), and both stop recovery (255) rather than end it.
+	datadir := pgtest.TempDir(t)
+	pgtest.MkdirFor(t, filepath.Join(datadir, "pg_wal"))
+	os.WriteFile(filepath.Join(datadir, "recovery.signal"), nil, 0o644)
+	dest := filepath.Join(datadir, "pg_wal", "RECOVERYXLOG")
 	res := runPgkeep(t, env, "", "wal-fetch", segs[0], dest)
-	if res.code != 2 || !strings.Contains(res.stderr, "wrong key") || strings.Count(strings.TrimSpace(res.stderr), "\n") != 0 {
+	if res.code != 255 || !strings.Contains(res.stderr, "wrong key") || strings.Count(strings.TrimSpace(res.stderr), "\n") != 0 {
 		t.Fatalf("wrong key: exit %d %q", res.code, res.stderr)
 	}
+	// The same in standby mode: 2, PostgreSQL retries and keeps running.
+	os.WriteFile(filepath.Join(datadir, "standby.signal"), nil, 0o644)
+	if res := runPgkeep(t, env, datadir, "wal-fetch", segs[0], "pg_wal/RECOVERYXLOG"); res.code != 2 || !strings.Contains(res.stderr, "wrong key") {
+		t.Fatalf("wrong key on a standby: exit %d %q", res.code, res.stderr)
+	}
+	os.Remove(filepath.Join(datadir, "standby.signal"))
 	if strings.Contains(res.stderr, "AGE-SECRET-KEY") {
 		t.Fatal("secret key in error output")
 	}
@@ -316,7 +327,7 @@ func TestFetchWrongKeyAndTruncatedObject(t *testing.T) {
 		t.Fatal(err)
 	}
 	res = runPgkeep(t, r.env, "", "wal-fetch", segs[1], dest)
-	if res.code != 2 || !strings.Contains(res.stderr, "corrupt or truncated") {
+	if res.code != 255 || !strings.Contains(res.stderr, "corrupt or truncated") {
 		t.Fatalf("truncated: exit %d %q", res.code, res.stderr)
 	}
 	assertNoFile(t, dest)

@@ -280,6 +280,31 @@ func (s *Server) notProxy(t testing.TB) {
 	}
 }
 
+// Pause stops the server process with SIGSTOP: the port still accepts
+// connections (the kernel queues them) but nothing answers, like a storage
+// that hangs. Resume continues it; t.Cleanup resumes it before the kill.
+func (s *Server) Pause(t testing.TB) {
+	t.Helper()
+	if s.cmd == nil {
+		t.Fatal("pause: minio is not running")
+	}
+	if err := syscall.Kill(-s.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("pause minio: %v", err)
+	}
+	t.Cleanup(func() { s.Resume(t) })
+}
+
+// Resume continues a paused server.
+func (s *Server) Resume(t testing.TB) {
+	t.Helper()
+	if s.cmd == nil {
+		return
+	}
+	if err := syscall.Kill(-s.cmd.Process.Pid, syscall.SIGCONT); err != nil {
+		t.Fatalf("resume minio: %v", err)
+	}
+}
+
 // Env is the AWS environment pgkeep needs to reach the server.
 func (s *Server) Env() []string {
 	return []string{
