@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/storage"
@@ -147,4 +148,29 @@ func OnTimelinePath(b Summary, tli uint32, history []pg.TimelineSwitch) bool {
 		}
 	}
 	return false
+}
+
+// NewestWAL returns the archived segment furthest along (highest timeline,
+// then segment number) and when the store received it; ok is false when
+// no segment is archived.
+func (r *Repository) NewestWAL(ctx context.Context) (pg.WALFile, time.Time, bool, error) {
+	var (
+		best pg.WALFile
+		at   time.Time
+		ok   bool
+	)
+	err := r.Backend.List(ctx, "wal/", func(o storage.ObjectInfo) error {
+		wf, err := pg.ParseWALFileName(o.Name[strings.LastIndexByte(o.Name, '/')+1:])
+		if err != nil || wf.Kind != pg.KindSegment {
+			return nil
+		}
+		if !ok || wf.Timeline > best.Timeline || (wf.Timeline == best.Timeline && wf.Name > best.Name) {
+			best, at, ok = wf, o.ModTime, true
+		}
+		return nil
+	})
+	if err != nil {
+		return best, at, false, fmt.Errorf("list WAL: %w", err)
+	}
+	return best, at, ok, nil
 }

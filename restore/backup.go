@@ -126,6 +126,7 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 	if err := checkBackupWAL(ctx, r, m); err != nil {
 		return res, fmt.Errorf("restore: %w", err)
 	}
+	warnTargetPastArchive(ctx, r, o.Target, log)
 	log.Info("restoring", "backup", m.ID, "pgdata", o.PGData, "stop_time", m.StopTime, "stop_lsn", m.StopLSN, "delta", o.Delta)
 
 	if o.Force && !o.Delta {
@@ -275,6 +276,23 @@ func onRecoveryPath(ctx context.Context, r *repo.Repository, backups []repo.Summ
 		return nil, fmt.Errorf("none of the %d backups is on the history of timeline %d that recovery follows (the newest is on timeline %d)", len(backups), tli, backups[len(backups)-1].Timeline)
 	}
 	return out, nil
+}
+
+// warnTargetPastArchive warns when a target time lies after the moment
+// the newest archived segment reached the repository: PostgreSQL will run
+// out of WAL before reaching it, and refuses to promote there.
+func warnTargetPastArchive(ctx context.Context, r *repo.Repository, t Target, log *slog.Logger) {
+	if t.Time == "" || t.time.IsZero() {
+		return
+	}
+	seg, at, ok, err := r.NewestWAL(ctx)
+	if err != nil || !ok {
+		return
+	}
+	if t.time.After(at) {
+		log.Warn("the target time is after the newest archived WAL reached the repository; recovery will likely end before the target and PostgreSQL will stop with 'recovery ended before configured recovery target was reached'",
+			"target_time", t.time.UTC(), "newest_segment", seg.Name, "archived_at", at.UTC())
+	}
 }
 
 const (

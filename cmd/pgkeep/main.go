@@ -160,6 +160,7 @@ func (a *app) load() error {
 	}
 	a.cfg = cfg
 	a.log = newLogger(cfg.Log)
+	warnFileModes(cfg, path, a.log)
 	setMemoryLimit(cfg)
 	return nil
 }

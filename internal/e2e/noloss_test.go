@@ -455,3 +455,48 @@ func slicesContains(s []string, v string) bool {
 	}
 	return false
 }
+
+// A symlinked postgresql.conf (and a symlinked directory) in the data
+// directory is backed up as what it points to, with a warning: it used to
+// be left out silently, and the restored cluster did not start. A target
+// time after the newest archived WAL gets a warning before the restore.
+func TestBackupFollowsSymlinksAndWarns(t *testing.T) {
+	r := newRepo(t, repoOpts{kind: "fs"})
+	c := archivingCluster(t, r)
+	conn := c.Conn(t)
+	c.Exec(t, conn, "CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text)")
+	insertBatch(t, conn, 1)
+	conn.Close(context.Background())
+	outside := pgtest.MkdirFor(t, filepath.Join(pgtest.TempDir(t), "etc"))
+	conf := filepath.Join(c.DataDir, "postgresql.conf")
+	moved := filepath.Join(outside, "postgresql.conf")
+	if err := os.Rename(conf, moved); err != nil {
+		t.Fatal(err)
+	}
+	os.Symlink(moved, conf)
+	extra := pgtest.MkdirFor(t, filepath.Join(outside, "conf.d"))
+	os.WriteFile(filepath.Join(extra, "note.conf"), []byte("# linked directory\n"), 0o600)
+	os.Symlink(extra, filepath.Join(c.DataDir, "conf.d"))
+	pgtest.Chown(t, outside)
+	res := runPgkeep(t, backupEnv(r, c), "", "backup")
+	if res.code != 0 || !strings.Contains(res.stderr, "is a symlink") || !strings.Contains(res.stderr, "postgresql.conf -> "+moved) {
+		t.Fatalf("backup with a symlinked postgresql.conf: exit %d %q", res.code, res.stderr)
+	}
+	restored := restoreAndStart(t, r, "--target", "immediate", "--target-action", "promote")
+	waitRecoveryDone(t, restored, false)
+	if got := batches(t, restored); got != "1 rows=500" {
+		t.Fatalf("restored: %s", got)
+	}
+	for _, p := range []string{"postgresql.conf", "conf.d/note.conf"} {
+		fi, err := os.Lstat(filepath.Join(restored.DataDir, p))
+		if err != nil || !fi.Mode().IsRegular() {
+			t.Fatalf("restored %s: %v %v", p, fi, err)
+		}
+	}
+
+	dir := pgtest.MkdirFor(t, filepath.Join(pgtest.TempDir(t), "future"))
+	res = r.run(t, "restore", "--pgdata", dir, "--target-time", time.Now().Add(48*time.Hour).UTC().Format(time.RFC3339))
+	if res.code != 0 || !strings.Contains(res.stderr, "target time is after the newest archived WAL") {
+		t.Fatalf("restore to a time past the archive: exit %d %q", res.code, res.stderr)
+	}
+}
