@@ -183,3 +183,35 @@ func TestCommitRefusesMissingPack(t *testing.T) {
 		t.Fatal("backup listed")
 	}
 }
+
+// A backup is on a timeline's path exactly when PostgreSQL would accept
+// it, including the history a rollback leaves (a fork below the forked
+// timeline's own beginning).
+func TestOnTimelinePath(t *testing.T) {
+	lsn := func(s string) pg.LSN { l, _ := pg.ParseLSN(s); return l }
+	h3 := []pg.TimelineSwitch{{Parent: 1, Switch: lsn("0/9000000")}, {Parent: 2, Switch: lsn("0/502E618")}}
+	h2 := h3[:1]
+	b := func(tli uint32, start, stop string) Summary {
+		return Summary{Timeline: tli, StartLSN: start, StopLSN: stop}
+	}
+	for _, c := range []struct {
+		b    Summary
+		tli  uint32
+		hist []pg.TimelineSwitch
+		want bool
+	}{
+		{b(1, "0/2000028", "0/2000100"), 3, h3, true},  // before the rollback target
+		{b(1, "0/6000028", "0/6000100"), 3, h3, false}, // after it: abandoned
+		{b(1, "0/6000028", "0/6000100"), 2, h2, true},  // but on timeline 2's path
+		{b(1, "0/8FFF000", "0/9000100"), 2, h2, false}, // consistent only past the switch
+		{b(2, "0/9100000", "0/9200000"), 3, h3, false}, // timeline 2 is hidden entirely
+		{b(3, "0/6000028", "0/6000100"), 3, h3, true},
+		{b(2, "0/9100000", "0/9200000"), 2, h2, true},
+		{b(1, "0/2000028", "0/2000100"), 1, nil, true},
+		{b(2, "0/2000028", "0/2000100"), 1, nil, false},
+	} {
+		if got := OnTimelinePath(c.b, c.tli, c.hist); got != c.want {
+			t.Errorf("backup %+v along timeline %d: %v, want %v", c.b, c.tli, got, c.want)
+		}
+	}
+}

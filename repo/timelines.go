@@ -132,22 +132,44 @@ func (r *Repository) TimelineHistory(ctx context.Context, tli uint32) ([]pg.Time
 }
 
 // OnTimelinePath reports whether a backup can be recovered along timeline
-// tli: it was taken on tli, or on an ancestor of tli and became consistent
-// (its stop LSN) no later than where tli's history left that ancestor.
+// tli: PostgreSQL refuses to start unless the timeline its history assigns
+// to the backup's WAL is the one the backup was taken on. Like
+// PostgreSQL's tliOfPointInHistory, a point belongs to the newest timeline
+// of the history whose range holds it: a timeline begins where the
+// previous line of the history switched, so a timeline that a rollback
+// forked below its own beginning (1 0/9000000, 2 0/502E618) hides the
+// older timeline's WAL past that point.
 func OnTimelinePath(b Summary, tli uint32, history []pg.TimelineSwitch) bool {
-	if b.Timeline == tli {
-		return true
-	}
-	stop, err := pg.ParseLSN(b.StopLSN)
-	if err != nil {
+	start, err1 := pg.ParseLSN(b.StartLSN)
+	stop, err2 := pg.ParseLSN(b.StopLSN)
+	if err1 != nil || err2 != nil {
 		return false
 	}
+	return TimelineOfPoint(start, tli, history) == b.Timeline &&
+		TimelineOfPoint(max(stop, 1)-1, tli, history) == b.Timeline
+}
+
+// TimelineOfPoint is the timeline that timeline tli's history assigns to
+// WAL position p (0 if none).
+func TimelineOfPoint(p pg.LSN, tli uint32, history []pg.TimelineSwitch) uint32 {
+	type span struct {
+		tli        uint32
+		begin, end pg.LSN // end 0: open
+	}
+	spans := make([]span, 0, len(history)+1)
+	var begin pg.LSN
 	for _, s := range history {
-		if s.Parent == b.Timeline {
-			return stop <= s.Switch
+		spans = append(spans, span{s.Parent, begin, s.Switch})
+		begin = s.Switch
+	}
+	spans = append(spans, span{tli, begin, 0})
+	for i := len(spans) - 1; i >= 0; i-- {
+		s := spans[i]
+		if p >= s.begin && (s.end == 0 || p < s.end) {
+			return s.tli
 		}
 	}
-	return false
+	return 0
 }
 
 // NewestWAL returns the archived segment furthest along (highest timeline,
