@@ -97,7 +97,9 @@ func encryptedRepo(t *testing.T, n int) *verifyFixture {
 	return &verifyFixture{root, r, id}
 }
 
-func (f *verifyFixture) path(name string) string { return filepath.Join(f.root, filepath.FromSlash(name)) }
+func (f *verifyFixture) path(name string) string {
+	return filepath.Join(f.root, filepath.FromSlash(name))
+}
 
 // tree lists every file of the repository with size, mode and content hash.
 func tree(t *testing.T, root string) string {
