@@ -658,10 +658,14 @@ func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, l
 	return closeOpen()
 }
 
-// quoteConf quotes a value for postgresql.conf: PostgreSQL's config lexer
-// takes a quoted string as '([^'\\\n]|\\.|”)*' and then reads \b \f \n \r
-// \t, octal and \<any> escapes, so a backslash, a quote and a line break
-// must be escaped or the line means something else, or nothing.
+// quoteConf quotes a value for postgresql.conf. PostgreSQL's config lexer
+// (guc-file.l) reads a quoted string as
+//
+//	'([^'\\\n]|\\.|'')*'
+//
+// and then takes \b \f \n \r \t, octal and backslash-anything escapes, so
+// a backslash, a quote and a line break must be escaped or the line means
+// something else, or nothing.
 func quoteConf(v string) string {
 	return "'" + confQuoter.Replace(v) + "'"
 }

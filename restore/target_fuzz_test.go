@@ -8,11 +8,13 @@ import (
 )
 
 // confLineRE is a postgresql.conf line as PostgreSQL's lexer (guc-file.l)
-// reads a quoted value: key = '([^'\\\n]|\\.|”)*'.
+// reads a quoted value:
+//
+//	key = '([^'\\\n]|\\.|'')*'
 var confLineRE = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_.]*) = '((?:[^'\\\n]|\\.|'')*)'$`)
 
-// pgUnquote is GUC_scanstr: ” is ', and \b \f \n \r \t, \ooo (octal) and
-// \<any other> are escapes.
+// pgUnquote is GUC_scanstr: two quotes are one, and \b \f \n \r \t, \ooo
+// (octal) and backslash-anything are escapes.
 func pgUnquote(s string) string {
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
