@@ -283,7 +283,7 @@ func TestVerifySwappedSummaryAndManifest(t *testing.T) {
 	sb, _ := os.ReadFile(f.path(summaryName(b)))
 	os.WriteFile(sa, sb, 0o640)
 	rep, _ := f.r.Verify(ctx, VerifyOptions{})
-	if len(rep.Problems) != 1 || rep.Problems[0].Backup != a || !strings.Contains(rep.Problems[0].What, "is backup "+b+"'s") {
+	if len(rep.Problems) != 1 || rep.Problems[0].Backup != a || !strings.Contains(rep.Problems[0].What, "names backup \""+b+"\"") {
 		t.Fatalf("swapped summary: %q", rep.Problems)
 	}
 	if _, err := f.r.ReadManifest(ctx, a); err == nil {
