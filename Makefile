@@ -16,7 +16,10 @@ LDFLAGS       := -s -w -X main.version=$(VERSION)
 export PGKEEP_TEST_MINIO := $(MINIO)
 export PGKEEP_TEST_VERSITYGW := $(VERSITYGW)
 
-.PHONY: all build test deps lint bench demo clean
+# Seconds each fuzz target runs in `make fuzz` (`make test` runs each for 3s).
+FUZZTIME      ?= 30s
+
+.PHONY: all build test deps lint bench demo clean fuzz
 
 all: build
 
@@ -40,6 +43,11 @@ lint:
 
 test: deps lint
 	$(GO) test -count=1 -timeout 25m ./...
+	FUZZTIME=3s GO=$(GO) bash scripts/fuzz.sh
+
+# Every fuzz target (scripts/fuzz.sh) for FUZZTIME each.
+fuzz:
+	FUZZTIME=$(FUZZTIME) GO=$(GO) bash scripts/fuzz.sh
 
 bench: build deps
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./repo/

@@ -167,7 +167,8 @@ func parseMember(name string, v []byte) Member {
 	var d memberData
 	dec := json.NewDecoder(bytes.NewReader(v))
 	dec.UseNumber()
-	if err := dec.Decode(&d); err != nil {
+	if err := dec.Decode(&d); err != nil || len(bytes.TrimSpace(v[dec.InputOffset():])) > 0 {
+		// Something after the object is not what Patroni writes either.
 		m.Malformed = true
 		return m
 	}

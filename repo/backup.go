@@ -10,7 +10,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -149,8 +152,27 @@ func (r *Repository) ReadStartRecord(ctx context.Context, id string) (StartRecor
 		return rec, err
 	}
 	defer rc.Close()
-	if err := json.NewDecoder(io.LimitReader(rc, 1<<16)).Decode(&rec); err != nil {
+	data, err := io.ReadAll(io.LimitReader(rc, 1<<16))
+	if err != nil {
 		return rec, fmt.Errorf("backup %s: start record: %w", id, err)
+	}
+	if rec, err = parseStartRecord(data); err != nil {
+		return rec, fmt.Errorf("backup %s: start record: %w", id, err)
+	}
+	return rec, nil
+}
+
+// parseStartRecord parses a started.json.
+func parseStartRecord(data []byte) (StartRecord, error) {
+	var rec StartRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return rec, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if _, err := pg.ParseLSN(rec.StartLSN); err != nil {
+		return rec, fmt.Errorf("%w: start_lsn: %v", ErrCorrupt, err)
+	}
+	if !pg.ValidSegmentSize(rec.SegmentSize) {
+		return rec, fmt.Errorf("%w: wal_segment_size %d", ErrCorrupt, rec.SegmentSize)
 	}
 	return rec, nil
 }
@@ -330,11 +352,17 @@ func (r *Repository) ReadSummary(ctx context.Context, id string) (Summary, error
 	if err != nil {
 		return s, fmt.Errorf("read backup %s: %w", id, err)
 	}
+	return parseSummary(id, data)
+}
+
+// parseSummary parses the summary stored as backup id's backup.json.
+func parseSummary(id string, data []byte) (Summary, error) {
+	var s Summary
 	if err := json.Unmarshal(data, &s); err != nil {
 		return s, fmt.Errorf("backup %s: summary is corrupt: %v", id, err)
 	}
 	if s.ID != id {
-		return s, fmt.Errorf("backup %s: its summary (%s) is backup %s's; refusing a swapped or copied backup.json", id, summaryName(id), s.ID)
+		return s, fmt.Errorf("backup %s: its summary (%s) names backup %q; refusing a swapped or copied backup.json", id, summaryName(id), s.ID)
 	}
 	return s, nil
 }
@@ -349,19 +377,77 @@ func (r *Repository) ReadManifest(ctx context.Context, id string) (*Manifest, er
 	if _, err := r.GetObject(ctx, manifestName(id), &buf); err != nil {
 		return nil, fmt.Errorf("backup %s: manifest: %w", id, err)
 	}
-	if !checkManifestSum(buf.Bytes(), s.ManifestSHA256) {
-		return nil, fmt.Errorf("backup %s: manifest does not match the summary's manifest_sha256 (%.12s…): it was changed or swapped; refusing to use it", id, s.ManifestSHA256)
+	m, err := parseManifest(buf.Bytes(), s)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// parseManifest parses a manifest's plain content and checks that it is
+// the one summary s names and that everything restore will use of it is
+// sound: paths stay inside the data directory, blocks name existing packs.
+func parseManifest(plain []byte, s Summary) (*Manifest, error) {
+	if !checkManifestSum(plain, s.ManifestSHA256) {
+		return nil, fmt.Errorf("manifest does not match the summary's manifest_sha256 (%.12s…): it was changed or swapped; refusing to use it", s.ManifestSHA256)
 	}
 	var m Manifest
-	if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
-		return nil, fmt.Errorf("backup %s: manifest: %w: %v", id, ErrCorrupt, err)
+	if err := json.Unmarshal(plain, &m); err != nil {
+		return nil, fmt.Errorf("manifest: %w: %v", ErrCorrupt, err)
 	}
 	if err := sameBackup(m.Summary, s); err != nil {
-		return nil, fmt.Errorf("backup %s: manifest does not belong to this backup: %w", id, err)
+		return nil, fmt.Errorf("manifest does not belong to this backup: %w", err)
+	}
+	if err := m.check(); err != nil {
+		return nil, fmt.Errorf("manifest: %w: %v", ErrCorrupt, err)
 	}
 	m.Summary.ManifestSHA256 = s.ManifestSHA256
 	m.Summary.StoredSize = s.StoredSize
 	return &m, nil
+}
+
+// check refuses what restore could not use safely.
+func (m *Manifest) check() error {
+	if len(m.Files) > 0 && (m.BlockSize <= 0 || m.BlockSize > 1<<30) {
+		return fmt.Errorf("block_size %d", m.BlockSize)
+	}
+	for _, p := range m.Packs {
+		if !strings.HasPrefix(p.Name, BackupPrefix(m.ID)+"pack/") || strings.Contains(p.Name, "..") || p.Size < 0 {
+			return fmt.Errorf("pack %q is not one of this backup's", p.Name)
+		}
+	}
+	for _, t := range m.Tablespaces {
+		if _, err := strconv.ParseUint(t.OID, 10, 32); err != nil || strings.TrimLeft(t.OID, "0123456789") != "" {
+			return fmt.Errorf("tablespace OID %q", t.OID)
+		}
+	}
+	for _, d := range m.Dirs {
+		if !localPath(d.Path) {
+			return fmt.Errorf("directory %q is not a path inside the data directory", d.Path)
+		}
+	}
+	for _, f := range m.Files {
+		if !localPath(f.Path) {
+			return fmt.Errorf("file %q is not a path inside the data directory", f.Path)
+		}
+		if f.Size < 0 {
+			return fmt.Errorf("%s: size %d", f.Path, f.Size)
+		}
+		for _, b := range f.Blocks {
+			if b.Pack < 0 || b.Pack >= len(m.Packs) || b.Offset < 0 || b.Length <= 0 || b.FileOffset < 0 || b.Size < 0 ||
+				b.Size > m.BlockSize || b.FileOffset > f.Size || b.Size > f.Size-b.FileOffset {
+				return fmt.Errorf("%s: block %+v does not fit the file or the packs", f.Path, b)
+			}
+		}
+	}
+	return nil
+}
+
+// localPath reports whether p is a clean, relative slash path that stays
+// below the directory it is joined to.
+func localPath(p string) bool {
+	return p != "" && p != "." && path.Clean(p) == p && !strings.HasPrefix(p, "/") &&
+		p != ".." && !strings.HasPrefix(p, "../") && !strings.ContainsRune(p, 0) && filepath.IsLocal(filepath.FromSlash(p))
 }
 
 // sameBackup checks that a manifest's copy of the summary describes the

@@ -49,10 +49,10 @@ type VerifyOptions struct {
 
 // WALStats counts the WAL objects verify checked.
 type WALStats struct {
-	Objects int // WAL objects in the repository
-	Read    int // read and decoded in full this time
-	Cached  int // unchanged since an earlier verify read them in full
-	Bad     int // with a problem
+	Objects int // WAL objects in the repository: Read + Cached
+	Read    int // read from storage this time
+	Cached  int // unchanged since an earlier verify read them in full and found them good
+	Bad     int // with a problem (of either kind)
 }
 
 // VerifyReport is what Verify found.

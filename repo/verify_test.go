@@ -199,7 +199,7 @@ func TestVerifyReadsWAL(t *testing.T) {
 	if len(rep.Problems) != len(want) {
 		t.Errorf("problems: %q", rep.Problems)
 	}
-	if rep.WAL != (WALStats{Objects: 8, Read: 0, Cached: 2, Bad: 6}) {
+	if rep.WAL != (WALStats{Objects: 8, Read: 6, Cached: 2, Bad: 6}) {
 		t.Errorf("stats with faults: %+v", rep.WAL)
 	}
 	if after := tree(t, f.root); after != before {
@@ -248,7 +248,7 @@ func TestVerifyCache(t *testing.T) {
 	f.r.PutObject(ctx, obj, fakeSegment(1, 3, vSysid+1), storage.PutOptions{IfAbsent: true})
 	os.Chtimes(f.path(obj), fi.ModTime(), fi.ModTime())
 	rep, _ := f.r.Verify(ctx, VerifyOptions{Cache: open()})
-	if rep.WAL != (WALStats{Objects: 4, Cached: 3, Bad: 1}) || len(problemsFor(rep, obj)) != 1 {
+	if rep.WAL != (WALStats{Objects: 4, Read: 1, Cached: 3, Bad: 1}) || len(problemsFor(rep, obj)) != 1 {
 		t.Fatalf("replaced object: %+v %q", rep.WAL, rep.Problems)
 	}
 	// A cache of another repository (same place, initialized again) is not used.
@@ -285,7 +285,7 @@ func TestVerifySwappedSummaryAndManifest(t *testing.T) {
 	sb, _ := os.ReadFile(f.path(summaryName(b)))
 	os.WriteFile(sa, sb, 0o640)
 	rep, _ := f.r.Verify(ctx, VerifyOptions{})
-	if len(rep.Problems) != 1 || rep.Problems[0].Backup != a || !strings.Contains(rep.Problems[0].What, "is backup "+b+"'s") {
+	if len(rep.Problems) != 1 || rep.Problems[0].Backup != a || !strings.Contains(rep.Problems[0].What, "names backup \""+b+"\"") {
 		t.Fatalf("swapped summary: %q", rep.Problems)
 	}
 	if _, err := f.r.ReadManifest(ctx, a); err == nil {

@@ -96,17 +96,17 @@ func (r *Repository) verifyWAL(ctx context.Context, a *WALArchive, want walExpec
 		case err != nil:
 			probs = append(probs, Problem{Object: name, What: err.Error()})
 		}
+		if res.cached {
+			stats.Cached++
+		} else {
+			stats.Read++
+		}
 		if err != nil {
 			stats.Bad++
 			if o.Cache != nil {
 				o.Cache.forget(name)
 			}
 			continue
-		}
-		if res.cached {
-			stats.Cached++
-		} else {
-			stats.Read++
 		}
 		if res.entry.SystemIdentifier != 0 {
 			sysids[res.entry.SystemIdentifier] = append(sysids[res.entry.SystemIdentifier], res.obj.file.Name)

@@ -767,10 +767,30 @@ func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, l
 	return closeOpen()
 }
 
-// quoteConf quotes a value for postgresql.conf, where a backslash inside
-// quotes starts an escape.
+// quoteConf quotes a value for postgresql.conf. PostgreSQL's config lexer
+// (guc-file.l) reads a quoted string as
+//
+//	'([^'\\\n]|\\.|'')*'
+//
+// and then takes \b \f \n \r \t, octal and backslash-anything escapes, so
+// a backslash, a quote and a line break must be escaped or the line means
+// something else, or nothing.
 func quoteConf(v string) string {
-	return "'" + strings.NewReplacer(`\`, `\\`, "'", "''").Replace(v) + "'"
+	return "'" + confQuoter.Replace(v) + "'"
+}
+
+var confQuoter = strings.NewReplacer(`\`, `\\`, "'", "''", "\n", `\n`, "\r", `\r`)
+
+// recoveryConfLines are the postgresql.auto.conf lines for a restore.
+func recoveryConfLines(restoreCommand string, t Target) []string {
+	var lines []string
+	if restoreCommand != "" {
+		lines = append(lines, "restore_command = "+quoteConf(restoreCommand))
+	}
+	for _, kv := range t.Settings() {
+		lines = append(lines, kv[0]+" = "+quoteConf(kv[1]))
+	}
+	return lines
 }
 
 // writeRecoveryFiles writes backup_label, tablespace_map, the recovery
@@ -809,11 +829,8 @@ func writeRecoveryFiles(o BackupOptions, m *repo.Manifest, tbl map[string]string
 	}
 	conf := strings.TrimRight(strings.Join(kept, "\n"), "\n") + "\n"
 	conf += fmt.Sprintf("# pgkeep restore of backup %s at %s\n", m.ID, time.Now().UTC().Format(time.RFC3339))
-	if o.RestoreCommand != "" {
-		conf += "restore_command = " + quoteConf(o.RestoreCommand) + "\n"
-	}
-	for _, kv := range o.Target.Settings() {
-		conf += kv[0] + " = " + quoteConf(kv[1]) + "\n"
+	for _, l := range recoveryConfLines(o.RestoreCommand, o.Target) {
+		conf += l + "\n"
 	}
 	if o.ArchiveModeOff {
 		// postgresql.auto.conf is read after postgresql.conf: this wins.

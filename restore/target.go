@@ -67,6 +67,9 @@ func (t *Target) Validate() error {
 		if err != nil {
 			return err
 		}
+		if y := tt.UTC().Year(); y < 1 || y > 9999 {
+			return fmt.Errorf("target time %q: year %d (UTC) is outside what PostgreSQL accepts", t.Time, y)
+		}
 		t.time = tt
 	}
 	if t.LSN != "" {
@@ -75,6 +78,12 @@ func (t *Target) Validate() error {
 			return fmt.Errorf("--target-lsn: %w", err)
 		}
 		t.lsn = l
+	}
+	if t.Name != "" {
+		// PostgreSQL refuses longer names (MAXFNAMELEN) and cannot read a NUL.
+		if len(t.Name) >= 64 || strings.ContainsRune(t.Name, 0) {
+			return fmt.Errorf("--target-name: a restore point name has at most 63 bytes and no NUL (got %d bytes)", len(t.Name))
+		}
 	}
 	if t.XID != "" {
 		if _, err := strconv.ParseUint(t.XID, 10, 64); err != nil {

@@ -299,7 +299,7 @@ func applyEnv(cfg *Config, env []string) error {
 	for _, k := range names {
 		f, ok := fields[k]
 		if !ok {
-			return &configError{fmt.Sprintf("environment variable %s is not a pgkeep setting", k)}
+			return &configError{fmt.Sprintf("environment variable %s is not a pgkeep setting", envName(k))}
 		}
 		if err := setField(f.v, vals[k]); err != nil {
 			// The value is not echoed: it may be a secret.
@@ -308,6 +308,16 @@ func applyEnv(cfg *Config, env []string) error {
 		cfg.fromEnv = append(cfg.fromEnv, k)
 	}
 	return nil
+}
+
+// envName is a variable name for a message: as is when it is a plain
+// name, quoted when it holds anything else (a line break would split the
+// one-line error).
+func envName(k string) string {
+	if strings.TrimLeft(k, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") == "" {
+		return k
+	}
+	return strconv.Quote(k)
 }
 
 func setField(v reflect.Value, s string) error {
