@@ -128,6 +128,7 @@ func TestFaultSuite(t *testing.T) {
 	t.Run("clock", f.clock)
 	t.Run("kill", f.kill)
 	t.Run("concurrent", f.concurrent)
+	t.Run("kill-backup", f.killBackup)
 }
 
 // storage: the repository down, unreadable or full, for each command.
@@ -701,5 +702,109 @@ func (f *faultFixture) concurrent(t *testing.T) {
 			}
 		}
 	})
-	_ = context.Background
+}
+
+// backupDirs is the set of backup IDs that have a directory in r.
+func backupDirs(r *testRepo) map[string]bool {
+	m := map[string]bool{}
+	entries, _ := os.ReadDir(filepath.Join(r.repoDir, "backups"))
+	for _, e := range entries {
+		m[e.Name()] = true
+	}
+	return m
+}
+
+// waitNewBackup waits until a backup not in known has written file.
+func waitNewBackup(t *testing.T, r *testRepo, known map[string]bool, file string) string {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		m, _ := filepath.Glob(filepath.Join(r.repoDir, "backups", "*", file))
+		for _, p := range m {
+			id := strings.Split(strings.TrimPrefix(p, filepath.Join(r.repoDir, "backups")+"/"), "/")[0]
+			if !known[id] {
+				return id
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Fatalf("no new backup wrote %s within a minute", file)
+	return ""
+}
+
+// killBackup: kill -9 of a backup right after its start record and while
+// it waits for its WAL (the kill after its first pack is in
+// TestBackupFaults). Each leaves an uncommitted backup that nothing lists
+// as complete; PostgreSQL is not left in backup mode (the next backup
+// works); delete keeps it while its heartbeat is fresh and removes it
+// afterwards.
+func (f *faultFixture) killBackup(t *testing.T) {
+	r, c := f.r, f.c
+	conn := c.Conn(t)
+	defer conn.Close(context.Background())
+	// Archiving is held off, so no killed backup can have committed.
+	c.Exec(t, conn, "ALTER SYSTEM SET archive_command = 'false'")
+	c.Exec(t, conn, "SELECT pg_reload_conf()")
+	released := false
+	release := func() {
+		if !released {
+			c.Exec(t, conn, "ALTER SYSTEM RESET archive_command")
+			c.Exec(t, conn, "SELECT pg_reload_conf()")
+			released = true
+		}
+	}
+	defer release()
+	completeBefore := countComplete(listBackups(t, r))
+	var killed []string
+	var lastKill time.Time
+	for _, stage := range []string{"after-start-record", "wal-wait"} {
+		t.Run(stage, func(t *testing.T) {
+			known := backupDirs(r)
+			before := objectSums(t, r.repoDir)
+			kill := startKillable(t, envWith(r.env, f.conn()...), "backup")
+			id := waitNewBackup(t, r, known, "started.json")
+			if stage == "wal-wait" {
+				waitInWALWait(t, c)
+			}
+			kill()
+			lastKill = time.Now()
+			killed = append(killed, id)
+			rows := listBackups(t, r)
+			if countComplete(rows) != completeBefore {
+				t.Errorf("a killed backup is listed complete: %+v", rows)
+			}
+			for _, b := range rows {
+				if b.ID == id && b.Status == "complete" {
+					t.Errorf("killed backup %s listed complete", id)
+				}
+			}
+			assertKept(t, "killed backup", before, objectSums(t, r.repoDir), func(n string) bool {
+				return strings.HasPrefix(n, "backups/"+id+"/") && failedBackupDebris(n)
+			})
+			dry := r.run(t, "delete", "--retain-full", "10", "--debris-min-age", "0s", "--dry-run")
+			if dry.code != 0 || strings.Contains(dry.stdout, id) {
+				t.Errorf("delete right after the kill would remove %s (its heartbeat is fresh): %q %q", id, dry.stdout, dry.stderr)
+			}
+		})
+	}
+	release()
+	t.Run("next-backup-and-debris", func(t *testing.T) {
+		id := takeBackup(t, r, c)
+		if v := r.run(t, "verify", id); v.code != 0 {
+			t.Errorf("verify of the backup after the kills: %s%s", v.stdout, v.stderr)
+		}
+		time.Sleep(time.Until(lastKill.Add(22 * time.Second))) // repo.RunningGrace and a margin
+		del := r.run(t, "delete", "--retain-full", "10", "--debris-min-age", "0s")
+		for _, k := range killed {
+			if del.code != 0 || !strings.Contains(del.stdout, "deleted incomplete backup "+k) {
+				t.Errorf("delete does not remove the killed backup %s: exit %d %q %q", k, del.code, del.stdout, del.stderr)
+			}
+		}
+		if rows := listBackups(t, r); countComplete(rows) != len(rows) || len(rows) != completeBefore+1 {
+			t.Errorf("after delete of the debris: %+v", rows)
+		}
+		if v := r.run(t, "verify"); v.code != 0 {
+			t.Errorf("verify after delete of the debris: %s%s", v.stdout, v.stderr)
+		}
+	})
 }
