@@ -127,6 +127,7 @@ func TestFaultSuite(t *testing.T) {
 	t.Run("names", f.names)
 	t.Run("clock", f.clock)
 	t.Run("kill", f.kill)
+	t.Run("sigterm/restore", f.sigtermRestore)
 	t.Run("concurrent", f.concurrent)
 	t.Run("kill-backup", f.killBackup)
 }
@@ -576,6 +577,39 @@ func startKillable(t *testing.T, env []string, args ...string) (kill func()) {
 	}
 }
 
+// startTermable starts pgkeep in the background; term sends SIGTERM and
+// returns the result and how long the command took to exit after it.
+func startTermable(t *testing.T, env []string, args ...string) (term func() (result, time.Duration)) {
+	t.Helper()
+	cmd := pgkeepCommand(t, env, args...)
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := false
+	t.Cleanup(func() {
+		if !done {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	return func() (result, time.Duration) {
+		cmd.Process.Signal(syscall.SIGTERM)
+		sent := time.Now()
+		timer := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() })
+		cmd.Wait()
+		timer.Stop()
+		done = true
+		took := time.Since(sent)
+		code := cmd.ProcessState.ExitCode()
+		if code < 0 {
+			code = 128 + int(cmd.ProcessState.Sys().(syscall.WaitStatus).Signal())
+		}
+		return result{code: code, stdout: so.String(), stderr: se.String()}, took
+	}
+}
+
 // waitPath waits until a file matching glob exists.
 func waitPath(t *testing.T, glob string, except string) {
 	t.Helper()
@@ -635,6 +669,20 @@ func (f *faultFixture) kill(t *testing.T) {
 			t.Errorf("restore after a kill: %v", err)
 		}
 	})
+}
+
+// sigtermRestore: a restore stopped with SIGTERM while it writes exits
+// within a second, says so in one line and leaves no cluster.
+func (f *faultFixture) sigtermRestore(t *testing.T) {
+	dir := emptyDirFor(t)
+	term := startTermable(t, f.r.env, "restore", "--pgdata", dir, "--backup", f.good)
+	waitPath(t, filepath.Join(dir, "base", "*"), "")
+	res, took := term()
+	assertFailed(t, "restore after SIGTERM", res, failed, "signal received")
+	if took > time.Second {
+		t.Errorf("restore took %s to stop after SIGTERM", took)
+	}
+	assertNoCluster(t, "restore after SIGTERM", dir)
 }
 
 func (f *faultFixture) concurrent(t *testing.T) {
@@ -787,6 +835,25 @@ func (f *faultFixture) killBackup(t *testing.T) {
 			}
 		})
 	}
+	t.Run("sigterm-wal-wait", func(t *testing.T) {
+		known := backupDirs(r)
+		term := startTermable(t, envWith(r.env, f.conn()...), "backup")
+		id := waitNewBackup(t, r, known, "started.json")
+		waitInWALWait(t, c)
+		res, took := term()
+		assertFailed(t, "backup after SIGTERM", res, failed, "signal received")
+		if took > time.Second {
+			t.Errorf("backup took %s to stop after SIGTERM", took)
+		}
+		if strings.TrimSpace(res.stdout) != "" {
+			t.Errorf("a stopped backup printed an ID: %q", res.stdout)
+		}
+		if _, err := os.Stat(filepath.Join(r.repoDir, "backups", id, "backup.json")); !os.IsNotExist(err) {
+			t.Errorf("a backup stopped by SIGTERM committed (%v)", err)
+		}
+		lastKill = time.Now()
+		killed = append(killed, id)
+	})
 	release()
 	t.Run("next-backup-and-debris", func(t *testing.T) {
 		id := takeBackup(t, r, c)
