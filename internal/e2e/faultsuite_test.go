@@ -180,6 +180,29 @@ func (f *faultFixture) storage(t *testing.T) {
 		}
 	})
 
+	t.Run("down/s3/backup-mid-run", func(t *testing.T) {
+		// A fresh S3 repository: the backup uploads its packs, then waits
+		// for WAL that only the fs repository gets; S3 stops meanwhile.
+		br := newRepo(t, repoOpts{kind: "s3", encrypted: true, s3: f.srv})
+		done := make(chan result, 1)
+		go func() { done <- runPgkeep(t, envWith(br.env, f.conn()...), "", "backup", "--wal-timeout", "90s") }()
+		waitInWALWait(t, f.c)
+		f.srv.Stop(t)
+		stopped := time.Now()
+		res := <-done
+		took := time.Since(stopped)
+		f.srv.Restart(t)
+		assertFailed(t, "backup with S3 stopped mid-run", res, failed, "connection refused")
+		if took > 45*time.Second {
+			t.Errorf("backup noticed S3 down only after %s", took)
+		}
+		if strings.TrimSpace(res.stdout) != "" {
+			t.Errorf("a failed backup printed an ID: %q", res.stdout)
+		}
+		if rows := listBackups(t, br); countComplete(rows) != 0 {
+			t.Errorf("after S3 went down mid-backup: %+v", rows)
+		}
+	})
 	t.Run("unreadable", func(t *testing.T) {
 		t.Run("wal-push", func(t *testing.T) {
 			wr := newRepo(t, repoOpts{kind: "fs", encrypted: true})
