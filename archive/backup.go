@@ -331,7 +331,7 @@ func waitForWAL(ctx context.Context, r *repo.Repository, first, last string, seg
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return context.Cause(ctx) // "terminated signal received", not "context canceled"
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 200*time.Millisecond)
