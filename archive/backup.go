@@ -178,12 +178,27 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	}); err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
-	// Tells a concurrent delete the backup is running (repo/running.go).
+	// Tells a concurrent delete the backup is running (repo/running.go);
+	// a backup that fails says so, so its debris need not age first.
 	hb, err := r.StartHeartbeat(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
-	defer hb.Stop()
+	committed := false
+	defer func() {
+		hb.Stop()
+		if !committed {
+			cause := errors.New("backup did not complete")
+			if ctx.Err() != nil {
+				cause = context.Cause(ctx)
+			}
+			mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if err := r.MarkBackupFailed(mctx, id, cause); err != nil {
+				log.Warn("could not mark the failed backup as failed; delete removes its debris once its heartbeat is stale", "id", id, "err", err)
+			}
+		}
+	}()
 
 	files, dirs, tbs, followed, err := dataDirContents(pgdata)
 	if err != nil {
@@ -250,6 +265,7 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	if err := r.CommitBackup(ctx, m); err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
+	committed = true
 	log.Info("backup complete", "id", id, "files", len(m.Files), "data_bytes", m.DataSize,
 		"stored_bytes", m.StoredSize, "start_lsn", m.StartLSN, "stop_lsn", m.StopLSN, "seconds", time.Since(start).Seconds())
 	return m, nil

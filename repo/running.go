@@ -29,7 +29,17 @@ const (
 	RunningGrace      = 4 * HeartbeatInterval
 )
 
-func aliveName(id string) string { return BackupPrefix(id) + "alive" }
+func aliveName(id string) string  { return BackupPrefix(id) + "alive" }
+func failedName(id string) string { return BackupPrefix(id) + "failed" }
+
+// MarkBackupFailed records that backup id stopped without committing and
+// will never commit, so a delete need not wait for its heartbeat to age.
+// Only the backup itself writes it, after its heartbeat stopped.
+func (r *Repository) MarkBackupFailed(ctx context.Context, id string, cause error) error {
+	host, _ := os.Hostname()
+	data, _ := json.Marshal(map[string]any{"host": host, "time": time.Now().UTC(), "error": cause.Error()})
+	return r.Backend.Put(ctx, failedName(id), bytes.NewReader(data), storage.PutOptions{})
+}
 
 // Heartbeat keeps a running backup visible as running.
 type Heartbeat struct {
@@ -128,6 +138,9 @@ func (r *Repository) storeNow(ctx context.Context) (time.Time, error) {
 // lastSign is when an uncommitted backup last showed it was alive: its
 // heartbeat, or for backups made before heartbeats, its newest object.
 func (r *Repository) lastSign(ctx context.Context, id string) (time.Time, error) {
+	if _, err := r.Backend.Stat(ctx, failedName(id)); err == nil {
+		return time.Time{}, nil // ended for good: debris at once
+	}
 	info, err := r.Backend.Stat(ctx, aliveName(id))
 	if err == nil {
 		return info.ModTime, nil

@@ -191,6 +191,8 @@ func TestBackupFaults(t *testing.T) {
 		if complete != 1 || len(rows) != 2 {
 			t.Fatalf("after kill: %+v", rows)
 		}
+		// A killed backup's heartbeat keeps it "running" for 20 s.
+		ageDebris(t, r)
 		dry := r.run(t, "delete", "--retain-full", "1", "--debris-min-age", "0s", "--dry-run")
 		if dry.code != 0 || !strings.Contains(dry.stdout, "would delete incomplete backup") {
 			t.Fatalf("dry run: %q %q", dry.stdout, dry.stderr)

@@ -500,3 +500,23 @@ func TestBackupFollowsSymlinksAndWarns(t *testing.T) {
 		t.Fatalf("restore to a time past the archive: exit %d %q", res.code, res.stderr)
 	}
 }
+
+// ageDebris sets the files of every uncommitted backup of the fs
+// repository r back by a minute: as if the killed backup's heartbeat had
+// stopped long enough ago for delete to take it for abandoned.
+func ageDebris(t *testing.T, r *testRepo) {
+	t.Helper()
+	dirs, _ := filepath.Glob(filepath.Join(r.repoDir, "backups", "*"))
+	old := time.Now().Add(-time.Minute)
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "backup.json")); err == nil {
+			continue
+		}
+		filepath.Walk(d, func(p string, fi os.FileInfo, err error) error {
+			if err == nil && !fi.IsDir() {
+				os.Chtimes(p, old, old)
+			}
+			return nil
+		})
+	}
+}
