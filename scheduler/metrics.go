@@ -48,7 +48,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		bytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricBytes,
 			Help: "Bytes the job's last successful run on this node stored (backups: database size)."}, []string{"job_name"}),
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricRuns,
-			Help: "Runs of the job on this node by result (succeeded, failed, aborted, discarded)."}, []string{"job_name", "result"}),
+			Help: "Runs of the job on this node by result (succeeded, failed, aborted, interrupted, unrecorded)."}, []string{"job_name", "result"}),
 		held: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricHeld,
 			Help: "1 while this node holds the job's lock (runs it), else 0."}, []string{"job_name"}),
 		etcdUp: prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricEtcdUp,
@@ -78,7 +78,7 @@ func (m *Metrics) initJob(job string) {
 		return
 	}
 	m.held.WithLabelValues(job).Set(0)
-	for _, r := range []string{StatusSucceeded, StatusFailed, StatusAborted, StatusDiscarded} {
+	for _, r := range []string{StatusSucceeded, StatusFailed, StatusAborted, StatusInterrupted, StatusUnrecorded} {
 		m.runs.WithLabelValues(job, r)
 	}
 }

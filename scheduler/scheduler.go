@@ -8,11 +8,17 @@
 //   - the first eligible member takes the etcd lock <J>/<unix T> (a key on
 //     a lease, ha.TryLock) and runs the job while it holds it; a lost lock
 //     or a topology that no longer allows this member cancels the run;
-//   - a run's result becomes final only through ha.Lock.Create of the
-//     record runs/<J>/<unix T>: one transaction that needs the lock still
-//     held and no such record yet. A result that cannot be recorded is
-//     discarded (Runner.Discard deletes the backup), so each scheduled time
-//     ends with at most one completed run;
+//   - the repository, not etcd, says for sure whether T has its backup:
+//     a backup is committed only with a claim of J@T in the repository
+//     (create-if-absent), so at most one is ever committed per scheduled
+//     time, even by a holder that lost its lock or a daemon on a stale
+//     etcd. Before running, the holder asks the Runner (Find) whether the
+//     repository already has T's result, and records that one instead;
+//   - the record runs/<J>/<unix T> is written through ha.Lock.Create: one
+//     transaction that needs the lock still held and no such record yet.
+//     A result that could not be recorded (lock lost, etcd unreachable
+//     past the record's own deadline) is not undone: the next attempt
+//     finds it with Find and records it;
 //   - the other eligible members poll; once they have seen neither the
 //     lock nor the final record for TakeoverTimeout they take the lock
 //     and run the job themselves (the holder died, or never started);
@@ -52,10 +58,19 @@ const (
 	// StatusAborted: stopped by the daemon's shutdown; does not count as
 	// an attempt.
 	StatusAborted = "aborted"
-	// StatusDiscarded: the run finished but its lock was lost before its
-	// result was recorded, so the result (backup) was deleted.
-	StatusDiscarded = "discarded"
+	// StatusUnrecorded: the run finished (its backup is committed) but
+	// its record could not be written under the lock; the next attempt
+	// finds the result in the repository and records it.
+	StatusUnrecorded = "unrecorded"
+	// StatusInterrupted: the run stopped because its lock was lost (etcd
+	// unreachable for the lock's TTL); not counted as an attempt.
+	StatusInterrupted = "interrupted"
 )
+
+// ErrAlreadyDone is wrapped by a Runner's error when the scheduled time
+// turned out to have its result already (another run committed a backup
+// for it first); the scheduler then records that result (Find).
+var ErrAlreadyDone = errors.New("the scheduled time already has its result")
 
 // Job is one scheduled job.
 type Job struct {
@@ -83,14 +98,20 @@ type Job struct {
 type Result struct {
 	BackupID string
 	Bytes    int64
+	// Started and Finished are the run's times when Find reports a result
+	// of an earlier run (zero: unknown).
+	Started, Finished time.Time
 }
 
 // Runner does the work of a job. Run must stop and clean up promptly when
-// ctx is done (the lock was lost, the topology changed, or shutdown).
-// Discard undoes a successful run whose result could not be recorded.
+// ctx is done (the lock was lost, the topology changed, or shutdown); a
+// run of a backup job commits its backup only as the one backup of its
+// scheduled time (else an error wrapping ErrAlreadyDone). Find reports
+// the result the repository already holds for a scheduled time (found
+// false when none, and always for jobs that leave no trace there).
 type Runner interface {
 	Run(ctx context.Context, job Job, scheduled time.Time) (Result, error)
-	Discard(ctx context.Context, job Job, res Result) error
+	Find(ctx context.Context, job Job, scheduled time.Time) (res Result, found bool, err error)
 }
 
 // Run is the record of one run, stored in etcd.
@@ -108,6 +129,10 @@ type Run struct {
 	Bytes           int64     `json:"bytes"`
 	Error           string    `json:"error,omitempty"`
 	Attempt         int       `json:"attempt"`
+	// Adopted is true when the recording daemon did not run the job but
+	// found the scheduled time's result in the repository (a run whose
+	// own record could not be written); Node is then the recorder.
+	Adopted bool `json:"adopted,omitempty"`
 	// NextAttempt is when a failed attempt may be retried (attempt records).
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 }
@@ -137,6 +162,8 @@ type Options struct {
 	KeepRecords int
 	Metrics     *Metrics
 	Logger      *slog.Logger
+	// Clock is this machine's clock (default time.Now); tests skew it.
+	Clock func() time.Time
 }
 
 // Scheduler runs jobs; see the package documentation.
@@ -189,6 +216,9 @@ func New(o Options) (*Scheduler, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
 	}
 	s := &Scheduler{o: o, log: o.Logger}
 	seen := map[string]bool{}
@@ -368,6 +398,9 @@ func index(names []string, name string) int {
 	return -1
 }
 
+// now is this daemon's clock (Options.Clock).
+func (s *Scheduler) now() time.Time { return s.o.Clock() }
+
 // bg is a context for recording and releasing after shutdown began.
 func (s *Scheduler) bg() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 10*time.Second)
@@ -399,23 +432,45 @@ func (s *Scheduler) runLocked(ctx context.Context, log *slog.Logger, j scheduled
 	if m, ok := view.Member(s.o.Member); ok {
 		role, start = m.Role, m
 	}
-	rec := Run{Job: j.Name, Kind: j.Kind, Scheduled: t, Node: s.o.Member, Role: role, Attempt: att.Attempt + 1, Started: time.Now().UTC()}
+	rec := Run{Job: j.Name, Kind: j.Kind, Scheduled: t, Node: s.o.Member, Role: role, Attempt: att.Attempt + 1, Started: s.now().UTC()}
 	log = log.With("attempt", rec.Attempt)
-	log.Info("job starting", "role", role)
 
-	runCtx, cancel := context.WithCancelCause(ctx)
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		s.watch(runCtx, cancel, j, lock, start)
-	}()
-	res, runErr := s.o.Runner.Run(runCtx, j.Job, t)
-	if runErr == nil && runCtx.Err() != nil && context.Cause(runCtx) == errLockLost {
-		runErr = errLockLost
+	// The repository, not etcd, knows for sure whether this time has its
+	// result: a run whose record was lost (its lock expired while etcd was
+	// unreachable) may have committed it.
+	res, found, runErr := s.o.Runner.Find(ctx, j.Job, t)
+	if runErr == nil && found {
+		return s.adopt(log, j, t, lock, rec, res)
 	}
-	cancel(nil)
-	<-watchDone
-	rec.Finished = time.Now().UTC()
+	if runErr == nil {
+		log.Info("job starting", "role", role)
+		runCtx, cancel := context.WithCancelCause(ctx)
+		watchDone := make(chan struct{})
+		go func() {
+			defer close(watchDone)
+			s.watch(runCtx, cancel, j, lock, start)
+		}()
+		res, runErr = s.o.Runner.Run(runCtx, j.Job, t)
+		if runErr != nil && context.Cause(runCtx) == errLockLost {
+			runErr = fmt.Errorf("%w: %w", errLockLost, runErr)
+		}
+		cancel(nil)
+		<-watchDone
+	}
+	if errors.Is(runErr, ErrAlreadyDone) {
+		// Another run committed this time's backup first (it lost its
+		// lock, or runs against another etcd): that one is the result.
+		log.Warn("job result not kept: the scheduled time already has its result in the repository", "err", runErr)
+		fres, ffound, ferr := s.o.Runner.Find(ctx, j.Job, t)
+		if ferr == nil && ffound {
+			return s.adopt(log, j, t, lock, rec, fres)
+		}
+		if ferr == nil {
+			ferr = errors.New("not found again")
+		}
+		runErr = fmt.Errorf("%w (reading that result: %w)", runErr, ferr)
+	}
+	rec.Finished = s.now().UTC()
 	rec.DurationSeconds = rec.Finished.Sub(rec.Started).Seconds()
 	rec.BackupID, rec.Bytes = res.BackupID, res.Bytes
 
@@ -423,48 +478,91 @@ func (s *Scheduler) runLocked(ctx context.Context, log *slog.Logger, j scheduled
 	defer rcancel()
 	if runErr == nil {
 		rec.Status = StatusSucceeded
-		err := s.create(rctx, lock, RecordName(j.Name, t), rec)
-		if err == nil {
+		if err := s.record(lock, RecordName(j.Name, t), rec); err != nil {
+			rec.Status = StatusUnrecorded
 			s.o.Metrics.observe(rec)
-			s.o.Metrics.success(rec)
-			log.Info("job succeeded", "backup_id", rec.BackupID, "bytes", rec.Bytes, "duration", time.Duration(rec.DurationSeconds*float64(time.Second)).Round(time.Millisecond))
-			s.prune(rctx, j.Name)
-			return true
+			s.unrecorded(log, j, t, rec, err)
+			return false
 		}
-		rec.Status = StatusDiscarded
 		s.o.Metrics.observe(rec)
-		if derr := s.o.Runner.Discard(rctx, j.Job, res); derr != nil {
-			log.Error("could not discard an unrecorded result", "backup_id", res.BackupID, "err", derr)
-		}
-		log.Warn("job result discarded: it could not be recorded under the lock", "backup_id", res.BackupID, "err", err)
-		return false // someone else runs or ran it
+		s.o.Metrics.success(rec)
+		log.Info("job succeeded", "backup_id", rec.BackupID, "bytes", rec.Bytes, "duration", time.Duration(rec.DurationSeconds*float64(time.Second)).Round(time.Millisecond))
+		s.prune(rctx, j.Name)
+		return true
 	}
 	rec.Error = runErr.Error()
-	if ctx.Err() != nil {
-		// Shutdown: not this time's fault; another member may take over.
+	if ctx.Err() != nil || errors.Is(runErr, errLockLost) {
+		// Shutdown or a lost lock: not this time's fault, not an attempt;
+		// another member (or this one, once it holds the lock again) runs it.
 		rec.Status, rec.Attempt = StatusAborted, att.Attempt
-		s.o.Metrics.observe(rec)
-		log.Warn("job aborted by shutdown", "err", runErr)
-		if err := s.o.HA.Put(rctx, AttemptName(j.Name, t), rec); err != nil {
-			log.Warn("recording the aborted run failed", "err", err)
+		msg := "job aborted by shutdown"
+		if ctx.Err() == nil {
+			rec.Status, msg = StatusInterrupted, "job interrupted: its lock was lost; the scheduled time is run again under a new lock"
 		}
-		return true
+		s.o.Metrics.observe(rec)
+		log.Warn(msg, "err", runErr)
+		if err := s.o.HA.Put(rctx, AttemptName(j.Name, t), rec); err != nil {
+			log.Warn("recording the "+rec.Status+" run failed", "err", err)
+		}
+		return ctx.Err() != nil
 	}
 	rec.Status = StatusFailed
 	s.o.Metrics.observe(rec)
 	if rec.Attempt >= s.o.Retries {
 		log.Error("job failed, no attempts left", "err", runErr)
-		if err := s.create(rctx, lock, RecordName(j.Name, t), rec); err != nil {
+		if err := s.record(lock, RecordName(j.Name, t), rec); err != nil {
 			log.Warn("recording the failure failed", "err", err)
 		}
 		return true
 	}
-	rec.NextAttempt = time.Now().Add(s.o.RetryDelay).UTC()
+	rec.NextAttempt = s.now().Add(s.o.RetryDelay).UTC()
 	log.Warn("job failed; it will be retried on the member right for the topology then", "err", runErr, "next_attempt", rec.NextAttempt.Format(time.RFC3339))
 	if err := s.o.HA.Put(rctx, AttemptName(j.Name, t), rec); err != nil {
 		log.Warn("recording the failed attempt failed", "err", err)
 	}
 	return false
+}
+
+// adopt records a result the repository already holds for t (found by
+// Find) as the scheduled time's success; true once recorded.
+func (s *Scheduler) adopt(log *slog.Logger, j scheduledJob, t time.Time, lock *ha.Lock, rec Run, res Result) bool {
+	rec.Status, rec.Adopted = StatusSucceeded, true
+	rec.BackupID, rec.Bytes = res.BackupID, res.Bytes
+	if !res.Started.IsZero() {
+		rec.Started = res.Started.UTC()
+	}
+	rec.Finished = s.now().UTC()
+	if !res.Finished.IsZero() {
+		rec.Finished = res.Finished.UTC()
+	}
+	rec.DurationSeconds = rec.Finished.Sub(rec.Started).Seconds()
+	if err := s.record(lock, RecordName(j.Name, t), rec); err != nil {
+		log.Warn("the scheduled time's result was found in the repository but could not be recorded; the next attempt tries again", "backup_id", rec.BackupID, "err", err)
+		return false
+	}
+	s.o.Metrics.success(rec)
+	log.Info("job result found in the repository and recorded: not run again", "backup_id", rec.BackupID)
+	rctx, cancel := s.bg()
+	defer cancel()
+	s.prune(rctx, j.Name)
+	return true
+}
+
+// unrecorded says truthfully what happens to a finished run whose record
+// could not be written: whether the repository holds its result (the next
+// attempt records it) or not (the next attempt runs the job again).
+func (s *Scheduler) unrecorded(log *slog.Logger, j scheduledJob, t time.Time, rec Run, err error) {
+	fctx, cancel := s.bg()
+	defer cancel()
+	_, found, ferr := s.o.Runner.Find(fctx, j.Job, t)
+	switch {
+	case ferr == nil && found:
+		log.Warn("job finished and its result is in the repository, but its run record could not be written; the next attempt records it from the repository, it does not run the job again", "backup_id", rec.BackupID, "err", err)
+	case ferr == nil:
+		log.Warn("job finished but its run record could not be written; the next attempt runs the job again", "err", err)
+	default:
+		log.Warn("job finished but its run record could not be written; the next attempt looks for its result in the repository before running the job", "backup_id", rec.BackupID, "err", err, "find_err", ferr)
+	}
 }
 
 var (
@@ -533,12 +631,16 @@ func isPrimaryRole(role string) bool {
 	return role == "master" || role == "primary" || role == "standby_leader"
 }
 
-// create writes a final record under the lock, retrying transient etcd
-// errors a few times. A record that exists and is this run's counts as
-// written (the first try succeeded but its answer was lost).
-func (s *Scheduler) create(ctx context.Context, lock *ha.Lock, name string, rec Run) error {
+// record writes a final record under the lock, retrying transient etcd
+// errors until recordTimeout, on its own deadline (not the caller's, not
+// shutdown's): a finished run's record is worth waiting for. A record that
+// exists and is this run's counts as written (the first try succeeded but
+// its answer was lost).
+func (s *Scheduler) record(lock *ha.Lock, name string, rec Run) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.recordTimeout())
+	defer cancel()
 	var err error
-	for i := 0; i < 5; i++ {
+	for ctx.Err() == nil {
 		err = lock.Create(ctx, name, rec)
 		if err == nil || errors.Is(err, ha.ErrNotHeld) {
 			return err
@@ -554,6 +656,10 @@ func (s *Scheduler) create(ctx context.Context, lock *ha.Lock, name string, rec 
 	}
 	return err
 }
+
+// recordTimeout bounds the writing of one record: two lock TTLs (the
+// lease outlives a short etcd pause) plus ten seconds.
+func (s *Scheduler) recordTimeout() time.Duration { return 2*s.o.LockTTL + 10*time.Second }
 
 // prune keeps the newest KeepRecords final records of a job and drops
 // attempt records older than that.

@@ -27,7 +27,6 @@ type event struct {
 	scheduled  time.Time
 	start, end time.Time
 	err        error
-	discarded  bool
 }
 
 // recorder is the runners of several in-process daemons: it records every
@@ -43,6 +42,11 @@ type recorder struct {
 	hold    func(member string, t time.Time) bool
 	started chan time.Time
 	sleep   time.Duration
+	// claims is the simulated repository: the one result committed per
+	// scheduled time (by unix time), as repo's claims make it.
+	claims map[int64]string
+	// beforeCommit, when set, runs (unlocked) before a run commits.
+	beforeCommit func(member string, t time.Time)
 }
 
 // holdFirst makes member's first run hang until its context ends.
@@ -75,7 +79,7 @@ type memberRunner struct {
 }
 
 func newRecorder(sleep time.Duration) *recorder {
-	return &recorder{active: map[int64]int{}, sleep: sleep, started: make(chan time.Time, 100)}
+	return &recorder{active: map[int64]int{}, sleep: sleep, started: make(chan time.Time, 100), claims: map[int64]string{}}
 }
 
 func (m memberRunner) Run(ctx context.Context, job scheduler.Job, t time.Time) (scheduler.Result, error) {
@@ -106,28 +110,38 @@ func (m memberRunner) Run(ctx context.Context, job scheduler.Job, t time.Time) (
 		return scheduler.Result{}, fmt.Errorf("run aborted: %w", ev.err)
 	case <-time.After(d):
 	}
-	return scheduler.Result{BackupID: m.member + "-" + fmt.Sprint(t.Unix()), Bytes: 42}, nil
+	if r.beforeCommit != nil {
+		r.beforeCommit(m.member, t)
+	}
+	id := m.member + "-" + fmt.Sprint(t.Unix())
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if got, ok := r.claims[t.Unix()]; ok && got != id {
+		ev.err = fmt.Errorf("%w: %s", scheduler.ErrAlreadyDone, got)
+		return scheduler.Result{}, ev.err
+	}
+	r.claims[t.Unix()] = id
+	return scheduler.Result{BackupID: id, Bytes: 42}, nil
 }
 
-func (m memberRunner) Discard(ctx context.Context, job scheduler.Job, res scheduler.Result) error {
+func (m memberRunner) Find(ctx context.Context, job scheduler.Job, t time.Time) (scheduler.Result, bool, error) {
 	m.r.mu.Lock()
 	defer m.r.mu.Unlock()
-	for _, ev := range m.r.events {
-		if ev.member == m.member && ev.err == nil && m.member+"-"+fmt.Sprint(ev.scheduled.Unix()) == res.BackupID {
-			ev.discarded = true
-		}
+	id, ok := m.r.claims[t.Unix()]
+	if !ok {
+		return scheduler.Result{}, false, nil
 	}
-	return nil
+	return scheduler.Result{BackupID: id, Bytes: 42}, true, nil
 }
 
 // completed returns, per scheduled time, the members whose runs completed
-// and were kept (not failed, not discarded).
+// and committed their result.
 func (r *recorder) completed() map[int64][]string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := map[int64][]string{}
 	for _, ev := range r.events {
-		if !ev.end.IsZero() && ev.err == nil && !ev.discarded {
+		if !ev.end.IsZero() && ev.err == nil {
 			out[ev.scheduled.Unix()] = append(out[ev.scheduled.Unix()], ev.member)
 		}
 	}
@@ -656,5 +670,67 @@ func TestPromotedMidRunIsRetriedElsewhere(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "role replica -> master") {
 		t.Errorf("the abort does not say why:\n%s", logs.String())
+	}
+}
+
+// A backup commits while etcd is frozen (SIGSTOP) past the lock's TTL:
+// its record cannot be written under the lock. The result is not
+// undone, and the next attempt finds it in the repository and records
+// it instead of running the job again: exactly one committed result.
+func TestCommittedWhileEtcdPausedIsRecordedOnce(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	writeCluster(t, s.Client(t), "demo", threeNodes())
+	r := newRecorder(100 * time.Millisecond)
+	var once sync.Once
+	var paused time.Time
+	resumed := make(chan struct{})
+	r.beforeCommit = func(member string, tick time.Time) {
+		once.Do(func() {
+			paused = tick
+			s.Pause(t)
+			time.Sleep(7 * time.Second)
+			s.Resume(t)
+			close(resumed)
+		})
+	}
+	logs := &logBuffer{}
+	o := scheduler.Options{
+		Jobs:         []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/2 * * * * *", RunOn: scheduler.Primary, Window: 40 * time.Second}},
+		LockTTL:      2 * time.Second,
+		PollInterval: 100 * time.Millisecond,
+		RetryDelay:   200 * time.Millisecond,
+	}
+	d := startDaemon(t, s, "demo", "pg1", r, logs, o)
+	var rec scheduler.Run
+	select {
+	case <-resumed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no run reached its commit")
+	}
+	pgtest.WaitFor(t, 40*time.Second, "the paused scheduled time to be recorded", func() (bool, error) {
+		got, ok := finalRecords(t, d.ha, "backup")[paused.Unix()]
+		rec = got
+		return ok, nil
+	})
+	d.stop()
+	done := r.completed()[paused.Unix()]
+	runs := 0
+	for _, ev := range r.snapshot() {
+		if ev.scheduled.Equal(paused) {
+			runs++
+		}
+	}
+	if len(done) != 1 || runs != 1 {
+		t.Errorf("scheduled time %s: %d runs, committed by %q; want one run", paused.Format(time.TimeOnly), runs, done)
+	}
+	if rec.Status != scheduler.StatusSucceeded || rec.BackupID != "pg1-"+fmt.Sprint(paused.Unix()) {
+		t.Errorf("record %+v, want the committed result", rec)
+	}
+	t.Logf("record: adopted=%v attempt=%d", rec.Adopted, rec.Attempt)
+	if strings.Contains(logs.String(), "discarded") {
+		t.Errorf("a result was said to be discarded:\n%s", logs.String())
+	}
+	if t.Failed() {
+		t.Logf("logs:\n%s", logs.String())
 	}
 }

@@ -1,0 +1,301 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgkeep/pgkeep/ha"
+	"github.com/pgkeep/pgkeep/internal/patronitest"
+	"github.com/pgkeep/pgkeep/internal/pgtest"
+	"github.com/pgkeep/pgkeep/scheduler"
+)
+
+// repoBackup is a committed backup as its backup.json says.
+type repoBackup struct {
+	ID        string    `json:"id"`
+	StartTime time.Time `json:"start_time"`
+	StopTime  time.Time `json:"stop_time"`
+	Schedule  *struct {
+		Job  string    `json:"job"`
+		Time time.Time `json:"time"`
+	} `json:"schedule"`
+}
+
+// committedBackups reads every backups/<id>/backup.json of a file
+// repository: the complete backups, whatever any record says.
+func committedBackups(t *testing.T, r *testRepo) []repoBackup {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(r.repoDir, "backups", "*", "backup.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []repoBackup
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b repoBackup
+		if err := json.Unmarshal(data, &b); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		out = append(out, b)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].StartTime.Before(out[j].StartTime) })
+	return out
+}
+
+// tryRecords is records for a loop that runs while etcd may be paused.
+func tryRecords(h *ha.Client, job string) ([]scheduler.Run, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	runs, err := scheduler.LastRuns(ctx, h)
+	var out []scheduler.Run
+	for _, r := range runs {
+		if r.Job == job {
+			out = append(out, r)
+		}
+	}
+	return out, err
+}
+
+// haCluster starts a three-node Patroni cluster with one batch of rows,
+// two streaming replicas, a WAL switcher, and an ha client; opts tune
+// Patroni's DCS timing.
+func haCluster(t *testing.T, scope string, o patronitest.Options) (*testRepo, *patronitest.Cluster, *patronitest.Node, *ha.Client) {
+	t.Helper()
+	r := newRepo(t, repoOpts{kind: "fs"})
+	etcd := patronitest.StartEtcd(t)
+	o.Scope, o.Nodes, o.Pgkeep, o.PgkeepConfig = scope, 3, pgkeepBin(t), r.config
+	c := patronitest.New(t, etcd, o)
+	c.StartNode(t, c.Nodes[0])
+	leader := c.WaitLeader(t, 2*time.Minute)
+	lc := mustConn(t, leader)
+	execSQL(t, lc, "CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text)")
+	insertBatch(t, lc, 1)
+	for _, n := range c.Nodes[1:] {
+		c.StartNode(t, n)
+	}
+	for _, n := range c.Nodes[1:] {
+		c.WaitStreaming(t, leader, n, 3*time.Minute)
+	}
+	stop := walSwitcher(t, c)
+	t.Cleanup(stop)
+	h, err := ha.Connect(context.Background(), ha.Options{Endpoints: []string{etcd.URL}, Scope: c.Scope})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	pgtest.WaitFor(t, time.Minute, "etcd to show both replicas within max_lag", func() (bool, error) {
+		view, err := h.View(context.Background())
+		if err != nil {
+			return false, nil
+		}
+		return len(scheduler.Eligible(view, scheduler.PreferReplica, 64<<20)) == 3, nil
+	})
+	return r, c, leader, h
+}
+
+// seed is PGKEEP_TEST_SEED or the time; tests log it so a failure can be
+// replayed.
+func seed(t *testing.T) int64 {
+	if s := os.Getenv("PGKEEP_TEST_SEED"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			t.Fatalf("PGKEEP_TEST_SEED: %v", err)
+		}
+		return n
+	}
+	return time.Now().UnixNano()
+}
+
+// TestPatroniDaemonEtcdPauses: etcd is paused (SIGSTOP) for longer than
+// the job lock's TTL at seeded random points of scheduled backups (during
+// pg_backup_start, the copy, the wait for WAL or the commit), over at
+// least 20 scheduled times on a real Patroni cluster. Every scheduled
+// time ends with exactly one complete backup in the repository, carrying
+// the job and time it was taken for, and every complete backup is the one
+// of its scheduled time's record.
+func TestPatroniDaemonEtcdPauses(t *testing.T) {
+	sd := seed(t)
+	rng := rand.New(rand.NewSource(sd))
+	t.Logf("seed %d (PGKEEP_TEST_SEED replays it)", sd)
+	// Patroni rides out pauses up to retry_timeout (loop_wait +
+	// 2*retry_timeout <= ttl): the test is about pgkeep, not failovers.
+	r, c, _, h := haCluster(t, "pauses", patronitest.Options{TTL: 60, LoopWait: 2, RetryTimeout: 25})
+	const lockTTL = 3 * time.Second
+	const jobs = `    - {name: backup, kind: backup, schedule: "*/6 * * * * *", run_on: prefer-replica, max_lag: 64MB, window: 90s}
+`
+	var ds []*daemonProc
+	for _, n := range c.Nodes {
+		ds = append(ds, startDaemonWith(t, r, c, n, jobs, daemonOpts{lockTTL: "3s", takeover: "4s"}))
+	}
+	start := time.Now()
+
+	// The pauser: after a seeded random number of backups starting, wait
+	// a random 0..3 s into the backup, then freeze etcd for lock TTL + 1 s
+	// up to 18 s (bounded: at most 8 pauses).
+	type pause struct {
+		at  time.Time
+		dur time.Duration
+	}
+	var (
+		pmu    sync.Mutex
+		pauses []pause
+	)
+	quit := make(chan struct{})
+	pauserDone := make(chan struct{})
+	t.Cleanup(func() { c.Etcd.Resume() })
+	go func() {
+		defer close(pauserDone)
+		seen := 0
+		next := 1 + rng.Intn(2)
+		for i := 0; i < 2000 && len(pauses) < 8; i++ {
+			select {
+			case <-quit:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			n := 0
+			for _, d := range ds {
+				n += strings.Count(d.Log(), "msg=\"backup starting\"")
+			}
+			if n <= seen {
+				continue
+			}
+			seen = n
+			if n < next {
+				continue
+			}
+			next = n + 1 + rng.Intn(3)
+			into := time.Duration(rng.Int63n(int64(3 * time.Second)))
+			dur := lockTTL + time.Second + time.Duration(rng.Int63n(int64(18*time.Second-lockTTL-time.Second)))
+			time.Sleep(into)
+			at := time.Now()
+			if err := c.Etcd.Pause(); err != nil {
+				return
+			}
+			time.Sleep(dur)
+			c.Etcd.Resume()
+			pmu.Lock()
+			pauses = append(pauses, pause{at, dur})
+			pmu.Unlock()
+		}
+	}()
+
+	// Run until 20 scheduled times after the first have final records
+	// (bounded), then stop pausing and wait for the last one.
+	var first time.Time
+	const ticks = 20
+	deadline := time.Now().Add(8 * time.Minute)
+	for {
+		recs, err := tryRecords(h, "backup")
+		if err != nil { // etcd paused
+			time.Sleep(time.Second)
+			continue
+		}
+		if len(recs) > 0 && first.IsZero() {
+			first = recs[0].Scheduled
+		}
+		if !first.IsZero() {
+			last := first.Add((ticks - 1) * 6 * time.Second)
+			done := 0
+			for _, rec := range recs {
+				if !rec.Scheduled.After(last) {
+					done++
+				}
+			}
+			if done >= ticks {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("20 scheduled times not all recorded by %s (first %s): %d records", deadline.Format(time.TimeOnly), first.Format(time.TimeOnly), len(recs))
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	close(quit)
+	<-pauserDone
+	c.Etcd.Resume()
+	// Let runs of later ticks that started end, then stop every daemon.
+	time.Sleep(5 * time.Second)
+	for _, d := range ds {
+		d.stop(t)
+	}
+
+	recs := records(t, h, "backup")
+	backups := committedBackups(t, r)
+	byID := map[string]repoBackup{}
+	for _, b := range backups {
+		byID[b.ID] = b
+	}
+	recorded := map[string]bool{}
+	last := first.Add((ticks - 1) * 6 * time.Second)
+	for tick := first; !tick.After(last); tick = tick.Add(6 * time.Second) {
+		var rec *scheduler.Run
+		for i := range recs {
+			if recs[i].Scheduled.Equal(tick) {
+				rec = &recs[i]
+			}
+		}
+		if rec == nil {
+			t.Errorf("%s: no final record", tick.Format(time.TimeOnly))
+			continue
+		}
+		if rec.Status != scheduler.StatusSucceeded {
+			t.Errorf("%s: %s on %s: %s", tick.Format(time.TimeOnly), rec.Status, rec.Node, rec.Error)
+			continue
+		}
+		b, ok := byID[rec.BackupID]
+		if !ok {
+			t.Errorf("%s: recorded backup %s is not complete in the repository", tick.Format(time.TimeOnly), rec.BackupID)
+		} else if b.Schedule == nil || b.Schedule.Job != "backup" || !b.Schedule.Time.Equal(tick) {
+			t.Errorf("%s: backup %s does not say it is the backup of this scheduled time: %+v", tick.Format(time.TimeOnly), b.ID, b.Schedule)
+		}
+		recorded[rec.BackupID] = true
+	}
+	perTime := map[int64][]string{}
+	for _, b := range backups {
+		if b.Schedule != nil {
+			perTime[b.Schedule.Time.Unix()] = append(perTime[b.Schedule.Time.Unix()], b.ID)
+		}
+		if !b.StartTime.Before(first) && b.StartTime.Before(last.Add(6*time.Second)) && !recorded[b.ID] {
+			t.Errorf("complete backup %s (started %s) is the backup of no recorded scheduled time", b.ID, b.StartTime.Format(time.TimeOnly))
+		}
+	}
+	for tm, ids := range perTime {
+		if len(ids) != 1 {
+			t.Errorf("scheduled time %s has %d complete backups: %v", time.Unix(tm, 0).UTC().Format(time.TimeOnly), len(ids), ids)
+		}
+	}
+	pmu.Lock()
+	var ps []string
+	for _, p := range pauses {
+		ps = append(ps, fmt.Sprintf("%s+%s", p.at.Sub(start).Round(100*time.Millisecond), p.dur.Round(100*time.Millisecond)))
+	}
+	pmu.Unlock()
+	logs := ""
+	for _, d := range ds {
+		logs += d.Log()
+	}
+	t.Logf("%d scheduled times from %s, %d complete backups, %d pauses of etcd (start+duration): %s; lock lost %d times, %d results adopted from the repository",
+		ticks, first.Format(time.TimeOnly), len(backups), len(ps), strings.Join(ps, " "),
+		strings.Count(logs, "lock lost"), strings.Count(logs, "found in the repository"))
+	if len(ps) < 3 {
+		t.Errorf("only %d pauses: the test did not test much", len(ps))
+	}
+	if strings.Contains(logs, "job result discarded") {
+		t.Errorf("a daemon logged a discarded result")
+	}
+}
