@@ -74,6 +74,8 @@ type Client struct {
 	timeout  time.Duration
 	identity string
 	log      *slog.Logger
+	hookMu   sync.Mutex
+	onLost   func(name string)
 }
 
 var (

@@ -119,12 +119,43 @@ func (c *Client) TryLock(ctx context.Context, name string, ttl time.Duration) (*
 		// The channel closes on Release, when the lease is gone, or when
 		// etcd did not answer keepalives for the TTL.
 		if kaCtx.Err() == nil {
+			// The hook first, so that whatever it updates (metrics,
+			// health) is already true when the log says so.
+			if h := c.lockLostHook(); h != nil {
+				h(name)
+			}
 			c.log.Warn("lock lost", "lock", name)
 		}
 		close(l.lost)
 	}()
 	c.log.Debug("lock taken", "lock", name, "ttl_seconds", grant.TTL)
 	return l, nil
+}
+
+// SetLockLostHook makes f run, with the lock's name, whenever a lock of
+// this client is lost (not released): before "lock lost" is logged and
+// before Lost is closed.
+func (c *Client) SetLockLostHook(f func(name string)) {
+	c.hookMu.Lock()
+	defer c.hookMu.Unlock()
+	c.onLost = f
+}
+
+func (c *Client) lockLostHook() func(string) {
+	c.hookMu.Lock()
+	defer c.hookMu.Unlock()
+	return c.onLost
+}
+
+// Ping makes one linearizable read (through the etcd leader): nil when
+// etcd answers within the request timeout or ctx.
+func (c *Client) Ping(ctx context.Context) error {
+	rctx, cancel := c.request(ctx)
+	defer cancel()
+	if _, err := c.cli.Get(rctx, c.base+"/leader", clientv3.WithCountOnly()); err != nil {
+		return c.fail(ctx, "read "+c.base+"/leader", c.timeout, err)
+	}
+	return nil
 }
 
 // revoke drops a lease (and the keys attached to it), best effort.

@@ -173,6 +173,13 @@ type Scheduler struct {
 	jobs []scheduledJob
 	mu   sync.Mutex
 	etcd error // last etcd error, nil when the last request succeeded
+	// outage is true once an etcd outage was logged, until etcd answers.
+	outage bool
+	// held counts, per job, the locks this daemon holds and has not lost
+	// (ticks of one job may overlap); lost marks lock names already
+	// counted out by the lock-lost hook.
+	held map[string]int
+	lost map[string]bool
 }
 
 type scheduledJob struct {
@@ -220,7 +227,8 @@ func New(o Options) (*Scheduler, error) {
 	if o.Clock == nil {
 		o.Clock = time.Now
 	}
-	s := &Scheduler{o: o, log: o.Logger}
+	s := &Scheduler{o: o, log: o.Logger, held: map[string]int{}, lost: map[string]bool{}}
+	o.HA.SetLockLostHook(s.lockLost)
 	seen := map[string]bool{}
 	for _, j := range o.Jobs {
 		if j.Name == "" || strings.ContainsAny(j.Name, "/ ") || seen[j.Name] {
@@ -252,6 +260,11 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			s.loop(ctx, &wg, j)
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.probe(ctx)
+	}()
 	s.log.Info("scheduler started", "member", s.o.Member, "jobs", len(s.jobs))
 	<-ctx.Done()
 	wg.Wait()
@@ -409,9 +422,9 @@ func (s *Scheduler) bg() (context.Context, context.CancelFunc) {
 // runLocked runs the job under lock and records the result; true when the
 // scheduled time is finished (final record written or found).
 func (s *Scheduler) runLocked(ctx context.Context, log *slog.Logger, j scheduledJob, t time.Time, lock *ha.Lock, view ha.Cluster) bool {
-	s.o.Metrics.setHeld(j.Name, true)
+	s.setHeld(j.Name, lock.Key(), true)
 	defer func() {
-		s.o.Metrics.setHeld(j.Name, false)
+		s.setHeld(j.Name, lock.Key(), false)
 		rctx, cancel := s.bg()
 		defer cancel()
 		if err := lock.Release(rctx); err != nil {
@@ -743,10 +756,73 @@ func readRuns(ctx context.Context, c *ha.Client, prefix string) ([]Run, error) {
 	return out, nil
 }
 
+// setHeld counts a lock of job in (taken) or out (released); a lock the
+// lost hook counted out already is not counted out twice.
+func (s *Scheduler) setHeld(job, lock string, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case on:
+		s.held[job]++
+		delete(s.lost, lock)
+	case s.lost[lock]:
+		delete(s.lost, lock)
+	default:
+		s.held[job]--
+	}
+	s.o.Metrics.setHeld(job, s.held[job] > 0)
+}
+
+// lockLost runs (from ha) the moment a lock is lost, before ha logs it:
+// lock_held drops and etcd counts as down at once, without waiting for
+// the run to stop or for the next etcd request to fail. The probe says
+// when etcd answers again.
+func (s *Scheduler) lockLost(name string) {
+	job, _, _ := strings.Cut(name, "/")
+	s.mu.Lock()
+	if !s.lost[name] {
+		s.lost[name] = true
+		s.held[job]--
+		s.o.Metrics.setHeld(job, s.held[job] > 0)
+	}
+	if s.etcd == nil {
+		s.etcd = fmt.Errorf("job lock %s lost: etcd did not renew its lease within the lock TTL", name)
+	}
+	s.mu.Unlock()
+	s.o.Metrics.setEtcdUp(false)
+}
+
+// probe asks etcd every poll interval whether it answers, so /healthz and
+// pgkeep_etcd_up follow etcd within about two poll intervals even while
+// every job is waiting or running (and makes no other request).
+func (s *Scheduler) probe(ctx context.Context) {
+	timeout := min(max(2*s.o.PollInterval, time.Second), 5*time.Second)
+	t := time.NewTicker(s.o.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		err := s.o.HA.Ping(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			s.etcdDown(err)
+		} else {
+			s.etcdUp()
+		}
+	}
+}
+
 func (s *Scheduler) etcdDown(err error) {
 	s.mu.Lock()
-	first := s.etcd == nil
-	s.etcd = err
+	first := !s.outage
+	s.etcd, s.outage = err, true
 	s.mu.Unlock()
 	s.o.Metrics.setEtcdUp(false)
 	if first {
@@ -756,11 +832,11 @@ func (s *Scheduler) etcdDown(err error) {
 
 func (s *Scheduler) etcdUp() {
 	s.mu.Lock()
-	was := s.etcd
-	s.etcd = nil
+	was := s.outage
+	s.etcd, s.outage = nil, false
 	s.mu.Unlock()
 	s.o.Metrics.setEtcdUp(true)
-	if was != nil {
+	if was {
 		s.log.Info("etcd answers again: jobs may start")
 	}
 }

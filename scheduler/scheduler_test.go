@@ -734,3 +734,66 @@ func TestCommittedWhileEtcdPausedIsRecordedOnce(t *testing.T) {
 		t.Logf("logs:\n%s", logs.String())
 	}
 }
+
+// etcd freezes while a job runs: /healthz turns 503 and pgkeep_etcd_up 0
+// within a few poll intervals (the probe), and at the moment the lock is
+// reported lost, lock_held is 0 already (not only once the run has
+// stopped and its clean-up timed out).
+func TestLockLostHealthAtOnce(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	writeCluster(t, s.Client(t), "demo", threeNodes())
+	r := newRecorder(100 * time.Millisecond)
+	r.holdFirst("pg1")
+	logs := &logBuffer{}
+	reg := prometheus.NewRegistry()
+	o := scheduler.Options{
+		Jobs:         []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/2 * * * * *", RunOn: scheduler.Primary, Window: 30 * time.Second}},
+		LockTTL:      3 * time.Second,
+		PollInterval: 200 * time.Millisecond,
+		Metrics:      scheduler.NewMetrics(reg),
+	}
+	h, err := ha.Connect(tctx(t, 10*time.Second), ha.Options{Endpoints: []string{s.Endpoint}, Scope: "demo", Identity: "pg1",
+		DialTimeout: 2 * time.Second, RequestTimeout: time.Second, Logger: logs.logger("pg1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	o.HA, o.Member, o.Runner, o.Logger = h, "pg1", memberRunner{r, "pg1"}, logs.logger("pg1")
+	sc, err := scheduler.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); sc.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	metrics := httpServe(t, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	health := httpServe(t, sc.HealthHandler())
+	r.waitHeld(t, "pg1")
+	time.Sleep(500 * time.Millisecond)
+	if _, m := get(t, metrics); !strings.Contains(m, scheduler.MetricHeld+`{job_name="backup"} 1`) || !strings.Contains(m, scheduler.MetricEtcdUp+" 1") {
+		t.Fatalf("during the run, before the pause:\n%s", m)
+	}
+	s.Pause(t)
+	defer s.Resume(t)
+	paused := time.Now()
+	// The probe notices within its timeout plus a poll interval.
+	pgtest.WaitFor(t, 5*time.Second, "/healthz to answer 503", func() (bool, error) {
+		code, _ := fetch(health)
+		return code == 503, nil
+	})
+	t.Logf("/healthz 503 %s after the pause", time.Since(paused).Round(100*time.Millisecond))
+	pgtest.WaitFor(t, 15*time.Second, "the lock to be reported lost", func() (bool, error) {
+		return strings.Contains(logs.String(), `msg="lock lost"`), nil
+	})
+	_, m := get(t, metrics)
+	code, _ := fetch(health)
+	if !strings.Contains(m, scheduler.MetricHeld+`{job_name="backup"} 0`) || !strings.Contains(m, scheduler.MetricEtcdUp+" 0") || code != 503 {
+		t.Errorf("right after \"lock lost\" (%s after the pause): health %d, metrics:\n%s", time.Since(paused).Round(100*time.Millisecond), code, m)
+	}
+	s.Resume(t)
+	pgtest.WaitFor(t, 10*time.Second, "/healthz to answer 200 again", func() (bool, error) {
+		code, _ := fetch(health)
+		return code == 200, nil
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -298,4 +299,92 @@ func TestPatroniDaemonEtcdPauses(t *testing.T) {
 	if strings.Contains(logs, "job result discarded") {
 		t.Errorf("a daemon logged a discarded result")
 	}
+}
+
+// health scrapes a daemon's /healthz: the status code.
+func health(d *daemonProc) int {
+	cl := &http.Client{Timeout: 3 * time.Second}
+	resp, err := cl.Get(d.metrics + "/healthz")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestPatroniDaemonHealthOnLockLoss: a replica's backup waits for its WAL
+// (nothing switches segments) when etcd freezes (SIGSTOP). The holder's
+// /healthz answers 503 within seconds, and when it logs "lock lost",
+// pgkeep_etcd_up and pgkeep_job_lock_held are 0 already.
+func TestPatroniDaemonHealthOnLockLoss(t *testing.T) {
+	r := newRepo(t, repoOpts{kind: "fs"})
+	etcd := patronitest.StartEtcd(t)
+	c := patronitest.New(t, etcd, patronitest.Options{Scope: "health", Nodes: 2, Pgkeep: pgkeepBin(t), PgkeepConfig: r.config,
+		TTL: 60, LoopWait: 2, RetryTimeout: 25})
+	c.StartNode(t, c.Nodes[0])
+	leader := c.WaitLeader(t, 2*time.Minute)
+	c.StartNode(t, c.Nodes[1])
+	c.WaitStreaming(t, leader, c.Nodes[1], 3*time.Minute)
+	// WAL in a segment nothing will switch (archive_timeout is off): the
+	// replica's backup waits for it to be archived.
+	lc := mustConn(t, leader)
+	execSQL(t, lc, "CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text)")
+	insertBatch(t, lc, 1)
+	h, err := ha.Connect(context.Background(), ha.Options{Endpoints: []string{etcd.URL}, Scope: c.Scope})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	pgtest.WaitFor(t, time.Minute, "etcd to show the replica", func() (bool, error) {
+		view, err := h.View(context.Background())
+		return err == nil && len(scheduler.Eligible(view, scheduler.Replica, 64<<20)) == 1, nil
+	})
+	const jobs = `    - {name: backup, kind: backup, schedule: "*/10 * * * * *", run_on: replica, max_lag: 64MB}
+`
+	d := startDaemonWith(t, r, c, c.Nodes[1], jobs, daemonOpts{lockTTL: "3s"})
+	pgtest.WaitFor(t, time.Minute, "the replica's backup to wait for its WAL", func() (bool, error) {
+		return strings.Contains(d.Log(), "waiting for the primary to archive"), nil
+	})
+	time.Sleep(time.Second)
+	if strings.Contains(d.Log(), "backup complete") {
+		t.Fatalf("the backup did not wait for its WAL:\n%s", d.Log())
+	}
+	if m := scrape(t, d.metrics); !strings.Contains(m, scheduler.MetricHeld+`{job_name="backup"} 1`) || health(d) != 200 {
+		t.Fatalf("during the backup: health %d\n%s", health(d), grepLines(m, "pgkeep_"))
+	}
+	t.Cleanup(func() { etcd.Resume() })
+	if err := etcd.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	for health(d) != 503 && time.Since(paused) < 10*time.Second {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if code := health(d); code != 503 {
+		t.Errorf("/healthz %d 10 s after etcd froze", code)
+	} else {
+		t.Logf("/healthz 503 %s after etcd froze", time.Since(paused).Round(100*time.Millisecond))
+	}
+	pgtest.WaitFor(t, 20*time.Second, "the daemon to log that the lock is lost", func() (bool, error) {
+		return strings.Contains(d.Log(), `msg="lock lost"`), nil
+	})
+	lost := time.Since(paused)
+	t.Logf("\"lock lost\" logged %s after etcd froze (lock_ttl 3s)", lost.Round(100*time.Millisecond))
+	m, code := scrape(t, d.metrics), health(d)
+	if !strings.Contains(m, scheduler.MetricHeld+`{job_name="backup"} 0`) || !strings.Contains(m, scheduler.MetricEtcdUp+" 0") || code != 503 {
+		t.Errorf("right after \"lock lost\" (%s after the freeze): /healthz %d, metrics:\n%s", lost.Round(100*time.Millisecond), code, grepLines(m, "pgkeep_"))
+	}
+	etcd.Resume()
+	pgtest.WaitFor(t, 20*time.Second, "/healthz to answer 200 again", func() (bool, error) { return health(d) == 200, nil })
+	d.stop(t)
+}
+
+func grepLines(s, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
