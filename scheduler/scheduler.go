@@ -147,10 +147,17 @@ type Options struct {
 	// LockTTL is the lease of a job's lock (default 15s): a holder that
 	// dies frees it after at most this long.
 	LockTTL time.Duration
-	// TakeoverTimeout is how long a member that is not first in line
-	// waits, having seen neither lock nor result, before it runs the job
-	// itself (default 30s).
+	// TakeoverTimeout is how long the second member in line waits,
+	// having seen neither lock nor result, before it runs the job itself
+	// (default 30s). The member at rank k (0 first) waits TakeoverTimeout
+	// + (k-1)*TakeoverStagger, so the ranking holds for takeovers too: the
+	// next preferred member takes over first, and a later one only when
+	// that one did not either.
 	TakeoverTimeout time.Duration
+	// TakeoverStagger separates the takeover delays of successive ranks
+	// (default 3 poll intervals, at least 5s): more than a member needs to
+	// see that its delay passed and take the lock.
+	TakeoverStagger time.Duration
 	// PollInterval is how often waiting members read etcd (default 2s).
 	PollInterval time.Duration
 	// Retries is how many attempts a scheduled time gets (default 3);
@@ -214,6 +221,7 @@ func New(o Options) (*Scheduler, error) {
 	def(&o.LockTTL, 15*time.Second)
 	def(&o.TakeoverTimeout, 30*time.Second)
 	def(&o.PollInterval, 2*time.Second)
+	def(&o.TakeoverStagger, max(3*o.PollInterval, 5*time.Second))
 	def(&o.RetryDelay, 30*time.Second)
 	if o.Retries <= 0 {
 		o.Retries = 3
@@ -378,10 +386,10 @@ func (s *Scheduler) tick(ctx context.Context, j scheduledJob, t, deadline time.T
 			if absentSince.IsZero() {
 				absentSince = now
 			}
-			if now.Sub(absentSince) < s.o.TakeoverTimeout {
+			if now.Sub(absentSince) < s.takeoverDelay(rank) {
 				continue
 			}
-			log.Info("taking the job over: no run seen", "first_in_line", el[0], "waited", now.Sub(absentSince).Round(time.Second))
+			log.Info("taking the job over: no run seen", "first_in_line", el[0], "rank", rank, "waited", now.Sub(absentSince).Round(time.Second))
 		}
 		lock, err := s.o.HA.TryLock(ctx, lockName, s.o.LockTTL)
 		if errors.Is(err, ha.ErrLocked) {
@@ -400,6 +408,12 @@ func (s *Scheduler) tick(ctx context.Context, j scheduledJob, t, deadline time.T
 		}
 		absentSince = time.Time{}
 	}
+}
+
+// takeoverDelay is how long the member at rank (> 0) waits without seeing
+// a lock or a result before it runs the job.
+func (s *Scheduler) takeoverDelay(rank int) time.Duration {
+	return s.o.TakeoverTimeout + time.Duration(rank-1)*s.o.TakeoverStagger
 }
 
 func index(names []string, name string) int {

@@ -735,6 +735,46 @@ func TestCommittedWhileEtcdPausedIsRecordedOnce(t *testing.T) {
 	}
 }
 
+// The first member in line (pg2 under prefer-replica) has no daemon: the
+// other replica, pg3, takes every scheduled time over; the primary, last
+// in line, waits a stagger longer and never has to.
+func TestTakeoverFollowsRanking(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	writeCluster(t, s.Client(t), "demo", threeNodes())
+	r := newRecorder(100 * time.Millisecond)
+	logs := &logBuffer{}
+	o := scheduler.Options{
+		Jobs:            []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/2 * * * * *", RunOn: scheduler.PreferReplica, MaxLag: 1 << 20, Window: 20 * time.Second}},
+		LockTTL:         2 * time.Second,
+		TakeoverTimeout: time.Second,
+		TakeoverStagger: time.Second,
+		PollInterval:    100 * time.Millisecond,
+	}
+	pg1 := startDaemon(t, s, "demo", "pg1", r, logs, o)
+	startDaemon(t, s, "demo", "pg3", r, logs, o)
+	first := time.Now().Add(time.Second).Truncate(2 * time.Second).Add(2 * time.Second)
+	const ticks = 8
+	last := first.Add((ticks - 1) * 2 * time.Second)
+	pgtest.WaitFor(t, time.Until(last)+30*time.Second, "the last tick to be recorded", func() (bool, error) {
+		_, ok := finalRecords(t, pg1.ha, "backup")[last.Unix()]
+		return ok, nil
+	})
+	recs := finalRecords(t, pg1.ha, "backup")
+	byNode := map[string]int{}
+	for tick := first; !tick.After(last); tick = tick.Add(2 * time.Second) {
+		rec, ok := recs[tick.Unix()]
+		if !ok {
+			t.Errorf("%s: no record", tick.Format(time.TimeOnly))
+			continue
+		}
+		byNode[rec.Node]++
+	}
+	t.Logf("%d takeovers by node: %v", ticks, byNode)
+	if byNode["pg3"] != ticks {
+		t.Errorf("takeovers by node %v, want all %d by pg3 (the replica next in line)", byNode, ticks)
+	}
+}
+
 // etcd freezes while a job runs: /healthz turns 503 and pgkeep_etcd_up 0
 // within a few poll intervals (the probe), and at the moment the lock is
 // reported lost, lock_held is 0 already (not only once the run has

@@ -91,7 +91,7 @@ func runDaemon(ctx context.Context, a *app) error {
 	}
 	sched, err := scheduler.New(scheduler.Options{
 		HA: h, Member: member, Jobs: jobs, Runner: runner,
-		LockTTL: d.LockTTL, TakeoverTimeout: d.TakeoverTimeout, PollInterval: d.PollInterval,
+		LockTTL: d.LockTTL, TakeoverTimeout: d.TakeoverTimeout, TakeoverStagger: d.TakeoverStagger, PollInterval: d.PollInterval,
 		Retries: d.Retries, RetryDelay: d.RetryDelay, Metrics: metrics, Logger: a.log,
 	})
 	if err != nil {

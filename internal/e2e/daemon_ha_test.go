@@ -388,3 +388,47 @@ func grepLines(s, prefix string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestPatroniDaemonTakeoverRanking: under prefer-replica the first
+// replica's daemon is not running. Every scheduled time is taken over by
+// the other replica, next in line, never by the primary, which is last.
+func TestPatroniDaemonTakeoverRanking(t *testing.T) {
+	r, c, leader, h := haCluster(t, "rank", patronitest.Options{})
+	view, err := h.View(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	el := scheduler.Eligible(view, scheduler.PreferReplica, 64<<20)
+	if len(el) != 3 || el[2] != leader.Name {
+		t.Fatalf("ranking %v, want two replicas then the leader %s", el, leader.Name)
+	}
+	const jobs = `    - {name: backup, kind: backup, schedule: "*/10 * * * * *", run_on: prefer-replica, max_lag: 64MB, window: 60s}
+`
+	var ds []*daemonProc
+	for _, name := range el[1:] { // not el[0]: its daemon is "dead"
+		ds = append(ds, startDaemonWith(t, r, c, c.Node(name), jobs, daemonOpts{lockTTL: "3s", takeover: "3s"}))
+	}
+	start := time.Now()
+	const ticks = 6
+	var recs []scheduler.Run
+	pgtest.WaitFor(t, 3*time.Minute, fmt.Sprintf("%d scheduled times recorded", ticks), func() (bool, error) {
+		recs = nil
+		for _, rec := range records(t, h, "backup") {
+			if rec.Scheduled.After(start) {
+				recs = append(recs, rec)
+			}
+		}
+		return len(recs) >= ticks, nil
+	})
+	for _, d := range ds {
+		d.stop(t)
+	}
+	byNode := map[string]int{}
+	for _, rec := range recs {
+		byNode[rec.Node]++
+		if rec.Status != scheduler.StatusSucceeded || rec.Node != el[1] {
+			t.Errorf("%s: %s on %s (%s), want a success on %s, next in line", rec.Scheduled.Format(time.TimeOnly), rec.Status, rec.Node, rec.Role, el[1])
+		}
+	}
+	t.Logf("%d takeovers: %v (ranking %v, %s without a daemon)", len(recs), byNode, el, el[0])
+}
