@@ -50,10 +50,49 @@ type lockValue struct {
 }
 
 // LockKey is the etcd key of the named lock.
-func (c *Client) LockKey(name string) string { return c.base + "/pgkeep/locks/" + name }
+func (c *Client) LockKey(name string) string { return c.own + "/locks/" + name }
 
 // RecordKey is the etcd key of the named record.
-func (c *Client) RecordKey(name string) string { return c.base + "/pgkeep/records/" + name }
+func (c *Client) RecordKey(name string) string { return c.own + "/records/" + name }
+
+// legacyRecords is where earlier versions kept records: inside
+// Patroni's prefix, deleted by `patronictl remove`.
+func (c *Client) legacyRecords() string { return c.base + "/pgkeep/records/" }
+
+// MigrateRecords moves records from the old location under Patroni's
+// prefix (<namespace><scope>/pgkeep/records/) to RecordKey's, each in one
+// transaction that keeps a record already at the new location, and
+// returns how many it moved. Old locks are left to expire with their
+// leases.
+func (c *Client) MigrateRecords(ctx context.Context) (int, error) {
+	old := c.legacyRecords()
+	rctx, cancel := c.request(ctx)
+	resp, err := c.cli.Get(rctx, old, clientv3.WithPrefix(), clientv3.WithLimit(10000))
+	cancel()
+	if err != nil {
+		return 0, c.fail(ctx, "list old records "+old, c.timeout, err)
+	}
+	moved := 0
+	for _, kv := range resp.Kvs {
+		name := strings.TrimPrefix(string(kv.Key), old)
+		if checkName(name) != nil {
+			continue
+		}
+		nk := c.RecordKey(name)
+		rctx, cancel := c.request(ctx)
+		_, err := c.cli.Txn(rctx).
+			If(clientv3.Compare(clientv3.CreateRevision(nk), "=", 0)).
+			Then(clientv3.OpPut(nk, string(kv.Value)), clientv3.OpDelete(string(kv.Key))).
+			Else(clientv3.OpDelete(string(kv.Key))).
+			Commit()
+		cancel()
+		if err != nil {
+			return moved, c.fail(ctx, "move record "+name, c.timeout, err)
+		}
+		moved++
+	}
+	return moved, nil
+}
 
 func checkName(name string) error {
 	if name == "" || strings.HasPrefix(name, "/") || strings.HasSuffix(name, "/") || strings.Contains(name, "//") {
@@ -145,17 +184,6 @@ func (c *Client) lockLostHook() func(string) {
 	c.hookMu.Lock()
 	defer c.hookMu.Unlock()
 	return c.onLost
-}
-
-// Ping makes one linearizable read (through the etcd leader): nil when
-// etcd answers within the request timeout or ctx.
-func (c *Client) Ping(ctx context.Context) error {
-	rctx, cancel := c.request(ctx)
-	defer cancel()
-	if _, err := c.cli.Get(rctx, c.base+"/leader", clientv3.WithCountOnly()); err != nil {
-		return c.fail(ctx, "read "+c.base+"/leader", c.timeout, err)
-	}
-	return nil
 }
 
 // revoke drops a lease (and the keys attached to it), best effort.

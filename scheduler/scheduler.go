@@ -187,6 +187,7 @@ type Scheduler struct {
 	// counted out by the lock-lost hook.
 	held map[string]int
 	lost map[string]bool
+	clk  clocks
 }
 
 type scheduledJob struct {
@@ -235,7 +236,7 @@ func New(o Options) (*Scheduler, error) {
 	if o.Clock == nil {
 		o.Clock = time.Now
 	}
-	s := &Scheduler{o: o, log: o.Logger, held: map[string]int{}, lost: map[string]bool{}}
+	s := &Scheduler{o: o, log: o.Logger, held: map[string]int{}, lost: map[string]bool{}, clk: clocks{peers: map[string]*peerClock{}, ready: make(chan struct{})}}
 	o.HA.SetLockLostHook(s.lockLost)
 	seen := map[string]bool{}
 	for _, j := range o.Jobs {
@@ -260,6 +261,11 @@ func New(o Options) (*Scheduler, error) {
 // releases their locks and returns.
 func (s *Scheduler) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	if n, err := s.o.HA.MigrateRecords(ctx); err != nil {
+		s.log.Warn("moving run records from their old place under Patroni's prefix failed; will try at the next start", "err", err)
+	} else if n > 0 {
+		s.log.Info("moved run records from their old place under Patroni's prefix", "records", n)
+	}
 	s.loadLastSuccess(ctx)
 	for _, j := range s.jobs {
 		wg.Add(1)
@@ -281,19 +287,31 @@ func (s *Scheduler) Run(ctx context.Context) error {
 }
 
 func (s *Scheduler) loop(ctx context.Context, wg *sync.WaitGroup, j scheduledJob) {
+	// Not before the other daemons' clocks are known (a few heartbeats).
+	select {
+	case <-ctx.Done():
+		return
+	case <-s.clk.ready:
+	}
+	var last time.Time // the last scheduled time fired: the cluster's clock may step back
 	for ctx.Err() == nil {
-		next := j.sched.Next(time.Now())
+		from := s.clusterNow()
+		if from.Before(last) {
+			from = last
+		}
+		next := j.sched.Next(from)
 		if next.IsZero() {
 			s.log.Warn("schedule has no next time", "job", j.Name)
 			return
 		}
-		t := time.NewTimer(time.Until(next))
+		t := time.NewTimer(next.Sub(s.clusterNow()))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
 		}
+		last = next
 		deadline := next.Add(j.Window)
 		if j.Window <= 0 {
 			deadline = j.sched.Next(next)
@@ -332,7 +350,12 @@ func (s *Scheduler) tick(ctx context.Context, j scheduledJob, t, deadline time.T
 	log := s.log.With("job", j.Name, "scheduled", t.Format(time.RFC3339))
 	var absentSince time.Time // when this member first saw no lock and no result
 	for ; ctx.Err() == nil; s.sleep(ctx, s.o.PollInterval) {
-		now := time.Now()
+		// The cluster's time, not this node's: a clock running ahead
+		// must not start a scheduled time early (see clock.go).
+		now := s.clusterNow()
+		if now.Before(t) {
+			continue
+		}
 		var final, att Run
 		done, err := s.o.HA.Get(ctx, RecordName(j.Name, t), &final)
 		if err == nil {
@@ -806,9 +829,10 @@ func (s *Scheduler) lockLost(name string) {
 	s.o.Metrics.setEtcdUp(false)
 }
 
-// probe asks etcd every poll interval whether it answers, so /healthz and
-// pgkeep_etcd_up follow etcd within about two poll intervals even while
-// every job is waiting or running (and makes no other request).
+// probe asks etcd every poll interval whether it answers (the clock
+// heartbeat, a write and a read), so /healthz and pgkeep_etcd_up follow
+// etcd within about two poll intervals even while every job is waiting or
+// running (and makes no other request).
 func (s *Scheduler) probe(ctx context.Context) {
 	timeout := min(max(2*s.o.PollInterval, time.Second), 5*time.Second)
 	t := time.NewTicker(s.o.PollInterval)
@@ -820,7 +844,7 @@ func (s *Scheduler) probe(ctx context.Context) {
 		case <-t.C:
 		}
 		pctx, cancel := context.WithTimeout(ctx, timeout)
-		err := s.o.HA.Ping(pctx)
+		err := s.heartbeat(pctx)
 		cancel()
 		if ctx.Err() != nil {
 			return

@@ -837,3 +837,44 @@ func TestLockLostHealthAtOnce(t *testing.T) {
 		return code == 200, nil
 	})
 }
+
+// pg2, first in line, runs with a clock 6 s ahead: it starts no run
+// before the scheduled time on the real clock (the median of the three
+// daemons' clocks), and it warns about the skew.
+func TestFastClockDoesNotStartEarly(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	writeCluster(t, s.Client(t), "demo", threeNodes())
+	r := newRecorder(100 * time.Millisecond)
+	logs := &logBuffer{}
+	o := scheduler.Options{
+		Jobs:            []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/2 * * * * *", RunOn: scheduler.PreferReplica, MaxLag: 1 << 20, Window: 20 * time.Second}},
+		LockTTL:         2 * time.Second,
+		TakeoverTimeout: 20 * time.Second,
+		PollInterval:    100 * time.Millisecond,
+	}
+	var ds []*daemon
+	for _, m := range []string{"pg1", "pg2", "pg3"} {
+		om := o
+		if m == "pg2" {
+			om.Clock = func() time.Time { return time.Now().Add(6 * time.Second) }
+		}
+		ds = append(ds, startDaemon(t, s, "demo", m, r, logs, om))
+	}
+	time.Sleep(12 * time.Second)
+	for _, d := range ds {
+		d.stop()
+	}
+	runs := 0
+	for _, ev := range r.snapshot() {
+		runs++
+		if early := ev.scheduled.Sub(ev.start); early > 200*time.Millisecond {
+			t.Errorf("%s started the run of %s %s early", ev.member, ev.scheduled.Format(time.TimeOnly), early.Round(10*time.Millisecond))
+		}
+	}
+	if runs < 3 {
+		t.Errorf("only %d runs in 12 s of a job every 2 s", runs)
+	}
+	if !strings.Contains(logs.String(), "clock skew") {
+		t.Errorf("no daemon warned about pg2's clock:\n%s", logs.String())
+	}
+}

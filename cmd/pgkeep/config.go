@@ -91,6 +91,9 @@ type EtcdConfig struct {
 	// this file, nor in the environment.
 	PasswordFile string        `yaml:"password_file"`
 	DialTimeout  time.Duration `yaml:"dial_timeout"`
+	// Prefix is where pgkeep keeps its locks and records; empty means
+	// <patroni.namespace>pgkeep/<patroni.scope>.
+	Prefix string `yaml:"prefix"`
 }
 
 // PatroniConfig names the Patroni cluster: its keys are under

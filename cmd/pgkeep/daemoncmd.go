@@ -89,8 +89,19 @@ func runDaemon(ctx context.Context, a *app) error {
 			RetainFull: j.RetainFull, RetainDays: j.RetainDays})
 		runner.jobs[j.Name] = j
 	}
+	// A skewed clock, for the end-to-end tests of clock skew only: the
+	// scheduler's idea of this machine's time is moved by it.
+	clock := time.Now
+	if v := os.Getenv("PGKEEP_TEST_CLOCK_OFFSET"); v != "" {
+		off, err := time.ParseDuration(v)
+		if err != nil || off < -time.Hour || off > time.Hour {
+			return &configError{"PGKEEP_TEST_CLOCK_OFFSET: not a duration within ±1h"}
+		}
+		a.log.Warn("PGKEEP_TEST_CLOCK_OFFSET is set: the daemon's clock is skewed on purpose (tests only)", "offset", off)
+		clock = func() time.Time { return time.Now().Add(off) }
+	}
 	sched, err := scheduler.New(scheduler.Options{
-		HA: h, Member: member, Jobs: jobs, Runner: runner,
+		HA: h, Member: member, Jobs: jobs, Runner: runner, Clock: clock,
 		LockTTL: d.LockTTL, TakeoverTimeout: d.TakeoverTimeout, TakeoverStagger: d.TakeoverStagger, PollInterval: d.PollInterval,
 		Retries: d.Retries, RetryDelay: d.RetryDelay, Metrics: metrics, Logger: a.log,
 	})

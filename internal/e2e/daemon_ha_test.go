@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pgkeep/pgkeep/ha"
 	"github.com/pgkeep/pgkeep/internal/patronitest"
@@ -431,4 +434,185 @@ func TestPatroniDaemonTakeoverRanking(t *testing.T) {
 		}
 	}
 	t.Logf("%d takeovers: %v (ranking %v, %s without a daemon)", len(recs), byNode, el, el[0])
+}
+
+// TestPatroniDaemonClockSkewStaleEtcd covers three ways of running a
+// scheduled time twice or at the wrong time:
+//   - the first replica's daemon runs with a clock 30 s ahead: no backup
+//     starts before its scheduled time (on the real clock), and the other
+//     daemons report the skew;
+//   - a fourth daemon, for that same replica, is pointed at a stale etcd (a
+//     copy of the cluster's keys, as a restored snapshot has them, without
+//     pgkeep's records): it takes its own lock there for every scheduled
+//     time, yet each scheduled time has exactly one complete backup;
+//   - `patronictl remove` deletes Patroni's keys, not pgkeep's records.
+func TestPatroniDaemonClockSkewStaleEtcd(t *testing.T) {
+	r, c, leader, h := haCluster(t, "skew", patronitest.Options{})
+	view, err := h.View(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	el := scheduler.Eligible(view, scheduler.PreferReplica, 64<<20)
+	fast := c.Node(el[0])
+	const jobs = `    - {name: backup, kind: backup, schedule: "*/10 * * * * *", run_on: prefer-replica, max_lag: 64MB, window: 60s}
+`
+	t.Run("clock 30s ahead", func(t *testing.T) {
+		ds := map[string]*daemonProc{}
+		for _, n := range c.Nodes {
+			o := daemonOpts{lockTTL: "3s", takeover: "20s"}
+			if n == fast {
+				o.env = []string{"PGKEEP_TEST_CLOCK_OFFSET=30s"}
+			}
+			ds[n.Name] = startDaemonWith(t, r, c, n, jobs, o)
+		}
+		start := time.Now()
+		pgtest.WaitFor(t, 2*time.Minute, "three scheduled backups", func() (bool, error) {
+			n := 0
+			for _, rec := range records(t, h, "backup") {
+				if rec.Scheduled.After(start) && rec.Status == scheduler.StatusSucceeded {
+					n++
+				}
+			}
+			return n >= 3, nil
+		})
+		other := ds[el[1]]
+		m := scrape(t, other.metrics)
+		for _, d := range ds {
+			d.stop(t)
+		}
+		byID := map[string]repoBackup{}
+		for _, b := range committedBackups(t, r) {
+			byID[b.ID] = b
+		}
+		for _, rec := range records(t, h, "backup") {
+			b, ok := byID[rec.BackupID]
+			if !rec.Scheduled.After(start) || !ok {
+				continue
+			}
+			// StartTime is the backup's own (unskewed) clock.
+			if early := rec.Scheduled.Sub(b.StartTime); early > 500*time.Millisecond {
+				t.Errorf("backup %s for %s (by %s) started %s early, at %s", b.ID, rec.Scheduled.Format(time.TimeOnly), rec.Node, early.Round(100*time.Millisecond), b.StartTime.Format(time.TimeOnly))
+			}
+		}
+		want := scheduler.MetricClockOffset + `{member="` + fast.Name + `"} `
+		i := strings.Index(m, want)
+		var off float64
+		if i >= 0 {
+			fmt.Sscanf(m[i+len(want):], "%g", &off)
+		}
+		if i < 0 || off < 25 || off > 31 {
+			t.Errorf("%s's metrics give %s's clock offset %v, want about 30 s:\n%s", other.node.Name, fast.Name, off, grepLines(m, scheduler.MetricClockOffset))
+		}
+		if !strings.Contains(other.Log(), "clock skew") {
+			t.Errorf("%s did not warn about %s's clock", other.node.Name, fast.Name)
+		}
+		t.Logf("%s sees %s's clock %.1f s ahead", other.node.Name, fast.Name, off)
+	})
+
+	t.Run("a daemon on a stale etcd", func(t *testing.T) {
+		stale := patronitest.StartEtcd(t)
+		copyKeys(t, c.Etcd.URL, stale.URL, "/service/"+c.Scope+"/")
+		var ds []*daemonProc
+		for _, n := range c.Nodes {
+			ds = append(ds, startDaemonWith(t, r, c, n, jobs, daemonOpts{lockTTL: "3s"}))
+		}
+		staleD := startDaemonWith(t, r, c, fast, jobs, daemonOpts{lockTTL: "3s", etcd: stale.URL})
+		start := time.Now()
+		var recs []scheduler.Run
+		pgtest.WaitFor(t, 2*time.Minute, "four scheduled times recorded", func() (bool, error) {
+			recs = nil
+			for _, rec := range records(t, h, "backup") {
+				if rec.Scheduled.After(start) {
+					recs = append(recs, rec)
+				}
+			}
+			return len(recs) >= 4, nil
+		})
+		time.Sleep(5 * time.Second) // the stale daemon's runs of those times end
+		for _, d := range append(ds, staleD) {
+			d.stop(t)
+		}
+		recs = nil
+		for _, rec := range records(t, h, "backup") {
+			if rec.Scheduled.After(start) {
+				recs = append(recs, rec)
+			}
+		}
+		per := map[int64][]string{}
+		since := 0
+		for _, b := range committedBackups(t, r) {
+			if b.StartTime.After(start) {
+				since++
+			}
+			if b.Schedule != nil {
+				per[b.Schedule.Time.Unix()] = append(per[b.Schedule.Time.Unix()], b.ID)
+			} else if b.StartTime.After(start) {
+				t.Errorf("backup %s (started %s) has no scheduled time", b.ID, b.StartTime.Format(time.TimeOnly))
+			}
+		}
+		for _, rec := range recs {
+			if ids := per[rec.Scheduled.Unix()]; len(ids) != 1 || ids[0] != rec.BackupID {
+				t.Errorf("%s: complete backups %v, recorded %s", rec.Scheduled.Format(time.TimeOnly), ids, rec.BackupID)
+			}
+		}
+		if since != len(recs) {
+			t.Errorf("%d complete backups taken since the stale daemon started, for %d scheduled times", since, len(recs))
+		}
+		log := staleD.Log()
+		t.Logf("stale daemon: %d runs started, %d results found in the repository, %d not kept",
+			strings.Count(log, "job starting"), strings.Count(log, "found in the repository"), strings.Count(log, "job result not kept"))
+		for tm, ids := range per {
+			if len(ids) != 1 {
+				t.Errorf("scheduled time %s has %d complete backups: %v", time.Unix(tm, 0).UTC().Format(time.TimeOnly), len(ids), ids)
+			}
+		}
+	})
+
+	t.Run("patronictl remove keeps pgkeep's records", func(t *testing.T) {
+		before := countKeys(t, c.Etcd.URL, h.RecordKey("runs/"))
+		if before == 0 {
+			t.Fatal("no run records to begin with")
+		}
+		cmd := exec.Command("patronictl", "-c", leader.Config, "remove", c.Scope)
+		cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8"}
+		cmd.Stdin = strings.NewReader(c.Scope + "\nYes I am aware\n" + leader.Name + "\n")
+		pgtest.AsPostgres(t, cmd)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("patronictl remove: %v\n%s", err, out)
+		}
+		if n := countKeys(t, c.Etcd.URL, "/service/"+c.Scope+"/members/"); n > 0 {
+			t.Logf("%d member keys back already (Patroni re-registers)", n)
+		}
+		if after := countKeys(t, c.Etcd.URL, h.RecordKey("runs/")); after != before {
+			t.Errorf("%d run records after patronictl remove, %d before", after, before)
+		}
+	})
+}
+
+// copyKeys copies every key under prefix from one etcd to another,
+// without leases: a restored snapshot of the cluster, frozen.
+func copyKeys(t *testing.T, from, to, prefix string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	src, err := clientv3.New(clientv3.Config{Endpoints: []string{from}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := clientv3.New(clientv3.Config{Endpoints: []string{to}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	resp, err := src.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if _, err := dst.Put(ctx, string(kv.Key), string(kv.Value)); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
