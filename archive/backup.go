@@ -44,6 +44,12 @@ type BackupOptions struct {
 	PackSize  int64
 	// WALTimeout bounds the wait for the backup's WAL to be archived.
 	WALTimeout time.Duration
+	// Schedule, when set, is the daemon job's scheduled time this backup
+	// is for: the summary carries it and the commit claims the time in the
+	// repository, so at most one backup is committed per scheduled time
+	// (an error wrapping repo.ErrScheduleTaken otherwise, and this
+	// backup's objects are removed again).
+	Schedule *repo.Schedule
 	// Progress, if set, is told the total bytes to read once and then the
 	// bytes read so far, from several goroutines.
 	Progress Progress
@@ -210,7 +216,7 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	m := &repo.Manifest{Summary: repo.Summary{
 		ID: id, StartTime: start.UTC(), StartLSN: startLSN.String(),
 		SystemIdentifier: fmt.Sprint(si.sysid), PGVersion: si.version, SegmentSize: si.segmentSize,
-		DataChecksums: si.checksums, Host: host, Role: role,
+		DataChecksums: si.checksums, Host: host, Role: role, Schedule: o.Schedule,
 	}, Dirs: dirs, Tablespaces: tbs, BlockSize: o.BlockSize}
 
 	c := &copier{r: r, o: o, id: id, log: log, startLSN: startLSN, checksums: si.checksums}
@@ -263,6 +269,15 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 		return nil, fmt.Errorf("backup: not committed: %w", err)
 	}
 	if err := r.CommitBackup(ctx, m); err != nil {
+		if errors.Is(err, repo.ErrScheduleTaken) {
+			// Never visible; its objects would only wait for retention.
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			derr := r.DeleteBackup(dctx, id)
+			cancel()
+			if derr != nil {
+				log.Warn("removing the uncommitted backup failed; retention removes it", "id", id, "err", derr)
+			}
+		}
 		return nil, fmt.Errorf("backup: %w", err)
 	}
 	committed = true

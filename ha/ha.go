@@ -4,8 +4,9 @@
 //
 // Patroni keeps everything of a cluster under <namespace>/<scope>/ (by
 // default /service/<scope>/): leader, members/<name>, status, config,
-// initialize, history, sync, failover. pgkeep writes only under
-// <namespace>/<scope>/pgkeep/ (locks/ and records/), which Patroni ignores.
+// initialize, history, sync, failover. pgkeep writes only under its own
+// prefix, by default <namespace>/pgkeep/<scope>/ (locks/ and records/):
+// outside Patroni's, which `patronictl remove` deletes whole.
 //
 // The package never reads configuration files or the environment; the
 // caller passes Options. Passwords are never logged nor put in errors.
@@ -60,6 +61,12 @@ type Options struct {
 	Namespace, Scope string
 	// Identity names this process in locks it takes (default: host name).
 	Identity string
+	// Prefix is where pgkeep keeps its locks and records (default
+	// <namespace>pgkeep/<scope>, e.g. /service/pgkeep/main): outside
+	// Patroni's <namespace><scope>/, which `patronictl remove` deletes
+	// whole. Earlier versions kept them under <namespace><scope>/pgkeep/;
+	// MigrateRecords moves them.
+	Prefix string
 	// Logger receives debug and warning messages (default: discarded).
 	Logger *slog.Logger
 }
@@ -68,12 +75,15 @@ type Options struct {
 type Client struct {
 	cli      *clientv3.Client
 	base     string // "/service/scope", no trailing slash
+	own      string // pgkeep's prefix, "/service/pgkeep/scope", no trailing slash
 	eps      []string
 	tls      *tls.Config
 	user     string
 	timeout  time.Duration
 	identity string
 	log      *slog.Logger
+	hookMu   sync.Mutex
+	onLost   func(name string)
 }
 
 var (
@@ -123,6 +133,7 @@ func Connect(ctx context.Context, o Options) (*Client, error) {
 	}
 	c := &Client{
 		base:     BasePath(o.Namespace, o.Scope),
+		own:      OwnPath(o.Namespace, o.Scope, o.Prefix),
 		user:     o.Username,
 		timeout:  o.RequestTimeout,
 		identity: o.Identity,
@@ -172,6 +183,15 @@ func BasePath(namespace, scope string) string {
 }
 
 var slashes = regexp.MustCompile(`/+`)
+
+// OwnPath is where pgkeep keeps a cluster's locks and records: prefix
+// when set, else <namespace>pgkeep/<scope> ("/service/pgkeep/demo").
+func OwnPath(namespace, scope, prefix string) string {
+	if prefix == "" {
+		prefix = "/" + namespace + "/pgkeep/" + scope
+	}
+	return strings.TrimSuffix(slashes.ReplaceAllString("/"+prefix, "/"), "/")
+}
 
 // Prefix is the cluster's key prefix, e.g. "/service/demo/".
 func (c *Client) Prefix() string { return c.base + "/" }

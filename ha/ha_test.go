@@ -485,8 +485,8 @@ func TestRecords(t *testing.T) {
 	if found, err := c.Get(ctx(t), "jobs/backup", &got); err != nil || !found || got != want {
 		t.Fatalf("record: %+v %v %v", got, found, err)
 	}
-	// Stored under the cluster's prefix, as JSON.
-	resp, err := s.Client(t).Get(ctx(t), "/service/demo/pgkeep/records/jobs/backup")
+	// Stored under pgkeep's prefix, outside Patroni's, as JSON.
+	resp, err := s.Client(t).Get(ctx(t), "/service/pgkeep/demo/records/jobs/backup")
 	if err != nil || len(resp.Kvs) != 1 || !json.Valid(resp.Kvs[0].Value) {
 		t.Fatalf("raw record: %v %v", resp, err)
 	}
@@ -517,5 +517,40 @@ func TestConnectOptions(t *testing.T) {
 	}
 	if got := ha.BasePath("pg//ns", "demo"); got != "/pg/ns/demo" {
 		t.Errorf("BasePath = %q", got)
+	}
+}
+
+// Records of earlier versions, under Patroni's prefix (which `patronictl
+// remove` deletes), move to pgkeep's own prefix; a record already there
+// is kept.
+func TestMigrateRecords(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	cli := s.Client(t)
+	for k, v := range map[string]string{
+		"/service/demo/pgkeep/records/runs/backup/100": `{"job":"backup","node":"old"}`,
+		"/service/demo/pgkeep/records/runs/backup/200": `{"job":"backup","node":"old"}`,
+		"/service/pgkeep/demo/records/runs/backup/200": `{"job":"backup","node":"new"}`,
+	} {
+		if _, err := cli.Put(ctx(t), k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := ha.Connect(ctx(t), ha.Options{Endpoints: []string{s.Endpoint}, Scope: "demo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	n, err := c.MigrateRecords(ctx(t))
+	if err != nil || n != 2 {
+		t.Fatalf("migrate: %d %v", n, err)
+	}
+	var got struct{ Node string }
+	for name, want := range map[string]string{"runs/backup/100": "old", "runs/backup/200": "new"} {
+		if found, err := c.Get(ctx(t), name, &got); err != nil || !found || got.Node != want {
+			t.Errorf("%s: found=%v %v node %q, want %q", name, found, err, got.Node, want)
+		}
+	}
+	if resp, err := cli.Get(ctx(t), "/service/demo/pgkeep/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count != 0 {
+		t.Errorf("old records left: %v %v", resp, err)
 	}
 }

@@ -50,10 +50,49 @@ type lockValue struct {
 }
 
 // LockKey is the etcd key of the named lock.
-func (c *Client) LockKey(name string) string { return c.base + "/pgkeep/locks/" + name }
+func (c *Client) LockKey(name string) string { return c.own + "/locks/" + name }
 
 // RecordKey is the etcd key of the named record.
-func (c *Client) RecordKey(name string) string { return c.base + "/pgkeep/records/" + name }
+func (c *Client) RecordKey(name string) string { return c.own + "/records/" + name }
+
+// legacyRecords is where earlier versions kept records: inside
+// Patroni's prefix, deleted by `patronictl remove`.
+func (c *Client) legacyRecords() string { return c.base + "/pgkeep/records/" }
+
+// MigrateRecords moves records from the old location under Patroni's
+// prefix (<namespace><scope>/pgkeep/records/) to RecordKey's, each in one
+// transaction that keeps a record already at the new location, and
+// returns how many it moved. Old locks are left to expire with their
+// leases.
+func (c *Client) MigrateRecords(ctx context.Context) (int, error) {
+	old := c.legacyRecords()
+	rctx, cancel := c.request(ctx)
+	resp, err := c.cli.Get(rctx, old, clientv3.WithPrefix(), clientv3.WithLimit(10000))
+	cancel()
+	if err != nil {
+		return 0, c.fail(ctx, "list old records "+old, c.timeout, err)
+	}
+	moved := 0
+	for _, kv := range resp.Kvs {
+		name := strings.TrimPrefix(string(kv.Key), old)
+		if checkName(name) != nil {
+			continue
+		}
+		nk := c.RecordKey(name)
+		rctx, cancel := c.request(ctx)
+		_, err := c.cli.Txn(rctx).
+			If(clientv3.Compare(clientv3.CreateRevision(nk), "=", 0)).
+			Then(clientv3.OpPut(nk, string(kv.Value)), clientv3.OpDelete(string(kv.Key))).
+			Else(clientv3.OpDelete(string(kv.Key))).
+			Commit()
+		cancel()
+		if err != nil {
+			return moved, c.fail(ctx, "move record "+name, c.timeout, err)
+		}
+		moved++
+	}
+	return moved, nil
+}
 
 func checkName(name string) error {
 	if name == "" || strings.HasPrefix(name, "/") || strings.HasSuffix(name, "/") || strings.Contains(name, "//") {
@@ -119,12 +158,32 @@ func (c *Client) TryLock(ctx context.Context, name string, ttl time.Duration) (*
 		// The channel closes on Release, when the lease is gone, or when
 		// etcd did not answer keepalives for the TTL.
 		if kaCtx.Err() == nil {
+			// The hook first, so that whatever it updates (metrics,
+			// health) is already true when the log says so.
+			if h := c.lockLostHook(); h != nil {
+				h(name)
+			}
 			c.log.Warn("lock lost", "lock", name)
 		}
 		close(l.lost)
 	}()
 	c.log.Debug("lock taken", "lock", name, "ttl_seconds", grant.TTL)
 	return l, nil
+}
+
+// SetLockLostHook makes f run, with the lock's name, whenever a lock of
+// this client is lost (not released): before "lock lost" is logged and
+// before Lost is closed.
+func (c *Client) SetLockLostHook(f func(name string)) {
+	c.hookMu.Lock()
+	defer c.hookMu.Unlock()
+	c.onLost = f
+}
+
+func (c *Client) lockLostHook() func(string) {
+	c.hookMu.Lock()
+	defer c.hookMu.Unlock()
+	return c.onLost
 }
 
 // revoke drops a lease (and the keys attached to it), best effort.

@@ -27,7 +27,12 @@ import (
 //	backups/<id>/pack/<NNNNNN>   concatenated blocks
 //	backups/<id>/manifest        encoded Manifest (encrypted like data)
 //	backups/<id>/backup.json     plaintext Summary, written last: the commit point
-const backupsPrefix = "backups/"
+//	schedules/<job>/<unix time>  plaintext Summary of the one backup committed
+//	                             for a scheduled time (written before backup.json)
+const (
+	backupsPrefix   = "backups/"
+	schedulesPrefix = "schedules/"
+)
 
 // ErrBackupNotFound means no committed backup has the requested ID.
 var ErrBackupNotFound = errors.New("backup not found")
@@ -53,6 +58,28 @@ type Summary struct {
 	StoredSize       int64     `json:"stored_size"`
 	Files            int       `json:"files"`
 	ManifestSHA256   string    `json:"manifest_sha256"`
+	// Schedule is the scheduled time of a job this backup was taken for
+	// (pgkeep daemon); nil for backups taken by hand.
+	Schedule *Schedule `json:"schedule,omitempty"`
+}
+
+// Schedule names one scheduled time of a daemon job.
+type Schedule struct {
+	Job  string    `json:"job"`
+	Time time.Time `json:"time"`
+}
+
+func (s Schedule) String() string { return s.Job + "@" + s.Time.UTC().Format(time.RFC3339) }
+
+// ErrScheduleTaken means another backup is already committed for the
+// scheduled time a backup was taken for.
+var ErrScheduleTaken = errors.New("another backup is already committed for this scheduled time")
+
+func scheduleName(s Schedule) (string, error) {
+	if s.Job == "" || strings.ContainsAny(s.Job, "/\\ ") || strings.Contains(s.Job, "..") || s.Time.IsZero() {
+		return "", fmt.Errorf("schedule %q: job name must be non-empty without '/', '\\', '..' or spaces, and the time set", s.String())
+	}
+	return fmt.Sprintf("%s%s/%d", schedulesPrefix, s.Job, s.Time.Unix()), nil
 }
 
 // Manifest is everything restore needs about a backup.
@@ -192,6 +219,14 @@ func ValidBackupID(id string) error {
 // The summary's manifest_sha256 is the SHA-256 of the manifest object's
 // plain content exactly as stored; in that content the field itself is
 // empty (a hash cannot contain itself).
+// A backup taken for a scheduled time (m.Schedule set) first claims the
+// time: schedules/<job>/<unix time> is created, if absent, with the
+// summary. Storage's create-if-absent lets one backup claim a time, so at
+// most one backup is ever committed for it, whatever etcd's locks say
+// (a holder that lost its lock, a daemon on a stale etcd). A backup that
+// finds the time claimed by another fails with ErrScheduleTaken and stays
+// uncommitted debris. A claim whose backup.json is missing (a crash
+// between the two writes) is completed by FindScheduled.
 func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 	m.Summary.Format = FormatVersion
 	m.Summary.Files = len(m.Files)
@@ -217,14 +252,30 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 	if err != nil {
 		return err
 	}
+	if m.Schedule != nil {
+		if err := r.claimSchedule(ctx, *m.Schedule, m.ID, sdata); err != nil {
+			return err
+		}
+	}
 	if err := r.Backend.Put(ctx, summaryName(m.ID), bytes.NewReader(sdata), storage.PutOptions{IfAbsent: true}); err != nil {
-		return fmt.Errorf("write backup summary: %w", err)
+		// FindScheduled may have completed a claimed backup already.
+		if !(m.Schedule != nil && errors.Is(err, storage.ErrExists)) {
+			return fmt.Errorf("write backup summary: %w", err)
+		}
 	}
 	// A delete that removed packs between the check and the summary must
-	// not leave a visible backup behind: take it back.
+	// not leave a visible backup behind: take it back, summary first, then
+	// its claim (FindScheduled would complete a claim whose manifest exists).
 	if err := r.checkPacks(ctx, m); err != nil {
-		if derr := r.Backend.Delete(context.WithoutCancel(ctx), summaryName(m.ID)); derr != nil {
-			return fmt.Errorf("%w; and removing its summary failed: %v (delete backup %s by hand)", err, derr, m.ID)
+		dctx := context.WithoutCancel(ctx)
+		derr := r.Backend.Delete(dctx, summaryName(m.ID))
+		if derr == nil && m.Schedule != nil {
+			if name, nerr := scheduleName(*m.Schedule); nerr == nil {
+				derr = r.Backend.Delete(dctx, name)
+			}
+		}
+		if derr != nil {
+			return fmt.Errorf("%w; and taking its summary back failed: %v (delete backup %s by hand)", err, derr, m.ID)
 		}
 		return err
 	}
@@ -249,6 +300,84 @@ func checkManifestSum(plain []byte, want string) bool {
 	}
 	sum = sha256.Sum256(bytes.Replace(plain, field, []byte(`"manifest_sha256":""`), 1))
 	return hex.EncodeToString(sum[:]) == want
+}
+
+// claimSchedule creates the claim of s for backup id (summary sdata); a
+// claim that is already this backup's (an earlier try whose answer was
+// lost) counts as made.
+func (r *Repository) claimSchedule(ctx context.Context, s Schedule, id string, sdata []byte) error {
+	name, err := scheduleName(s)
+	if err != nil {
+		return err
+	}
+	err = r.Backend.Put(ctx, name, bytes.NewReader(sdata), storage.PutOptions{IfAbsent: true})
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, storage.ErrExists) {
+		return fmt.Errorf("claim scheduled time %s: %w", s, err)
+	}
+	got, err := r.readClaim(ctx, name)
+	if err != nil {
+		return fmt.Errorf("claim scheduled time %s: %w", s, err)
+	}
+	if got.ID == id {
+		return nil
+	}
+	return fmt.Errorf("backup %s for %s: %w: %s", id, s, ErrScheduleTaken, got.ID)
+}
+
+func (r *Repository) readClaim(ctx context.Context, name string) (Summary, error) {
+	var s Summary
+	rc, err := r.Backend.Get(ctx, name)
+	if err != nil {
+		return s, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, 1<<20))
+	if err != nil {
+		return s, fmt.Errorf("read %s: %w", name, err)
+	}
+	if err := json.Unmarshal(data, &s); err != nil || ValidBackupID(s.ID) != nil {
+		return s, fmt.Errorf("%s: not a backup summary: %w", name, ErrCorrupt)
+	}
+	return s, nil
+}
+
+// FindScheduled returns the backup committed for scheduled time s, if
+// any: the repository, not etcd, is where a scheduled time's backup is
+// known for sure. A claim whose backup.json is missing (the committing
+// process died between the two writes) is completed here when the
+// backup's manifest is stored; a claim whose backup was deleted since
+// (retention) is still returned: the time had its backup.
+func (r *Repository) FindScheduled(ctx context.Context, s Schedule) (Summary, bool, error) {
+	name, err := scheduleName(s)
+	if err != nil {
+		return Summary{}, false, err
+	}
+	sum, err := r.readClaim(ctx, name)
+	if errors.Is(err, storage.ErrNotFound) {
+		return Summary{}, false, nil
+	}
+	if err != nil {
+		return Summary{}, false, fmt.Errorf("find the backup of %s: %w", s, err)
+	}
+	if _, err := r.Backend.Stat(ctx, summaryName(sum.ID)); errors.Is(err, storage.ErrNotFound) {
+		// The manifest is written after every pack and DeleteBackup removes
+		// it before any pack ("manifest" sorts before "pack/"), and a
+		// commit that finds a pack gone removes its claim: a manifest
+		// still there means the packs are too.
+		if _, merr := r.Backend.Stat(ctx, manifestName(sum.ID)); merr == nil {
+			data, _ := json.MarshalIndent(sum, "", "  ")
+			perr := r.Backend.Put(ctx, summaryName(sum.ID), bytes.NewReader(data), storage.PutOptions{IfAbsent: true})
+			if perr != nil && !errors.Is(perr, storage.ErrExists) {
+				return Summary{}, false, fmt.Errorf("complete the claimed backup %s of %s: %w", sum.ID, s, perr)
+			}
+		}
+	} else if err != nil {
+		return Summary{}, false, fmt.Errorf("find the backup of %s: %w", s, err)
+	}
+	return sum, true, nil
 }
 
 // ListBackups returns the committed backups, oldest first. debris gets the
@@ -468,13 +597,24 @@ func sameBackup(m, s Summary) error {
 }
 
 // DeleteBackup removes the summary first (the backup stops being visible),
-// then every other object of the backup.
+// then its scheduled time's claim if it holds one, then every other object
+// of the backup.
 func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
 	if err := ValidBackupID(id); err != nil {
 		return err
 	}
+	sum, serr := r.ReadSummary(ctx, id)
 	if err := r.Backend.Delete(ctx, summaryName(id)); err != nil {
 		return fmt.Errorf("delete backup %s: %w", id, err)
+	}
+	if serr == nil && sum.Schedule != nil {
+		if name, err := scheduleName(*sum.Schedule); err == nil {
+			if c, err := r.readClaim(ctx, name); err == nil && c.ID == id {
+				if err := r.Backend.Delete(ctx, name); err != nil {
+					return fmt.Errorf("delete backup %s: %w", id, err)
+				}
+			}
+		}
 	}
 	var names []string
 	err := r.Backend.List(ctx, BackupPrefix(id), func(o storage.ObjectInfo) error {

@@ -21,6 +21,7 @@ type Metrics struct {
 	etcdUp        prometheus.Gauge
 	archiveLag    prometheus.Gauge
 	archiveFailed prometheus.Gauge
+	clockOffset   *prometheus.GaugeVec
 }
 
 // Metric names, for tests and alert rules. The job label is job_name:
@@ -34,6 +35,7 @@ const (
 	MetricEtcdUp        = "pgkeep_etcd_up"
 	MetricArchiveLag    = "pgkeep_archive_lag_seconds"
 	MetricArchiveFailed = "pgkeep_archive_failed_count"
+	MetricClockOffset   = "pgkeep_clock_offset_seconds"
 )
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -48,7 +50,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		bytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricBytes,
 			Help: "Bytes the job's last successful run on this node stored (backups: database size)."}, []string{"job_name"}),
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricRuns,
-			Help: "Runs of the job on this node by result (succeeded, failed, aborted, discarded)."}, []string{"job_name", "result"}),
+			Help: "Runs of the job on this node by result (succeeded, failed, aborted, interrupted, unrecorded)."}, []string{"job_name", "result"}),
 		held: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricHeld,
 			Help: "1 while this node holds the job's lock (runs it), else 0."}, []string{"job_name"}),
 		etcdUp: prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricEtcdUp,
@@ -58,9 +60,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		archiveFailed: prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricArchiveFailed,
 			Help: "PostgreSQL's failed archive attempts (pg_stat_archiver.failed_count), -1 when unknown."}),
 	}
+	m.clockOffset = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricClockOffset,
+		Help: "Estimated offset of another daemon's clock from this node's (its minus ours), in seconds, from the clock records in etcd (error up to a poll interval)."}, []string{"member"})
 	m.archiveLag.Set(-1)
 	m.archiveFailed.Set(-1)
-	reg.MustRegister(m.lastSuccess, m.duration, m.bytes, m.runs, m.held, m.etcdUp, m.archiveLag, m.archiveFailed)
+	reg.MustRegister(m.lastSuccess, m.duration, m.bytes, m.runs, m.held, m.etcdUp, m.archiveLag, m.archiveFailed, m.clockOffset)
 	return m
 }
 
@@ -78,7 +82,7 @@ func (m *Metrics) initJob(job string) {
 		return
 	}
 	m.held.WithLabelValues(job).Set(0)
-	for _, r := range []string{StatusSucceeded, StatusFailed, StatusAborted, StatusDiscarded} {
+	for _, r := range []string{StatusSucceeded, StatusFailed, StatusAborted, StatusInterrupted, StatusUnrecorded} {
 		m.runs.WithLabelValues(job, r)
 	}
 }
@@ -128,4 +132,11 @@ func (m *Metrics) setEtcdUp(up bool) {
 	} else {
 		m.etcdUp.Set(0)
 	}
+}
+
+func (m *Metrics) setClockOffset(member string, seconds float64) {
+	if m == nil {
+		return
+	}
+	m.clockOffset.WithLabelValues(member).Set(seconds)
 }

@@ -8,11 +8,17 @@
 //   - the first eligible member takes the etcd lock <J>/<unix T> (a key on
 //     a lease, ha.TryLock) and runs the job while it holds it; a lost lock
 //     or a topology that no longer allows this member cancels the run;
-//   - a run's result becomes final only through ha.Lock.Create of the
-//     record runs/<J>/<unix T>: one transaction that needs the lock still
-//     held and no such record yet. A result that cannot be recorded is
-//     discarded (Runner.Discard deletes the backup), so each scheduled time
-//     ends with at most one completed run;
+//   - the repository, not etcd, says for sure whether T has its backup:
+//     a backup is committed only with a claim of J@T in the repository
+//     (create-if-absent), so at most one is ever committed per scheduled
+//     time, even by a holder that lost its lock or a daemon on a stale
+//     etcd. Before running, the holder asks the Runner (Find) whether the
+//     repository already has T's result, and records that one instead;
+//   - the record runs/<J>/<unix T> is written through ha.Lock.Create: one
+//     transaction that needs the lock still held and no such record yet.
+//     A result that could not be recorded (lock lost, etcd unreachable
+//     past the record's own deadline) is not undone: the next attempt
+//     finds it with Find and records it;
 //   - the other eligible members poll; once they have seen neither the
 //     lock nor the final record for TakeoverTimeout they take the lock
 //     and run the job themselves (the holder died, or never started);
@@ -52,10 +58,19 @@ const (
 	// StatusAborted: stopped by the daemon's shutdown; does not count as
 	// an attempt.
 	StatusAborted = "aborted"
-	// StatusDiscarded: the run finished but its lock was lost before its
-	// result was recorded, so the result (backup) was deleted.
-	StatusDiscarded = "discarded"
+	// StatusUnrecorded: the run finished (its backup is committed) but
+	// its record could not be written under the lock; the next attempt
+	// finds the result in the repository and records it.
+	StatusUnrecorded = "unrecorded"
+	// StatusInterrupted: the run stopped because its lock was lost (etcd
+	// unreachable for the lock's TTL); not counted as an attempt.
+	StatusInterrupted = "interrupted"
 )
+
+// ErrAlreadyDone is wrapped by a Runner's error when the scheduled time
+// turned out to have its result already (another run committed a backup
+// for it first); the scheduler then records that result (Find).
+var ErrAlreadyDone = errors.New("the scheduled time already has its result")
 
 // Job is one scheduled job.
 type Job struct {
@@ -83,14 +98,20 @@ type Job struct {
 type Result struct {
 	BackupID string
 	Bytes    int64
+	// Started and Finished are the run's times when Find reports a result
+	// of an earlier run (zero: unknown).
+	Started, Finished time.Time
 }
 
 // Runner does the work of a job. Run must stop and clean up promptly when
-// ctx is done (the lock was lost, the topology changed, or shutdown).
-// Discard undoes a successful run whose result could not be recorded.
+// ctx is done (the lock was lost, the topology changed, or shutdown); a
+// run of a backup job commits its backup only as the one backup of its
+// scheduled time (else an error wrapping ErrAlreadyDone). Find reports
+// the result the repository already holds for a scheduled time (found
+// false when none, and always for jobs that leave no trace there).
 type Runner interface {
 	Run(ctx context.Context, job Job, scheduled time.Time) (Result, error)
-	Discard(ctx context.Context, job Job, res Result) error
+	Find(ctx context.Context, job Job, scheduled time.Time) (res Result, found bool, err error)
 }
 
 // Run is the record of one run, stored in etcd.
@@ -108,6 +129,10 @@ type Run struct {
 	Bytes           int64     `json:"bytes"`
 	Error           string    `json:"error,omitempty"`
 	Attempt         int       `json:"attempt"`
+	// Adopted is true when the recording daemon did not run the job but
+	// found the scheduled time's result in the repository (a run whose
+	// own record could not be written); Node is then the recorder.
+	Adopted bool `json:"adopted,omitempty"`
 	// NextAttempt is when a failed attempt may be retried (attempt records).
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 }
@@ -122,10 +147,17 @@ type Options struct {
 	// LockTTL is the lease of a job's lock (default 15s): a holder that
 	// dies frees it after at most this long.
 	LockTTL time.Duration
-	// TakeoverTimeout is how long a member that is not first in line
-	// waits, having seen neither lock nor result, before it runs the job
-	// itself (default 30s).
+	// TakeoverTimeout is how long the second member in line waits,
+	// having seen neither lock nor result, before it runs the job itself
+	// (default 30s). The member at rank k (0 first) waits TakeoverTimeout
+	// + (k-1)*TakeoverStagger, so the ranking holds for takeovers too: the
+	// next preferred member takes over first, and a later one only when
+	// that one did not either.
 	TakeoverTimeout time.Duration
+	// TakeoverStagger separates the takeover delays of successive ranks
+	// (default 3 poll intervals, at least 5s): more than a member needs to
+	// see that its delay passed and take the lock.
+	TakeoverStagger time.Duration
 	// PollInterval is how often waiting members read etcd (default 2s).
 	PollInterval time.Duration
 	// Retries is how many attempts a scheduled time gets (default 3);
@@ -137,6 +169,8 @@ type Options struct {
 	KeepRecords int
 	Metrics     *Metrics
 	Logger      *slog.Logger
+	// Clock is this machine's clock (default time.Now); tests skew it.
+	Clock func() time.Time
 }
 
 // Scheduler runs jobs; see the package documentation.
@@ -146,6 +180,14 @@ type Scheduler struct {
 	jobs []scheduledJob
 	mu   sync.Mutex
 	etcd error // last etcd error, nil when the last request succeeded
+	// outage is true once an etcd outage was logged, until etcd answers.
+	outage bool
+	// held counts, per job, the locks this daemon holds and has not lost
+	// (ticks of one job may overlap); lost marks lock names already
+	// counted out by the lock-lost hook.
+	held map[string]int
+	lost map[string]bool
+	clk  clocks
 }
 
 type scheduledJob struct {
@@ -180,6 +222,7 @@ func New(o Options) (*Scheduler, error) {
 	def(&o.LockTTL, 15*time.Second)
 	def(&o.TakeoverTimeout, 30*time.Second)
 	def(&o.PollInterval, 2*time.Second)
+	def(&o.TakeoverStagger, max(3*o.PollInterval, 5*time.Second))
 	def(&o.RetryDelay, 30*time.Second)
 	if o.Retries <= 0 {
 		o.Retries = 3
@@ -190,7 +233,11 @@ func New(o Options) (*Scheduler, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	s := &Scheduler{o: o, log: o.Logger}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	s := &Scheduler{o: o, log: o.Logger, held: map[string]int{}, lost: map[string]bool{}, clk: clocks{peers: map[string]*peerClock{}, ready: make(chan struct{})}}
+	o.HA.SetLockLostHook(s.lockLost)
 	seen := map[string]bool{}
 	for _, j := range o.Jobs {
 		if j.Name == "" || strings.ContainsAny(j.Name, "/ ") || seen[j.Name] {
@@ -214,6 +261,11 @@ func New(o Options) (*Scheduler, error) {
 // releases their locks and returns.
 func (s *Scheduler) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	if n, err := s.o.HA.MigrateRecords(ctx); err != nil {
+		s.log.Warn("moving run records from their old place under Patroni's prefix failed; will try at the next start", "err", err)
+	} else if n > 0 {
+		s.log.Info("moved run records from their old place under Patroni's prefix", "records", n)
+	}
 	s.loadLastSuccess(ctx)
 	for _, j := range s.jobs {
 		wg.Add(1)
@@ -222,6 +274,11 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			s.loop(ctx, &wg, j)
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.probe(ctx)
+	}()
 	s.log.Info("scheduler started", "member", s.o.Member, "jobs", len(s.jobs))
 	<-ctx.Done()
 	wg.Wait()
@@ -230,19 +287,31 @@ func (s *Scheduler) Run(ctx context.Context) error {
 }
 
 func (s *Scheduler) loop(ctx context.Context, wg *sync.WaitGroup, j scheduledJob) {
+	// Not before the other daemons' clocks are known (a few heartbeats).
+	select {
+	case <-ctx.Done():
+		return
+	case <-s.clk.ready:
+	}
+	var last time.Time // the last scheduled time fired: the cluster's clock may step back
 	for ctx.Err() == nil {
-		next := j.sched.Next(time.Now())
+		from := s.clusterNow()
+		if from.Before(last) {
+			from = last
+		}
+		next := j.sched.Next(from)
 		if next.IsZero() {
 			s.log.Warn("schedule has no next time", "job", j.Name)
 			return
 		}
-		t := time.NewTimer(time.Until(next))
+		t := time.NewTimer(next.Sub(s.clusterNow()))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
 		}
+		last = next
 		deadline := next.Add(j.Window)
 		if j.Window <= 0 {
 			deadline = j.sched.Next(next)
@@ -281,7 +350,12 @@ func (s *Scheduler) tick(ctx context.Context, j scheduledJob, t, deadline time.T
 	log := s.log.With("job", j.Name, "scheduled", t.Format(time.RFC3339))
 	var absentSince time.Time // when this member first saw no lock and no result
 	for ; ctx.Err() == nil; s.sleep(ctx, s.o.PollInterval) {
-		now := time.Now()
+		// The cluster's time, not this node's: a clock running ahead
+		// must not start a scheduled time early (see clock.go).
+		now := s.clusterNow()
+		if now.Before(t) {
+			continue
+		}
 		var final, att Run
 		done, err := s.o.HA.Get(ctx, RecordName(j.Name, t), &final)
 		if err == nil {
@@ -335,10 +409,10 @@ func (s *Scheduler) tick(ctx context.Context, j scheduledJob, t, deadline time.T
 			if absentSince.IsZero() {
 				absentSince = now
 			}
-			if now.Sub(absentSince) < s.o.TakeoverTimeout {
+			if now.Sub(absentSince) < s.takeoverDelay(rank) {
 				continue
 			}
-			log.Info("taking the job over: no run seen", "first_in_line", el[0], "waited", now.Sub(absentSince).Round(time.Second))
+			log.Info("taking the job over: no run seen", "first_in_line", el[0], "rank", rank, "waited", now.Sub(absentSince).Round(time.Second))
 		}
 		lock, err := s.o.HA.TryLock(ctx, lockName, s.o.LockTTL)
 		if errors.Is(err, ha.ErrLocked) {
@@ -359,6 +433,12 @@ func (s *Scheduler) tick(ctx context.Context, j scheduledJob, t, deadline time.T
 	}
 }
 
+// takeoverDelay is how long the member at rank (> 0) waits without seeing
+// a lock or a result before it runs the job.
+func (s *Scheduler) takeoverDelay(rank int) time.Duration {
+	return s.o.TakeoverTimeout + time.Duration(rank-1)*s.o.TakeoverStagger
+}
+
 func index(names []string, name string) int {
 	for i, n := range names {
 		if n == name {
@@ -368,6 +448,9 @@ func index(names []string, name string) int {
 	return -1
 }
 
+// now is this daemon's clock (Options.Clock).
+func (s *Scheduler) now() time.Time { return s.o.Clock() }
+
 // bg is a context for recording and releasing after shutdown began.
 func (s *Scheduler) bg() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 10*time.Second)
@@ -376,9 +459,9 @@ func (s *Scheduler) bg() (context.Context, context.CancelFunc) {
 // runLocked runs the job under lock and records the result; true when the
 // scheduled time is finished (final record written or found).
 func (s *Scheduler) runLocked(ctx context.Context, log *slog.Logger, j scheduledJob, t time.Time, lock *ha.Lock, view ha.Cluster) bool {
-	s.o.Metrics.setHeld(j.Name, true)
+	s.setHeld(j.Name, lock.Key(), true)
 	defer func() {
-		s.o.Metrics.setHeld(j.Name, false)
+		s.setHeld(j.Name, lock.Key(), false)
 		rctx, cancel := s.bg()
 		defer cancel()
 		if err := lock.Release(rctx); err != nil {
@@ -399,23 +482,45 @@ func (s *Scheduler) runLocked(ctx context.Context, log *slog.Logger, j scheduled
 	if m, ok := view.Member(s.o.Member); ok {
 		role, start = m.Role, m
 	}
-	rec := Run{Job: j.Name, Kind: j.Kind, Scheduled: t, Node: s.o.Member, Role: role, Attempt: att.Attempt + 1, Started: time.Now().UTC()}
+	rec := Run{Job: j.Name, Kind: j.Kind, Scheduled: t, Node: s.o.Member, Role: role, Attempt: att.Attempt + 1, Started: s.now().UTC()}
 	log = log.With("attempt", rec.Attempt)
-	log.Info("job starting", "role", role)
 
-	runCtx, cancel := context.WithCancelCause(ctx)
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		s.watch(runCtx, cancel, j, lock, start)
-	}()
-	res, runErr := s.o.Runner.Run(runCtx, j.Job, t)
-	if runErr == nil && runCtx.Err() != nil && context.Cause(runCtx) == errLockLost {
-		runErr = errLockLost
+	// The repository, not etcd, knows for sure whether this time has its
+	// result: a run whose record was lost (its lock expired while etcd was
+	// unreachable) may have committed it.
+	res, found, runErr := s.o.Runner.Find(ctx, j.Job, t)
+	if runErr == nil && found {
+		return s.adopt(log, j, t, lock, rec, res)
 	}
-	cancel(nil)
-	<-watchDone
-	rec.Finished = time.Now().UTC()
+	if runErr == nil {
+		log.Info("job starting", "role", role)
+		runCtx, cancel := context.WithCancelCause(ctx)
+		watchDone := make(chan struct{})
+		go func() {
+			defer close(watchDone)
+			s.watch(runCtx, cancel, j, lock, start)
+		}()
+		res, runErr = s.o.Runner.Run(runCtx, j.Job, t)
+		if runErr != nil && context.Cause(runCtx) == errLockLost {
+			runErr = fmt.Errorf("%w: %w", errLockLost, runErr)
+		}
+		cancel(nil)
+		<-watchDone
+	}
+	if errors.Is(runErr, ErrAlreadyDone) {
+		// Another run committed this time's backup first (it lost its
+		// lock, or runs against another etcd): that one is the result.
+		log.Warn("job result not kept: the scheduled time already has its result in the repository", "err", runErr)
+		fres, ffound, ferr := s.o.Runner.Find(ctx, j.Job, t)
+		if ferr == nil && ffound {
+			return s.adopt(log, j, t, lock, rec, fres)
+		}
+		if ferr == nil {
+			ferr = errors.New("not found again")
+		}
+		runErr = fmt.Errorf("%w (reading that result: %w)", runErr, ferr)
+	}
+	rec.Finished = s.now().UTC()
 	rec.DurationSeconds = rec.Finished.Sub(rec.Started).Seconds()
 	rec.BackupID, rec.Bytes = res.BackupID, res.Bytes
 
@@ -423,48 +528,91 @@ func (s *Scheduler) runLocked(ctx context.Context, log *slog.Logger, j scheduled
 	defer rcancel()
 	if runErr == nil {
 		rec.Status = StatusSucceeded
-		err := s.create(rctx, lock, RecordName(j.Name, t), rec)
-		if err == nil {
+		if err := s.record(lock, RecordName(j.Name, t), rec); err != nil {
+			rec.Status = StatusUnrecorded
 			s.o.Metrics.observe(rec)
-			s.o.Metrics.success(rec)
-			log.Info("job succeeded", "backup_id", rec.BackupID, "bytes", rec.Bytes, "duration", time.Duration(rec.DurationSeconds*float64(time.Second)).Round(time.Millisecond))
-			s.prune(rctx, j.Name)
-			return true
+			s.unrecorded(log, j, t, rec, err)
+			return false
 		}
-		rec.Status = StatusDiscarded
 		s.o.Metrics.observe(rec)
-		if derr := s.o.Runner.Discard(rctx, j.Job, res); derr != nil {
-			log.Error("could not discard an unrecorded result", "backup_id", res.BackupID, "err", derr)
-		}
-		log.Warn("job result discarded: it could not be recorded under the lock", "backup_id", res.BackupID, "err", err)
-		return false // someone else runs or ran it
+		s.o.Metrics.success(rec)
+		log.Info("job succeeded", "backup_id", rec.BackupID, "bytes", rec.Bytes, "duration", time.Duration(rec.DurationSeconds*float64(time.Second)).Round(time.Millisecond))
+		s.prune(rctx, j.Name)
+		return true
 	}
 	rec.Error = runErr.Error()
-	if ctx.Err() != nil {
-		// Shutdown: not this time's fault; another member may take over.
+	if ctx.Err() != nil || errors.Is(runErr, errLockLost) {
+		// Shutdown or a lost lock: not this time's fault, not an attempt;
+		// another member (or this one, once it holds the lock again) runs it.
 		rec.Status, rec.Attempt = StatusAborted, att.Attempt
-		s.o.Metrics.observe(rec)
-		log.Warn("job aborted by shutdown", "err", runErr)
-		if err := s.o.HA.Put(rctx, AttemptName(j.Name, t), rec); err != nil {
-			log.Warn("recording the aborted run failed", "err", err)
+		msg := "job aborted by shutdown"
+		if ctx.Err() == nil {
+			rec.Status, msg = StatusInterrupted, "job interrupted: its lock was lost; the scheduled time is run again under a new lock"
 		}
-		return true
+		s.o.Metrics.observe(rec)
+		log.Warn(msg, "err", runErr)
+		if err := s.o.HA.Put(rctx, AttemptName(j.Name, t), rec); err != nil {
+			log.Warn("recording the "+rec.Status+" run failed", "err", err)
+		}
+		return ctx.Err() != nil
 	}
 	rec.Status = StatusFailed
 	s.o.Metrics.observe(rec)
 	if rec.Attempt >= s.o.Retries {
 		log.Error("job failed, no attempts left", "err", runErr)
-		if err := s.create(rctx, lock, RecordName(j.Name, t), rec); err != nil {
+		if err := s.record(lock, RecordName(j.Name, t), rec); err != nil {
 			log.Warn("recording the failure failed", "err", err)
 		}
 		return true
 	}
-	rec.NextAttempt = time.Now().Add(s.o.RetryDelay).UTC()
+	rec.NextAttempt = s.now().Add(s.o.RetryDelay).UTC()
 	log.Warn("job failed; it will be retried on the member right for the topology then", "err", runErr, "next_attempt", rec.NextAttempt.Format(time.RFC3339))
 	if err := s.o.HA.Put(rctx, AttemptName(j.Name, t), rec); err != nil {
 		log.Warn("recording the failed attempt failed", "err", err)
 	}
 	return false
+}
+
+// adopt records a result the repository already holds for t (found by
+// Find) as the scheduled time's success; true once recorded.
+func (s *Scheduler) adopt(log *slog.Logger, j scheduledJob, t time.Time, lock *ha.Lock, rec Run, res Result) bool {
+	rec.Status, rec.Adopted = StatusSucceeded, true
+	rec.BackupID, rec.Bytes = res.BackupID, res.Bytes
+	if !res.Started.IsZero() {
+		rec.Started = res.Started.UTC()
+	}
+	rec.Finished = s.now().UTC()
+	if !res.Finished.IsZero() {
+		rec.Finished = res.Finished.UTC()
+	}
+	rec.DurationSeconds = rec.Finished.Sub(rec.Started).Seconds()
+	if err := s.record(lock, RecordName(j.Name, t), rec); err != nil {
+		log.Warn("the scheduled time's result was found in the repository but could not be recorded; the next attempt tries again", "backup_id", rec.BackupID, "err", err)
+		return false
+	}
+	s.o.Metrics.success(rec)
+	log.Info("job result found in the repository and recorded: not run again", "backup_id", rec.BackupID)
+	rctx, cancel := s.bg()
+	defer cancel()
+	s.prune(rctx, j.Name)
+	return true
+}
+
+// unrecorded says truthfully what happens to a finished run whose record
+// could not be written: whether the repository holds its result (the next
+// attempt records it) or not (the next attempt runs the job again).
+func (s *Scheduler) unrecorded(log *slog.Logger, j scheduledJob, t time.Time, rec Run, err error) {
+	fctx, cancel := s.bg()
+	defer cancel()
+	_, found, ferr := s.o.Runner.Find(fctx, j.Job, t)
+	switch {
+	case ferr == nil && found:
+		log.Warn("job finished and its result is in the repository, but its run record could not be written; the next attempt records it from the repository, it does not run the job again", "backup_id", rec.BackupID, "err", err)
+	case ferr == nil:
+		log.Warn("job finished but its run record could not be written; the next attempt runs the job again", "err", err)
+	default:
+		log.Warn("job finished but its run record could not be written; the next attempt looks for its result in the repository before running the job", "backup_id", rec.BackupID, "err", err, "find_err", ferr)
+	}
 }
 
 var (
@@ -533,12 +681,16 @@ func isPrimaryRole(role string) bool {
 	return role == "master" || role == "primary" || role == "standby_leader"
 }
 
-// create writes a final record under the lock, retrying transient etcd
-// errors a few times. A record that exists and is this run's counts as
-// written (the first try succeeded but its answer was lost).
-func (s *Scheduler) create(ctx context.Context, lock *ha.Lock, name string, rec Run) error {
+// record writes a final record under the lock, retrying transient etcd
+// errors until recordTimeout, on its own deadline (not the caller's, not
+// shutdown's): a finished run's record is worth waiting for. A record that
+// exists and is this run's counts as written (the first try succeeded but
+// its answer was lost).
+func (s *Scheduler) record(lock *ha.Lock, name string, rec Run) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.recordTimeout())
+	defer cancel()
 	var err error
-	for i := 0; i < 5; i++ {
+	for ctx.Err() == nil {
 		err = lock.Create(ctx, name, rec)
 		if err == nil || errors.Is(err, ha.ErrNotHeld) {
 			return err
@@ -554,6 +706,10 @@ func (s *Scheduler) create(ctx context.Context, lock *ha.Lock, name string, rec 
 	}
 	return err
 }
+
+// recordTimeout bounds the writing of one record: two lock TTLs (the
+// lease outlives a short etcd pause) plus ten seconds.
+func (s *Scheduler) recordTimeout() time.Duration { return 2*s.o.LockTTL + 10*time.Second }
 
 // prune keeps the newest KeepRecords final records of a job and drops
 // attempt records older than that.
@@ -637,10 +793,74 @@ func readRuns(ctx context.Context, c *ha.Client, prefix string) ([]Run, error) {
 	return out, nil
 }
 
+// setHeld counts a lock of job in (taken) or out (released); a lock the
+// lost hook counted out already is not counted out twice.
+func (s *Scheduler) setHeld(job, lock string, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case on:
+		s.held[job]++
+		delete(s.lost, lock)
+	case s.lost[lock]:
+		delete(s.lost, lock)
+	default:
+		s.held[job]--
+	}
+	s.o.Metrics.setHeld(job, s.held[job] > 0)
+}
+
+// lockLost runs (from ha) the moment a lock is lost, before ha logs it:
+// lock_held drops and etcd counts as down at once, without waiting for
+// the run to stop or for the next etcd request to fail. The probe says
+// when etcd answers again.
+func (s *Scheduler) lockLost(name string) {
+	job, _, _ := strings.Cut(name, "/")
+	s.mu.Lock()
+	if !s.lost[name] {
+		s.lost[name] = true
+		s.held[job]--
+		s.o.Metrics.setHeld(job, s.held[job] > 0)
+	}
+	if s.etcd == nil {
+		s.etcd = fmt.Errorf("job lock %s lost: etcd did not renew its lease within the lock TTL", name)
+	}
+	s.mu.Unlock()
+	s.o.Metrics.setEtcdUp(false)
+}
+
+// probe asks etcd every poll interval whether it answers (the clock
+// heartbeat, a write and a read), so /healthz and pgkeep_etcd_up follow
+// etcd within about two poll intervals even while every job is waiting or
+// running (and makes no other request).
+func (s *Scheduler) probe(ctx context.Context) {
+	timeout := min(max(2*s.o.PollInterval, time.Second), 5*time.Second)
+	t := time.NewTicker(s.o.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		err := s.heartbeat(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			s.etcdDown(err)
+		} else {
+			s.etcdUp()
+		}
+	}
+}
+
 func (s *Scheduler) etcdDown(err error) {
 	s.mu.Lock()
-	first := s.etcd == nil
-	s.etcd = err
+	first := !s.outage
+	s.etcd, s.outage = err, true
 	s.mu.Unlock()
 	s.o.Metrics.setEtcdUp(false)
 	if first {
@@ -650,11 +870,11 @@ func (s *Scheduler) etcdDown(err error) {
 
 func (s *Scheduler) etcdUp() {
 	s.mu.Lock()
-	was := s.etcd
-	s.etcd = nil
+	was := s.outage
+	s.etcd, s.outage = nil, false
 	s.mu.Unlock()
 	s.o.Metrics.setEtcdUp(true)
-	if was != nil {
+	if was {
 		s.log.Info("etcd answers again: jobs may start")
 	}
 }

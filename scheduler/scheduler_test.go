@@ -27,7 +27,6 @@ type event struct {
 	scheduled  time.Time
 	start, end time.Time
 	err        error
-	discarded  bool
 }
 
 // recorder is the runners of several in-process daemons: it records every
@@ -43,6 +42,11 @@ type recorder struct {
 	hold    func(member string, t time.Time) bool
 	started chan time.Time
 	sleep   time.Duration
+	// claims is the simulated repository: the one result committed per
+	// scheduled time (by unix time), as repo's claims make it.
+	claims map[int64]string
+	// beforeCommit, when set, runs (unlocked) before a run commits.
+	beforeCommit func(member string, t time.Time)
 }
 
 // holdFirst makes member's first run hang until its context ends.
@@ -75,7 +79,7 @@ type memberRunner struct {
 }
 
 func newRecorder(sleep time.Duration) *recorder {
-	return &recorder{active: map[int64]int{}, sleep: sleep, started: make(chan time.Time, 100)}
+	return &recorder{active: map[int64]int{}, sleep: sleep, started: make(chan time.Time, 100), claims: map[int64]string{}}
 }
 
 func (m memberRunner) Run(ctx context.Context, job scheduler.Job, t time.Time) (scheduler.Result, error) {
@@ -106,28 +110,38 @@ func (m memberRunner) Run(ctx context.Context, job scheduler.Job, t time.Time) (
 		return scheduler.Result{}, fmt.Errorf("run aborted: %w", ev.err)
 	case <-time.After(d):
 	}
-	return scheduler.Result{BackupID: m.member + "-" + fmt.Sprint(t.Unix()), Bytes: 42}, nil
+	if r.beforeCommit != nil {
+		r.beforeCommit(m.member, t)
+	}
+	id := m.member + "-" + fmt.Sprint(t.Unix())
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if got, ok := r.claims[t.Unix()]; ok && got != id {
+		ev.err = fmt.Errorf("%w: %s", scheduler.ErrAlreadyDone, got)
+		return scheduler.Result{}, ev.err
+	}
+	r.claims[t.Unix()] = id
+	return scheduler.Result{BackupID: id, Bytes: 42}, nil
 }
 
-func (m memberRunner) Discard(ctx context.Context, job scheduler.Job, res scheduler.Result) error {
+func (m memberRunner) Find(ctx context.Context, job scheduler.Job, t time.Time) (scheduler.Result, bool, error) {
 	m.r.mu.Lock()
 	defer m.r.mu.Unlock()
-	for _, ev := range m.r.events {
-		if ev.member == m.member && ev.err == nil && m.member+"-"+fmt.Sprint(ev.scheduled.Unix()) == res.BackupID {
-			ev.discarded = true
-		}
+	id, ok := m.r.claims[t.Unix()]
+	if !ok {
+		return scheduler.Result{}, false, nil
 	}
-	return nil
+	return scheduler.Result{BackupID: id, Bytes: 42}, true, nil
 }
 
 // completed returns, per scheduled time, the members whose runs completed
-// and were kept (not failed, not discarded).
+// and committed their result.
 func (r *recorder) completed() map[int64][]string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := map[int64][]string{}
 	for _, ev := range r.events {
-		if !ev.end.IsZero() && ev.err == nil && !ev.discarded {
+		if !ev.end.IsZero() && ev.err == nil {
 			out[ev.scheduled.Unix()] = append(out[ev.scheduled.Unix()], ev.member)
 		}
 	}
@@ -656,5 +670,211 @@ func TestPromotedMidRunIsRetriedElsewhere(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "role replica -> master") {
 		t.Errorf("the abort does not say why:\n%s", logs.String())
+	}
+}
+
+// A backup commits while etcd is frozen (SIGSTOP) past the lock's TTL:
+// its record cannot be written under the lock. The result is not
+// undone, and the next attempt finds it in the repository and records
+// it instead of running the job again: exactly one committed result.
+func TestCommittedWhileEtcdPausedIsRecordedOnce(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	writeCluster(t, s.Client(t), "demo", threeNodes())
+	r := newRecorder(100 * time.Millisecond)
+	var once sync.Once
+	var paused time.Time
+	resumed := make(chan struct{})
+	r.beforeCommit = func(member string, tick time.Time) {
+		once.Do(func() {
+			paused = tick
+			s.Pause(t)
+			time.Sleep(7 * time.Second)
+			s.Resume(t)
+			close(resumed)
+		})
+	}
+	logs := &logBuffer{}
+	o := scheduler.Options{
+		Jobs:         []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/2 * * * * *", RunOn: scheduler.Primary, Window: 40 * time.Second}},
+		LockTTL:      2 * time.Second,
+		PollInterval: 100 * time.Millisecond,
+		RetryDelay:   200 * time.Millisecond,
+	}
+	d := startDaemon(t, s, "demo", "pg1", r, logs, o)
+	var rec scheduler.Run
+	select {
+	case <-resumed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no run reached its commit")
+	}
+	pgtest.WaitFor(t, 40*time.Second, "the paused scheduled time to be recorded", func() (bool, error) {
+		got, ok := finalRecords(t, d.ha, "backup")[paused.Unix()]
+		rec = got
+		return ok, nil
+	})
+	d.stop()
+	done := r.completed()[paused.Unix()]
+	runs := 0
+	for _, ev := range r.snapshot() {
+		if ev.scheduled.Equal(paused) {
+			runs++
+		}
+	}
+	if len(done) != 1 || runs != 1 {
+		t.Errorf("scheduled time %s: %d runs, committed by %q; want one run", paused.Format(time.TimeOnly), runs, done)
+	}
+	if rec.Status != scheduler.StatusSucceeded || rec.BackupID != "pg1-"+fmt.Sprint(paused.Unix()) {
+		t.Errorf("record %+v, want the committed result", rec)
+	}
+	t.Logf("record: adopted=%v attempt=%d", rec.Adopted, rec.Attempt)
+	if strings.Contains(logs.String(), "discarded") {
+		t.Errorf("a result was said to be discarded:\n%s", logs.String())
+	}
+	if t.Failed() {
+		t.Logf("logs:\n%s", logs.String())
+	}
+}
+
+// The first member in line (pg2 under prefer-replica) has no daemon: the
+// other replica, pg3, takes every scheduled time over; the primary, last
+// in line, waits a stagger longer and never has to.
+func TestTakeoverFollowsRanking(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	writeCluster(t, s.Client(t), "demo", threeNodes())
+	r := newRecorder(100 * time.Millisecond)
+	logs := &logBuffer{}
+	o := scheduler.Options{
+		Jobs:            []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/2 * * * * *", RunOn: scheduler.PreferReplica, MaxLag: 1 << 20, Window: 20 * time.Second}},
+		LockTTL:         2 * time.Second,
+		TakeoverTimeout: time.Second,
+		TakeoverStagger: time.Second,
+		PollInterval:    100 * time.Millisecond,
+	}
+	pg1 := startDaemon(t, s, "demo", "pg1", r, logs, o)
+	startDaemon(t, s, "demo", "pg3", r, logs, o)
+	first := time.Now().Add(time.Second).Truncate(2 * time.Second).Add(2 * time.Second)
+	const ticks = 8
+	last := first.Add((ticks - 1) * 2 * time.Second)
+	pgtest.WaitFor(t, time.Until(last)+30*time.Second, "the last tick to be recorded", func() (bool, error) {
+		_, ok := finalRecords(t, pg1.ha, "backup")[last.Unix()]
+		return ok, nil
+	})
+	recs := finalRecords(t, pg1.ha, "backup")
+	byNode := map[string]int{}
+	for tick := first; !tick.After(last); tick = tick.Add(2 * time.Second) {
+		rec, ok := recs[tick.Unix()]
+		if !ok {
+			t.Errorf("%s: no record", tick.Format(time.TimeOnly))
+			continue
+		}
+		byNode[rec.Node]++
+	}
+	t.Logf("%d takeovers by node: %v", ticks, byNode)
+	if byNode["pg3"] != ticks {
+		t.Errorf("takeovers by node %v, want all %d by pg3 (the replica next in line)", byNode, ticks)
+	}
+}
+
+// etcd freezes while a job runs: /healthz turns 503 and pgkeep_etcd_up 0
+// within a few poll intervals (the probe), and at the moment the lock is
+// reported lost, lock_held is 0 already (not only once the run has
+// stopped and its clean-up timed out).
+func TestLockLostHealthAtOnce(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	writeCluster(t, s.Client(t), "demo", threeNodes())
+	r := newRecorder(100 * time.Millisecond)
+	r.holdFirst("pg1")
+	logs := &logBuffer{}
+	reg := prometheus.NewRegistry()
+	o := scheduler.Options{
+		Jobs:         []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/2 * * * * *", RunOn: scheduler.Primary, Window: 30 * time.Second}},
+		LockTTL:      3 * time.Second,
+		PollInterval: 200 * time.Millisecond,
+		Metrics:      scheduler.NewMetrics(reg),
+	}
+	h, err := ha.Connect(tctx(t, 10*time.Second), ha.Options{Endpoints: []string{s.Endpoint}, Scope: "demo", Identity: "pg1",
+		DialTimeout: 2 * time.Second, RequestTimeout: time.Second, Logger: logs.logger("pg1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	o.HA, o.Member, o.Runner, o.Logger = h, "pg1", memberRunner{r, "pg1"}, logs.logger("pg1")
+	sc, err := scheduler.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); sc.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	metrics := httpServe(t, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	health := httpServe(t, sc.HealthHandler())
+	r.waitHeld(t, "pg1")
+	time.Sleep(500 * time.Millisecond)
+	if _, m := get(t, metrics); !strings.Contains(m, scheduler.MetricHeld+`{job_name="backup"} 1`) || !strings.Contains(m, scheduler.MetricEtcdUp+" 1") {
+		t.Fatalf("during the run, before the pause:\n%s", m)
+	}
+	s.Pause(t)
+	defer s.Resume(t)
+	paused := time.Now()
+	// The probe notices within its timeout plus a poll interval.
+	pgtest.WaitFor(t, 5*time.Second, "/healthz to answer 503", func() (bool, error) {
+		code, _ := fetch(health)
+		return code == 503, nil
+	})
+	t.Logf("/healthz 503 %s after the pause", time.Since(paused).Round(100*time.Millisecond))
+	pgtest.WaitFor(t, 15*time.Second, "the lock to be reported lost", func() (bool, error) {
+		return strings.Contains(logs.String(), `msg="lock lost"`), nil
+	})
+	_, m := get(t, metrics)
+	code, _ := fetch(health)
+	if !strings.Contains(m, scheduler.MetricHeld+`{job_name="backup"} 0`) || !strings.Contains(m, scheduler.MetricEtcdUp+" 0") || code != 503 {
+		t.Errorf("right after \"lock lost\" (%s after the pause): health %d, metrics:\n%s", time.Since(paused).Round(100*time.Millisecond), code, m)
+	}
+	s.Resume(t)
+	pgtest.WaitFor(t, 10*time.Second, "/healthz to answer 200 again", func() (bool, error) {
+		code, _ := fetch(health)
+		return code == 200, nil
+	})
+}
+
+// pg2, first in line, runs with a clock 6 s ahead: it starts no run
+// before the scheduled time on the real clock (the median of the three
+// daemons' clocks), and it warns about the skew.
+func TestFastClockDoesNotStartEarly(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	writeCluster(t, s.Client(t), "demo", threeNodes())
+	r := newRecorder(100 * time.Millisecond)
+	logs := &logBuffer{}
+	o := scheduler.Options{
+		Jobs:            []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/2 * * * * *", RunOn: scheduler.PreferReplica, MaxLag: 1 << 20, Window: 20 * time.Second}},
+		LockTTL:         2 * time.Second,
+		TakeoverTimeout: 20 * time.Second,
+		PollInterval:    100 * time.Millisecond,
+	}
+	var ds []*daemon
+	for _, m := range []string{"pg1", "pg2", "pg3"} {
+		om := o
+		if m == "pg2" {
+			om.Clock = func() time.Time { return time.Now().Add(6 * time.Second) }
+		}
+		ds = append(ds, startDaemon(t, s, "demo", m, r, logs, om))
+	}
+	time.Sleep(12 * time.Second)
+	for _, d := range ds {
+		d.stop()
+	}
+	runs := 0
+	for _, ev := range r.snapshot() {
+		runs++
+		if early := ev.scheduled.Sub(ev.start); early > 200*time.Millisecond {
+			t.Errorf("%s started the run of %s %s early", ev.member, ev.scheduled.Format(time.TimeOnly), early.Round(10*time.Millisecond))
+		}
+	}
+	if runs < 3 {
+		t.Errorf("only %d runs in 12 s of a job every 2 s", runs)
+	}
+	if !strings.Contains(logs.String(), "clock skew") {
+		t.Errorf("no daemon warned about pg2's clock:\n%s", logs.String())
 	}
 }

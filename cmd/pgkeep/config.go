@@ -104,6 +104,9 @@ type EtcdConfig struct {
 	// this file, nor in the environment.
 	PasswordFile string        `yaml:"password_file"`
 	DialTimeout  time.Duration `yaml:"dial_timeout"`
+	// Prefix is where pgkeep keeps its locks and records; empty means
+	// <patroni.namespace>pgkeep/<patroni.scope>.
+	Prefix string `yaml:"prefix"`
 }
 
 // PatroniConfig names the Patroni cluster: its keys are under
@@ -125,6 +128,9 @@ type DaemonConfig struct {
 	Timezone        string        `yaml:"timezone"`
 	LockTTL         time.Duration `yaml:"lock_ttl"`
 	TakeoverTimeout time.Duration `yaml:"takeover_timeout"`
+	// TakeoverStagger is added to takeover_timeout per rank below the
+	// second (0: the scheduler's default).
+	TakeoverStagger time.Duration `yaml:"takeover_stagger"`
 	PollInterval    time.Duration `yaml:"poll_interval"`
 	Retries         int           `yaml:"retries"`
 	RetryDelay      time.Duration `yaml:"retry_delay"`
@@ -464,6 +470,9 @@ func (c *Config) validateDaemon(bad func(key, format string, args ...any) error)
 		if v <= 0 {
 			return bad(key, "must be positive")
 		}
+	}
+	if d.TakeoverStagger < 0 || d.TakeoverStagger > time.Hour {
+		return bad("daemon.takeover_stagger", "%s is outside 0..1h", d.TakeoverStagger)
 	}
 	if d.LockTTL < 2*time.Second {
 		return bad("daemon.lock_ttl", "%s is below 2s (etcd's minimum lease)", d.LockTTL)

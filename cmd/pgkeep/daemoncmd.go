@@ -89,9 +89,20 @@ func runDaemon(ctx context.Context, a *app) error {
 			RetainFull: j.RetainFull, RetainDays: j.RetainDays})
 		runner.jobs[j.Name] = j
 	}
+	// A skewed clock, for the end-to-end tests of clock skew only: the
+	// scheduler's idea of this machine's time is moved by it.
+	clock := time.Now
+	if v := os.Getenv("PGKEEP_TEST_CLOCK_OFFSET"); v != "" {
+		off, err := time.ParseDuration(v)
+		if err != nil || off < -time.Hour || off > time.Hour {
+			return &configError{"PGKEEP_TEST_CLOCK_OFFSET: not a duration within ±1h"}
+		}
+		a.log.Warn("PGKEEP_TEST_CLOCK_OFFSET is set: the daemon's clock is skewed on purpose (tests only)", "offset", off)
+		clock = func() time.Time { return time.Now().Add(off) }
+	}
 	sched, err := scheduler.New(scheduler.Options{
-		HA: h, Member: member, Jobs: jobs, Runner: runner,
-		LockTTL: d.LockTTL, TakeoverTimeout: d.TakeoverTimeout, PollInterval: d.PollInterval,
+		HA: h, Member: member, Jobs: jobs, Runner: runner, Clock: clock,
+		LockTTL: d.LockTTL, TakeoverTimeout: d.TakeoverTimeout, TakeoverStagger: d.TakeoverStagger, PollInterval: d.PollInterval,
 		Retries: d.Retries, RetryDelay: d.RetryDelay, Metrics: metrics, Logger: a.log,
 	})
 	if err != nil {
@@ -159,10 +170,11 @@ type daemonRunner struct {
 	jobs map[string]DaemonJob
 }
 
-func (d *daemonRunner) Run(ctx context.Context, job scheduler.Job, _ time.Time) (scheduler.Result, error) {
+func (d *daemonRunner) Run(ctx context.Context, job scheduler.Job, scheduled time.Time) (scheduler.Result, error) {
 	switch job.Kind {
 	case "backup":
 		m, err := archive.Backup(ctx, d.r, archive.BackupOptions{
+			Schedule:       &repo.Schedule{Job: job.Name, Time: scheduled.UTC()},
 			DSN:            d.cfg.Postgres.DSN,
 			PGData:         d.cfg.PGData,
 			FastCheckpoint: d.jobs[job.Name].Checkpoint != "spread",
@@ -171,6 +183,9 @@ func (d *daemonRunner) Run(ctx context.Context, job scheduler.Job, _ time.Time) 
 			WALTimeout:     5 * time.Minute,
 			Logger:         d.log.With("job", job.Name),
 		})
+		if errors.Is(err, repo.ErrScheduleTaken) {
+			return scheduler.Result{}, fmt.Errorf("%w: %w", scheduler.ErrAlreadyDone, err)
+		}
 		if err != nil {
 			return scheduler.Result{}, err
 		}
@@ -215,11 +230,17 @@ func (d *daemonRunner) Run(ctx context.Context, job scheduler.Job, _ time.Time) 
 	return scheduler.Result{}, fmt.Errorf("unknown job kind %q", job.Kind)
 }
 
-// Discard deletes a backup whose run could not be recorded (its lock was
-// lost): another node runs or ran that scheduled time.
-func (d *daemonRunner) Discard(ctx context.Context, job scheduler.Job, res scheduler.Result) error {
-	if job.Kind != "backup" || res.BackupID == "" {
-		return nil
+// Find looks in the repository for the backup committed for a backup
+// job's scheduled time (the summary carries job and time, and the
+// repository's claim lets only one backup commit per time). Retention and
+// verify leave no such trace: they are found never, and run again.
+func (d *daemonRunner) Find(ctx context.Context, job scheduler.Job, scheduled time.Time) (scheduler.Result, bool, error) {
+	if job.Kind != "backup" {
+		return scheduler.Result{}, false, nil
 	}
-	return d.r.DeleteBackup(ctx, res.BackupID)
+	s, found, err := d.r.FindScheduled(ctx, repo.Schedule{Job: job.Name, Time: scheduled.UTC()})
+	if err != nil || !found {
+		return scheduler.Result{}, false, err
+	}
+	return scheduler.Result{BackupID: s.ID, Bytes: s.DataSize, Started: s.StartTime, Finished: s.StopTime}, true, nil
 }

@@ -44,6 +44,7 @@ func openHA(ctx context.Context, cfg Config, log *slog.Logger) (*ha.Client, erro
 		DialTimeout: e.DialTimeout,
 		Namespace:   cfg.Patroni.Namespace,
 		Scope:       cfg.Patroni.Scope,
+		Prefix:      e.Prefix,
 		Logger:      log,
 	})
 }

@@ -36,10 +36,37 @@ type daemonProc struct {
 	done    chan error
 }
 
+// daemonOpts change a test daemon's configuration.
+type daemonOpts struct {
+	// lockTTL and takeover are daemon.lock_ttl and takeover_timeout
+	// (default 5s and 6s); extra are more YAML lines of the daemon section
+	// (indented two spaces).
+	lockTTL, takeover string
+	extra             string
+	// etcd is the endpoint the daemon uses (default the cluster's).
+	etcd string
+	// env is added to the daemon's environment.
+	env []string
+}
+
 // startDaemon runs `pgkeep daemon` for node n as the postgres user, with a
 // config that adds etcd, Patroni and the daemon's jobs to the repository's.
 func startDaemon(t *testing.T, r *testRepo, c *patronitest.Cluster, n *patronitest.Node, jobs string) *daemonProc {
 	t.Helper()
+	return startDaemonWith(t, r, c, n, jobs, daemonOpts{})
+}
+
+func startDaemonWith(t *testing.T, r *testRepo, c *patronitest.Cluster, n *patronitest.Node, jobs string, o daemonOpts) *daemonProc {
+	t.Helper()
+	if o.lockTTL == "" {
+		o.lockTTL = "5s"
+	}
+	if o.takeover == "" {
+		o.takeover = "6s"
+	}
+	if o.etcd == "" {
+		o.etcd = c.Etcd.URL
+	}
 	base, err := os.ReadFile(r.config)
 	if err != nil {
 		t.Fatal(err)
@@ -59,14 +86,14 @@ patroni:
 daemon:
   member: %s
   listen: 127.0.0.1:%d
-  lock_ttl: 5s
-  takeover_timeout: 6s
+  lock_ttl: %s
+  takeover_timeout: %s
   poll_interval: 500ms
   retries: 3
   retry_delay: 2s
   archive_check_interval: 1s
-  jobs:
-%s`, n.DataDir, n.DSN(), c.Etcd.URL, c.Scope, n.Name, port, jobs)
+%s  jobs:
+%s`, n.DataDir, n.DSN(), o.etcd, c.Scope, n.Name, port, o.lockTTL, o.takeover, o.extra, jobs)
 	path := filepath.Join(dir, "pgkeep.yml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -78,7 +105,7 @@ daemon:
 		t.Fatal(err)
 	}
 	d.cmd = exec.Command(testbin.Pgkeep(t), "--config", path, "daemon")
-	d.cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/tmp", "TZ=UTC"}
+	d.cmd.Env = append([]string{"PATH=/usr/bin:/bin", "HOME=/tmp", "TZ=UTC"}, o.env...)
 	d.cmd.Dir = "/"
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	pgtest.AsPostgres(t, d.cmd)

@@ -291,6 +291,23 @@ func (s *Server) Stop(t testing.TB) {
 	t.Fatalf("etcd still accepts connections on port %d after kill", s.Port)
 }
 
+// Pause freezes the server (SIGSTOP): connections stay open and nothing
+// answers. Resume continues it; Cleanup kills a paused server too.
+func (s *Server) Pause(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(s.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("pause etcd: %v", err)
+	}
+}
+
+// Resume continues a paused server (SIGCONT).
+func (s *Server) Resume(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(s.cmd.Process.Pid, syscall.SIGCONT); err != nil {
+		t.Fatalf("resume etcd: %v", err)
+	}
+}
+
 // Restart starts the server again on the same ports and data directory.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()

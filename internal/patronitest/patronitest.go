@@ -70,6 +70,15 @@ func StartEtcd(t testing.TB) *Etcd {
 	return e
 }
 
+// Pause stops the etcd process (SIGSTOP): it keeps its connections and
+// answers nothing, like a server frozen by the hypervisor or a full disk.
+// Resume continues it; a test that pauses must resume (Cleanup kills it
+// either way).
+func (e *Etcd) Pause() error { return e.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume continues a paused etcd (SIGCONT).
+func (e *Etcd) Resume() error { return e.cmd.Process.Signal(syscall.SIGCONT) }
+
 func goarch() string {
 	out, _ := exec.Command("dpkg", "--print-architecture").Output()
 	return strings.TrimSpace(string(out))
@@ -130,6 +139,10 @@ type Options struct {
 	// primary_conninfo connect to (e.g. a counting proxy in front of its
 	// PGPort). Nodes not in the map advertise their PGPort.
 	ConnectPorts map[int]int
+	// TTL, LoopWait and RetryTimeout override Patroni's DCS timing (10, 2
+	// and 5 seconds), e.g. so that a leader rides out an etcd paused for
+	// longer than retry_timeout without demoting itself.
+	TTL, LoopWait, RetryTimeout int
 }
 
 // Cluster is a Patroni cluster.
@@ -200,6 +213,16 @@ func (c *Cluster) config(n *Node, index int, o Options) string {
 	if p, ok := o.ConnectPorts[index]; ok {
 		connectPort = p
 	}
+	ttl, loop, retry := 10, 2, 5
+	if o.TTL > 0 {
+		ttl = o.TTL
+	}
+	if o.LoopWait > 0 {
+		loop = o.LoopWait
+	}
+	if o.RetryTimeout > 0 {
+		retry = o.RetryTimeout
+	}
 	return fmt.Sprintf(`scope: %[1]s
 namespace: /service/
 name: %[2]s
@@ -212,9 +235,9 @@ etcd3:
   hosts: %[4]s
 bootstrap:
   dcs:
-    ttl: 10
-    loop_wait: 2
-    retry_timeout: 5
+    ttl: %[14]d
+    loop_wait: %[15]d
+    retry_timeout: %[16]d
     maximum_lag_on_failover: 1073741824
     postgresql:
       use_pg_rewind: true
@@ -264,7 +287,7 @@ tags:
   nofailover: false
   noloadbalance: false
 `, c.Scope, n.Name, n.APIPort, strings.TrimPrefix(c.Etcd.URL, "http://"), pk, n.PGPort, bootstrap,
-		n.DataDir, pgtest.BinDir(), filepath.Join(c.dir, n.Name+".pgpass"), c.dir, connectPort, methods)
+		n.DataDir, pgtest.BinDir(), filepath.Join(c.dir, n.Name+".pgpass"), c.dir, connectPort, methods, ttl, loop, retry)
 }
 
 // StartNode starts Patroni for n (as postgres), appending to its log.
