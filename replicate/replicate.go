@@ -79,8 +79,11 @@ type Options struct {
 	// backup restored must be on the leader's timeline history.
 	ConnString string
 	Workers    int
-	Progress   restore.Progress
-	Logger     *slog.Logger
+	// WALPrefetchBytes and WALWorkers: restore.BackupOptions' (create-replica).
+	WALPrefetchBytes int64
+	WALWorkers       int
+	Progress         restore.Progress
+	Logger           *slog.Logger
 }
 
 // CreateReplica restores the newest backup into o.DataDir as a standby
@@ -110,15 +113,17 @@ func CreateReplica(ctx context.Context, r *repo.Repository, o Options) (restore.
 	}
 	nonEmpty := !isEmpty(o.DataDir)
 	res, err := restore.Backup(ctx, r, restore.BackupOptions{
-		PGData:         o.DataDir,
-		Timeline:       tli,
-		BackupID:       "latest",
-		Standby:        true,
-		Delta:          nonEmpty,
-		RestoreCommand: o.RestoreCommand,
-		Workers:        o.Workers,
-		Progress:       o.Progress,
-		Logger:         log,
+		PGData:           o.DataDir,
+		Timeline:         tli,
+		BackupID:         "latest",
+		Standby:          true,
+		Delta:            nonEmpty,
+		RestoreCommand:   o.RestoreCommand,
+		Workers:          o.Workers,
+		WALPrefetchBytes: o.WALPrefetchBytes,
+		WALWorkers:       o.WALWorkers,
+		Progress:         o.Progress,
+		Logger:           log,
 	})
 	if err != nil {
 		if errors.Is(err, restore.ErrPostmasterRunning) {
