@@ -86,6 +86,14 @@ type Options struct {
 	Logger           *slog.Logger
 }
 
+// ReplicaRetryInterval is the wal_retrieve_retry_interval a new replica
+// gets. PostgreSQL waits that long after a failed attempt to stream before
+// the next (5 s by default), and a new replica's first attempt often fails:
+// the leader creates the member's replication slot on its next HA cycle
+// (up to loop_wait after the member appears), and a replica restored from
+// the repository reaches the end of the archive sooner than that.
+const ReplicaRetryInterval = time.Second
+
 // CreateReplica restores the newest backup into o.DataDir as a standby
 // whose restore_command is pgkeep wal-fetch. Files left by keep_data are
 // reused when they match (delta restore). On failure the directory is left
@@ -117,6 +125,7 @@ func CreateReplica(ctx context.Context, r *repo.Repository, o Options) (restore.
 		Timeline:         tli,
 		BackupID:         "latest",
 		Standby:          true,
+		RetryInterval:    ReplicaRetryInterval,
 		Delta:            nonEmpty,
 		RestoreCommand:   o.RestoreCommand,
 		Workers:          o.Workers,

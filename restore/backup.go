@@ -41,6 +41,11 @@ type BackupOptions struct {
 	Target   Target
 	// Standby writes standby.signal instead of recovery.signal.
 	Standby bool
+	// RetryInterval, with Standby, is written as wal_retrieve_retry_interval
+	// (0: PostgreSQL's 5 s) unless the backup's postgresql.auto.conf sets
+	// it: how soon a standby whose first attempt to stream failed tries
+	// again (see docs/patroni.md, "The first seconds of a new replica").
+	RetryInterval time.Duration
 	// Delta keeps files whose size and checksum match the backup.
 	Delta bool
 	// Force empties a non-empty data directory first.
@@ -884,11 +889,15 @@ func writeRecoveryFiles(o BackupOptions, m *repo.Manifest, tbl map[string]string
 	autoConf := filepath.Join(o.PGData, "postgresql.auto.conf")
 	old, _ := os.ReadFile(autoConf)
 	var kept []string
+	userRetry := false
 	for _, line := range strings.Split(string(old), "\n") {
 		key := strings.TrimSpace(line)
 		if strings.HasPrefix(key, "restore_command") || strings.HasPrefix(key, "recovery_target") || strings.HasPrefix(key, "# pgkeep restore") ||
 			(o.ArchiveModeOff && strings.HasPrefix(key, "archive_mode")) {
 			continue
+		}
+		if strings.HasPrefix(key, "wal_retrieve_retry_interval") {
+			userRetry = true
 		}
 		kept = append(kept, line)
 	}
@@ -900,6 +909,9 @@ func writeRecoveryFiles(o BackupOptions, m *repo.Manifest, tbl map[string]string
 	if o.ArchiveModeOff {
 		// postgresql.auto.conf is read after postgresql.conf: this wins.
 		conf += "archive_mode = 'off'\n"
+	}
+	if o.Standby && o.RetryInterval > 0 && !userRetry {
+		conf += fmt.Sprintf("wal_retrieve_retry_interval = '%dms'\n", o.RetryInterval.Milliseconds())
 	}
 	if err := writeFileSync(autoConf, []byte(conf), 0o600); err != nil {
 		return err
