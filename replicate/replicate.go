@@ -79,9 +79,20 @@ type Options struct {
 	// backup restored must be on the leader's timeline history.
 	ConnString string
 	Workers    int
-	Progress   restore.Progress
-	Logger     *slog.Logger
+	// WALPrefetchBytes and WALWorkers: restore.BackupOptions' (create-replica).
+	WALPrefetchBytes int64
+	WALWorkers       int
+	Progress         restore.Progress
+	Logger           *slog.Logger
 }
+
+// ReplicaRetryInterval is the wal_retrieve_retry_interval a new replica
+// gets. PostgreSQL waits that long after a failed attempt to stream before
+// the next (5 s by default), and a new replica's first attempt often fails:
+// the leader creates the member's replication slot on its next HA cycle
+// (up to loop_wait after the member appears), and a replica restored from
+// the repository reaches the end of the archive sooner than that.
+const ReplicaRetryInterval = time.Second
 
 // CreateReplica restores the newest backup into o.DataDir as a standby
 // whose restore_command is pgkeep wal-fetch. Files left by keep_data are
@@ -110,15 +121,18 @@ func CreateReplica(ctx context.Context, r *repo.Repository, o Options) (restore.
 	}
 	nonEmpty := !isEmpty(o.DataDir)
 	res, err := restore.Backup(ctx, r, restore.BackupOptions{
-		PGData:         o.DataDir,
-		Timeline:       tli,
-		BackupID:       "latest",
-		Standby:        true,
-		Delta:          nonEmpty,
-		RestoreCommand: o.RestoreCommand,
-		Workers:        o.Workers,
-		Progress:       o.Progress,
-		Logger:         log,
+		PGData:           o.DataDir,
+		Timeline:         tli,
+		BackupID:         "latest",
+		Standby:          true,
+		RetryInterval:    ReplicaRetryInterval,
+		Delta:            nonEmpty,
+		RestoreCommand:   o.RestoreCommand,
+		Workers:          o.Workers,
+		WALPrefetchBytes: o.WALPrefetchBytes,
+		WALWorkers:       o.WALWorkers,
+		Progress:         o.Progress,
+		Logger:           log,
 	})
 	if err != nil {
 		if errors.Is(err, restore.ErrPostmasterRunning) {

@@ -41,6 +41,11 @@ type BackupOptions struct {
 	Target   Target
 	// Standby writes standby.signal instead of recovery.signal.
 	Standby bool
+	// RetryInterval, with Standby, is written as wal_retrieve_retry_interval
+	// (0: PostgreSQL's 5 s) unless the backup's postgresql.auto.conf sets
+	// it: how soon a standby whose first attempt to stream failed tries
+	// again (see docs/patroni.md, "The first seconds of a new replica").
+	RetryInterval time.Duration
 	// Delta keeps files whose size and checksum match the backup.
 	Delta bool
 	// Force empties a non-empty data directory first.
@@ -64,9 +69,14 @@ type BackupOptions struct {
 	// on its history can be chosen: PostgreSQL refuses any other.
 	Timeline uint32
 	// Workers download and write in parallel (0 = 4).
-	Workers  int
-	Progress Progress
-	Logger   *slog.Logger
+	Workers int
+	// WALPrefetchBytes bounds the WAL downloaded into the prefetch
+	// directory while the base files are written (restore.wal_prefetch_bytes),
+	// WALWorkers at a time; 0 downloads none.
+	WALPrefetchBytes int64
+	WALWorkers       int
+	Progress         Progress
+	Logger           *slog.Logger
 }
 
 // BackupResult says what a restore did.
@@ -77,6 +87,8 @@ type BackupResult struct {
 	FilesRemoved    int
 	BytesWritten    int64
 	BytesDownloaded int64
+	// WAL is what the bulk WAL download left in the prefetch directory.
+	WAL BulkWALResult
 }
 
 // ErrPostmasterRunning means the target directory belongs to a live server.
@@ -107,7 +119,7 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 	if err != nil {
 		return res, fmt.Errorf("restore: %w", err)
 	}
-	backups, err = onRecoveryPath(ctx, r, backups, o, log)
+	backups, tli, history, err := onRecoveryPath(ctx, r, backups, o, log)
 	if err != nil {
 		return res, fmt.Errorf("restore: %w", err)
 	}
@@ -120,6 +132,12 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 		return res, fmt.Errorf("restore: %w", err)
 	}
 	res.BackupID = m.ID
+	if tli == 0 { // recovery_target_timeline = current: the backup's own
+		tli = sum.Timeline
+		if history, err = r.TimelineHistory(ctx, tli); err != nil {
+			return res, fmt.Errorf("restore: timeline %d: %w", tli, err)
+		}
+	}
 	if err := checkTablespaceLocations(m, o.TablespaceMap, running); err != nil {
 		return res, fmt.Errorf("restore: %w", err)
 	}
@@ -205,6 +223,23 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 			return res, fmt.Errorf("restore: create %s: %w", f.Path, err)
 		}
 	}
+	// The WAL recovery will read is downloaded while the base files are
+	// written, so recovery finds it local from its first request.
+	bulkCtx, stopBulk := context.WithCancel(ctx)
+	defer stopBulk()
+	type bulkOutcome struct {
+		res BulkWALResult
+		err error
+	}
+	bulkDone := make(chan bulkOutcome, 1)
+	if o.WALPrefetchBytes >= m.SegmentSize && pg.ValidSegmentSize(m.SegmentSize) && !o.NoRecoveryConfig {
+		go func() {
+			wal, err := bulkWAL(bulkCtx, r, m, o, tli, history, log)
+			bulkDone <- bulkOutcome{wal, err}
+		}()
+	} else {
+		bulkDone <- bulkOutcome{}
+	}
 	if o.Progress != nil {
 		o.Progress.Start(total)
 	}
@@ -215,7 +250,14 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 	res.BytesDownloaded, res.BytesWritten = dl, written
 	res.FilesWritten = len(todo)
 	if err != nil {
+		stopBulk()
+		<-bulkDone
 		return res, fmt.Errorf("restore: %w", err)
+	}
+	bulk := <-bulkDone
+	res.WAL = bulk.res
+	if bulk.err != nil {
+		return res, fmt.Errorf("restore: %w", bulk.err)
 	}
 	if err := writeRecoveryFiles(o, m, tbl); err != nil {
 		return res, fmt.Errorf("restore: %w", err)
@@ -227,7 +269,8 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 		return res, fmt.Errorf("restore: %w", err)
 	}
 	log.Info("restore complete", "backup", m.ID, "files_written", res.FilesWritten, "files_kept", res.FilesKept,
-		"files_removed", res.FilesRemoved, "bytes_downloaded", res.BytesDownloaded)
+		"files_removed", res.FilesRemoved, "bytes_downloaded", res.BytesDownloaded,
+		"wal_segments_local", res.WAL.Segments, "wal_complete", res.WAL.Complete)
 	return res, nil
 }
 
@@ -235,16 +278,19 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 // the timeline it will follow: one on an abandoned timeline (after a
 // cluster rollback) would make PostgreSQL refuse to start ("requested
 // timeline is not a child of this server's history").
-func onRecoveryPath(ctx context.Context, r *repo.Repository, backups []repo.Summary, o BackupOptions, log *slog.Logger) ([]repo.Summary, error) {
+//
+// It also returns the timeline recovery follows and its history (0 and nil
+// for recovery_target_timeline = current: the chosen backup's).
+func onRecoveryPath(ctx context.Context, r *repo.Repository, backups []repo.Summary, o BackupOptions, log *slog.Logger) ([]repo.Summary, uint32, []pg.TimelineSwitch, error) {
 	tli := o.Timeline
 	switch tl := o.Target.Timeline; {
 	case tli != 0:
 	case tl == "current":
-		return backups, nil
+		return backups, 0, nil, nil
 	case tl == "" || tl == "latest":
 		newest, err := r.NewestTimeline(ctx)
 		if err != nil {
-			return nil, err
+			return nil, 0, nil, err
 		}
 		tli = newest
 		for _, b := range backups {
@@ -253,29 +299,53 @@ func onRecoveryPath(ctx context.Context, r *repo.Repository, backups []repo.Summ
 	default:
 		n, err := strconv.ParseUint(tl, 0, 32)
 		if err != nil || n == 0 {
-			return nil, fmt.Errorf("recovery target timeline %q: use latest, current or a timeline number", tl)
+			return nil, 0, nil, fmt.Errorf("recovery target timeline %q: use latest, current or a timeline number", tl)
 		}
 		tli = uint32(n)
 	}
 	history, err := r.TimelineHistory(ctx, tli)
 	if err != nil {
-		return nil, fmt.Errorf("timeline %d: %w", tli, err)
+		return nil, 0, nil, fmt.Errorf("timeline %d: %w", tli, err)
 	}
 	var out []repo.Summary
 	for _, b := range backups {
 		if repo.OnTimelinePath(b, tli, history) {
 			out = append(out, b)
 		} else if b.ID == o.BackupID {
-			return nil, fmt.Errorf("backup %s (timeline %d, consistent at %s) is not on the history of timeline %d that recovery follows; choose another backup or --target-timeline", b.ID, b.Timeline, b.StopLSN, tli)
+			return nil, 0, nil, fmt.Errorf("backup %s (timeline %d, consistent at %s) is not on the history of timeline %d that recovery follows; choose another backup or --target-timeline", b.ID, b.Timeline, b.StopLSN, tli)
 		}
 	}
 	if len(out) < len(backups) {
 		log.Info("skipping backups not on the recovery timeline's history", "timeline", tli, "skipped", len(backups)-len(out))
 	}
 	if len(out) == 0 && len(backups) > 0 {
-		return nil, fmt.Errorf("none of the %d backups is on the history of timeline %d that recovery follows (the newest is on timeline %d)", len(backups), tli, backups[len(backups)-1].Timeline)
+		return nil, 0, nil, fmt.Errorf("none of the %d backups is on the history of timeline %d that recovery follows (the newest is on timeline %d)", len(backups), tli, backups[len(backups)-1].Timeline)
 	}
-	return out, nil
+	return out, tli, history, nil
+}
+
+// bulkWAL plans and runs the restore's WAL download into the prefetch
+// directory PostgreSQL's wal-fetch will look in. Only the segments the
+// budget allows are planned, so the directory never holds more.
+func bulkWAL(ctx context.Context, r *repo.Repository, m *repo.Manifest, o BackupOptions, tli uint32, history []pg.TimelineSwitch, log *slog.Logger) (BulkWALResult, error) {
+	var stop pg.LSN
+	switch {
+	case o.Target.Immediate:
+		stop, _ = pg.ParseLSN(m.StopLSN)
+	case o.Target.LSN != "":
+		stop = o.Target.lsn
+	}
+	plan, err := PlanBulkWAL(ctx, r, m, tli, history, stop, int(o.WALPrefetchBytes/m.SegmentSize))
+	if err != nil {
+		if ctx.Err() != nil {
+			return BulkWALResult{}, err
+		}
+		// Recovery fetches it all itself then: slower, not wrong.
+		log.Warn("could not plan the bulk WAL download; recovery fetches WAL as it goes", "err", err)
+		return BulkWALResult{}, nil
+	}
+	dir := DefaultPrefetchDir(filepath.Join(o.PGData, "pg_wal", RecoveryFileName))
+	return BulkWAL(ctx, r, plan, BulkWALOptions{Dir: dir, Concurrency: o.WALWorkers, Logger: log})
 }
 
 // warnTargetPastArchive warns when a target time lies after the moment
@@ -819,11 +889,15 @@ func writeRecoveryFiles(o BackupOptions, m *repo.Manifest, tbl map[string]string
 	autoConf := filepath.Join(o.PGData, "postgresql.auto.conf")
 	old, _ := os.ReadFile(autoConf)
 	var kept []string
+	userRetry := false
 	for _, line := range strings.Split(string(old), "\n") {
 		key := strings.TrimSpace(line)
 		if strings.HasPrefix(key, "restore_command") || strings.HasPrefix(key, "recovery_target") || strings.HasPrefix(key, "# pgkeep restore") ||
 			(o.ArchiveModeOff && strings.HasPrefix(key, "archive_mode")) {
 			continue
+		}
+		if strings.HasPrefix(key, "wal_retrieve_retry_interval") {
+			userRetry = true
 		}
 		kept = append(kept, line)
 	}
@@ -835,6 +909,9 @@ func writeRecoveryFiles(o BackupOptions, m *repo.Manifest, tbl map[string]string
 	if o.ArchiveModeOff {
 		// postgresql.auto.conf is read after postgresql.conf: this wins.
 		conf += "archive_mode = 'off'\n"
+	}
+	if o.Standby && o.RetryInterval > 0 && !userRetry {
+		conf += fmt.Sprintf("wal_retrieve_retry_interval = '%dms'\n", o.RetryInterval.Milliseconds())
 	}
 	if err := writeFileSync(autoConf, []byte(conf), 0o600); err != nil {
 		return err

@@ -340,20 +340,27 @@ func prefetchOne(ctx context.Context, r *repo.Repository, wf pg.WALFile, dir str
 }
 
 // cleanPrefetchDir removes segments recovery has moved past, leftovers of
-// interrupted fetches, and anything older than an hour.
+// interrupted fetches, and anything older than an hour, except the
+// segments of a restore's bulk download (bulkMarker) until recovery has
+// passed its last one.
 func cleanPrefetchDir(dir string, current pg.WALFile, segSize int64) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return
 	}
+	bulkLast, bulk := readBulkMarker(dir)
+	if bulk && bulkLast.SegNo(segSize) <= current.SegNo(segSize) {
+		os.Remove(filepath.Join(dir, bulkMarker))
+		bulk = false
+	}
 	cutoff := time.Now().Add(-time.Hour)
 	for _, e := range entries {
 		n := e.Name()
-		if n == ".lock" {
+		if n == ".lock" || n == bulkMarker || n == "prefetch.log" {
 			continue
 		}
 		stale := strings.HasSuffix(n, ".tmp")
-		if fi, err := e.Info(); err == nil && fi.ModTime().Before(cutoff) {
+		if fi, err := e.Info(); err == nil && fi.ModTime().Before(cutoff) && !bulk {
 			stale = true
 		}
 		if len(n) > 24 {

@@ -304,6 +304,7 @@ files that match the backup, rewrite the rest, delete extras) or --force (empty 
 			}
 			o.RestoreCommand = a.restoreCommand()
 			o.Workers = a.cfg.DownloadConcurrency
+			o.WALPrefetchBytes, o.WALWorkers = int64(a.cfg.Restore.WALPrefetchBytes), a.cfg.DownloadConcurrency
 			o.Logger = a.log
 			o.Progress = newProgress("restore", a.log)
 			res, err := restore.Backup(ctx, r, o)
@@ -312,6 +313,13 @@ files that match the backup, rewrite the rest, delete extras) or --force (empty 
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "restored backup %s into %s: %d files written, %d kept, %d removed, %s downloaded\n",
 				res.BackupID, o.PGData, res.FilesWritten, res.FilesKept, res.FilesRemoved, humanBytes(res.BytesDownloaded))
+			if w := res.WAL; w.Segments > 0 {
+				more := "every segment recovery needs"
+				if !w.Complete {
+					more = "recovery's wal-fetch fetches the rest"
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "downloaded %d WAL segments (%s) into pg_wal/pgkeep/prefetch: %s\n", w.Segments, humanBytes(w.Bytes), more)
+			}
 			if !o.ArchiveModeOff && !o.Standby {
 				a.log.Info("archive_mode is kept from the backup: once promoted, the restored cluster archives like the original; restore a test copy with --archive-mode off")
 			}

@@ -17,6 +17,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/pgkeep/pgkeep/restore"
 	"github.com/pgkeep/pgkeep/scheduler"
 )
 
@@ -40,6 +41,7 @@ type Config struct {
 	UploadConcurrency   int               `yaml:"upload_concurrency"`
 	DownloadConcurrency int               `yaml:"download_concurrency"`
 	WAL                 WALConfig         `yaml:"wal"`
+	Restore             RestoreConfig     `yaml:"restore"`
 	Etcd                EtcdConfig        `yaml:"etcd"`
 	Patroni             PatroniConfig     `yaml:"patroni"`
 	Log                 LogConfig         `yaml:"log"`
@@ -87,6 +89,17 @@ type WALConfig struct {
 	// gives up (and, in archive recovery, stops recovery).
 	FetchRetryTime time.Duration `yaml:"fetch_retry_time"`
 }
+
+// RestoreConfig is `pgkeep restore` and create-replica.
+type RestoreConfig struct {
+	// WALPrefetchBytes bounds the WAL a restore downloads into the restored
+	// pg_wal/pgkeep/prefetch while it writes the base files (and what
+	// wal-fetch's prefetch keeps there); 0 disables the download.
+	WALPrefetchBytes int `yaml:"wal_prefetch_bytes"`
+}
+
+// MaxWALPrefetchBytes bounds restore.wal_prefetch_bytes (1 TiB).
+const MaxWALPrefetchBytes = 1 << 40
 
 // MaxFetchRetryTime bounds wal.fetch_retry_time: PostgreSQL waits inside
 // restore_command all that time.
@@ -201,6 +214,7 @@ func defaultConfig() Config {
 		UploadConcurrency:   4,
 		DownloadConcurrency: 4,
 		WAL:                 WALConfig{PushAhead: 8, Prefetch: 8, CompressionLevel: 1, FetchRetryTime: 5 * time.Minute},
+		Restore:             RestoreConfig{WALPrefetchBytes: restore.DefaultWALPrefetchBytes},
 		Etcd:                EtcdConfig{DialTimeout: 5 * time.Second},
 		Patroni:             PatroniConfig{Namespace: "/service/"},
 		Log:                 LogConfig{Level: "info", Format: "text"},
@@ -393,6 +407,9 @@ func (c *Config) validate(path string) error {
 	}
 	if c.WAL.FetchRetryTime < 0 || c.WAL.FetchRetryTime > MaxFetchRetryTime {
 		return bad("wal.fetch_retry_time", "%s is outside 0s..%s", c.WAL.FetchRetryTime, MaxFetchRetryTime)
+	}
+	if c.Restore.WALPrefetchBytes < 0 || c.Restore.WALPrefetchBytes > MaxWALPrefetchBytes {
+		return bad("restore.wal_prefetch_bytes", "%d is outside 0 (off) .. %d", c.Restore.WALPrefetchBytes, MaxWALPrefetchBytes)
 	}
 	if c.S3.Timeout <= 0 {
 		return bad("s3.timeout", "must be positive")

@@ -135,6 +135,7 @@ every key can be overridden by a PGKEEP_* environment variable
 		newVerifyCmd(a),
 		newStatusCmd(a),
 		newCheckCmd(a),
+		newRecoveryCmd(a),
 		newCreateReplicaCmd(a),
 		newBootstrapCmd(a),
 		newDaemonCmd(a),

@@ -66,12 +66,14 @@ leaving --datadir empty, so Patroni falls back to its next method. Unknown
 			}
 			a.log.Info("pgkeep create-replica starting", "scope", args.Scope, "datadir", args.DataDir, "wal_source", source)
 			res, err := replicate.CreateReplica(ctx, r, replicate.Options{
-				DataDir:        args.DataDir,
-				RestoreCommand: a.restoreCommand(),
-				ConnString:     args.ConnString,
-				Workers:        a.cfg.DownloadConcurrency,
-				Progress:       newProgress("create-replica", a.log),
-				Logger:         a.log,
+				DataDir:          args.DataDir,
+				RestoreCommand:   a.restoreCommand(),
+				ConnString:       args.ConnString,
+				Workers:          a.cfg.DownloadConcurrency,
+				WALPrefetchBytes: int64(a.cfg.Restore.WALPrefetchBytes),
+				WALWorkers:       a.cfg.DownloadConcurrency,
+				Progress:         newProgress("create-replica", a.log),
+				Logger:           a.log,
 			})
 			if err != nil {
 				return fmt.Errorf("create-replica: %w", err)

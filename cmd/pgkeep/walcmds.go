@@ -124,15 +124,14 @@ sequential recovery does not wait one round trip per segment.`,
 			}
 			lazyGC()
 			ctx := cmd.Context()
-			prefetchDir := ""
-			if a.cfg.WAL.Prefetch > 0 {
-				prefetchDir = restore.DefaultPrefetchDir(dest)
-			}
+			// The prefetch directory is looked in even with wal.prefetch 0:
+			// a restore's bulk WAL download fills it.
+			prefetchDir := restore.DefaultPrefetchDir(dest)
 			// A prefetched segment needs no repository: just a rename. A
 			// prefetch that failed left nothing: fetch it here.
-			if wf, err := pg.ParseWALFileName(name); err == nil && prefetchDir != "" && restore.ShouldPrefetch(wf, dest) {
+			if wf, err := pg.ParseWALFileName(name); err == nil && restore.ShouldPrefetch(wf, dest) {
 				if size, ok := restore.TakePrefetched(prefetchDir, name, dest, a.log); ok {
-					if needPrefetch(prefetchDir, a.cfg.WAL.Prefetch) {
+					if n := a.prefetchCount(size); n > 0 && needPrefetch(prefetchDir, n) {
 						if err := a.startPrefetch(name, prefetchDir, size); err != nil {
 							a.log.Warn("could not start prefetch", "err", err)
 						}
@@ -157,7 +156,7 @@ sequential recovery does not wait one round trip per segment.`,
 				}
 				return fail(err)
 			}
-			if prefetchDir != "" && restore.ShouldPrefetch(res.File, dest) && needPrefetch(prefetchDir, a.cfg.WAL.Prefetch) {
+			if n := a.prefetchCount(res.Size); n > 0 && restore.ShouldPrefetch(res.File, dest) && needPrefetch(prefetchDir, n) {
 				if err := a.startPrefetch(name, prefetchDir, res.Size); err != nil {
 					a.log.Warn("could not start prefetch", "err", err)
 				}
@@ -198,6 +197,17 @@ func walFetchExitCode(o restore.Outcome, mode restore.RecoveryMode) int {
 		return exitUsage
 	}
 	return exitStopRecovery
+}
+
+// prefetchCount is how many segments of segSize bytes wal-fetch's prefetch
+// keeps ahead: wal.prefetch, within restore.wal_prefetch_bytes (the disk
+// budget of the prefetch directory) when that is set.
+func (a *app) prefetchCount(segSize int64) int {
+	n := a.cfg.WAL.Prefetch
+	if b := int64(a.cfg.Restore.WALPrefetchBytes); b > 0 && pg.ValidSegmentSize(segSize) {
+		n = min(n, int(b/segSize))
+	}
+	return n
 }
 
 // needPrefetch avoids starting a process per segment when the prefetch
@@ -262,7 +272,7 @@ func newWALPrefetchCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			o.Count = a.cfg.WAL.Prefetch
+			o.Count = a.prefetchCount(o.SegmentSize)
 			o.Concurrency = a.cfg.DownloadConcurrency
 			o.Logger = a.log
 			return restore.Prefetch(ctx, r, o)

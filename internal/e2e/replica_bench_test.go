@@ -154,6 +154,7 @@ func TestReplicaBench(t *testing.T) {
 		}
 		if os.Getenv("PGKEEP_BENCH_LOGS") != "" {
 			t.Logf("--- %s Patroni log during the %s run ---\n%s", n.Name, method, pgtest.Tail(benchFrom(n.Log(), patroniOff), 20000))
+			t.Logf("--- %s PostgreSQL log during the %s run ---\n%s", n.Name, method, pgtest.Tail(n.ServerLog(), 20000))
 		}
 		if measured {
 			rows = append(rows, row)

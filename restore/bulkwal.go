@@ -1,0 +1,245 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/pgkeep/pgkeep/internal/fsync"
+	"github.com/pgkeep/pgkeep/pg"
+	"github.com/pgkeep/pgkeep/repo"
+	"github.com/pgkeep/pgkeep/storage"
+)
+
+// DefaultWALPrefetchBytes is restore.wal_prefetch_bytes's default: the
+// WAL a restore downloads ahead into the prefetch directory.
+const DefaultWALPrefetchBytes = 1 << 30
+
+// bulkMarker in the prefetch directory names the last segment a restore's
+// bulk download wrote. While recovery has not passed it, the prefetch's
+// clean-up keeps the bulk's segments whatever their age: a restore whose
+// base files took hours wrote them long before recovery asks for them.
+const bulkMarker = ".bulk"
+
+// BulkWALPlan is the WAL recovery will read, in the order it reads it.
+type BulkWALPlan struct {
+	Segments []pg.WALFile
+	// Complete is true when Segments reach the end of what recovery needs
+	// (the target's segment or the newest archived one); false when the
+	// budget cut the list short and wal-fetch's prefetch takes over.
+	Complete    bool
+	SegmentSize int64
+}
+
+// PlanBulkWAL lists the segments recovery reads from backup m on, along
+// timeline tli (history: its switches): for each segment number the
+// timeline PostgreSQL reads it from (pg.TimelineForSegment). It stops at
+// the first segment that is not archived on that timeline (a parent's
+// segment of the same number is never taken instead: the newer timeline
+// supersedes it), after the segment holding stop (0: no stop), or after
+// maxCount segments.
+func PlanBulkWAL(ctx context.Context, r *repo.Repository, m *repo.Manifest, tli uint32, history []pg.TimelineSwitch, stop pg.LSN, maxCount int) (BulkWALPlan, error) {
+	plan := BulkWALPlan{SegmentSize: m.SegmentSize}
+	if !pg.ValidSegmentSize(m.SegmentSize) {
+		return plan, fmt.Errorf("backup %s: invalid segment size %d", m.ID, m.SegmentSize)
+	}
+	first, err := pg.ParseWALFileName(m.StartWAL)
+	if err != nil {
+		return plan, fmt.Errorf("backup %s: %w", m.ID, err)
+	}
+	if tli == 0 {
+		tli = first.Timeline
+	}
+	seg := m.SegmentSize
+	perLog := uint64(pg.SegmentsPerLog(seg))
+	listed := map[string]map[string]bool{} // "wal/<tli><log>/" -> names
+	archived := func(wf pg.WALFile) (bool, error) {
+		prefix := "wal/" + wf.Name[:16] + "/"
+		names, ok := listed[prefix]
+		if !ok {
+			names = map[string]bool{}
+			err := r.Backend.List(ctx, prefix, func(o storage.ObjectInfo) error {
+				names[o.Name[strings.LastIndexByte(o.Name, '/')+1:]] = true
+				return nil
+			})
+			if err != nil {
+				return false, fmt.Errorf("list WAL %s: %w", prefix, err)
+			}
+			listed[prefix] = names
+		}
+		return names[wf.Name], nil
+	}
+	for segno := first.SegNo(seg); ; segno++ {
+		if len(plan.Segments) >= maxCount {
+			return plan, nil
+		}
+		t := pg.TimelineForSegment(tli, history, segno, seg)
+		name := pg.SegmentName(t, uint32(segno/perLog), uint32(segno%perLog))
+		wf, _ := pg.ParseWALFileName(name)
+		ok, err := archived(wf)
+		if err != nil {
+			return plan, err
+		}
+		if !ok {
+			plan.Complete = true // the end of the archive on the recovery's path
+			return plan, nil
+		}
+		plan.Segments = append(plan.Segments, wf)
+		if stop != 0 && uint64(stop)/uint64(seg) <= segno {
+			plan.Complete = true
+			return plan, nil
+		}
+	}
+}
+
+// BulkWALOptions configures BulkWAL.
+type BulkWALOptions struct {
+	Dir         string // the prefetch directory (DefaultPrefetchDir)
+	Concurrency int
+	Logger      *slog.Logger
+	// onSegment, for tests, runs after each segment is in place.
+	onSegment func(pg.WALFile)
+}
+
+// BulkWALResult says what BulkWAL did.
+type BulkWALResult struct {
+	Segments int   // in the prefetch directory when it returned
+	Bytes    int64 // their size
+	Complete bool  // every segment recovery needs is local
+	// Stopped is the first segment that could not be fetched ("" if none).
+	Stopped string
+}
+
+// BulkWAL downloads plan's segments into o.Dir, o.Concurrency at a time,
+// in order, the way wal-fetch's prefetch does (decoded and checked, fsynced
+// under a temporary name, then renamed to <segment>.<sha256>), so that
+// wal-fetch hands each to PostgreSQL with a rename. The plan's length is
+// the budget: nothing else is written. A segment that cannot be fetched
+// ends the useful range (recovery reads in order); the failure is
+// returned only when the context was cancelled, since wal-fetch will
+// fetch what is missing itself.
+func BulkWAL(ctx context.Context, r *repo.Repository, plan BulkWALPlan, o BulkWALOptions) (BulkWALResult, error) {
+	var res BulkWALResult
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if len(plan.Segments) == 0 {
+		return res, nil
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return res, fmt.Errorf("bulk WAL: %w", err)
+	}
+	// Like wal-fetch's prefetch, one download per directory at a time.
+	lock, err := os.OpenFile(filepath.Join(o.Dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return res, fmt.Errorf("bulk WAL: %w", err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		log.Warn("a WAL prefetch is running in the restored directory; no bulk WAL download", "dir", o.Dir)
+		return res, nil
+	}
+	last := plan.Segments[len(plan.Segments)-1]
+	if err := writeFileSync(filepath.Join(o.Dir, bulkMarker), []byte(last.Name+"\n"), 0o600); err != nil {
+		return res, fmt.Errorf("bulk WAL: %w", err)
+	}
+	start := time.Now()
+	parent := ctx
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu     sync.Mutex
+		failed = len(plan.Segments) // index of the first failure
+		firstE error
+		wg     sync.WaitGroup
+		bytes  atomic.Int64
+		sem    = make(chan struct{}, max(o.Concurrency, 1))
+	)
+	for i, wf := range plan.Segments {
+		sem <- struct{}{}
+		mu.Lock()
+		stop := i > failed
+		mu.Unlock()
+		if stop || ctx.Err() != nil {
+			<-sem
+			break
+		}
+		if path, _, ok := prefetchedName(o.Dir, wf.Name); ok {
+			<-sem
+			if fi, err := os.Stat(path); err == nil {
+				bytes.Add(fi.Size())
+			}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			err := prefetchOne(ctx, r, wf, o.Dir)
+			if err != nil {
+				mu.Lock()
+				if i < failed {
+					failed, firstE = i, fmt.Errorf("%s: %w", wf.Name, err)
+					cancel() // later segments are of no use before this one
+				}
+				mu.Unlock()
+				return
+			}
+			bytes.Add(plan.SegmentSize)
+			if o.onSegment != nil {
+				o.onSegment(wf)
+			}
+		}()
+	}
+	wg.Wait()
+	// Segments after a failure are useless until it is fetched, and the
+	// budget they take may be needed: remove them.
+	for i := failed + 1; i < len(plan.Segments); i++ {
+		if path, _, ok := prefetchedName(o.Dir, plan.Segments[i].Name); ok {
+			if os.Remove(path) == nil {
+				bytes.Add(-plan.SegmentSize)
+			}
+		}
+	}
+	if err := fsync.Dir(o.Dir); err != nil {
+		return res, fmt.Errorf("bulk WAL: fsync %s: %w", o.Dir, err)
+	}
+	res.Segments = min(failed, len(plan.Segments))
+	res.Bytes = bytes.Load()
+	res.Complete = plan.Complete && failed == len(plan.Segments)
+	if failed < len(plan.Segments) {
+		res.Stopped = plan.Segments[failed].Name
+		if parent.Err() != nil {
+			return res, fmt.Errorf("bulk WAL: %w", parent.Err())
+		}
+		if !errors.Is(firstE, ErrWALNotFound) {
+			log.Warn("bulk WAL download stopped; recovery's wal-fetch fetches the rest", "file", res.Stopped, "err", firstE)
+		}
+	}
+	log.Info("bulk WAL download", "segments", res.Segments, "bytes", res.Bytes, "complete", res.Complete,
+		"elapsed", time.Since(start).Round(time.Millisecond))
+	return res, nil
+}
+
+// readBulkMarker returns the last segment of a bulk download recorded in
+// dir, if any.
+func readBulkMarker(dir string) (pg.WALFile, bool) {
+	data, err := os.ReadFile(filepath.Join(dir, bulkMarker))
+	if err != nil {
+		return pg.WALFile{}, false
+	}
+	wf, err := pg.ParseWALFileName(strings.TrimSpace(string(data)))
+	if err != nil || wf.Kind != pg.KindSegment {
+		return pg.WALFile{}, false
+	}
+	return wf, true
+}

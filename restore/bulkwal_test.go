@@ -1,0 +1,78 @@
+package restore
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgkeep/pgkeep/pg"
+	"github.com/pgkeep/pgkeep/repo"
+	"github.com/pgkeep/pgkeep/storage"
+	"github.com/pgkeep/pgkeep/storage/fs"
+)
+
+// TestPlanBulkWAL: the plan follows the recovery timeline's history
+// segment by segment, takes the segment holding a switch from the child,
+// never a superseded parent segment, and stops at the end of the archive
+// on that path, at the target's segment or at the budget.
+func TestPlanBulkWAL(t *testing.T) {
+	ctx := context.Background()
+	b, err := fs.Create(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := func() (*repo.Repository, error) {
+		if _, err := repo.Init(ctx, b, repo.InitOptions{CompressionLevel: 1, Now: time.Now()}); err != nil {
+			return nil, err
+		}
+		return repo.Open(ctx, b, repo.OpenOptions{CompressionLevel: -1})
+	}()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Timeline 1 has segments 3..9 (8 and 9 diverged: timeline 2 forked in
+	// segment 7); timeline 2 has 7 and 8.
+	for _, n := range []string{
+		"000000010000000000000003", "000000010000000000000004", "000000010000000000000005",
+		"000000010000000000000006", "000000010000000000000007", "000000010000000000000008",
+		"000000010000000000000009", "000000020000000000000007", "000000020000000000000008",
+	} {
+		wf, _ := pg.ParseWALFileName(n)
+		if err := b.Put(ctx, repo.WALObjectName(wf), strings.NewReader("x"), storage.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := &repo.Manifest{Summary: repo.Summary{ID: "b", StartWAL: "000000010000000000000003", SegmentSize: pg.DefaultSegmentSize}}
+	hist := []pg.TimelineSwitch{{Parent: 1, Switch: 0x7000100}}
+	names := func(p BulkWALPlan) string {
+		var s []string
+		for _, wf := range p.Segments {
+			s = append(s, wf.Name[7:8]+"/"+wf.Name[23:])
+		}
+		return strings.Join(s, " ")
+	}
+	for _, c := range []struct {
+		what     string
+		tli      uint32
+		hist     []pg.TimelineSwitch
+		stop     pg.LSN
+		max      int
+		want     string
+		complete bool
+	}{
+		{"timeline 2 latest", 2, hist, 0, 100, "1/3 1/4 1/5 1/6 2/7 2/8", true},
+		{"timeline 1 (current)", 1, nil, 0, 100, "1/3 1/4 1/5 1/6 1/7 1/8 1/9", true},
+		{"budget", 2, hist, 0, 3, "1/3 1/4 1/5", false},
+		{"target LSN", 2, hist, 0x5000010, 100, "1/3 1/4 1/5", true},
+		{"target in the switch segment", 2, hist, 0x7000200, 100, "1/3 1/4 1/5 1/6 2/7", true},
+	} {
+		p, err := PlanBulkWAL(ctx, r, m, c.tli, c.hist, c.stop, c.max)
+		if err != nil {
+			t.Fatalf("%s: %v", c.what, err)
+		}
+		if got := names(p); got != c.want || p.Complete != c.complete {
+			t.Errorf("%s: plan %q complete %v, want %q complete %v", c.what, got, p.Complete, c.want, c.complete)
+		}
+	}
+}
