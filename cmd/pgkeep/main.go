@@ -138,6 +138,7 @@ every key can be overridden by a PGKEEP_* environment variable
 		newCreateReplicaCmd(a),
 		newBootstrapCmd(a),
 		newDaemonCmd(a),
+		newConfigCmd(a),
 	)
 	return root
 }
@@ -160,6 +161,7 @@ func (a *app) load() error {
 	}
 	a.cfg = cfg
 	a.log = newLogger(cfg.Log)
+	warnUnknownEnv(cfg, a.log)
 	warnFileModes(cfg, path, a.log)
 	setMemoryLimit(cfg)
 	return nil
