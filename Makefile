@@ -11,7 +11,12 @@ MINIO         := $(CACHE)/bin/minio
 VERSITYGW_VERSION ?= v1.8.0
 VERSITYGW     := $(CACHE)/bin/versitygw
 VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS       := -s -w -X main.version=$(VERSION)
+COMMIT        ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS       := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+# Packages and the image are built by tools/packaging, a module of its own
+# (nfpm and go-containerregistry as Go libraries; no prebuilt tools, no
+# container daemon, no registry).
+PACKAGING     := cd tools/packaging && GOFLAGS=-mod=mod $(GO) run .
 
 export PGKEEP_TEST_MINIO := $(MINIO)
 export PGKEEP_TEST_VERSITYGW := $(VERSITYGW)
@@ -19,12 +24,41 @@ export PGKEEP_TEST_VERSITYGW := $(VERSITYGW)
 # Seconds each fuzz target runs in `make fuzz` (`make test` runs each for 3s).
 FUZZTIME      ?= 30s
 
-.PHONY: all build test deps lint bench demo clean fuzz
+.PHONY: all build test deps lint bench demo clean fuzz man completion docs package image
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/pgkeep ./cmd/pgkeep
+
+# Man pages (one per command) from the cobra command tree, into build/man.
+man:
+	rm -rf build/man
+	$(GO) run -tags gendocs ./cmd/pgkeep gen-docs --man build/man
+
+# bash, zsh and fish completion scripts, into build/completion.
+completion: build
+	mkdir -p build/completion
+	bin/pgkeep completion bash >build/completion/pgkeep.bash
+	bin/pgkeep completion zsh >build/completion/_pgkeep
+	bin/pgkeep completion fish >build/completion/pgkeep.fish
+
+# docs/cli.md, the one-page command reference, from the same tree.
+docs:
+	$(GO) run -tags gendocs ./cmd/pgkeep gen-docs --markdown docs/cli.md
+
+# build/pgkeep_<version>_amd64.deb and build/pgkeep-<version>.x86_64.rpm:
+# the binary, man pages, completion, /etc/pgkeep/pgkeep.yml (a conffile),
+# the examples, the systemd units; postinstall makes /var/lib/pgkeep the
+# postgres user's.
+package: build man completion
+	rm -f build/*.deb build/*.rpm
+	$(PACKAGING) package -root $(CURDIR) -version $(VERSION) -out $(CURDIR)/build
+
+# build/image-oci (OCI layout) and build/pgkeep-image.tar (docker/podman
+# load): FROM scratch, one layer with /usr/bin/pgkeep.
+image: build
+	$(PACKAGING) image -root $(CURDIR) -version $(VERSION) -out $(CURDIR)/build
 
 deps: $(MINIO) $(VERSITYGW)
 	bash scripts/install-deps.sh
@@ -40,6 +74,7 @@ $(VERSITYGW):
 lint:
 	@test -z "$$(gofmt -l .)" || (gofmt -l . && echo "gofmt: files above need formatting" && exit 1)
 	$(GO) vet ./...
+	cd tools/packaging && $(GO) vet ./...
 
 test: deps lint
 	$(GO) test -count=1 -timeout 25m ./...
@@ -70,4 +105,4 @@ demo: build
 	bash scripts/demo.sh
 
 clean:
-	rm -rf bin
+	rm -rf bin build

@@ -9,6 +9,11 @@ command -v pgbackrest >/dev/null || need+=(pgbackrest)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v patroni >/dev/null || need+=(patroni)
 command -v haproxy >/dev/null || need+=(haproxy)
+# internal/packaging: man renders the installed pages, systemd-analyze rates
+# and verifies the units, file tells a static binary.
+command -v man >/dev/null || need+=(man-db)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v file >/dev/null || need+=(file)
 
 if [ ${#need[@]} -gt 0 ]; then
 	SUDO=""

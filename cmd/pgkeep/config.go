@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/pgkeep/pgkeep/restore"
 	"github.com/pgkeep/pgkeep/scheduler"
@@ -56,6 +57,11 @@ type Config struct {
 	// PGKEEP_* variables that set keys.
 	file    string
 	fromEnv []string
+	// fileKeys are the keys the config file set (a list, such as
+	// daemon.jobs, counts as one key); unknownEnv the PGKEEP_* variables
+	// that are no setting, for one warning.
+	fileKeys   map[string]bool
+	unknownEnv []string
 }
 
 type S3Config struct {
@@ -251,6 +257,7 @@ func LoadConfig(path string, explicit bool, env []string) (Config, error) {
 		if err := checkScalarTypes(path, data, &cfg); err != nil {
 			return cfg, err
 		}
+		cfg.fileKeys = setKeys(data, reflect.TypeOf(cfg))
 		cfg.source = "settings from " + path
 		cfg.file = path
 	case os.IsNotExist(err) && !explicit:
@@ -285,7 +292,7 @@ func envFields(v reflect.Value, prefix, keyPrefix string, out map[string]envFiel
 		}
 		name := prefix + "_" + strings.ToUpper(tag)
 		key := keyPrefix + tag
-		if t.Field(i).Type.Kind() == reflect.Struct {
+		if t.Field(i).Type.Kind() == reflect.Struct && t.Field(i).Type != reflect.TypeOf(time.Duration(0)) {
 			envFields(v.Field(i), name, key+".", out)
 			continue
 		}
@@ -319,7 +326,11 @@ func applyEnv(cfg *Config, env []string) error {
 	for _, k := range names {
 		f, ok := fields[k]
 		if !ok {
-			return &configError{fmt.Sprintf("environment variable %s is not a pgkeep setting", envName(k))}
+			// A warning, not an error: one stray variable in the
+			// postmaster's environment must not stop archiving. A
+			// misspelt key in the file is still an error.
+			cfg.unknownEnv = append(cfg.unknownEnv, k)
+			continue
 		}
 		if err := setField(f.v, vals[k]); err != nil {
 			// The value is not echoed: it may be a secret.
@@ -328,6 +339,57 @@ func applyEnv(cfg *Config, env []string) error {
 		cfg.fromEnv = append(cfg.fromEnv, k)
 	}
 	return nil
+}
+
+// warnUnknownEnv logs, once per process, each PGKEEP_* variable that is
+// not a setting, with the setting it was probably meant to be.
+func warnUnknownEnv(cfg Config, log *slog.Logger) {
+	if len(cfg.unknownEnv) == 0 {
+		return
+	}
+	fields := map[string]envField{}
+	envFields(reflect.ValueOf(&cfg).Elem(), "PGKEEP", "", fields)
+	for _, k := range cfg.unknownEnv {
+		args := []any{"variable", envName(k)}
+		if s := closestName(k, fields); s != "" {
+			args = append(args, "did_you_mean", s)
+		}
+		log.Warn("ignoring an environment variable that is not a pgkeep setting", args...)
+	}
+}
+
+// closestName is the setting's variable within two edits of k, if any.
+func closestName(k string, fields map[string]envField) string {
+	best, bestD := "", 3
+	for name := range fields {
+		if d := editDistance(k, name); d < bestD || (d == bestD && name < best) {
+			best, bestD = name, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	if len(a) > 64 || len(b) > 64 {
+		return 64
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			c := prev[j-1]
+			if a[i-1] != b[j-1] {
+				c++
+			}
+			cur[j] = min(c, prev[j]+1, cur[j-1]+1)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // envName is a variable name for a message: as is when it is a plain
@@ -348,6 +410,23 @@ func setField(v reflect.Value, s string) error {
 			return errors.New("not a duration (e.g. 30s, 2m)")
 		}
 		v.SetInt(int64(d))
+		return nil
+	case []DaemonJob:
+		// A YAML (or JSON) sequence, as under daemon.jobs in the file:
+		// PGKEEP_DAEMON_JOBS='[{name: nightly, kind: backup, schedule: "@daily", run_on: primary}]'
+		var jobs []DaemonJob
+		dec := yaml.NewDecoder(strings.NewReader(s))
+		dec.KnownFields(true)
+		if err := dec.Decode(&jobs); err != nil && !errors.Is(err, io.EOF) {
+			if m := unknownFieldRE.FindStringSubmatch(err.Error()); m != nil {
+				return fmt.Errorf("unknown job key %q", m[2])
+			}
+			return errors.New("not a YAML list of jobs ([{name: nightly, kind: backup, schedule: \"@daily\", run_on: primary}])")
+		}
+		if err := checkScalarTypes("", []byte(s), &jobs); err != nil {
+			return errors.New(strings.TrimPrefix(err.Error(), "config : "))
+		}
+		v.Set(reflect.ValueOf(jobs))
 		return nil
 	case []string:
 		var parts []string

@@ -5,8 +5,9 @@ import (
 	"net/url"
 	"reflect"
 	"strings"
+	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // checkScalarTypes refuses a YAML value that the decoder would convert
@@ -33,10 +34,43 @@ func walkScalars(path string, n *yaml.Node, t reflect.Type, key string) error {
 				return err
 			}
 		}
+	case n.Kind == yaml.SequenceNode && t.Kind() == reflect.Slice:
+		for i, e := range n.Content {
+			if err := walkScalars(path, e, t.Elem(), fmt.Sprintf("%s[%d]", key, i)); err != nil {
+				return err
+			}
+		}
 	case n.Kind == yaml.ScalarNode && isInt(t) && n.Tag != "!!int" && n.Tag != "!!null":
 		return &configError{fmt.Sprintf("config %s: %s: %q is not a whole number (line %d)", path, key, n.Value, n.Line)}
 	}
 	return nil
+}
+
+// setKeys lists the keys a config file sets: the paths of its values that
+// are not sections (a list such as daemon.jobs is one key).
+func setKeys(data []byte, t reflect.Type) map[string]bool {
+	var doc yaml.Node
+	keys := map[string]bool{}
+	if err := yaml.Unmarshal(data, &doc); err != nil || len(doc.Content) == 0 {
+		return keys
+	}
+	var walk func(n *yaml.Node, t reflect.Type, key string)
+	walk = func(n *yaml.Node, t reflect.Type, key string) {
+		if n.Kind != yaml.MappingNode || t.Kind() != reflect.Struct || t == reflect.TypeOf(time.Duration(0)) {
+			if key != "" {
+				keys[key] = true
+			}
+			return
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			name := n.Content[i].Value
+			if f, ok := fieldByTag(t, name); ok {
+				walk(n.Content[i+1], f.Type, joinKey(key, name))
+			}
+		}
+	}
+	walk(doc.Content[0], t, "")
+	return keys
 }
 
 func isInt(t reflect.Type) bool {

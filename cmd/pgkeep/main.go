@@ -10,10 +10,17 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
+	// The zone database, for daemon.timezone on hosts (and the FROM
+	// scratch image) without /usr/share/zoneinfo.
+	_ "time/tzdata"
 
 	"github.com/spf13/cobra"
+
+	"github.com/pgkeep/pgkeep/repo"
 )
 
 // Exit codes (docs/wal.md). PostgreSQL treats 126 and above, and death by
@@ -31,8 +38,12 @@ const (
 	exitStopRecovery = 255
 )
 
-// version is set by the linker (-X main.version=...).
-var version = "dev"
+// version and commit are set by the linker (-X main.version=...
+// -X main.commit=...; see the Makefile).
+var (
+	version = "dev"
+	commit  = ""
+)
 
 // exitError carries a specific exit code up to main.
 type exitError struct {
@@ -103,6 +114,9 @@ func isUsageError(err error) bool {
 	return false
 }
 
+// extraCommands are added by files built with tags (gendocs.go).
+var extraCommands []func(*app) *cobra.Command
+
 func newRootCmd(a *app) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "pgkeep",
@@ -113,13 +127,13 @@ in a local directory or an S3 bucket.
 
 Configuration comes from --config, else $PGKEEP_CONFIG, else /etc/pgkeep/pgkeep.yml;
 every key can be overridden by a PGKEEP_* environment variable
-(encryption.identity_file -> PGKEEP_ENCRYPTION_IDENTITY_FILE).`,
+(encryption.identity_file -> PGKEEP_ENCRYPTION_IDENTITY_FILE); pgkeep config show
+prints the effective values and where each came from.`,
 		Example: `  pgkeep repo init
   archive_command = 'pgkeep wal-push %p'
   restore_command = 'pgkeep wal-fetch %f %p'`,
-		SilenceUsage:      true,
-		SilenceErrors:     true,
-		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
+		SilenceUsage:  true,
+		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&a.configPath, "config", "", "config file (default $PGKEEP_CONFIG or "+DefaultConfigPath+")")
 	root.AddCommand(
@@ -139,7 +153,11 @@ every key can be overridden by a PGKEEP_* environment variable
 		newCreateReplicaCmd(a),
 		newBootstrapCmd(a),
 		newDaemonCmd(a),
+		newConfigCmd(a),
 	)
+	for _, c := range extraCommands {
+		root.AddCommand(c(a))
+	}
 	return root
 }
 
@@ -161,6 +179,7 @@ func (a *app) load() error {
 	}
 	a.cfg = cfg
 	a.log = newLogger(cfg.Log)
+	warnUnknownEnv(cfg, a.log)
 	warnFileModes(cfg, path, a.log)
 	setMemoryLimit(cfg)
 	return nil
@@ -178,13 +197,36 @@ func newLogger(c LogConfig) *slog.Logger {
 
 func newVersionCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:     "version",
-		Short:   "Print pgkeep's version",
+		Use:   "version",
+		Short: "Print pgkeep's version, commit, Go version and repository format",
+		Long: `version prints the release, the commit it was built from, the Go toolchain and
+platform, and the repository format version this binary writes and reads
+(docs/format.md). It reads no configuration.`,
 		Example: "  pgkeep version",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(cmd.OutOrStdout(), "pgkeep %s\n", version)
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "pgkeep %s\n", version)
+			fmt.Fprintf(out, "commit: %s\n", buildCommit())
+			fmt.Fprintf(out, "go: %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			fmt.Fprintf(out, "repository format: %d\n", repo.FormatVersion)
 			return nil
 		},
 	}
+}
+
+// buildCommit is the commit set by the linker, else the one the Go
+// toolchain recorded, else "unknown".
+func buildCommit() string {
+	if commit != "" {
+		return commit
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
+			}
+		}
+	}
+	return "unknown"
 }
