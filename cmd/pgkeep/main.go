@@ -132,6 +132,7 @@ every key can be overridden by a PGKEEP_* environment variable
 		newBackupCmd(a),
 		newRestoreCmd(a),
 		newDeleteCmd(a),
+		newInfoCmd(a),
 		newVerifyCmd(a),
 		newStatusCmd(a),
 		newCheckCmd(a),
