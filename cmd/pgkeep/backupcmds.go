@@ -127,8 +127,8 @@ func applyConfiguredRetention(ctx context.Context, a *app, r *repo.Repository, l
 	return nil
 }
 
-// printPlan prints one line per backup and a line of totals (not one per
-// WAL file: there may be thousands).
+// printPlan prints one line per backup and, when anything goes, a line of
+// totals (not one per WAL file: there may be thousands).
 func printPlan(out io.Writer, plan repo.RetentionPlan, verb, prefix string) {
 	for _, id := range plan.Backups {
 		fmt.Fprintf(out, "%s%s backup %s\n", prefix, verb, id)
@@ -138,6 +138,9 @@ func printPlan(out io.Writer, plan repo.RetentionPlan, verb, prefix string) {
 	}
 	for _, id := range plan.Kept {
 		fmt.Fprintf(out, "%skept backup %s (backup keep)\n", prefix, id)
+	}
+	if len(plan.Backups)+len(plan.Debris)+len(plan.WAL) == 0 {
+		return // nothing goes: nothing to total
 	}
 	fmt.Fprintf(out, "%s%s %d backup(s) (%s), %d incomplete backup(s) (%s) and %d WAL file(s) (%s): %s in all\n", prefix, verb,
 		len(plan.Backups), humanBytes(plan.BackupBytes), len(plan.Debris), humanBytes(plan.DebrisBytes),
