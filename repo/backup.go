@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pgkeep/pgkeep/pg"
@@ -325,15 +326,37 @@ func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, erro
 	return l, nil
 }
 
-// readSummaries reads the summaries of ids, oldest first (SortBackups).
+// summaryReaders bounds the summaries read at once (one request each).
+const summaryReaders = 8
+
+// readSummaries reads the summaries of ids, oldest first (SortBackups),
+// summaryReaders at a time.
 func (r *Repository) readSummaries(ctx context.Context, ids []string) ([]Summary, error) {
-	var backups []Summary
-	for _, id := range ids {
-		s, err := r.ReadSummary(ctx, id)
+	backups := make([]Summary, len(ids))
+	errs := make([]error, len(ids))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(summaryReaders, len(ids)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				backups[i], errs[i] = r.ReadSummary(ctx, ids[i])
+			}
+		}()
+	}
+	for i := range ids {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for _, err := range errs {
 		if err != nil {
-			return nil, err
+			return nil, err // the first, as one line
 		}
-		backups = append(backups, s)
+	}
+	if len(backups) == 0 {
+		return nil, nil
 	}
 	SortBackups(backups)
 	return backups, nil

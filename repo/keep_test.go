@@ -178,3 +178,33 @@ func TestAnnotations(t *testing.T) {
 		t.Error("commit with a bad annotation key accepted")
 	}
 }
+
+// TestHeartbeatProgress: the heartbeat carries the progress SetProgress
+// reports, and Info shows it for the running backup.
+func TestHeartbeatProgress(t *testing.T) {
+	ctx := context.Background()
+	r := testRepo(t)
+	id := "20260105T000000Z-runn"
+	h, err := r.StartHeartbeat(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Stop()
+	h.SetProgress(func() (int64, int64) { return 300, 1200 })
+	if err := h.beat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := r.readAlive(ctx, id)
+	if err != nil || rec.BytesDone != 300 || rec.BytesTotal != 1200 || rec.Started.IsZero() || rec.PID == 0 {
+		t.Fatalf("alive %+v, %v", rec, err)
+	}
+	inf, err := r.Info(ctx, time.Now())
+	if err != nil || len(inf.Running) != 1 || inf.Running[0].ID != id || inf.Running[0].BytesDone != 300 || inf.Running[0].BytesTotal != 1200 {
+		t.Fatalf("info running %+v, %v", inf.Running, err)
+	}
+	// A heartbeat older than RunningGrace is debris, not a running backup.
+	inf, err = r.Info(ctx, time.Now().Add(RunningGrace+time.Second))
+	if err != nil || len(inf.Running) != 0 || len(inf.Incomplete) != 1 {
+		t.Fatalf("stale heartbeat: running %+v, incomplete %v, %v", inf.Running, inf.Incomplete, err)
+	}
+}
