@@ -53,7 +53,9 @@ type BackupOptions struct {
 	// Progress, if set, is told the total bytes to read once and then the
 	// bytes read so far, from several goroutines.
 	Progress Progress
-	Logger   *slog.Logger
+	// Annotations are stored in the backup's summary (repo.ValidateAnnotations).
+	Annotations map[string]string
+	Logger      *slog.Logger
 }
 
 // Progress receives a backup's or restore's progress.
@@ -137,6 +139,12 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	if o.WALTimeout <= 0 {
 		o.WALTimeout = 5 * time.Minute
 	}
+	if err := repo.ValidateAnnotations(o.Annotations); err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
+	// The heartbeat carries how far the copy got (pgkeep info shows it).
+	prog := &countingProgress{inner: o.Progress}
+	o.Progress = prog
 	conn, si, err := connectServer(ctx, o.DSN, r)
 	if err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
@@ -190,6 +198,7 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	if err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
+	hb.SetProgress(func() (int64, int64) { return prog.done.Load(), prog.total.Load() })
 	committed := false
 	defer func() {
 		hb.Stop()
@@ -216,7 +225,7 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	m := &repo.Manifest{Summary: repo.Summary{
 		ID: id, StartTime: start.UTC(), StartLSN: startLSN.String(),
 		SystemIdentifier: fmt.Sprint(si.sysid), PGVersion: si.version, SegmentSize: si.segmentSize,
-		DataChecksums: si.checksums, Host: host, Role: role, Schedule: o.Schedule,
+		DataChecksums: si.checksums, Host: host, Role: role, Schedule: o.Schedule, Annotations: o.Annotations,
 	}, Dirs: dirs, Tablespaces: tbs, BlockSize: o.BlockSize}
 
 	c := &copier{r: r, o: o, id: id, log: log, startLSN: startLSN, checksums: si.checksums}
@@ -284,6 +293,32 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	log.Info("backup complete", "id", id, "files", len(m.Files), "data_bytes", m.DataSize,
 		"stored_bytes", m.StoredSize, "start_lsn", m.StartLSN, "stop_lsn", m.StopLSN, "seconds", time.Since(start).Seconds())
 	return m, nil
+}
+
+// countingProgress counts bytes for the heartbeat and passes them on.
+type countingProgress struct {
+	inner       Progress
+	done, total atomic.Int64
+}
+
+func (p *countingProgress) Start(total int64) {
+	p.total.Store(total)
+	if p.inner != nil {
+		p.inner.Start(total)
+	}
+}
+
+func (p *countingProgress) Add(n int64) {
+	p.done.Add(n)
+	if p.inner != nil {
+		p.inner.Add(n)
+	}
+}
+
+func (p *countingProgress) Finish() {
+	if p.inner != nil {
+		p.inner.Finish()
+	}
 }
 
 var labelTLIRE = regexp.MustCompile(`(?m)^START TIMELINE: ([0-9]+)$`)

@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pgkeep/pgkeep/pg"
@@ -58,6 +59,9 @@ type Summary struct {
 	StoredSize       int64     `json:"stored_size"`
 	Files            int       `json:"files"`
 	ManifestSHA256   string    `json:"manifest_sha256"`
+	// Annotations are the operator's key=value notes (backup --annotation),
+	// bounded by ValidateAnnotations.
+	Annotations map[string]string `json:"annotations,omitempty"`
 	// Schedule is the scheduled time of a job this backup was taken for
 	// (pgkeep daemon); nil for backups taken by hand.
 	Schedule *Schedule `json:"schedule,omitempty"`
@@ -231,6 +235,9 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 	m.Summary.Format = FormatVersion
 	m.Summary.Files = len(m.Files)
 	m.Summary.ManifestSHA256 = ""
+	if err := ValidateAnnotations(m.Annotations); err != nil {
+		return err
+	}
 	data, err := json.Marshal(m)
 	if err != nil {
 		return err
@@ -387,14 +394,9 @@ func (r *Repository) ListBackups(ctx context.Context) (backups []Summary, debris
 	if err != nil {
 		return nil, nil, err
 	}
-	for _, id := range ids {
-		s, err := r.ReadSummary(ctx, id)
-		if err != nil {
-			return nil, nil, err
-		}
-		backups = append(backups, s)
+	if backups, err = r.readSummaries(ctx, ids); err != nil {
+		return nil, nil, err
 	}
-	SortBackups(backups)
 	return backups, debris, nil
 }
 
@@ -406,33 +408,87 @@ func (r *Repository) BackupIDs(ctx context.Context) ([]string, error) {
 }
 
 func (r *Repository) listBackupIDs(ctx context.Context) (committed, debris []string, err error) {
-	ids := map[string]bool{}
+	l, err := r.listBackupObjects(ctx)
+	return l.committed, l.debris, err
+}
+
+// backupListing is one listing of backups/.
+type backupListing struct {
+	committed, debris []string // sorted IDs
+	keep              map[string]bool
+	size              map[string]int64 // bytes stored under backups/<id>/
+	alive             map[string]storage.ObjectInfo
+}
+
+func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, error) {
+	l := backupListing{keep: map[string]bool{}, size: map[string]int64{}, alive: map[string]storage.ObjectInfo{}}
 	done := map[string]bool{}
-	err = r.Backend.List(ctx, backupsPrefix, func(o storage.ObjectInfo) error {
+	err := r.Backend.List(ctx, backupsPrefix, func(o storage.ObjectInfo) error {
 		rest := strings.TrimPrefix(o.Name, backupsPrefix)
 		id, obj, ok := strings.Cut(rest, "/")
 		if !ok {
 			return nil
 		}
-		ids[id] = true
-		if obj == "backup.json" {
+		l.size[id] += o.Size
+		switch obj {
+		case "backup.json":
 			done[id] = true
+		case "keep.json":
+			l.keep[id] = true
+		case "alive":
+			l.alive[id] = o
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("list backups: %w", err)
+		return l, fmt.Errorf("list backups: %w", err)
 	}
-	for id := range ids {
+	for id := range l.size {
 		if done[id] {
-			committed = append(committed, id)
+			l.committed = append(l.committed, id)
 		} else {
-			debris = append(debris, id)
+			l.debris = append(l.debris, id)
 		}
 	}
-	sort.Strings(committed)
-	sort.Strings(debris)
-	return committed, debris, nil
+	sort.Strings(l.committed)
+	sort.Strings(l.debris)
+	return l, nil
+}
+
+// summaryReaders bounds the summaries read at once (one request each).
+const summaryReaders = 8
+
+// readSummaries reads the summaries of ids, oldest first (SortBackups),
+// summaryReaders at a time.
+func (r *Repository) readSummaries(ctx context.Context, ids []string) ([]Summary, error) {
+	backups := make([]Summary, len(ids))
+	errs := make([]error, len(ids))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(summaryReaders, len(ids)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				backups[i], errs[i] = r.ReadSummary(ctx, ids[i])
+			}
+		}()
+	}
+	for i := range ids {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err // the first, as one line
+		}
+	}
+	if len(backups) == 0 {
+		return nil, nil
+	}
+	SortBackups(backups)
+	return backups, nil
 }
 
 // SortBackups orders backups oldest first by WAL position: timeline, then

@@ -52,11 +52,18 @@ type RetentionPlan struct {
 	WAL     []string // WAL object names
 	// OldestKeptWAL is the first segment every retained backup still needs.
 	OldestKeptWAL string
+	// Bytes stored in what the plan removes.
+	BackupBytes, DebrisBytes, WALBytes int64
+	// Kept are the backups that retention would have removed but that are
+	// marked kept (backup keep).
+	Kept []string
 }
 
 // PlanRetention computes what retention removes. WAL older than the start
 // of the oldest retained backup goes; history files always stay (they are
-// tiny and recovery across timelines needs them).
+// tiny and recovery across timelines needs them). Backups marked kept
+// (KeepBackup, until their keep ends) are retained whatever the options
+// say, and so is the WAL from their start on.
 //
 // Safe while wal-push and backups run: both only add objects, a running
 // backup's WAL is newer than any retained backup's start, and uncommitted
@@ -69,7 +76,11 @@ func (r *Repository) PlanRetention(ctx context.Context, o RetentionOptions) (Ret
 	if err := o.Validate(); err != nil {
 		return plan, err
 	}
-	backups, debris, err := r.ListBackups(ctx)
+	l, err := r.listBackupObjects(ctx)
+	if err != nil {
+		return plan, err
+	}
+	backups, err := r.readSummaries(ctx, l.committed)
 	if err != nil {
 		return plan, err
 	}
@@ -87,6 +98,63 @@ func (r *Repository) PlanRetention(ctx context.Context, o RetentionOptions) (Ret
 			}
 		}
 	}
+	kept, err := r.readKeeps(ctx, l)
+	if err != nil {
+		return plan, err
+	}
+	for _, b := range backups {
+		if k, ok := kept[b.ID]; ok && k.Active(o.Now) && !keep[b.ID] {
+			keep[b.ID] = true
+			plan.Kept = append(plan.Kept, b.ID)
+		}
+	}
+	return r.planFrom(ctx, plan, backups, keep, l, o.DebrisMinAge, true)
+}
+
+// PlanDeleteBackup computes what deleting the one committed backup id
+// removes: the backup and the WAL no remaining backup needs (older than
+// the oldest remaining backup's start, and than any running backup's). A
+// kept backup is refused.
+func (r *Repository) PlanDeleteBackup(ctx context.Context, id string, now time.Time) (RetentionPlan, error) {
+	var plan RetentionPlan
+	if err := ValidBackupID(id); err != nil {
+		return plan, err
+	}
+	l, err := r.listBackupObjects(ctx)
+	if err != nil {
+		return plan, err
+	}
+	if i := sort.SearchStrings(l.committed, id); i == len(l.committed) || l.committed[i] != id {
+		return plan, fmt.Errorf("%s: %w", id, ErrBackupNotFound)
+	}
+	if l.keep[id] {
+		k, ok, err := r.readKeep(ctx, id)
+		if err != nil {
+			return plan, err
+		}
+		if ok && k.Active(now) {
+			until := "until unkept"
+			if k.Until != nil {
+				until = "until " + k.Until.Format(time.RFC3339)
+			}
+			return plan, fmt.Errorf("backup %s is kept (%s); run `pgkeep backup unkeep %s` first", id, until, id)
+		}
+	}
+	backups, err := r.readSummaries(ctx, l.committed)
+	if err != nil {
+		return plan, err
+	}
+	keep := map[string]bool{}
+	for _, b := range backups {
+		keep[b.ID] = b.ID != id
+	}
+	return r.planFrom(ctx, plan, backups, keep, l, 0, false)
+}
+
+// planFrom completes plan: the backups not in keep go, WAL below the
+// oldest kept one's start (and any running backup's) goes, and with
+// withDebris so does debris whose heartbeat is older than debrisMinAge.
+func (r *Repository) planFrom(ctx context.Context, plan RetentionPlan, backups []Summary, keep map[string]bool, l backupListing, debrisMinAge time.Duration, withDebris bool) (RetentionPlan, error) {
 	var oldest *Summary
 	for i := range backups {
 		if keep[backups[i].ID] {
@@ -95,6 +163,7 @@ func (r *Repository) PlanRetention(ctx context.Context, o RetentionOptions) (Ret
 			}
 		} else {
 			plan.Backups = append(plan.Backups, backups[i].ID)
+			plan.BackupBytes += l.size[backups[i].ID]
 		}
 	}
 	// Uncommitted backups young enough to be still running keep the WAL
@@ -103,19 +172,23 @@ func (r *Repository) PlanRetention(ctx context.Context, o RetentionOptions) (Ret
 	// earlier than every retained backup).
 	var running []StartRecord
 	var now time.Time
-	if len(debris) > 0 {
+	var err error
+	if len(l.debris) > 0 {
 		if now, err = r.storeNow(ctx); err != nil {
 			return plan, err
 		}
 	}
-	minAge := max(o.DebrisMinAge, RunningGrace)
-	for _, id := range debris {
+	minAge := max(debrisMinAge, RunningGrace)
+	for _, id := range l.debris {
 		last, err := r.lastSign(ctx, id)
 		if err != nil {
 			return plan, fmt.Errorf("backup %s: %w", id, err)
 		}
 		if now.Sub(last) >= minAge {
-			plan.Debris = append(plan.Debris, id)
+			if withDebris {
+				plan.Debris = append(plan.Debris, id)
+				plan.DebrisBytes += l.size[id]
+			}
 			continue
 		}
 		rec, err := r.ReadStartRecord(ctx, id)
@@ -154,6 +227,7 @@ func (r *Repository) PlanRetention(ctx context.Context, o RetentionOptions) (Ret
 		}
 		if wf.SegNo(oldest.SegmentSize) < firstSeg {
 			plan.WAL = append(plan.WAL, obj.Name)
+			plan.WALBytes += obj.Size
 		}
 		return nil
 	})

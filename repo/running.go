@@ -48,15 +48,36 @@ type Heartbeat struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu     sync.Mutex
-	lastOK time.Time
-	err    error
+	mu       sync.Mutex
+	lastOK   time.Time
+	err      error
+	started  time.Time
+	progress func() (done, total int64)
+}
+
+// AliveRecord is backups/<id>/alive: who runs the backup and how far it
+// got (the bytes of the data directory read so far, of how many).
+type AliveRecord struct {
+	Host       string    `json:"host"`
+	PID        int       `json:"pid"`
+	Time       time.Time `json:"time"`
+	Started    time.Time `json:"started,omitzero"`
+	BytesDone  int64     `json:"bytes_done,omitempty"`
+	BytesTotal int64     `json:"bytes_total,omitempty"`
+}
+
+// SetProgress makes every later heartbeat carry the backup's progress as
+// fn reports it (fn is called from the heartbeat's goroutine).
+func (h *Heartbeat) SetProgress(fn func() (done, total int64)) {
+	h.mu.Lock()
+	h.progress = fn
+	h.mu.Unlock()
 }
 
 // StartHeartbeat writes backup id's heartbeat now and then every
 // HeartbeatInterval until Stop.
 func (r *Repository) StartHeartbeat(ctx context.Context, id string) (*Heartbeat, error) {
-	h := &Heartbeat{r: r, id: id, done: make(chan struct{})}
+	h := &Heartbeat{r: r, id: id, done: make(chan struct{}), started: time.Now().UTC()}
 	if err := h.beat(ctx); err != nil {
 		return nil, fmt.Errorf("write heartbeat: %w", err)
 	}
@@ -86,7 +107,14 @@ func (r *Repository) StartHeartbeat(ctx context.Context, id string) (*Heartbeat,
 
 func (h *Heartbeat) beat(ctx context.Context) error {
 	host, _ := os.Hostname()
-	data, _ := json.Marshal(map[string]any{"host": host, "pid": os.Getpid(), "time": time.Now().UTC()})
+	rec := AliveRecord{Host: host, PID: os.Getpid(), Time: time.Now().UTC(), Started: h.started}
+	h.mu.Lock()
+	fn := h.progress
+	h.mu.Unlock()
+	if fn != nil {
+		rec.BytesDone, rec.BytesTotal = fn()
+	}
+	data, _ := json.Marshal(rec)
 	if err := h.r.Backend.Put(ctx, aliveName(h.id), bytes.NewReader(data), storage.PutOptions{}); err != nil {
 		return err
 	}

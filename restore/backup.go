@@ -124,6 +124,11 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 		return res, fmt.Errorf("restore: %w", err)
 	}
 	sum, err := ChooseBackup(backups, o.BackupID, &o.Target)
+	if errors.Is(err, ErrBeforeWindow) {
+		if inf, ierr := r.Info(ctx, time.Now()); ierr == nil && inf.RecoveryWindow != nil {
+			err = fmt.Errorf("%w; the recovery window is %s", err, inf.RecoveryWindow)
+		}
+	}
 	if err != nil {
 		return res, fmt.Errorf("restore: %w", err)
 	}

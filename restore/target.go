@@ -136,6 +136,10 @@ func (t *Target) Settings() [][2]string {
 	return append(s, [2]string{"recovery_target_timeline", tl})
 }
 
+// ErrBeforeWindow means the recovery target lies before the end of the
+// oldest backup: no restore can reach it.
+var ErrBeforeWindow = errors.New("the recovery target is before the recovery window")
+
 // ChooseBackup picks the backup to restore: id if given, else the newest
 // one that ended before the target (time or LSN), else the newest.
 func ChooseBackup(backups []repo.Summary, id string, t *Target) (repo.Summary, error) {
@@ -165,6 +169,6 @@ func ChooseBackup(backups []repo.Summary, id string, t *Target) (repo.Summary, e
 			return b, nil
 		}
 	}
-	return repo.Summary{}, errors.New("no backup ended before the recovery target; the oldest backup ended " +
-		backups[0].StopTime.Format(time.RFC3339) + " at LSN " + backups[0].StopLSN)
+	return repo.Summary{}, fmt.Errorf("%w: no backup ended before it; the oldest backup (%s) is consistent at %s, LSN %s",
+		ErrBeforeWindow, backups[0].ID, backups[0].StopTime.UTC().Format(time.RFC3339Nano), backups[0].StopLSN)
 }

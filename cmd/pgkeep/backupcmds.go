@@ -1,14 +1,18 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime"
+	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -24,6 +28,7 @@ func newBackupCmd(a *app) *cobra.Command {
 	var (
 		pgdata, checkpoint, checksumFailures string
 		walTimeout                           time.Duration
+		annotations                          []string
 	)
 	cmd := &cobra.Command{
 		Use:   "backup",
@@ -54,6 +59,10 @@ superuser or a role with pg_backup_start/pg_backup_stop and pg_read_all_settings
 			if pgdata != "" && !filepath.IsAbs(pgdata) {
 				return &configError{fmt.Sprintf("--pgdata %q must be an absolute path", pgdata)}
 			}
+			notes, err := repo.ParseAnnotations(annotations)
+			if err != nil {
+				return &configError{err.Error()}
+			}
 			ctx := cmd.Context()
 			r, err := openRepo(ctx, a.cfg)
 			if err != nil {
@@ -67,25 +76,161 @@ superuser or a role with pg_backup_start/pg_backup_stop and pg_read_all_settings
 				PGData:           pgdata,
 				FastCheckpoint:   checkpoint == "fast",
 				ChecksumWarnOnly: checksumFailures == "warn",
-				Workers:          runtime.NumCPU(),
+				Workers:          backupWorkers(a.cfg),
 				Writers:          a.cfg.UploadConcurrency,
 				WALTimeout:       walTimeout,
 				Progress:         newProgress("backup", a.log),
+				Annotations:      notes,
 				Logger:           a.log,
 			})
 			if err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), m.ID)
-			return nil
+			return applyConfiguredRetention(ctx, a, r, cmd.ErrOrStderr())
 		},
 	}
 	cmd.Flags().StringVar(&pgdata, "pgdata", "", "data directory (default: config pgdata, else the server's data_directory)")
 	cmd.Flags().StringVar(&checkpoint, "checkpoint", "fast", "checkpoint at start: fast (start now) or spread (gentler on I/O)")
 	cmd.Flags().StringVar(&checksumFailures, "checksum-failures", "error", "a data page failing its checksum: error (fail the backup) or warn")
 	cmd.Flags().DurationVar(&walTimeout, "wal-timeout", 5*time.Minute, "how long to wait for the backup's WAL to be archived")
-	cmd.AddCommand(newBackupListCmd(a), newBackupShowCmd(a))
+	cmd.Flags().StringArrayVar(&annotations, "annotation", nil, "key=value stored with the backup (repeatable; shown by list, show and info)")
+	cmd.AddCommand(newBackupListCmd(a), newBackupShowCmd(a), newBackupKeepCmd(a), newBackupUnkeepCmd(a))
 	return cmd
+}
+
+// backupWorkers is backup.concurrency, or GOMAXPROCS: the CPUs the process
+// may use, which (Go >= 1.25) honours a cgroup CPU quota.
+func backupWorkers(cfg Config) int {
+	if cfg.Backup.Concurrency > 0 {
+		return cfg.Backup.Concurrency
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
+// applyConfiguredRetention applies retention.full / retention.days after a
+// successful backup. The backup is committed whatever happens here; a
+// failure is the command's failure so that it is seen.
+func applyConfiguredRetention(ctx context.Context, a *app, r *repo.Repository, log io.Writer) error {
+	rc := a.cfg.Retention
+	if rc.Full == 0 && rc.Days == 0 {
+		return nil
+	}
+	plan, err := r.PlanRetention(ctx, repo.RetentionOptions{RetainFull: rc.Full, RetainDays: rc.Days, DebrisMinAge: time.Hour, Now: time.Now()})
+	if err == nil {
+		err = r.ApplyRetention(ctx, plan)
+	}
+	if err != nil {
+		return fmt.Errorf("backup committed, but retention failed: %w", err)
+	}
+	printPlan(log, plan, "deleted", "retention: ")
+	return nil
+}
+
+// printPlan prints one line per backup and, when anything goes, a line of
+// totals (not one per WAL file: there may be thousands).
+func printPlan(out io.Writer, plan repo.RetentionPlan, verb, prefix string) {
+	for _, id := range plan.Backups {
+		fmt.Fprintf(out, "%s%s backup %s\n", prefix, verb, id)
+	}
+	for _, id := range plan.Debris {
+		fmt.Fprintf(out, "%s%s incomplete backup %s\n", prefix, verb, id)
+	}
+	for _, id := range plan.Kept {
+		fmt.Fprintf(out, "%skept backup %s (backup keep)\n", prefix, id)
+	}
+	if len(plan.Backups)+len(plan.Debris)+len(plan.WAL) == 0 {
+		return // nothing goes: nothing to total
+	}
+	fmt.Fprintf(out, "%s%s %d backup(s) (%s), %d incomplete backup(s) (%s) and %d WAL file(s) (%s): %s in all\n", prefix, verb,
+		len(plan.Backups), humanBytes(plan.BackupBytes), len(plan.Debris), humanBytes(plan.DebrisBytes),
+		len(plan.WAL), humanBytes(plan.WALBytes), humanBytes(plan.BackupBytes+plan.DebrisBytes+plan.WALBytes))
+	if len(plan.WAL) > 0 {
+		fmt.Fprintf(out, "%sWAL %s: %s .. %s\n", prefix, verb, path.Base(plan.WAL[0]), path.Base(plan.WAL[len(plan.WAL)-1]))
+	}
+}
+
+func newBackupKeepCmd(a *app) *cobra.Command {
+	var until string
+	cmd := &cobra.Command{
+		Use:   "keep ID",
+		Short: "Keep a backup, and the WAL it needs, whatever retention says",
+		Long: `keep marks a backup kept (backups/<id>/keep.json): retention (delete --retain-full,
+--retain-days, the retention config keys, daemon retention jobs) never removes it,
+nor the WAL from its start on, and delete --backup refuses it. With --until the
+keep ends at that time. Marking a kept backup again replaces its keep.`,
+		Example: "  pgkeep backup keep 20261122T180000Z-1a2b\n  pgkeep backup keep 20261122T180000Z-1a2b --until 2027-01-01T00:00:00Z",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.load(); err != nil {
+				return err
+			}
+			if err := repo.ValidBackupID(args[0]); err != nil {
+				return &configError{err.Error()}
+			}
+			var u *time.Time
+			if until != "" {
+				t, err := restore.ParseTargetTime(until)
+				if err != nil {
+					return &configError{"--until: " + err.Error()}
+				}
+				u = &t
+			}
+			ctx := cmd.Context()
+			r, err := openRepo(ctx, a.cfg)
+			if err != nil {
+				return err
+			}
+			if err := r.KeepBackup(ctx, args[0], u, time.Now()); err != nil {
+				return err
+			}
+			if u != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "backup %s is kept until %s\n", args[0], u.UTC().Format(time.RFC3339))
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "backup %s is kept until unkept\n", args[0])
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&until, "until", "", "end the keep at this time (RFC 3339 with a zone)")
+	return cmd
+}
+
+func newBackupUnkeepCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:     "unkeep ID",
+		Short:   "Let retention remove a kept backup again",
+		Example: "  pgkeep backup unkeep 20261122T180000Z-1a2b",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.load(); err != nil {
+				return err
+			}
+			if err := repo.ValidBackupID(args[0]); err != nil {
+				return &configError{err.Error()}
+			}
+			ctx := cmd.Context()
+			r, err := openRepo(ctx, a.cfg)
+			if err != nil {
+				return err
+			}
+			if err := r.UnkeepBackup(ctx, args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "backup %s is no longer kept\n", args[0])
+			return nil
+		},
+	}
+}
+
+// annotationText is a backup's annotations as k=v words, sorted.
+func annotationText(a map[string]string) string {
+	var parts []string
+	for k, v := range a {
+		parts = append(parts, k+"="+strconv.Quote(v))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
 }
 
 func newBackupListCmd(a *app) *cobra.Command {
@@ -108,27 +253,46 @@ func newBackupListCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			keeps, err := r.KeptBackups(ctx)
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			kept := func(id string) (bool, *time.Time) {
+				k, ok := keeps[id]
+				if !ok || !k.Active(now) {
+					return false, nil
+				}
+				return true, k.Until
+			}
 			out := cmd.OutOrStdout()
 			if asJSON {
 				type row struct {
 					repo.Summary
-					Status string `json:"status"`
+					Status    string     `json:"status"`
+					Kept      bool       `json:"kept"`
+					KeepUntil *time.Time `json:"keep_until,omitempty"`
 				}
 				rows := []row{}
 				for _, b := range backups {
-					rows = append(rows, row{b, "complete"})
+					k, until := kept(b.ID)
+					rows = append(rows, row{b, "complete", k, until})
 				}
 				for _, id := range debris {
-					rows = append(rows, row{repo.Summary{ID: id}, "incomplete"})
+					rows = append(rows, row{Summary: repo.Summary{ID: id}, Status: "incomplete"})
 				}
 				return writeJSON(out, rows)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTART\tSTOP\tSTART LSN\tSTOP LSN\tTL\tDB SIZE\tSTORED\tSOURCE\tSTATUS")
+			fmt.Fprintln(tw, "ID\tSTART\tSTOP\tSTART LSN\tSTOP LSN\tTL\tDB SIZE\tSTORED\tSOURCE\tSTATUS\tANNOTATIONS")
 			for _, b := range backups {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s (%s)\tcomplete\n", b.ID,
+				status := "complete"
+				if k, _ := kept(b.ID); k {
+					status = "complete, kept"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s (%s)\t%s\t%s\n", b.ID,
 					b.StartTime.Format(time.RFC3339), b.StopTime.Format(time.RFC3339), b.StartLSN, b.StopLSN,
-					b.Timeline, humanBytes(b.DataSize), humanBytes(b.StoredSize), b.Host, b.Role)
+					b.Timeline, humanBytes(b.DataSize), humanBytes(b.StoredSize), b.Host, b.Role, status, annotationText(b.Annotations))
 			}
 			for _, id := range debris {
 				fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t-\tincomplete (running or failed)\n", id)
@@ -160,13 +324,37 @@ func newBackupShowCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			keeps, err := r.KeptBackups(ctx)
+			if err != nil {
+				return err
+			}
+			k, isKept := keeps[s.ID]
+			isKept = isKept && k.Active(time.Now())
 			out := cmd.OutOrStdout()
 			if asJSON {
-				return writeJSON(out, struct {
+				v := struct {
 					repo.Summary
-					Status string `json:"status"`
-				}{s, "complete"})
+					Status    string     `json:"status"`
+					Kept      bool       `json:"kept"`
+					KeepUntil *time.Time `json:"keep_until,omitempty"`
+				}{Summary: s, Status: "complete", Kept: isKept}
+				if isKept {
+					v.KeepUntil = k.Until
+				}
+				return writeJSON(out, v)
 			}
+			defer func() {
+				if isKept {
+					until := "until unkept"
+					if k.Until != nil {
+						until = "until " + k.Until.UTC().Format(time.RFC3339)
+					}
+					fmt.Fprintf(out, "kept:              %s\n", until)
+				}
+				if len(s.Annotations) > 0 {
+					fmt.Fprintf(out, "annotations:       %s\n", annotationText(s.Annotations))
+				}
+			}()
 			fmt.Fprintf(out, "id:                %s\nstatus:            complete\nstart:             %s  LSN %s  (WAL %s)\nstop:              %s  LSN %s  (WAL %s)\ntimeline:          %d\nsource:            %s (%s)\npostgresql:        %d\nsystem identifier: %s\ndata checksums:    %v\nsize in database:  %s (%d files)\nsize in repository: %s\n",
 				s.ID, s.StartTime.Format(time.RFC3339), s.StartLSN, s.StartWAL, s.StopTime.Format(time.RFC3339), s.StopLSN, s.StopWAL,
 				s.Timeline, s.Host, s.Role, s.PGVersion, s.SystemIdentifier, s.DataChecksums, humanBytes(s.DataSize), s.Files, humanBytes(s.StoredSize))
@@ -348,26 +536,40 @@ files that match the backup, rewrite the rest, delete extras) or --force (empty 
 
 func newDeleteCmd(a *app) *cobra.Command {
 	var (
-		o      repo.RetentionOptions
-		dryRun bool
+		o        repo.RetentionOptions
+		dryRun   bool
+		backupID string
 	)
 	cmd := &cobra.Command{
 		Use:   "delete",
-		Short: "Apply retention: remove old backups, the WAL no kept backup needs, and debris",
+		Short: "Apply retention, or delete one backup: remove old backups, the WAL no kept backup needs, and debris",
 		Long: `delete keeps the newest --retain-full backups (or those of the last --retain-days
 days, plus the newest one older, so every moment of the window stays restorable),
-removes the others and the WAL older than the oldest kept backup's start, and
-removes debris of failed backups (uncommitted objects older than --debris-min-age).
-Every kept backup stays restorable to any point up to the newest archived WAL.
-It is safe to run while wal-push and backup run.`,
-		Example: "  pgkeep delete --retain-full 7 --dry-run\n  pgkeep delete --retain-days 14",
+and the backups marked kept (backup keep), removes the others and the WAL older than
+the oldest kept backup's start, and removes debris of failed backups (uncommitted
+objects older than --debris-min-age).
+
+delete --backup ID removes that one backup (not a kept one) and the WAL older than
+the oldest remaining backup's start.
+
+Every remaining backup stays restorable to any point up to the newest archived WAL.
+It prints a line per backup and the totals (backups, WAL files, bytes); --dry-run
+prints the same with "would delete". It is safe to run while wal-push and backup run.`,
+		Example: "  pgkeep delete --retain-full 7 --dry-run\n  pgkeep delete --retain-days 14\n  pgkeep delete --backup 20261122T180000Z-1a2b",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := a.load(); err != nil {
 				return err
 			}
-			if o.RetainFull < 0 || o.RetainDays < 0 || (o.RetainFull > 0) == (o.RetainDays > 0) {
-				return &configError{"give exactly one of --retain-full N or --retain-days D (N, D >= 1)"}
+			if backupID != "" {
+				if o.RetainFull != 0 || o.RetainDays != 0 {
+					return &configError{"give either --backup ID or a retention (--retain-full, --retain-days), not both"}
+				}
+				if err := repo.ValidBackupID(backupID); err != nil {
+					return &configError{"--backup: " + err.Error()}
+				}
+			} else if o.RetainFull < 0 || o.RetainDays < 0 || (o.RetainFull > 0) == (o.RetainDays > 0) {
+				return &configError{"give exactly one of --retain-full N or --retain-days D (N, D >= 1), or --backup ID"}
 			}
 			ctx := cmd.Context()
 			r, err := openRepo(ctx, a.cfg)
@@ -375,24 +577,20 @@ It is safe to run while wal-push and backup run.`,
 				return err
 			}
 			o.Now = time.Now()
-			plan, err := r.PlanRetention(ctx, o)
+			var plan repo.RetentionPlan
+			if backupID != "" {
+				plan, err = r.PlanDeleteBackup(ctx, backupID, o.Now)
+			} else {
+				plan, err = r.PlanRetention(ctx, o)
+			}
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
 			verb := "deleted"
 			if dryRun {
 				verb = "would delete"
 			}
-			for _, id := range plan.Backups {
-				fmt.Fprintf(out, "%s backup %s\n", verb, id)
-			}
-			for _, id := range plan.Debris {
-				fmt.Fprintf(out, "%s incomplete backup %s\n", verb, id)
-			}
-			for _, w := range plan.WAL {
-				fmt.Fprintf(out, "%s %s\n", verb, w)
-			}
+			printPlan(cmd.OutOrStdout(), plan, verb, "")
 			if dryRun {
 				return nil
 			}
@@ -401,6 +599,7 @@ It is safe to run while wal-push and backup run.`,
 	}
 	cmd.Flags().IntVar(&o.RetainFull, "retain-full", 0, "keep the newest N backups")
 	cmd.Flags().IntVar(&o.RetainDays, "retain-days", 0, "keep the backups of the last D days")
+	cmd.Flags().StringVar(&backupID, "backup", "", "delete this one backup (and the WAL no remaining backup needs)")
 	cmd.Flags().DurationVar(&o.DebrisMinAge, "debris-min-age", time.Hour, "remove uncommitted backups only when nothing was written to them for this long")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be deleted, delete nothing")
 	return cmd

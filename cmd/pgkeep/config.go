@@ -18,6 +18,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/restore"
 	"github.com/pgkeep/pgkeep/scheduler"
 )
@@ -48,6 +49,9 @@ type Config struct {
 	Log                 LogConfig         `yaml:"log"`
 	Daemon              DaemonConfig      `yaml:"daemon"`
 	Verify              VerifyConfig      `yaml:"verify"`
+	Backup              BackupConfig      `yaml:"backup"`
+	Storage             StorageConfig     `yaml:"storage"`
+	Retention           RetentionConfig   `yaml:"retention"`
 
 	// source says where the settings came from, for errors that may stem
 	// from reading the wrong config (archive_command runs with
@@ -206,6 +210,42 @@ type VerifyConfig struct {
 	// ~/.cache/pgkeep.
 	CacheDir string `yaml:"cache_dir"`
 }
+
+// BackupConfig is `pgkeep backup`'s resource use.
+type BackupConfig struct {
+	// Concurrency is how many blocks are read, checked and compressed at
+	// once; 0 means GOMAXPROCS (the CPUs the process may use, which
+	// honours a container's CPU quota).
+	Concurrency int `yaml:"concurrency"`
+}
+
+// StorageConfig applies to every request to the repository's storage.
+type StorageConfig struct {
+	// RateLimit bounds the bytes a second of object bodies uploaded and
+	// downloaded by one pgkeep process together ("20MB", "1048576"); empty
+	// or 0 means no limit.
+	RateLimit string `yaml:"rate_limit"`
+}
+
+// RateLimitBytes is storage.rate_limit in bytes a second (0: none); the
+// config was validated, so it parses.
+func (s StorageConfig) RateLimitBytes() int64 {
+	if s.RateLimit == "" {
+		return 0
+	}
+	n, _ := parseBytes(s.RateLimit)
+	return int64(n)
+}
+
+// RetentionConfig is the retention `pgkeep backup` applies after each
+// successful backup: at most one of Full and Days; neither means none.
+type RetentionConfig struct {
+	Full int `yaml:"full"`
+	Days int `yaml:"days"`
+}
+
+// MaxBackupConcurrency bounds backup.concurrency.
+const MaxBackupConcurrency = 256
 
 type LogConfig struct {
 	Level  string `yaml:"level"`
@@ -507,6 +547,21 @@ func (c *Config) validate(path string) error {
 	}
 	if c.Verify.CacheDir != "" && !filepath.IsAbs(c.Verify.CacheDir) {
 		return bad("verify.cache_dir", "%q is not an absolute path", c.Verify.CacheDir)
+	}
+	if c.Backup.Concurrency < 0 || c.Backup.Concurrency > MaxBackupConcurrency {
+		return bad("backup.concurrency", "%d is outside 0 (GOMAXPROCS) .. %d", c.Backup.Concurrency, MaxBackupConcurrency)
+	}
+	if c.Storage.RateLimit != "" {
+		n, err := parseBytes(c.Storage.RateLimit)
+		if err != nil {
+			return bad("storage.rate_limit", "%v (bytes a second)", err)
+		}
+		if n != 0 && n < 64<<10 {
+			return bad("storage.rate_limit", "%d bytes a second is below 64kB (0 means no limit)", n)
+		}
+	}
+	if r := c.Retention; r.Full < 0 || r.Full > repo.MaxRetainFull || r.Days < 0 || r.Days > repo.MaxRetainDays || (r.Full > 0 && r.Days > 0) {
+		return bad("retention", "set at most one of full (1..%d backups) and days (1..%d)", repo.MaxRetainFull, repo.MaxRetainDays)
 	}
 	if err := c.validateEtcd(bad); err != nil {
 		return err

@@ -20,6 +20,15 @@ import (
 // openBackend turns the repository URL into a storage backend. With create,
 // a missing local directory is created (repo init); otherwise it is an error.
 func openBackend(ctx context.Context, cfg Config, create bool) (storage.Backend, error) {
+	b, err := openRawBackend(ctx, cfg, create)
+	if err != nil {
+		return nil, err
+	}
+	return storage.RateLimited(b, cfg.Storage.RateLimitBytes()), nil
+}
+
+// openRawBackend is openBackend without storage.rate_limit.
+func openRawBackend(ctx context.Context, cfg Config, create bool) (storage.Backend, error) {
 	u, err := url.Parse(cfg.Repository)
 	if err != nil {
 		return nil, fmt.Errorf("repository %q: %w", cfg.Repository, err)
