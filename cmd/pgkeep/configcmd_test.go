@@ -86,12 +86,13 @@ func sampleValue(key string) string {
 	switch {
 	case key == "daemon.jobs":
 		return `[{name: a, kind: verify, schedule: "@daily", run_on: primary}]`
-	case strings.HasSuffix(key, "timeout") || strings.HasSuffix(key, "_ttl") || strings.HasSuffix(key, "_interval") || strings.HasSuffix(key, "_delay") || strings.HasSuffix(key, "_time"):
+	case strings.HasSuffix(key, "timeout") || strings.HasSuffix(key, "_ttl") || strings.HasSuffix(key, "_interval") || strings.HasSuffix(key, "_delay") || strings.HasSuffix(key, "_time") || strings.HasSuffix(key, "_stagger"):
 		return "3s"
 	case key == "s3.path_style":
 		return "true"
 	case strings.HasSuffix(key, "level") && !strings.HasPrefix(key, "log."), strings.HasSuffix(key, "concurrency"), strings.HasSuffix(key, "attempts"),
-		strings.HasSuffix(key, "_mb"), strings.HasPrefix(key, "wal.p"), key == "daemon.retries":
+		strings.HasSuffix(key, "_mb"), strings.HasPrefix(key, "wal.p"), key == "daemon.retries",
+		strings.HasSuffix(key, "_bytes"), strings.HasPrefix(key, "retention."), strings.HasSuffix(key, "rate_limit"):
 		return "5"
 	}
 	return "x"
