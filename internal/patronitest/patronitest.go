@@ -346,8 +346,10 @@ func (n *Node) Log() string {
 // data directory's log/).
 func (n *Node) ServerLog() string {
 	var b strings.Builder
-	files, _ := filepath.Glob(filepath.Join(n.DataDir, "log", "*"))
-	for _, f := range files {
+	// A failed bootstrap's directory is renamed to <dir>.failed by Patroni.
+	files, _ := filepath.Glob(filepath.Join(n.DataDir+".failed", "log", "*"))
+	more, _ := filepath.Glob(filepath.Join(n.DataDir, "log", "*"))
+	for _, f := range append(files, more...) {
 		data, _ := os.ReadFile(f)
 		b.Write(data)
 	}
