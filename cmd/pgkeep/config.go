@@ -671,7 +671,9 @@ func (c *Config) validateDaemon(bad func(key, format string, args ...any) error)
 		default:
 			return bad(key+".kind", "%q is not backup, retention or verify", j.Kind)
 		}
-		if _, err := scheduler.ParsePolicy(j.RunOn); err != nil {
+		if j.RunOn == "" && d.HA == "none" {
+			// One PostgreSQL: where to run is not a question.
+		} else if _, err := scheduler.ParsePolicy(j.RunOn); err != nil {
 			return bad(key+".run_on", "%q is not primary, replica or prefer-replica", j.RunOn)
 		}
 		if _, err := scheduler.ParseSchedule(jobSchedule(d, j)); err != nil {
