@@ -50,12 +50,27 @@ daemon:
 		t.Fatal(err)
 	}
 	pgtest.Chown(t, dir)
+	return runDaemonProc(t, d)
+}
+
+// runDaemonProc starts `pgkeep --config d.config daemon` as postgres,
+// logging to d.log, killed when the test ends.
+func runDaemonProc(t *testing.T, d *daemonProc) *daemonProc {
+	t.Helper()
+	return runDaemonProcEnv(t, d, nil)
+}
+
+// runDaemonProcEnv is runDaemonProc with env added to the daemon's
+// environment.
+func runDaemonProcEnv(t *testing.T, d *daemonProc, env []string) *daemonProc {
+	t.Helper()
+	name := d.node.Name
 	logf, err := os.Create(d.log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	d.cmd = exec.Command(testbin.Pgkeep(t), "--config", d.config, "daemon")
-	d.cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/tmp", "TZ=UTC"}
+	d.cmd.Env = append([]string{"PATH=/usr/bin:/bin", "HOME=/tmp", "TZ=UTC"}, env...)
 	d.cmd.Dir = "/"
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	pgtest.AsPostgres(t, d.cmd)
