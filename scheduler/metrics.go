@@ -39,7 +39,13 @@ const (
 )
 
 // NewMetrics creates the metrics and registers them with reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+func NewMetrics(reg prometheus.Registerer) *Metrics { return newMetrics(reg, true) }
+
+// NewStandaloneMetrics is NewMetrics for a daemon without Patroni (Local):
+// without the etcd and clock metrics.
+func NewStandaloneMetrics(reg prometheus.Registerer) *Metrics { return newMetrics(reg, false) }
+
+func newMetrics(reg prometheus.Registerer, withEtcd bool) *Metrics {
 	m := &Metrics{
 		last: map[string]float64{},
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricLastSuccess,
@@ -64,7 +70,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Estimated offset of another daemon's clock from this node's (its minus ours), in seconds, from the clock records in etcd (error up to a poll interval)."}, []string{"member"})
 	m.archiveLag.Set(-1)
 	m.archiveFailed.Set(-1)
-	reg.MustRegister(m.lastSuccess, m.duration, m.bytes, m.runs, m.held, m.etcdUp, m.archiveLag, m.archiveFailed, m.clockOffset)
+	reg.MustRegister(m.lastSuccess, m.duration, m.bytes, m.runs, m.held, m.archiveLag, m.archiveFailed)
+	if withEtcd {
+		reg.MustRegister(m.etcdUp, m.clockOffset)
+	}
 	return m
 }
 

@@ -142,6 +142,12 @@ type PatroniConfig struct {
 // DaemonConfig is `pgkeep daemon`: scheduled jobs run on the right member
 // of the Patroni cluster (configs/pgkeep.yml documents each key).
 type DaemonConfig struct {
+	// HA is how daemons agree on who runs a scheduled time: "patroni"
+	// (etcd locks and records, the default) or "none" (one PostgreSQL
+	// without Patroni: flocks and run records in LockDir).
+	HA string `yaml:"ha"`
+	// LockDir holds the locks and run records of daemon.ha: none.
+	LockDir string `yaml:"lock_dir"`
 	// Member is this node's Patroni member name (patroni.yml name);
 	// empty means the host name.
 	Member string `yaml:"member"`
@@ -264,7 +270,7 @@ func defaultConfig() Config {
 		Etcd:                EtcdConfig{DialTimeout: 5 * time.Second},
 		Patroni:             PatroniConfig{Namespace: "/service/"},
 		Log:                 LogConfig{Level: "info", Format: "text"},
-		Daemon: DaemonConfig{Listen: "127.0.0.1:9187", Timezone: "UTC", LockTTL: 15 * time.Second,
+		Daemon: DaemonConfig{HA: "patroni", LockDir: "/var/lib/pgkeep/daemon", Listen: "127.0.0.1:9187", Timezone: "UTC", LockTTL: 15 * time.Second,
 			TakeoverTimeout: 60 * time.Second, PollInterval: 2 * time.Second, Retries: 3,
 			RetryDelay: 60 * time.Second, ArchiveCheckInterval: 30 * time.Second},
 	}
@@ -613,6 +619,15 @@ func (c *Config) validateEtcd(bad func(key, format string, args ...any) error) e
 
 func (c *Config) validateDaemon(bad func(key, format string, args ...any) error) error {
 	d := c.Daemon
+	switch d.HA {
+	case "patroni":
+	case "none":
+		if !filepath.IsAbs(d.LockDir) {
+			return bad("daemon.lock_dir", "%q is not an absolute path", d.LockDir)
+		}
+	default:
+		return bad("daemon.ha", "%q is not patroni or none", d.HA)
+	}
 	if _, err := time.LoadLocation(d.Timezone); err != nil || d.Timezone == "" {
 		return bad("daemon.timezone", "%q is not a time zone (UTC, Local, Europe/Paris, ...)", d.Timezone)
 	}
@@ -656,7 +671,9 @@ func (c *Config) validateDaemon(bad func(key, format string, args ...any) error)
 		default:
 			return bad(key+".kind", "%q is not backup, retention or verify", j.Kind)
 		}
-		if _, err := scheduler.ParsePolicy(j.RunOn); err != nil {
+		if j.RunOn == "" && d.HA == "none" {
+			// One PostgreSQL: where to run is not a question.
+		} else if _, err := scheduler.ParsePolicy(j.RunOn); err != nil {
 			return bad(key+".run_on", "%q is not primary, replica or prefer-replica", j.RunOn)
 		}
 		if _, err := scheduler.ParseSchedule(jobSchedule(d, j)); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgkeep/pgkeep/archive"
+	"github.com/pgkeep/pgkeep/ha"
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/scheduler"
 )
@@ -34,6 +35,11 @@ the chosen node dies mid-run another eligible node takes over after
 daemon.lock_ttl + daemon.takeover_timeout. While etcd cannot be reached no job
 starts.
 
+With daemon.ha: none (one PostgreSQL without Patroni) there is no etcd: the
+same jobs run on this host, a flock per job and scheduled time in
+daemon.lock_dir lets one of the daemons sharing that directory run each
+scheduled time, and the run records are JSON files there.
+
 Prometheus metrics are served on daemon.listen (/metrics), with /healthz.
 SIGTERM or SIGINT aborts a running job cleanly and releases its lock.
 See docs/daemon.md.`,
@@ -48,10 +54,17 @@ See docs/daemon.md.`,
 	}
 }
 
+// daemonScheduler is the etcd scheduler or the local one (daemon.ha: none).
+type daemonScheduler interface {
+	Run(ctx context.Context) error
+	HealthHandler() http.Handler
+}
+
 func runDaemon(ctx context.Context, a *app) error {
 	cfg, d := a.cfg, a.cfg.Daemon
-	if len(cfg.Etcd.Endpoints) == 0 {
-		return &configError{"daemon: etcd.endpoints and patroni.scope are required"}
+	standalone := d.HA == "none"
+	if !standalone && len(cfg.Etcd.Endpoints) == 0 {
+		return &configError{"daemon: etcd.endpoints and patroni.scope are required (or daemon.ha: none for a PostgreSQL without Patroni)"}
 	}
 	if len(d.Jobs) == 0 {
 		return &configError{"daemon: daemon.jobs is empty: nothing to schedule"}
@@ -64,18 +77,26 @@ func runDaemon(ctx context.Context, a *app) error {
 		}
 		member = h
 	}
-	h, err := openHA(ctx, cfg, a.log)
-	if err != nil {
-		return err
+	var h *ha.Client
+	if !standalone {
+		var err error
+		if h, err = openHA(ctx, cfg, a.log); err != nil {
+			return err
+		}
+		defer h.Close()
 	}
-	defer h.Close()
 	r, err := openRepo(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := scheduler.NewMetrics(reg)
+	var metrics *scheduler.Metrics
+	if standalone {
+		metrics = scheduler.NewStandaloneMetrics(reg)
+	} else {
+		metrics = scheduler.NewMetrics(reg)
+	}
 	runner := &daemonRunner{cfg: cfg, r: r, log: a.log, jobs: map[string]DaemonJob{}}
 	var jobs []scheduler.Job
 	for _, j := range d.Jobs {
@@ -100,11 +121,20 @@ func runDaemon(ctx context.Context, a *app) error {
 		a.log.Warn("PGKEEP_TEST_CLOCK_OFFSET is set: the daemon's clock is skewed on purpose (tests only)", "offset", off)
 		clock = func() time.Time { return time.Now().Add(off) }
 	}
-	sched, err := scheduler.New(scheduler.Options{
-		HA: h, Member: member, Jobs: jobs, Runner: runner, Clock: clock,
-		LockTTL: d.LockTTL, TakeoverTimeout: d.TakeoverTimeout, TakeoverStagger: d.TakeoverStagger, PollInterval: d.PollInterval,
-		Retries: d.Retries, RetryDelay: d.RetryDelay, Metrics: metrics, Logger: a.log,
-	})
+	var sched daemonScheduler
+	if standalone {
+		sched, err = scheduler.NewLocal(scheduler.LocalOptions{
+			Dir: d.LockDir, Member: member, Jobs: jobs, Runner: runner, Clock: clock,
+			PollInterval: d.PollInterval, Retries: d.Retries, RetryDelay: d.RetryDelay,
+			Metrics: metrics, Logger: a.log,
+		})
+	} else {
+		sched, err = scheduler.New(scheduler.Options{
+			HA: h, Member: member, Jobs: jobs, Runner: runner, Clock: clock,
+			LockTTL: d.LockTTL, TakeoverTimeout: d.TakeoverTimeout, TakeoverStagger: d.TakeoverStagger, PollInterval: d.PollInterval,
+			Retries: d.Retries, RetryDelay: d.RetryDelay, Metrics: metrics, Logger: a.log,
+		})
+	}
 	if err != nil {
 		return &configError{err.Error()}
 	}
@@ -126,7 +156,11 @@ func runDaemon(ctx context.Context, a *app) error {
 		a.log.Info("serving metrics", "address", ln.Addr().String())
 	}
 	go archiveMetrics(ctx, cfg, metrics, d.ArchiveCheckInterval)
-	a.log.Info("daemon starting", "member", member, "scope", cfg.Patroni.Scope, "jobs", len(jobs))
+	if standalone {
+		a.log.Info("daemon starting without Patroni (daemon.ha: none)", "member", member, "lock_dir", d.LockDir, "jobs", len(jobs))
+	} else {
+		a.log.Info("daemon starting", "member", member, "scope", cfg.Patroni.Scope, "jobs", len(jobs))
+	}
 	err = sched.Run(ctx)
 	if srv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -26,8 +26,17 @@ const pgStatusTimeout = 5 * time.Second
 // statusReport is `pgkeep status --json`.
 type statusReport struct {
 	// Patroni is absent when etcd.endpoints is not set.
-	Patroni  *patroniReport  `json:"patroni,omitempty"`
-	Postgres *postgresReport `json:"postgres"`
+	Patroni *patroniReport `json:"patroni,omitempty"`
+	// Standalone is the daemon without Patroni (daemon.ha: none): the
+	// last run of each job from the records in daemon.lock_dir.
+	Standalone *standaloneReport `json:"standalone,omitempty"`
+	Postgres   *postgresReport   `json:"postgres"`
+}
+
+type standaloneReport struct {
+	LockDir string          `json:"lock_dir"`
+	Jobs    []scheduler.Run `json:"jobs"`
+	Error   string          `json:"error,omitempty"`
 }
 
 type patroniReport struct {
@@ -120,7 +129,16 @@ not be read, or when etcd is not configured and PostgreSQL is unreachable;
 func runStatus(ctx context.Context, a *app, asJSON bool, out io.Writer) error {
 	var rep statusReport
 	var failure error
-	if len(a.cfg.Etcd.Endpoints) > 0 {
+	if a.cfg.Daemon.HA == "none" {
+		sr := &standaloneReport{LockDir: a.cfg.Daemon.LockDir, Jobs: []scheduler.Run{}}
+		jobs, err := scheduler.LocalLatestRuns(sr.LockDir)
+		if err != nil {
+			sr.Error, failure = err.Error(), err
+		} else {
+			sr.Jobs = jobs
+		}
+		rep.Standalone = sr
+	} else if len(a.cfg.Etcd.Endpoints) > 0 {
 		p, err := patroniStatus(ctx, a)
 		var ce *configError
 		if errors.As(err, &ce) {
@@ -129,7 +147,7 @@ func runStatus(ctx context.Context, a *app, asJSON bool, out io.Writer) error {
 		rep.Patroni, failure = p, err
 	}
 	rep.Postgres = postgresStatus(ctx, a.cfg)
-	if rep.Patroni == nil && rep.Postgres.Error != "" {
+	if rep.Patroni == nil && rep.Postgres.Error != "" && failure == nil {
 		failure = fmt.Errorf("local PostgreSQL: %s", rep.Postgres.Error)
 	}
 	if asJSON {
@@ -267,7 +285,14 @@ func oneLine(err error) string {
 }
 
 func printStatus(out io.Writer, rep statusReport) {
-	if p := rep.Patroni; p == nil {
+	if sr := rep.Standalone; sr != nil {
+		fmt.Fprintf(out, "Daemon without Patroni (daemon.ha: none, records in %s)\n", sr.LockDir)
+		if sr.Error != "" {
+			fmt.Fprintf(out, "  error: %s\n", sr.Error)
+		} else {
+			printJobs(out, sr.Jobs)
+		}
+	} else if p := rep.Patroni; p == nil {
 		fmt.Fprintln(out, "Patroni: not configured (set etcd.endpoints and patroni.scope)")
 	} else {
 		fmt.Fprintf(out, "Patroni cluster %s (%s on %s)\n", p.Scope, p.Prefix, strings.Join(p.Endpoints, ","))
@@ -339,14 +364,19 @@ func printPatroni(out io.Writer, p *patroniReport) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", m.Name, displayRole(p, m), dash(state), tl, lag, tagList(m.Tags))
 	}
 	tw.Flush()
-	if len(p.Jobs) == 0 {
+	printJobs(out, p.Jobs)
+}
+
+// printJobs prints the last run of each daemon job.
+func printJobs(out io.Writer, jobs []scheduler.Run) {
+	if len(jobs) == 0 {
 		fmt.Fprintln(out, "  scheduled jobs: no run recorded")
 		return
 	}
 	fmt.Fprintln(out, "  last scheduled runs:")
-	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  JOB\tSCHEDULED\tNODE\tROLE\tSTATUS\tBACKUP\tDURATION\tBYTES\tERROR")
-	for _, r := range p.Jobs {
+	for _, r := range jobs {
 		status := r.Status
 		if r.Status == scheduler.StatusFailed && !r.NextAttempt.IsZero() {
 			status = fmt.Sprintf("failed (attempt %d, retry after %s)", r.Attempt, r.NextAttempt.Format(time.RFC3339))
