@@ -170,10 +170,10 @@ cleanup() {
 		kill "$MINIO_PID" 2>/dev/null
 		wait "$MINIO_PID" 2>/dev/null
 	fi
-	if [ $rc -ne 0 ]; then
-		echo "bench failed (exit $rc); logs were in $LOGS" >&2
-		if [ -n "${KEEP_LOGS:-}" ]; then rm -rf "$KEEP_LOGS"; cp -r "$LOGS" "$KEEP_LOGS" && echo "logs copied to $KEEP_LOGS" >&2; fi
-	fi
+	[ $rc -eq 0 ] || echo "bench failed (exit $rc); logs were in $LOGS" >&2
+	# KEEP_LOGS=DIR: keep the logs (PostgreSQL's, the tools', the restored
+	# copies' postgresql.auto.conf) in DIR.
+	if [ -n "${KEEP_LOGS:-}" ]; then rm -rf "$KEEP_LOGS"; cp -r "$LOGS" "$KEEP_LOGS" && echo "logs copied to $KEEP_LOGS" >&2; fi
 	[ -n "$OWN_WORK" ] && rm -rf "$WORK"
 	return $rc
 }
@@ -433,6 +433,10 @@ one_run() {
 		sync
 	fi
 	[ "$rep" != 1 ] || cp "$R/postgresql.auto.conf" "$LOGS/$key.auto.conf"
+	if [ "$tool" = pgbackrest ] && [ "$rep" = 1 ]; then
+		# pgBackRest's async archive-get queues segments in the spool.
+		( sleep 3; find "$WORK/br-spool" -type f | wc -l >"$LOGS/$key.spool-files" ) &
+	fi
 	rp=$(replay "$LOGS/$key.$rep.pg.log") || exit 1
 	got=$(psqlr -c "SELECT pg_is_in_recovery()")
 	[ "$got" = f ] || { echo "FAILED: $tool ($k): still in recovery" >&2; exit 1; }
@@ -464,7 +468,7 @@ rm -rf "$R"
 
 # --- the table
 echo
-echo "pgkeep $("$PGKEEP" version | cut -d' ' -f2) vs $(pgbackrest version) (archive-async=y, process-max=2); $(nproc) cores"
+echo "pgkeep $("$PGKEEP" version | head -n 1 | cut -d' ' -f2) vs $(pgbackrest version) (archive-async=y, process-max=2); $(nproc) cores"
 echo "pgbench scale $SCALE; $(( WAL_BYTES / 1048576 )) MB of WAL after the base backup ($NSEG segments archived); $REPS runs each, medians; total $(( (SECONDS - T0) / 60 )) min"
 echo "load average (1 min) before the runs: $(sort -n "$RES/load1" | head -n 1) .. $(sort -n "$RES/load1" | tail -n 1); now $(loadavg)"
 echo "restore = until the restore command exits; replay = pg_ctl start until ready to accept connections (promoted)"
@@ -477,6 +481,13 @@ for k in $KINDS; do
 		t=$(median <"$RES/$k.$tool.total")
 		line "$k" "$tool" "$(median <"$RES/$k.$tool.restore")" "$(median <"$RES/$k.$tool.replay")" "$t" "$(div "$t" "$fl")" "$(div "$t" "$br")"
 	done
+done
+echo
+for k in $KINDS; do
+	for tool in pgkeep pgbackrest; do
+		echo "$k $tool: $(grep -h '^restore_command' "$LOGS/$k.$tool.auto.conf" | tail -n 1)"
+	done
+	[ ! -s "$LOGS/$k.pgbackrest.spool-files" ] || echo "$k pgbackrest: $(cat "$LOGS/$k.pgbackrest.spool-files") files in the archive-get spool 3 s after start"
 done
 echo
 for k in $KINDS; do
