@@ -99,6 +99,7 @@ if [ "$(id -u)" = 0 ]; then
 					kill -KILL "$pid" 2>/dev/null
 			fi
 		done
+		if [ -n "${KEEP_LOGS:-}" ]; then rm -rf "$KEEP_LOGS"; cp -r "$WORK/logs" "$KEEP_LOGS" && echo "logs copied to $KEEP_LOGS" >&2; fi
 		rm -rf "$WORK" 2>/dev/null || { sleep 2; rm -rf "$WORK"; }
 		exit "$rc"
 	}
@@ -114,7 +115,7 @@ if [ "$(id -u)" = 0 ]; then
 	setsid -w bash -c 'echo $$ >"$0/sid"; exec "$@"' "$WORK" \
 		runuser -u postgres -- env WORK="$WORK" REPS="$REPS" WAL_MB="$WAL_MB" SCALE="$SCALE" KINDS="$KINDS" \
 		SHARED_BUFFERS="$SHARED_BUFFERS" PGBIN="$PGBIN" PK_BIN="$WORK/bin/pgkeep" MINIO_BIN="$WORK/bin/minio" \
-		KEEP_LOGS="${KEEP_LOGS:-}" bash "$WORK/rto.sh" &
+		bash "$WORK/rto.sh" &
 	rc=0
 	wait $! || rc=$?
 	exit "$rc"
@@ -173,7 +174,7 @@ cleanup() {
 	[ $rc -eq 0 ] || echo "bench failed (exit $rc); logs were in $LOGS" >&2
 	# KEEP_LOGS=DIR: keep the logs (PostgreSQL's, the tools', the restored
 	# copies' postgresql.auto.conf) in DIR.
-	if [ -n "${KEEP_LOGS:-}" ]; then rm -rf "$KEEP_LOGS"; cp -r "$LOGS" "$KEEP_LOGS" && echo "logs copied to $KEEP_LOGS" >&2; fi
+	if [ -n "${KEEP_LOGS:-}" ] && [ -n "$OWN_WORK" ]; then rm -rf "$KEEP_LOGS"; cp -r "$LOGS" "$KEEP_LOGS" && echo "logs copied to $KEEP_LOGS" >&2; fi
 	[ -n "$OWN_WORK" ] && rm -rf "$WORK"
 	return $rc
 }
@@ -210,9 +211,13 @@ case " $KINDS " in *" s3 "*)
 	done
 	curl -sf --cacert "$TLS/ca.crt" "https://127.0.0.1:$MPORT/minio/health/live" >/dev/null ||
 		{ echo "MinIO did not come up" >&2; tail "$LOGS/minio.log" >&2; exit 1; }
-	curl -sf --cacert "$TLS/ca.crt" --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_KEY:$S3_SECRET" \
-		-X PUT "https://127.0.0.1:$MPORT/$S3_BUCKET" >/dev/null ||
-		{ echo "could not create bucket $S3_BUCKET" >&2; exit 1; }
+	# MinIO may answer "live" a moment before it takes a bucket.
+	for i in $(seq 1 50); do
+		curl -sf --cacert "$TLS/ca.crt" --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_KEY:$S3_SECRET" \
+			-X PUT "https://127.0.0.1:$MPORT/$S3_BUCKET" >/dev/null 2>"$LOGS/bucket.log" && break
+		[ "$i" = 50 ] && { echo "could not create bucket $S3_BUCKET" >&2; cat "$LOGS/bucket.log" >&2; tail "$LOGS/minio.log" >&2; exit 1; }
+		sleep 0.2
+	done
 	# pgkeep's S3 credentials and CA come from the standard AWS environment.
 	export AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=us-east-1
 	export AWS_CA_BUNDLE=$TLS/ca.crt AWS_EC2_METADATA_DISABLED=true
