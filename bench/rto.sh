@@ -395,7 +395,7 @@ EOF
 replay() {
 	local logf=$1 t0 t1 i
 	t0=$(now)
-	"$PGBIN/pg_ctl" -D "$R" -l "$logf" start >/dev/null
+	"$PGBIN/pg_ctl" -D "$R" -l "$logf" -W start >/dev/null
 	for i in $(seq 1 72000); do
 		if grep -q 'database system is ready to accept connections' "$logf" 2>/dev/null; then
 			t1=$(now)
