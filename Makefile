@@ -101,6 +101,13 @@ bench-backup: build
 bench-replica:
 	bash bench/replica.sh
 
+# Restore-to-query: pgkeep vs pgBackRest (async archive-get) vs the floor
+# (every segment already in pg_wal), 2 GB of WAL, local and MinIO (as root;
+# WAL_MB=256 REPS=1 for a quick try). Needs `make deps`.
+.PHONY: bench-rto
+bench-rto: build
+	bash bench/rto.sh
+
 demo: build
 	bash scripts/demo.sh
 
