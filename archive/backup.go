@@ -86,7 +86,7 @@ func connectServer(ctx context.Context, dsn string, r *repo.Repository) (*pgx.Co
 	}
 	si, err := queryServer(ctx, conn)
 	if err == nil {
-		err = r.CheckSystem(ctx, si.sysid)
+		err = r.BindSystem(ctx, si.sysid)
 	}
 	if err != nil {
 		conn.Close(context.Background())

@@ -97,12 +97,6 @@ func (r *Repository) BoundSystem(ctx context.Context) (string, error) {
 	return v, err
 }
 
-// CheckSystem refuses a cluster other than the one the repository belongs
-// to, binding the repository to it if none is recorded yet.
-func (r *Repository) CheckSystem(ctx context.Context, sysid uint64) error {
-	return r.BindSystem(ctx, sysid)
-}
-
 // checkRecipients makes sure this host encrypts to recipients the
 // repository accepts: those config.json records, or for repositories
 // initialised before they were recorded, those the first writer bound.

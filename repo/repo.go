@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"filippo.io/age"
@@ -189,6 +190,10 @@ type Repository struct {
 	rawConfig []byte
 	// bindCache is where bindings read are remembered ("" = nowhere).
 	bindCache string
+	// historyList is the last listing of wal/history/ (historyNames).
+	historyMu     sync.Mutex
+	historyList   []string
+	historyListed time.Time
 	// writableErr is CheckWritable's answer once writableChecked.
 	writableChecked bool
 	writableErr     error

@@ -25,16 +25,15 @@ var ErrDiverged = errors.New("segment holds WAL past the point where a newer tim
 // says a newer timeline left timeline tli, and whether there is one.
 // History files are immutable, so the host's binding cache keeps them.
 func (r *Repository) ForkPoint(ctx context.Context, tli uint32) (pg.LSN, uint32, bool, error) {
+	all, err := r.historyNames(ctx)
+	if err != nil {
+		return 0, 0, false, err
+	}
 	var names []string
-	err := r.Backend.List(ctx, "wal/history/", func(o storage.ObjectInfo) error {
-		name := o.Name[strings.LastIndexByte(o.Name, '/')+1:]
-		if wf, err := pg.ParseWALFileName(name); err == nil && wf.Kind == pg.KindHistory && wf.Timeline > tli {
+	for _, name := range all {
+		if wf, err := pg.ParseWALFileName(name); err == nil && wf.Timeline > tli {
 			names = append(names, name)
 		}
-		return nil
-	})
-	if err != nil {
-		return 0, 0, false, fmt.Errorf("list timeline history: %w", err)
 	}
 	var (
 		fork  pg.LSN
@@ -58,6 +57,35 @@ func (r *Repository) ForkPoint(ctx context.Context, tli uint32) (pg.LSN, uint32,
 		}
 	}
 	return fork, child, found, nil
+}
+
+// historyListValid bounds how long one listing of wal/history/ answers
+// for: a wal-push call pushes up to push_ahead files and lists once, and
+// a history file newer than the listing is one PostgreSQL archived while
+// this process was running.
+const historyListValid = 2 * time.Second
+
+// historyNames lists the archived history files, at most once per
+// historyListValid.
+func (r *Repository) historyNames(ctx context.Context) ([]string, error) {
+	r.historyMu.Lock()
+	defer r.historyMu.Unlock()
+	if r.historyList != nil && time.Since(r.historyListed) < historyListValid {
+		return r.historyList, nil
+	}
+	names := []string{}
+	err := r.Backend.List(ctx, "wal/history/", func(o storage.ObjectInfo) error {
+		name := o.Name[strings.LastIndexByte(o.Name, '/')+1:]
+		if wf, err := pg.ParseWALFileName(name); err == nil && wf.Kind == pg.KindHistory {
+			names = append(names, name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list timeline history: %w", err)
+	}
+	r.historyList, r.historyListed = names, time.Now()
+	return names, nil
 }
 
 // readHistory returns an archived history file's content.

@@ -252,9 +252,9 @@ func TestVerifyCache(t *testing.T) {
 		t.Fatalf("replaced object: %+v %q", rep.WAL, rep.Problems)
 	}
 	// A cache of another repository (same place, initialized again) is not used.
-	other := *f.r
+	other := &Repository{Backend: f.r.Backend, Config: f.r.Config, rawConfig: f.r.rawConfig, codec: f.r.codec}
 	other.Config.Created = f.r.Config.Created.Add(time.Second)
-	c, _ := OpenVerifyCache(dir, &other)
+	c, _ := OpenVerifyCache(dir, other)
 	if _, ok := c.entries[walObj(t, vSegName(1, 1))]; ok {
 		t.Fatal("cache of another repository used")
 	}
