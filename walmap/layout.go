@@ -82,11 +82,11 @@ func Major(m uint16) (int, bool) {
 // Resource manager ids (src/include/access/rmgrlist.h, the same 0..21 in
 // 13-17) and the opcodes walmap reads.
 const (
-	RmXLOG    = 0
-	RmXact    = 1
-	RmSmgr    = 2
-	RmDbase   = 4
-	RmTblspc  = 5
+	RmXLOG       = 0
+	RmXact       = 1
+	RmSmgr       = 2
+	RmDbase      = 4
+	RmTblspc     = 5
 	rmMaxBuiltin = 21
 	rmMinCustom  = 128
 
@@ -94,8 +94,8 @@ const (
 	xlogParameterChange     = 0x60
 	xlogOverwriteContRecord = 0xD0
 
-	smgrCreate   = 0x10
-	smgrTruncate = 0x20
+	smgrCreate    = 0x10
+	smgrTruncate  = 0x20
 	smgrTruncHeap = 1
 	smgrTruncVM   = 2
 	smgrTruncFSM  = 4

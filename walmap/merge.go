@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"slices"
 
 	"github.com/pgkeep/pgkeep/pg"
@@ -18,7 +19,7 @@ type crcAcc struct {
 }
 
 func (c *crcAcc) raw(b []byte) {
-	c.crc = crc32cCombine(c.crc, crc32c(b), int64(len(b)))
+	c.crc = crc32.Update(c.crc, castagnoli, b)
 	c.n += int64(len(b))
 }
 

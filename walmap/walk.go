@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"io"
 
 	"github.com/pgkeep/pgkeep/pg"
@@ -297,7 +298,7 @@ func (wk *walker) head(rem uint32, pos int) (int, bool) {
 			chunk = chunk[k:]
 		}
 		if len(chunk) > 0 {
-			crc = crc32cCombine(crc, crc32c(chunk), int64(len(chunk)))
+			crc = crc32.Update(crc, castagnoli, chunk)
 		}
 		hd.Len += uint32(n)
 		left -= uint32(n)
@@ -397,7 +398,7 @@ func (wk *walker) records(pos int) error {
 			wk.stop(pos, EndTruncated, "segment ends at %d bytes inside the record at %s", len(wk.data), lsn)
 			return nil
 		}
-		if got, want := crc32cCombine(crc32c(rec[recordHeaderSize:tot]), crc32c(rec[:20]), 20), le.Uint32(rec[20:]); got != want {
+		if got, want := crc32.Update(crc32c(rec[recordHeaderSize:tot]), castagnoli, rec[:20]), le.Uint32(rec[20:]); got != want {
 			wk.stop(pos, EndInvalid, "record at %s: CRC-32C %08x, header says %08x", lsn, got, want)
 			return nil
 		}
