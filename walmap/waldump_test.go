@@ -145,9 +145,11 @@ func TestWalkerMatchesWaldump(t *testing.T) {
 	}
 	switchWAL := func() { t.Helper(); exec("SELECT pg_switch_wal()") }
 
-	pgbench("-i", "-s", "3", "-q")
+	pgbench("-i", "-s", "8", "-q")
+	exec("CREATE TABLE t5 (id int, v text)")
+	exec("INSERT INTO t5 SELECT g, repeat('y', 200) FROM generate_series(1, 20000) g")
 	switchWAL()
-	pgbench("-T", "3", "-c", "2")
+	pgbench("-T", "5", "-c", "4")
 	for _, method := range []string{"lz4", "zstd", "pglz", "off"} {
 		exec("ALTER SYSTEM SET wal_compression = '" + method + "'")
 		exec("SELECT pg_reload_conf()")
@@ -172,6 +174,8 @@ func TestWalkerMatchesWaldump(t *testing.T) {
 	exec("CREATE DATABASE dwal STRATEGY wal_log")
 	exec("CREATE DATABASE dcopy STRATEGY file_copy")
 	exec("DROP DATABASE dwal")
+	exec("DELETE FROM t5 WHERE id > 2000")
+	exec("VACUUM t5") // truncates a heap created in an earlier segment
 	exec(fmt.Sprintf("CREATE TABLESPACE ts1 LOCATION '%s'", tsdir))
 	exec("CREATE TABLE t4 (a int) TABLESPACE ts1")
 	exec("INSERT INTO t4 SELECT generate_series(1, 10000)")
