@@ -174,7 +174,13 @@ func Merge(maps ...*Map) (*Map, error) {
 			}
 			pending = nil
 		case pending != nil && m.Head == nil && m.Flags&FlagOverwriteAtStart != 0:
-			// Crash recovery abandoned the unfinished record: it never happened.
+			// Crash recovery abandoned the unfinished record: it never happened,
+			// and the next record links back to the one before it.
+			if len(pending.Prefix) >= 16 {
+				last = pg.LSN(binary.LittleEndian.Uint64(pending.Prefix[8:]))
+			} else {
+				chained = false
+			}
 			pending = nil
 		case pending != nil:
 			out.Unknown = append(out.Unknown, Unknown{Start: pending.LSN, End: m.Start, Reason: UnknownStitch})
