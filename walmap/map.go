@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math"
 	"slices"
 	"sort"
@@ -177,7 +178,7 @@ type Map struct {
 	Unknown       []Unknown // in LSN order
 }
 
-// Valid reports whether the map accounts for every record starting in
+// Covers reports whether the map accounts for every record starting in
 // [from, to): inside the range, no unknown marker overlapping it, and no
 // record straddling the range's end whose CRC is still unchecked.
 func (m *Map) Covers(from, to pg.LSN) error {
@@ -487,6 +488,15 @@ func Build(data []byte, name string, segmentSize uint32) (*Map, error) {
 		b = newBuilder(nil)
 	}
 	return b.finish(w), nil
+}
+
+// BuildReader is Build for a segment read from r.
+func BuildReader(r io.Reader, name string, segmentSize uint32) (*Map, error) {
+	data, err := ReadSegment(r, segmentSize)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return Build(data, name, segmentSize)
 }
 
 // BuildWithHash is Build that also stores the segment's SHA-256 (which

@@ -113,11 +113,17 @@ func Merge(maps ...*Map) (*Map, error) {
 		return nil, errors.New("merge of no maps")
 	}
 	f := maps[0]
+	for _, m := range maps {
+		if !unreadable(m) {
+			f = m // identity comes from the first map of a readable segment
+			break
+		}
+	}
 	l := layouts[f.WALMagic]
 	out := &Map{
 		ParserVersion: f.ParserVersion, WALMagic: f.WALMagic, SystemID: f.SystemID, SegmentSize: f.SegmentSize,
-		WALBlockSize: f.WALBlockSize, Start: f.Start, FirstRecord: f.FirstRecord, FirstPrev: f.FirstPrev,
-		Flags: f.Flags & FlagOverwriteAtStart, Head: f.Head,
+		WALBlockSize: f.WALBlockSize, Start: maps[0].Start,
+		Flags: maps[0].Flags & FlagOverwriteAtStart, Head: maps[0].Head,
 	}
 	acc := make(map[RelFork]*forkAcc)
 	apply := func(m *Map) {
@@ -140,6 +146,23 @@ func Merge(maps ...*Map) (*Map, error) {
 	var pending *Fragment
 	var last pg.LSN // start of the last record seen
 	for i, m := range maps {
+		if unreadable(m) {
+			// A segment walmap could not read at all: its marker says so, and
+			// nothing chains or stitches across it.
+			if i > 0 && m.Start < maps[i-1].End {
+				return nil, fmt.Errorf("map of %s..%s overlaps or precedes the one of %s..%s", m.Start, m.End, maps[i-1].Start, maps[i-1].End)
+			}
+			if i > 0 && m.Start > maps[i-1].End {
+				out.Unknown = append(out.Unknown, Unknown{Start: maps[i-1].End, End: m.Start, Reason: UnknownGap})
+			}
+			if pending != nil {
+				out.Unknown = append(out.Unknown, Unknown{Start: pending.LSN, End: m.Start, Reason: UnknownStitch})
+			}
+			out.Unknown = append(out.Unknown, m.Unknown...)
+			pending, last = nil, 0
+			out.End = m.End
+			continue
+		}
 		if m.SystemID != f.SystemID || m.WALMagic != f.WALMagic || m.SegmentSize != f.SegmentSize || m.ParserVersion != f.ParserVersion {
 			return nil, fmt.Errorf("map of %s..%s is of another cluster, WAL version, segment size or walker (system %d magic %#x size %d parser %d, first map's %d %#x %d %d)",
 				m.Start, m.End, m.SystemID, m.WALMagic, m.SegmentSize, m.ParserVersion, f.SystemID, f.WALMagic, f.SegmentSize, f.ParserVersion)
@@ -228,4 +251,10 @@ func cmpLSN(a, b pg.LSN) int {
 		return 1
 	}
 	return 0
+}
+
+// unreadable tells a map of a segment walmap could read nothing of (an
+// unknown version, another segment's bytes, zeros): one marker over all of it.
+func unreadable(m *Map) bool {
+	return len(m.Unknown) == 1 && m.Unknown[0].Start == m.Start && m.Unknown[0].End == m.End && m.Head == nil && m.Records == 0
 }

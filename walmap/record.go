@@ -244,7 +244,10 @@ done:
 // imageInfo reads the rest of a block image header and checks it as
 // DecodeXLogRecord does; the flag numbering is per version.
 func imageInfo(l *layout, b *BlockRef, p *int, remaining *uint32, rec []byte, need func(int) error) error {
-	const blcksz = 8192 // block images are of BLCKSZ pages; pgkeep supports 8 KiB only
+	// Images are of BLCKSZ pages. walmap assumes the default 8 KiB: with
+	// another BLCKSZ these checks fail, so the walk ends in an invalid
+	// marker, never in a wrong map.
+	const blcksz = 8192
 	hasHole := b.BimgInfo&l.bimgHasHole != 0
 	compressed := b.BimgInfo&l.bimgCompressMask != 0
 	b.ApplyImage = b.BimgInfo&l.bimgApply != 0

@@ -472,6 +472,30 @@ func TestMergeLimits(t *testing.T) {
 	if len(m.Unknown) != 0 || m.Records != 7 || m.Start != maps[0].Start || m.End != maps[2].End {
 		t.Fatalf("merged %+v", m)
 	}
+	// A segment walmap cannot read in the middle: a marker, not an error,
+	// and the other segments' blocks are still there.
+	g18 := newGen(0xD118)
+	g18.pos = g18.segSize
+	g18.add(heapRec(relA, 1))
+	d18, n18 := g18.seg(1)
+	u, err := Merge(maps[0], build(t, d18, n18, g18.segSize), maps[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(u.Unknown) != 1 || u.Unknown[0] != (Unknown{Start: maps[1].Start, End: maps[1].End, Reason: UnknownFormat}) || u.SystemID != maps[0].SystemID {
+		t.Fatalf("merge over an unreadable segment: %+v", u.Unknown)
+	}
+	if f := u.Fork(relA); f == nil || !slices.Equal(f.Blocks, []uint32{5, 10, 20, 30}) {
+		t.Fatalf("merge over an unreadable segment: %+v", f)
+	}
+	if u.Covers(maps[0].Start, maps[0].End) != nil || u.Covers(maps[0].Start, maps[1].Start+1) == nil {
+		t.Fatal("Covers ignores the unreadable segment")
+	}
+	// So is a zero-filled file.
+	z, err := Merge(maps[0], build(t, make([]byte, g.segSize), n18, g.segSize), maps[2])
+	if err != nil || len(z.Unknown) != 1 || z.Unknown[0].Reason != UnknownEndOfWAL || z.Unknown[0].Start != maps[1].Start {
+		t.Fatalf("merge over a zero segment: %v %+v", err, z)
+	}
 	// A roll-up of roll-ups is the same map.
 	a, _ := Merge(maps[0], maps[1])
 	m2, err := Merge(a, maps[2])
