@@ -87,6 +87,7 @@ func runWaldump(t *testing.T, dir, seg, next string, start, end pg.LSN) waldump 
 
 // walked is the walker's view of one segment.
 type walkedSeg struct {
+	stats   map[string]int // record features seen, to prove the workload's breadth
 	name    string
 	data    []byte
 	w       *Walked
@@ -97,11 +98,23 @@ type walkedSeg struct {
 
 func walkSeg(t *testing.T, name string, data []byte) *walkedSeg {
 	t.Helper()
-	s := &walkedSeg{name: name, data: data, blocks: make(map[blockKey]bool)}
+	s := &walkedSeg{name: name, data: data, blocks: make(map[blockKey]bool), stats: make(map[string]int)}
 	w, err := Walk(data, name, uint32(pg.DefaultSegmentSize), func(r *Record) error {
 		s.records++
+		if r.HasTopXID {
+			s.stats["toplevel-xid"]++
+		}
 		for _, b := range r.Blocks {
 			s.blocks[blockKey{b.RelFork, b.Block}] = true
+			if b.SameRel {
+				s.stats["same-rel"]++
+			}
+			if b.HasImage {
+				s.stats[fmt.Sprintf("image-%d", b.Compression)]++
+				if b.HoleLen > 0 {
+					s.stats["image-hole"]++
+				}
+			}
 		}
 		return nil
 	})
@@ -302,6 +315,18 @@ func TestWalkerMatchesWaldump(t *testing.T) {
 	}
 	t.Logf("%d segments, %d records, %d distinct blocks per segment summed, %d switches, %d records straddling segments: equal to pg_waldump",
 		len(segs), totalRecords, totalBlocks, switches, tails)
+	stats := map[string]int{}
+	for _, s := range segs {
+		for k, v := range s.stats {
+			stats[k] += v
+		}
+	}
+	t.Logf("features: %v (image-N: compression 0 none, 1 pglz, 2 lz4, 3 zstd)", stats)
+	for _, k := range []string{"toplevel-xid", "same-rel", "image-hole", "image-0", "image-1", "image-2", "image-3"} {
+		if stats[k] == 0 {
+			t.Errorf("no record with %s in the workload", k)
+		}
+	}
 	if switches < 3 || tails == 0 {
 		t.Errorf("workload too narrow: %d switches, %d straddling records", switches, tails)
 	}
