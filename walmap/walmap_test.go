@@ -654,3 +654,64 @@ func TestSortBlocks(t *testing.T) {
 		}
 	}
 }
+
+// padTo adds records until the next one starts exactly at offset off
+// (a multiple of 8 on the same page as the current position or later).
+func padTo(t *testing.T, g *walGen, off int) {
+	t.Helper()
+	for {
+		g.pos = maxAlign(g.pos)
+		if off-g.pos <= 600 {
+			break
+		}
+		g.add(heapRec(relB, 1))
+	}
+	left := off - maxAlign(g.pos)
+	if g.pos%g.page == 0 {
+		left -= shortPageHeader
+	}
+	if left < recordHeaderSize+2 || g.pos%g.page+left > g.page {
+		t.Fatalf("padTo: %d bytes left at page offset %d", left, g.pos%g.page)
+	}
+	g.add(mkRecord(10, 0, nil, make([]byte, left-recordHeaderSize-2), 1, nil))
+}
+
+// TestStraddlingFileRecord: a commit that unlinks files, split over two
+// segments with its main data in the second: the first map cannot apply
+// it, the merge does (limit 0), and a wrong CRC keeps it out.
+func TestStraddlingFileRecord(t *testing.T) {
+	g := newGen(0xD110)
+	g.add(heapRec(relA, 3))
+	padTo(t, g, g.segSize-16)
+	commit := g.add(commitRec([]RelFork{relA}, 2))
+	g.add(heapRec(relA, 8))
+	g.add(switchRec())
+	d0, n0 := g.seg(0)
+	d1, n1 := g.seg(1)
+	m0, m1 := build(t, d0, n0, g.segSize), build(t, d1, n1, g.segSize)
+	if m0.Tail == nil || m0.Tail.LSN != commit || m0.Tail.Applied {
+		t.Fatalf("tail %s", fragString(m0.Tail))
+	}
+	if f := m0.Fork(relA); f == nil || f.Limit != NoLimit {
+		t.Fatalf("segment 0 alone: %+v", f)
+	}
+	m, err := Merge(m0, m1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := m.Fork(relA); f == nil || f.Limit != 0 || !slices.Equal(f.Blocks, []uint32{8}) || len(m.Unknown) != 0 {
+		t.Fatalf("merged: %+v, markers %+v", f, m.Unknown)
+	}
+	if m.Records != m0.Records+m1.Records+1 {
+		t.Fatalf("merged records %d, segments %d + %d + the stitched one", m.Records, m0.Records, m1.Records)
+	}
+	bad := bytes.Clone(d1)
+	bad[longPageHeader+20] ^= 0xFF // inside the commit's main data
+	m, err = Merge(m0, build(t, bad, n1, g.segSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Unknown) == 0 || m.Unknown[0].Reason != UnknownStitch || m.Unknown[0].Start != commit {
+		t.Fatalf("broken continuation: %+v", m.Unknown)
+	}
+}
