@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/pgkeep/pgkeep/pg"
-	"github.com/pgkeep/pgkeep/repo"
 )
 
 // Target is where recovery stops; the zero value replays all archived WAL.
@@ -134,41 +133,4 @@ func (t *Target) Settings() [][2]string {
 		tl = "latest"
 	}
 	return append(s, [2]string{"recovery_target_timeline", tl})
-}
-
-// ErrBeforeWindow means the recovery target lies before the end of the
-// oldest backup: no restore can reach it.
-var ErrBeforeWindow = errors.New("the recovery target is before the recovery window")
-
-// ChooseBackup picks the backup to restore: id if given, else the newest
-// one that ended before the target (time or LSN), else the newest.
-func ChooseBackup(backups []repo.Summary, id string, t *Target) (repo.Summary, error) {
-	if id != "" && id != "latest" {
-		for _, b := range backups {
-			if b.ID == id {
-				return b, nil
-			}
-		}
-		return repo.Summary{}, fmt.Errorf("backup %s: %w", id, repo.ErrBackupNotFound)
-	}
-	if len(backups) == 0 {
-		return repo.Summary{}, errors.New("the repository holds no backup")
-	}
-	for i := len(backups) - 1; i >= 0; i-- {
-		b := backups[i]
-		switch {
-		case t.Time != "":
-			if !b.StopTime.After(t.time) {
-				return b, nil
-			}
-		case t.LSN != "":
-			if stop, err := pg.ParseLSN(b.StopLSN); err == nil && stop <= t.lsn {
-				return b, nil
-			}
-		default:
-			return b, nil
-		}
-	}
-	return repo.Summary{}, fmt.Errorf("%w: no backup ended before it; the oldest backup (%s) is consistent at %s, LSN %s",
-		ErrBeforeWindow, backups[0].ID, backups[0].StopTime.UTC().Format(time.RFC3339Nano), backups[0].StopLSN)
 }
