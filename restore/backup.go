@@ -21,7 +21,7 @@ type Progress interface {
 type BackupOptions struct {
 	PGData   string
 	BackupID string // "" or "latest": chosen from the target
-	Target   Target
+	Target   Target // ParseTarget's; the zero value replays all WAL
 	// Standby writes standby.signal instead of recovery.signal.
 	Standby bool
 	// RetryInterval, with Standby, is written as wal_retrieve_retry_interval
@@ -94,9 +94,6 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 	}
 	if o.Workers <= 0 {
 		o.Workers = 4
-	}
-	if err := o.Target.Validate(); err != nil {
-		return res, err
 	}
 	p, err := planRestore(ctx, r, o, log)
 	if err != nil {

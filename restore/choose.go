@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/pgkeep/pgkeep/pg"
@@ -45,7 +44,7 @@ func planRestore(ctx context.Context, r *repo.Repository, o BackupOptions, log *
 	if err != nil {
 		return p, err
 	}
-	sum, err := ChooseBackup(backups, o.BackupID, &o.Target)
+	sum, err := ChooseBackup(backups, o.BackupID, o.Target)
 	if errors.Is(err, ErrBeforeWindow) {
 		if inf, ierr := r.Info(ctx, time.Now()); ierr == nil && inf.RecoveryWindow != nil {
 			err = fmt.Errorf("%w; the recovery window is %s", err, inf.RecoveryWindow)
@@ -86,9 +85,9 @@ func onRecoveryPath(ctx context.Context, r *repo.Repository, backups []repo.Summ
 	tli := o.Timeline
 	switch tl := o.Target.Timeline; {
 	case tli != 0:
-	case tl == "current":
+	case tl.Kind == TimelineCurrent:
 		return backups, 0, nil, nil
-	case tl == "" || tl == "latest":
+	case tl.Kind == TimelineLatest:
 		newest, err := r.NewestTimeline(ctx)
 		if err != nil {
 			return nil, 0, nil, err
@@ -98,11 +97,7 @@ func onRecoveryPath(ctx context.Context, r *repo.Repository, backups []repo.Summ
 			tli = max(tli, b.Timeline) // its history file may not be archived
 		}
 	default:
-		n, err := strconv.ParseUint(tl, 0, 32)
-		if err != nil || n == 0 {
-			return nil, 0, nil, fmt.Errorf("recovery target timeline %q: use latest, current or a timeline number", tl)
-		}
-		tli = uint32(n)
+		tli = tl.ID
 	}
 	history, err := r.TimelineHistory(ctx, tli)
 	if err != nil {
@@ -129,16 +124,16 @@ func onRecoveryPath(ctx context.Context, r *repo.Repository, backups []repo.Summ
 // the newest archived segment reached the repository: PostgreSQL will run
 // out of WAL before reaching it, and refuses to promote there.
 func warnTargetPastArchive(ctx context.Context, r *repo.Repository, t Target, log *slog.Logger) {
-	if t.Time == "" || t.time.IsZero() {
+	if t.Kind != TargetTime || t.Time.IsZero() {
 		return
 	}
 	seg, at, ok, err := r.NewestWAL(ctx)
 	if err != nil || !ok {
 		return
 	}
-	if t.time.After(at) {
+	if t.Time.After(at) {
 		log.Warn("the target time is after the newest archived WAL reached the repository; recovery will likely end before the target and PostgreSQL will stop with 'recovery ended before configured recovery target was reached'",
-			"target_time", t.time.UTC(), "newest_segment", seg.Name, "archived_at", at.UTC())
+			"target_time", t.Time.UTC(), "newest_segment", seg.Name, "archived_at", at.UTC())
 	}
 }
 
@@ -222,7 +217,7 @@ var ErrBeforeWindow = errors.New("the recovery target is before the recovery win
 
 // ChooseBackup picks the backup to restore: id if given, else the newest
 // one that ended before the target (time or LSN), else the newest.
-func ChooseBackup(backups []repo.Summary, id string, t *Target) (repo.Summary, error) {
+func ChooseBackup(backups []repo.Summary, id string, t Target) (repo.Summary, error) {
 	if id != "" && id != "latest" {
 		for _, b := range backups {
 			if b.ID == id {
@@ -236,13 +231,13 @@ func ChooseBackup(backups []repo.Summary, id string, t *Target) (repo.Summary, e
 	}
 	for i := len(backups) - 1; i >= 0; i-- {
 		b := backups[i]
-		switch {
-		case t.Time != "":
-			if !b.StopTime.After(t.time) {
+		switch t.Kind {
+		case TargetTime:
+			if !b.StopTime.After(t.Time) {
 				return b, nil
 			}
-		case t.LSN != "":
-			if stop, err := pg.ParseLSN(b.StopLSN); err == nil && stop <= t.lsn {
+		case TargetLSN:
+			if stop, err := pg.ParseLSN(b.StopLSN); err == nil && stop <= t.LSN {
 				return b, nil
 			}
 		default:

@@ -48,11 +48,11 @@ func startBulkWAL(ctx context.Context, r *repo.Repository, m *repo.Manifest, o B
 // budget allows are planned, so the directory never holds more.
 func bulkWAL(ctx context.Context, r *repo.Repository, m *repo.Manifest, o BackupOptions, tli uint32, history []pg.TimelineSwitch, log *slog.Logger) (BulkWALResult, error) {
 	var stop pg.LSN
-	switch {
-	case o.Target.Immediate:
+	switch o.Target.Kind {
+	case TargetImmediate:
 		stop, _ = pg.ParseLSN(m.StopLSN)
-	case o.Target.LSN != "":
-		stop = o.Target.lsn
+	case TargetLSN:
+		stop = o.Target.LSN
 	}
 	plan, err := PlanBulkWAL(ctx, r, m, tli, history, stop, int(o.WALPrefetchBytes/m.SegmentSize))
 	if err != nil {
