@@ -180,6 +180,9 @@ func readConfig(ctx context.Context, b storage.Backend) (Config, []byte, error) 
 
 // Repository is an opened repository: backend, config and codec.
 type Repository struct {
+	// Deprecated: callers outside repo use the purpose-named calls
+	// (PutWAL, FetchWAL, HasWAL, ListWAL, CreatePack, ReadPack, …) and
+	// repo's errors; the field goes unexported once the last caller moved.
 	Backend storage.Backend
 	Config  Config
 	codec   *Codec
@@ -275,6 +278,9 @@ func unwrapIdentity(wrapped string, passphrase []byte) (age.Identity, error) {
 }
 
 // Codec returns the codec objects are written and read with.
+//
+// Deprecated: use EncodeBlock, DecodeBlock and FetchWAL; the codec is
+// repo's own seam and goes unexported once the last caller moved.
 func (r *Repository) Codec() *Codec { return r.codec }
 
 // PutObject encodes plain content and stores it under name. With IfAbsent a
