@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
-	"github.com/pgkeep/pgkeep/storage"
 )
 
 // copier runs the block pipeline: workers read, check, compress and encrypt
@@ -163,7 +161,7 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 	case dst = <-c.free:
 	default:
 	}
-	enc, sum, err := c.r.Codec().EncodeBlock(dst[:0], buf)
+	enc, sum, err := c.r.EncodeBlock(dst[:0], buf)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", j.src.Rel, err)
 	}
@@ -240,27 +238,23 @@ func (c *copier) checkPages(f *os.File, j blockJob, buf []byte) error {
 // once it reaches PackSize.
 func (c *copier) writePacks(ctx context.Context, in <-chan encodedBlock) error {
 	var (
-		pw     *io.PipeWriter
-		result chan error
-		n      int
-		name   string
-		off    int64
+		pw *repo.PackWriter
+		n  int
 	)
 	closePack := func() error {
 		if pw == nil {
 			return nil
 		}
-		pw.Close()
-		err := <-result
+		p, err := pw.Close()
 		pw = nil
 		if err != nil {
-			return fmt.Errorf("upload %s: %w", name, err)
+			return err
 		}
 		c.mu.Lock()
 		for len(c.packs) <= n {
 			c.packs = append(c.packs, repo.Pack{})
 		}
-		c.packs[n] = repo.Pack{Name: name, Size: off}
+		c.packs[n] = p
 		c.mu.Unlock()
 		return nil
 	}
@@ -270,39 +264,25 @@ func (c *copier) writePacks(ctx context.Context, in <-chan encodedBlock) error {
 		}
 		if pw == nil {
 			n = int(c.packSeq.Add(1) - 1)
-			name = repo.PackName(c.id, n)
-			off = 0
-			var pr *io.PipeReader
-			pr, pw = io.Pipe()
-			result = make(chan error, 1)
-			go func(name string) {
-				err := c.r.Backend.Put(ctx, name, pr, storage.PutOptions{IfAbsent: true})
-				pr.CloseWithError(errors.New("upload stopped"))
-				result <- err
-			}(name)
+			pw = c.r.CreatePack(ctx, c.id, n)
 		}
+		off := pw.Size()
 		if _, err := pw.Write(b.data); err != nil {
-			pw.CloseWithError(err)
-			// The write failed because the upload did: its error is the
-			// cause (ENOSPC, connection refused), not the closed pipe.
-			if perr := <-result; perr != nil {
-				err = perr
-			}
+			// The upload's error (ENOSPC, connection refused), not the
+			// closed pipe's.
 			pw = nil
-			return fmt.Errorf("upload %s: %w", name, err)
+			return err
 		}
 		b.done(n, off)
-		off += int64(len(b.data))
 		c.release(b.data) // the pipe's reader has consumed it
-		if off >= c.o.PackSize {
+		if pw.Size() >= c.o.PackSize {
 			if err := closePack(); err != nil {
 				return err
 			}
 		}
 	}
 	if ctx.Err() != nil && pw != nil {
-		pw.CloseWithError(ctx.Err())
-		<-result
+		pw.Abort(ctx.Err())
 		return nil
 	}
 	return closePack()

@@ -2,14 +2,12 @@ package archive
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
-	"github.com/pgkeep/pgkeep/storage"
 )
 
 // waitForWAL waits until every segment from first to last is archived,
@@ -30,13 +28,13 @@ func waitForWAL(ctx context.Context, r *repo.Repository, first, last string, seg
 	var st pg.ArchiverState
 	warned := false
 	for seg := f; seg.SegNo(segSize) <= l.SegNo(segSize); {
-		_, err := r.Backend.Stat(ctx, repo.WALObjectName(seg))
-		if err == nil {
+		ok, err := r.HasWAL(ctx, seg)
+		if err != nil {
+			return fmt.Errorf("check archived WAL %s: %w", seg.Name, err)
+		}
+		if ok {
 			seg = seg.NextSegment(segSize)
 			continue
-		}
-		if !errors.Is(err, storage.ErrNotFound) {
-			return fmt.Errorf("check archived WAL %s: %w", seg.Name, err)
 		}
 		if time.Now().After(deadline) {
 			msg := fmt.Sprintf("WAL segment %s needed by the backup was not archived within %s", seg.Name, timeout)

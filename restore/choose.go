@@ -11,7 +11,6 @@ import (
 
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
-	"github.com/pgkeep/pgkeep/storage"
 )
 
 // restorePlan is what a restore found out before writing anything: the
@@ -149,11 +148,12 @@ func checkBackupWAL(ctx context.Context, r *repo.Repository, m *repo.Manifest) e
 		return fmt.Errorf("backup %s: %w", m.ID, err)
 	}
 	for seg := first; seg.SegNo(m.SegmentSize) <= last.SegNo(m.SegmentSize); seg = seg.NextSegment(m.SegmentSize) {
-		if _, err := r.Backend.Stat(ctx, repo.WALObjectName(seg)); err != nil {
-			if errors.Is(err, storage.ErrNotFound) {
-				return fmt.Errorf("WAL segment %s, needed to make backup %s consistent, is missing from the archive", seg.Name, m.ID)
-			}
+		ok, err := r.HasWAL(ctx, seg)
+		if err != nil {
 			return fmt.Errorf("check WAL segment %s: %w", seg.Name, err)
+		}
+		if !ok {
+			return fmt.Errorf("WAL segment %s, needed to make backup %s consistent, is missing from the archive", seg.Name, m.ID)
 		}
 	}
 	return nil

@@ -187,13 +187,7 @@ func (l *lanes) done(lane string) {
 
 func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, length, packSize int64, blocks []fileBlock,
 	pgdata string, downloaded, written *atomic.Int64, prog Progress) error {
-	var rc io.ReadCloser
-	var err error
-	if first == 0 && length == packSize {
-		rc, err = r.Backend.Get(ctx, packName)
-	} else {
-		rc, err = r.Backend.GetRange(ctx, packName, first, length)
-	}
+	rc, err := r.ReadPack(ctx, packName, first, length, packSize)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", packName, err)
 	}
@@ -237,7 +231,7 @@ func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, l
 		pos = b.ref.Offset + b.ref.Length
 		// Trust the zstd frames' own checksums (verify re-checks SHA-256);
 		// decode into one buffer reused across the run's blocks.
-		plain, _, err := r.Codec().DecodeBlockTo(plainBuf, buf, false)
+		plain, _, err := r.DecodeBlock(plainBuf, buf)
 		if err != nil {
 			return fmt.Errorf("%s: block at %d (%s): %w", b.file.Path, b.ref.FileOffset, packName, err)
 		}
