@@ -60,13 +60,8 @@ type Progress interface {
 // ErrChecksum means a data page failed its checksum.
 var ErrChecksum = errors.New("data page checksum mismatch")
 
-// Backup takes a full online base backup of the local cluster into r and
-// returns its manifest once it is committed.
-func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Manifest, error) {
-	log := o.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+// withDefaults fills in the zero options.
+func (o BackupOptions) withDefaults() BackupOptions {
 	if o.Workers <= 0 {
 		o.Workers = 2
 	}
@@ -83,12 +78,25 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	if o.WALTimeout <= 0 {
 		o.WALTimeout = 5 * time.Minute
 	}
+	return o
+}
+
+// Backup takes a full online base backup of the local cluster into r and
+// returns its manifest once it is committed.
+//
+// The stages: the server's side (startstop.go: pg_backup_start, then
+// pg_backup_stop and the backup_label), the repository's side
+// (writeBackup: the file pipeline of pipeline.go, then the commit) and
+// between the two the wait for the backup's WAL (walwait.go).
+func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Manifest, error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	o = o.withDefaults()
 	if err := repo.ValidateAnnotations(o.Annotations); err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
-	// The heartbeat carries how far the copy got (pgkeep info shows it).
-	prog := &countingProgress{inner: o.Progress}
-	o.Progress = prog
 	conn, si, err := connectServer(ctx, o.DSN, r)
 	if err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
@@ -106,32 +114,79 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 		return nil, fmt.Errorf("backup: %s is not the data directory of the server pgkeep connected to (run pgkeep on the database host, and set pgdata)", pgdata)
 	}
 
-	start := time.Now()
+	run := backupRun{start: time.Now(), server: si, pgdata: pgdata}
 	var suffix [2]byte
 	rand.Read(suffix[:])
-	id := repo.NewBackupID(start, hex.EncodeToString(suffix[:]))
-	role := "primary"
-	if si.Standby {
-		role = "standby"
-	}
-	host, _ := os.Hostname()
-	log.Info("backup starting", "id", id, "pgdata", pgdata, "role", role, "checksums", si.Checksums)
+	run.id = repo.NewBackupID(run.start, hex.EncodeToString(suffix[:]))
+	log.Info("backup starting", "id", run.id, "pgdata", pgdata, "role", run.role(), "checksums", si.Checksums)
 
-	startLSN, err := startBackup(ctx, conn, si, id, o.FastCheckpoint)
+	run.startLSN, err = startBackup(ctx, conn, si, run.id, o.FastCheckpoint)
 	if err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
+	// Closing the connection (deferred) aborts the non-exclusive backup
+	// when writeBackup fails.
+	stop := func(m *repo.Manifest) error {
+		if err := stopBackup(ctx, conn, si, m, run.startLSN); err != nil {
+			return err
+		}
+		if si.Standby {
+			// A standby does not switch WAL at backup stop: ask the primary's
+			// archiver to be patient, and wait below.
+			log.Info("backup from a standby: waiting for the primary to archive the backup's last segment", "segment", m.StopWAL)
+		}
+		probe := func() (pg.ArchiverState, error) { return pg.QueryArchiver(ctx, conn) }
+		return waitForWAL(ctx, r, m.StartWAL, m.StopWAL, si.SegmentSize, o.WALTimeout, probe, log)
+	}
+	m, err := writeBackup(ctx, r, o, run, stop, log)
+	if err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
+	log.Info("backup complete", "id", m.ID, "files", len(m.Files), "data_bytes", m.DataSize,
+		"stored_bytes", m.StoredSize, "start_lsn", m.StartLSN, "stop_lsn", m.StopLSN, "seconds", time.Since(run.start).Seconds())
+	return m, nil
+}
+
+// backupRun is what a backup knows once the server has started it.
+type backupRun struct {
+	id       string
+	start    time.Time
+	startLSN pg.LSN
+	server   pg.ServerInfo
+	pgdata   string
+}
+
+func (b backupRun) role() string {
+	if b.server.Standby {
+		return "standby"
+	}
+	return "primary"
+}
+
+// writeBackup is the repository's side of a started backup, in commit
+// order: the start record and heartbeat (so a concurrent delete keeps the
+// backup's WAL and objects), the data directory through the file
+// pipeline, stop (the server's pg_backup_stop and the wait for the WAL,
+// which fill in the manifest's stop fields), then the commit. The summary
+// CommitBackup writes after the manifest is the commit point: when any
+// step fails the backup is not listed, and it is marked failed so its
+// debris need not age before a delete removes it.
+func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run backupRun, stop func(*repo.Manifest) error, log *slog.Logger) (*repo.Manifest, error) {
+	id := run.id
+	// The heartbeat carries how far the copy got (pgkeep info shows it).
+	prog := &countingProgress{inner: o.Progress}
+	o.Progress = prog
 	// Tells a concurrent delete to keep this backup's WAL.
 	if err := r.MarkBackupStarted(ctx, id, repo.StartRecord{
-		StartLSN: startLSN.String(), SegmentSize: si.SegmentSize, Time: start.UTC(),
+		StartLSN: run.startLSN.String(), SegmentSize: run.server.SegmentSize, Time: run.start.UTC(),
 	}); err != nil {
-		return nil, fmt.Errorf("backup: %w", err)
+		return nil, err
 	}
 	// Tells a concurrent delete the backup is running (repo/running.go);
 	// a backup that fails says so, so its debris need not age first.
 	hb, err := r.StartHeartbeat(ctx, id)
 	if err != nil {
-		return nil, fmt.Errorf("backup: %w", err)
+		return nil, err
 	}
 	hb.SetProgress(func() (int64, int64) { return prog.done.Load(), prog.total.Load() })
 	committed := false
@@ -150,23 +205,24 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 		}
 	}()
 
-	files, dirs, tbs, followed, err := dataDirContents(pgdata)
+	files, dirs, tbs, followed, err := dataDirContents(run.pgdata)
 	if err != nil {
-		return nil, fmt.Errorf("backup: %w", err)
+		return nil, err
 	}
 	for _, l := range followed {
 		log.Warn("data directory entry is a symlink; backing up what it points to (the restore has a copy, not a link)", "link", l)
 	}
+	host, _ := os.Hostname()
+	si := run.server
 	m := &repo.Manifest{Summary: repo.Summary{
-		ID: id, StartTime: start.UTC(), StartLSN: startLSN.String(),
+		ID: id, StartTime: run.start.UTC(), StartLSN: run.startLSN.String(),
 		SystemIdentifier: fmt.Sprint(si.SystemID), PGVersion: si.Version, SegmentSize: si.SegmentSize,
-		DataChecksums: si.Checksums, Host: host, Role: role, Schedule: o.Schedule, Annotations: o.Annotations,
+		DataChecksums: si.Checksums, Host: host, Role: run.role(), Schedule: o.Schedule, Annotations: o.Annotations,
 	}, Dirs: dirs, Tablespaces: tbs, BlockSize: o.BlockSize}
 
-	c := &copier{r: r, o: o, id: id, log: log, startLSN: startLSN, checksums: si.Checksums}
+	c := &copier{r: r, o: o, id: id, log: log, startLSN: run.startLSN, checksums: si.Checksums}
 	if err := c.run(ctx, files); err != nil {
-		// Closing the connection aborts the non-exclusive backup.
-		return nil, fmt.Errorf("backup: %w", err)
+		return nil, err
 	}
 	m.Files, m.Packs = c.result()
 	for _, f := range m.Files {
@@ -176,20 +232,11 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 		m.StoredSize += p.Size
 	}
 
-	if err := stopBackup(ctx, conn, si, m, startLSN); err != nil {
-		return nil, fmt.Errorf("backup: %w", err)
-	}
-	if si.Standby {
-		// A standby does not switch WAL at backup stop: ask the primary's
-		// archiver to be patient, and wait below.
-		log.Info("backup from a standby: waiting for the primary to archive the backup's last segment", "segment", m.StopWAL)
-	}
-	probe := func() (pg.ArchiverState, error) { return pg.QueryArchiver(ctx, conn) }
-	if err := waitForWAL(ctx, r, m.StartWAL, m.StopWAL, si.SegmentSize, o.WALTimeout, probe, log); err != nil {
-		return nil, fmt.Errorf("backup: %w", err)
+	if err := stop(m); err != nil {
+		return nil, err
 	}
 	if err := hb.Healthy(); err != nil {
-		return nil, fmt.Errorf("backup: not committed: %w", err)
+		return nil, fmt.Errorf("not committed: %w", err)
 	}
 	if err := r.CommitBackup(ctx, m); err != nil {
 		if errors.Is(err, repo.ErrScheduleTaken) {
@@ -201,11 +248,9 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 				log.Warn("removing the uncommitted backup failed; retention removes it", "id", id, "err", derr)
 			}
 		}
-		return nil, fmt.Errorf("backup: %w", err)
+		return nil, err
 	}
 	committed = true
-	log.Info("backup complete", "id", id, "files", len(m.Files), "data_bytes", m.DataSize,
-		"stored_bytes", m.StoredSize, "start_lsn", m.StartLSN, "stop_lsn", m.StopLSN, "seconds", time.Since(start).Seconds())
 	return m, nil
 }
 
