@@ -18,6 +18,7 @@ import (
 
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
+	"github.com/pgkeep/pgkeep/restore"
 	"github.com/pgkeep/pgkeep/storage"
 	"github.com/pgkeep/pgkeep/storage/mem"
 )
@@ -459,5 +460,40 @@ func TestPipelineChecksums(t *testing.T) {
 	c = &copier{r: r, o: o, id: "20261201T000000Z-0002", log: discard(), startLSN: 0x2000028, checksums: true}
 	if err := c.run(ctx, only); err != nil {
 		t.Fatalf("with ChecksumWarnOnly: %v", err)
+	}
+}
+
+// A backup written by the pipeline restores to the same files.
+func TestWriteBackupRestores(t *testing.T) {
+	ctx := context.Background()
+	r, _, _ := newMemRepo(t)
+	dir, want := syntheticDataDir(t)
+	m, err := writeBackup(ctx, r, smallBlocks(), testRun("20261201T000000Z-1111", dir), stopAt, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wf, _ := pg.ParseWALFileName(m.StopWAL)
+	seg := make([]byte, m.SegmentSize)
+	if _, err := r.PutWAL(ctx, wf, bytes.NewReader(seg), int64(len(seg))); err != nil {
+		t.Fatal(err)
+	}
+	pgdata := filepath.Join(t.TempDir(), "restored")
+	res, err := restore.Backup(ctx, r, restore.BackupOptions{PGData: pgdata, NoRecoveryConfig: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.FilesWritten != len(want) {
+		t.Errorf("restored %d files, want %d", res.FilesWritten, len(want))
+	}
+	for rel, data := range want {
+		got, err := os.ReadFile(filepath.Join(pgdata, filepath.FromSlash(rel)))
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("%s: restored content differs (%v)", rel, err)
+		}
+	}
+	for _, rel := range []string{"postmaster.pid", "pg_wal/000000010000000000000001", "base/1/16384"} {
+		if _, err := os.Stat(filepath.Join(pgdata, filepath.FromSlash(rel))); err == nil {
+			t.Errorf("%s restored; the backup must leave it out", rel)
+		}
 	}
 }
