@@ -32,7 +32,12 @@ func (r *Repository) PutWAL(ctx context.Context, wf pg.WALFile, src io.Reader, s
 	if err == nil || !errors.Is(err, ErrExists) {
 		return sum, err
 	}
-	return sum, r.CompareWAL(ctx, wf, sum, size)
+	err = r.CompareWAL(ctx, wf, sum, size)
+	if errors.Is(err, ErrNotFound) {
+		// Taken a moment ago, gone now (a delete raced us).
+		err = fmt.Errorf("check archived copy: %w", err)
+	}
+	return sum, err
 }
 
 // CompareWAL checks the archived copy of wf against content of the given

@@ -34,5 +34,9 @@ func open(_ context.Context, u *url.URL, o storage.Options) (storage.Backend, er
 	if o.Create {
 		return Create(c.Path)
 	}
-	return New(c.Path)
+	b, err := New(c.Path)
+	if err != nil {
+		return nil, fmt.Errorf("repository %s: %w", u, err)
+	}
+	return b, nil
 }
