@@ -47,7 +47,7 @@ func (r *Repository) CreatePack(ctx context.Context, id string, n int) *PackWrit
 	pr, pw := io.Pipe()
 	w.pw = pw
 	go func() {
-		err := r.Backend.Put(ctx, w.name, pr, storage.PutOptions{IfAbsent: true})
+		err := r.backend.Put(ctx, w.name, pr, storage.PutOptions{IfAbsent: true})
 		pr.CloseWithError(errors.New("upload stopped"))
 		w.result <- err
 	}()
@@ -110,7 +110,7 @@ func (w *PackWriter) Abort(cause error) {
 // from offset: one plain read when that is the whole pack, else a range.
 func (r *Repository) ReadPack(ctx context.Context, name string, offset, length, packSize int64) (io.ReadCloser, error) {
 	if offset == 0 && length == packSize {
-		return r.Backend.Get(ctx, name)
+		return r.backend.Get(ctx, name)
 	}
-	return r.Backend.GetRange(ctx, name, offset, length)
+	return r.backend.GetRange(ctx, name, offset, length)
 }

@@ -62,7 +62,7 @@ func (r *Repository) CompareWAL(ctx context.Context, wf pg.WALFile, sum [32]byte
 // HasWAL reports whether wf is archived. Only an answer of the store is
 // "no"; any other failure is an error.
 func (r *Repository) HasWAL(ctx context.Context, wf pg.WALFile) (bool, error) {
-	_, err := r.Backend.Stat(ctx, WALObjectName(wf))
+	_, err := r.backend.Stat(ctx, WALObjectName(wf))
 	if errors.Is(err, ErrNotFound) {
 		return false, nil
 	}
@@ -77,7 +77,7 @@ func (r *Repository) ListWAL(ctx context.Context, timelineLog string, fn func(na
 	if len(timelineLog) != 16 || strings.Contains(timelineLog, "/") {
 		return fmt.Errorf("list WAL: %q is not a timeline and log (16 hex digits)", timelineLog)
 	}
-	return r.Backend.List(ctx, "wal/"+timelineLog+"/", func(o storage.ObjectInfo) error {
+	return r.backend.List(ctx, "wal/"+timelineLog+"/", func(o storage.ObjectInfo) error {
 		return fn(o.Name[strings.LastIndexByte(o.Name, '/')+1:])
 	})
 }
@@ -85,7 +85,7 @@ func (r *Repository) ListWAL(ctx context.Context, timelineLog string, fn func(na
 // FetchWAL opens the archived wf for decoding. A file that is not
 // archived gives an error wrapping ErrNotFound; nothing else does.
 func (r *Repository) FetchWAL(ctx context.Context, wf pg.WALFile) (*WALReader, error) {
-	rc, err := r.Backend.Get(ctx, WALObjectName(wf))
+	rc, err := r.backend.Get(ctx, WALObjectName(wf))
 	if err != nil {
 		return nil, err
 	}

@@ -194,15 +194,15 @@ func TestFetchRetryOpenAndCancel(t *testing.T) {
 // A body cut off by the network is Unavailable.
 func TestFetchCorruptAndCutOff(t *testing.T) {
 	f, open := newFlakyRepo(t)
-	r, err := open(context.Background())
-	if err != nil {
+	if _, err := open(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	// A real archived object, then damaged copies of it.
 	plain := make([]byte, 16<<20)
 	rand.NewChaCha8([32]byte{1}).Read(plain[:8<<20])
 	var enc bytes.Buffer
-	if err := r.Codec().EncodeBytes(&enc, plain); err != nil {
+	// The repository's codec: level 1, no encryption (newFlakyRepo).
+	if err := (&repo.Codec{Level: 1}).EncodeBytes(&enc, plain); err != nil {
 		t.Fatal(err)
 	}
 	wf, err := pg.ParseWALFileName(seg)
