@@ -482,3 +482,52 @@ func TestRestoreChecksBeforeWriting(t *testing.T) {
 		t.Fatalf("relative --pgdata: %v", err)
 	}
 }
+
+func TestRestorePrefetchesWAL(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newMemRepo(t)
+	putBackup(t, r, "20261201T100000Z-1111", testFiles(), nil)
+	// Segments 2 (the backup's, archived by putBackup) to 7 are archived.
+	first, _ := pg.ParseWALFileName(testWAL)
+	seg := first.NextSegment(testSegSize)
+	for range 5 {
+		data := someBytes(uint64(seg.Seg), testSegSize)
+		if _, err := r.PutWAL(ctx, seg, bytes.NewReader(data), int64(len(data))); err != nil && !errors.Is(err, repo.ErrExists) {
+			t.Fatal(err)
+		}
+		seg = seg.NextSegment(testSegSize)
+	}
+	prefetched := func(pgdata string) []string {
+		entries, _ := os.ReadDir(filepath.Join(pgdata, "pg_wal/pgkeep/prefetch"))
+		var names []string
+		for _, e := range entries { // <segment>.<sha256>
+			if name, sum, ok := strings.Cut(e.Name(), "."); ok && len(name) == 24 && len(sum) == 64 {
+				names = append(names, name)
+			}
+		}
+		return names
+	}
+	for _, tc := range []struct {
+		name   string
+		target Target
+		budget int64
+		want   int
+	}{
+		{"budget", Target{}, 4 * testSegSize, 4},
+		{"all archived", Target{}, 100 * testSegSize, 6},
+		{"immediate stops at the backup's end", mustTarget(t, TargetSpec{Immediate: true}), 100 * testSegSize, 1},
+		{"under one segment: none", Target{}, testSegSize - 1, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pgdata := filepath.Join(t.TempDir(), "pgdata")
+			res, err := Backup(ctx, r, BackupOptions{PGData: pgdata, Target: tc.target, WALPrefetchBytes: tc.budget, WALWorkers: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := prefetched(pgdata)
+			if res.WAL.Segments != tc.want || len(got) != tc.want || (tc.want > 0 && got[0] != testWAL) {
+				t.Fatalf("prefetched %d segments %q (result %+v), want %d from %s", len(got), got, res.WAL, tc.want, testWAL)
+			}
+		})
+	}
+}

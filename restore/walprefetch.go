@@ -20,10 +20,9 @@ type bulkOutcome struct {
 	err error
 }
 
-// wait returns the download's outcome once it has ended.
+// wait returns the download's outcome once it has ended (call it once).
 func (b bulkDownload) wait() (BulkWALResult, error) {
 	out := <-b.done
-	b.done <- out // wait may be called again (after stop)
 	return out.res, out.err
 }
 
