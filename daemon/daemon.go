@@ -74,12 +74,11 @@ type Options struct {
 	Logger   *slog.Logger
 }
 
-// Job is one entry of daemon.jobs.
+// Job is one entry of daemon.jobs: what the scheduler needs, and the
+// settings of its kind.
 type Job struct {
 	scheduler.Job
-	// SpreadCheckpoint asks backup jobs for a spread checkpoint (default
-	// fast).
-	SpreadCheckpoint bool
+	JobSettings
 }
 
 // BackupSettings are what backup jobs pass to archive.Backup.

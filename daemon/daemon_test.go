@@ -55,7 +55,7 @@ func TestRunStandalone(t *testing.T) {
 		Member:  "solo",
 		LockDir: filepath.Join(t.TempDir(), "lock"),
 		Jobs: []Job{
-			{Job: scheduler.Job{Name: "trim", Kind: scheduler.JobRetention, Schedule: "* * * * * *", RetainFull: 2}},
+			{Job: scheduler.Job{Name: "trim", Kind: scheduler.JobRetention, Schedule: "* * * * * *"}, JobSettings: JobSettings{RetainFull: 2}},
 			{Job: scheduler.Job{Name: "check", Kind: scheduler.JobVerify, Schedule: "* * * * * *"}},
 		},
 		PollInterval: 100 * time.Millisecond, Retries: 1,
@@ -69,7 +69,8 @@ func TestRunStandalone(t *testing.T) {
 	for i := 0; i < 100; i++ {
 		time.Sleep(100 * time.Millisecond)
 		text = exposition(t, reg)
-		if strings.Contains(text, scheduler.MetricRuns+`{job_name="trim",result="succeeded"} 1`) &&
+		// The success is counted (observe) just before it is recorded.
+		if strings.Contains(text, scheduler.MetricLastSuccess+`{job_name="trim"}`) &&
 			strings.Contains(text, scheduler.MetricLastFailure+`{job_name="check"}`) &&
 			strings.Contains(text, MetricRepoBackups+" 0") {
 			break

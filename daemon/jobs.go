@@ -33,9 +33,15 @@ var kinds = []kind{
 	{name: scheduler.JobVerify, check: noRetention, run: (*runner).verify},
 }
 
-// JobSettings are the kind-specific keys of a daemon.jobs entry.
+// JobSettings are the kind-specific keys of a daemon.jobs entry; each
+// kind's check refuses what it must not be given (checkpoint is ignored
+// by the kinds that take no backup, as it always was).
 type JobSettings struct {
+	// RetainFull / RetainDays: retention jobs, exactly one of them.
 	RetainFull, RetainDays int
+	// SpreadCheckpoint asks backup jobs for a spread checkpoint (default
+	// fast).
+	SpreadCheckpoint bool
 }
 
 func kindOf(k scheduler.JobKind) (kind, bool) {

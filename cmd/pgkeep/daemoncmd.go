@@ -74,8 +74,8 @@ func runDaemon(ctx context.Context, a *app) error {
 		}
 		lag, _ := parseBytes(maxLag) // validated
 		jobs = append(jobs, daemon.Job{Job: scheduler.Job{Name: j.Name, Kind: scheduler.JobKind(j.Kind), Schedule: jobSchedule(d, j),
-			RunOn: scheduler.Policy(j.RunOn), MaxLag: lag, Window: j.Window,
-			RetainFull: j.RetainFull, RetainDays: j.RetainDays}, SpreadCheckpoint: j.Checkpoint == "spread"})
+			RunOn: scheduler.Policy(j.RunOn), MaxLag: lag, Window: j.Window},
+			JobSettings: daemon.JobSettings{RetainFull: j.RetainFull, RetainDays: j.RetainDays, SpreadCheckpoint: j.Checkpoint == "spread"}})
 	}
 	// A skewed clock, for the end-to-end tests of clock skew only: the
 	// scheduler's idea of this machine's time is moved by it.
