@@ -26,7 +26,7 @@ func newRepoCmd(a *app) *cobra.Command {
 
 func newRepoInitCmd(a *app) *cobra.Command {
 	var pgdata string
-	cmd := &cobra.Command{
+	cmd := withConfig(&cobra.Command{
 		Use:   "init",
 		Short: "Create the repository's config object (refuses to re-initialize)",
 		Long: `repo init writes the repository's config object: format version, compression,
@@ -38,9 +38,6 @@ encryption.passphrase_file.`,
   PGKEEP_REPOSITORY=s3://backups/prod pgkeep repo init --pgdata /var/lib/postgresql/15/main`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.load(); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
 			keys, err := loadKeys(a.cfg)
 			if err != nil {
@@ -77,21 +74,18 @@ encryption.passphrase_file.`,
 				b, cfg.Format, cfg.Compression, cfg.Encryption)
 			return nil
 		},
-	}
+	})
 	cmd.Flags().StringVar(&pgdata, "pgdata", "", "data directory whose system identifier the repository is bound to (default: config pgdata)")
 	return cmd
 }
 
 func newRepoShowCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	return withConfig(&cobra.Command{
 		Use:     "show",
 		Short:   "Print the repository's config object",
 		Example: "  pgkeep repo show",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.load(); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
 			b, err := openBackend(ctx, a.cfg, false)
 			if err != nil {
@@ -109,7 +103,7 @@ func newRepoShowCmd(a *app) *cobra.Command {
 				repo.Config
 			}{b.String(), cfg})
 		},
-	}
+	})
 }
 
 func newKeygenCmd(a *app) *cobra.Command {
