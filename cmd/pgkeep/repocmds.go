@@ -3,11 +3,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
-	"filippo.io/age"
 	"github.com/spf13/cobra"
 
 	"github.com/pgkeep/pgkeep/pg"
@@ -104,46 +102,4 @@ func newRepoShowCmd(a *app) *cobra.Command {
 			}{b.String(), cfg})
 		},
 	})
-}
-
-func newKeygenCmd(a *app) *cobra.Command {
-	var out string
-	cmd := &cobra.Command{
-		Use:   "keygen",
-		Short: "Write a new age identity (0600) and print its public key",
-		Long: `keygen writes a new age X25519 identity to --output (mode 0600, never over an
-existing file) and prints the matching recipient. Put the recipient in
-encryption.recipients on hosts that push, and the identity file in
-encryption.identity_file on hosts that restore.`,
-		Example: "  pgkeep keygen --output /etc/pgkeep/identity.txt",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			id, err := age.GenerateX25519Identity()
-			if err != nil {
-				return err
-			}
-			f, err := os.OpenFile(out, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-			if err != nil {
-				return fmt.Errorf("keygen: %w", err)
-			}
-			content := fmt.Sprintf("# created: %s\n# public key: %s\n%s\n",
-				time.Now().UTC().Format(time.RFC3339), id.Recipient(), id)
-			if _, err := f.WriteString(content); err != nil {
-				f.Close()
-				return fmt.Errorf("keygen: %w", err)
-			}
-			if err := f.Sync(); err != nil {
-				f.Close()
-				return fmt.Errorf("keygen: %w", err)
-			}
-			if err := f.Close(); err != nil {
-				return fmt.Errorf("keygen: %w", err)
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), id.Recipient())
-			return nil
-		},
-	}
-	cmd.Flags().StringVarP(&out, "output", "o", "", "identity file to create")
-	cmd.MarkFlagRequired("output")
-	return cmd
 }

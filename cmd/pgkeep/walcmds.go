@@ -59,15 +59,7 @@ func lazyGC() {
 // to: PostgreSQL runs archive_command in the data directory with a relative
 // %p. Unknown (0) disables the check rather than failing the archiver.
 func (a *app) systemIdentifier(walPath string) uint64 {
-	dir := a.cfg.PGData
-	if dir == "" {
-		if filepath.IsAbs(walPath) {
-			dir = filepath.Dir(filepath.Dir(walPath))
-		} else {
-			dir = "."
-		}
-	}
-	id, err := pg.SystemIdentifier(dir)
+	id, err := pg.SystemIdentifier(pg.ArchiveDataDir(walPath, a.cfg.PGData))
 	if err != nil {
 		a.log.Debug("system identifier unknown", "err", err)
 		return 0
