@@ -94,6 +94,14 @@ func (a *app) prepare(cmd *cobra.Command, args []string) error {
 	if cmd.Annotations[configAnnotation] == "" {
 		return nil
 	}
+	// Cobra checks required flags after this hook; a missing one was
+	// reported before a bad configuration, and still is.
+	if err := cmd.ValidateRequiredFlags(); err != nil {
+		return err
+	}
+	if err := cmd.ValidateFlagGroups(); err != nil {
+		return err
+	}
 	if err := a.load(); err != nil {
 		if wrap := a.loadFailed[cmd]; wrap != nil {
 			return wrap(args, err)
