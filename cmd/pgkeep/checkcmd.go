@@ -11,7 +11,7 @@ import (
 
 func newCheckCmd(a *app) *cobra.Command {
 	var timeout time.Duration
-	cmd := &cobra.Command{
+	cmd := withConfig(&cobra.Command{
 		Use:   "check",
 		Short: "Prove that WAL archiving into the repository works, end to end",
 		Long: `check connects to the local PostgreSQL (postgres.dsn or the libpq PG* variables),
@@ -25,9 +25,6 @@ its primary archives. Run it after setting up archiving and after changing it.`,
   pgkeep check --timeout 2m`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.load(); err != nil {
-				return err
-			}
 			if timeout <= 0 {
 				return &configError{fmt.Sprintf("--timeout %s: must be positive", timeout)}
 			}
@@ -48,7 +45,7 @@ its primary archives. Run it after setting up archiving and after changing it.`,
 			fmt.Fprintf(out, "ok: WAL segment %s archived in %.1fs\n", res.Segment, res.Elapsed.Seconds())
 			return nil
 		},
-	}
+	})
 	cmd.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long to wait for the switched segment to be archived")
 	return cmd
 }

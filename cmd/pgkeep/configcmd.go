@@ -28,7 +28,7 @@ touching PostgreSQL, etcd or the repository.`,
 }
 
 func newConfigShowCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	return withConfig(&cobra.Command{
 		Use:   "show",
 		Short: "Print every setting, its effective value and where it came from",
 		Long: `show prints every configuration key with its effective value and its source:
@@ -42,16 +42,13 @@ postmaster's environment, not your shell's.`,
   sudo -u postgres PGKEEP_CONFIG=/etc/pgkeep/main.yml pgkeep config show`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.load(); err != nil {
-				return err
-			}
 			return printConfig(cmd.OutOrStdout(), a.cfg, a.configPath)
 		},
-	}
+	})
 }
 
 func newConfigCheckCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	return withConfig(&cobra.Command{
 		Use:   "check",
 		Short: "Validate the configuration and the files it names",
 		Long: `check loads the configuration as every command does (an unknown or invalid key
@@ -65,9 +62,6 @@ connect to anything: pgkeep check proves the whole archiving path.`,
   sudo -u postgres pgkeep config check --config /etc/pgkeep/main.yml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.load(); err != nil {
-				return err
-			}
 			if err := checkConfigFiles(a.cfg); err != nil {
 				return err
 			}
@@ -82,7 +76,7 @@ connect to anything: pgkeep check proves the whole archiving path.`,
 			fmt.Fprintln(out)
 			return nil
 		},
-	}
+	})
 }
 
 // checkConfigFiles makes sure every file the configuration names can be

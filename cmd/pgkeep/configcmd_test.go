@@ -213,7 +213,7 @@ func TestConfigCommands(t *testing.T) {
 	p := filepath.Join(dir, "pgkeep.yml")
 	os.WriteFile(p, []byte("repository: file:///var/lib/pgkeep/repo\nencryption:\n  identity_file: "+filepath.Join(dir, "missing.txt")+"\n"), 0o600)
 	t.Setenv("PGKEEP_CONFIG", p)
-	if code := run(t.Context(), []string{"config", "check"}); code != exitUsage {
+	if code := run(t.Context(), []string{"config", "check"}); code != exitConfig {
 		t.Fatalf("config check with a missing identity file: exit %d, want 2", code)
 	}
 	os.WriteFile(p, []byte("repository: file:///var/lib/pgkeep/repo\n"), 0o600)
@@ -225,7 +225,7 @@ func TestConfigCommands(t *testing.T) {
 		t.Fatalf("config show with a stray variable: exit %d", code)
 	}
 	os.WriteFile(p, []byte("repositry: file:///x\n"), 0o600)
-	if code := run(t.Context(), []string{"config", "check"}); code != exitUsage {
+	if code := run(t.Context(), []string{"config", "check"}); code != exitConfig {
 		t.Fatalf("config check of a misspelt key: exit %d, want 2", code)
 	}
 }

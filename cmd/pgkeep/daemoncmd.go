@@ -11,8 +11,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgkeep/pgkeep/daemon"
+	"github.com/pgkeep/pgkeep/maintain"
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/scheduler"
+	"github.com/pgkeep/pgkeep/status"
 	"github.com/pgkeep/pgkeep/storage"
 )
 
@@ -101,9 +103,11 @@ func runDaemon(ctx context.Context, a *app) error {
 		Backup: daemon.BackupSettings{DSN: cfg.Postgres.DSN, PGData: cfg.PGData,
 			Workers: backupWorkers(cfg), Writers: cfg.UploadConcurrency},
 		VerifyConcurrency: cfg.DownloadConcurrency,
-		VerifyCache:       func(r *repo.Repository) *repo.VerifyCache { return openVerifyCache(cfg, a.log, r) },
-		Build:             daemon.BuildInfo{Version: version, Revision: buildCommit(), GoVersion: runtime.Version()},
-		Logger:            a.log,
+		VerifyCache: func(r *repo.Repository) *repo.VerifyCache {
+			return maintain.OpenVerifyCache(cfg.Verify.CacheDir, a.log, r)
+		},
+		Build:  daemon.BuildInfo{Version: version, Revision: buildCommit(), GoVersion: runtime.Version()},
+		Logger: a.log,
 	}
 	if !standalone {
 		h, err := openHA(ctx, cfg, a.log)
@@ -127,7 +131,7 @@ var errPostgresUnread = errors.New("the local PostgreSQL could not be read")
 // archiverState is pg_stat_archiver of the local PostgreSQL, for the
 // daemon's archive metrics.
 func archiverState(ctx context.Context, cfg Config) (daemon.Archiver, error) {
-	ar := postgresStatus(ctx, cfg).archiverReport
+	ar := status.LocalPostgres(ctx, cfg.Postgres.DSN).ArchiverStatus
 	if ar == nil {
 		return daemon.Archiver{}, errPostgresUnread
 	}

@@ -21,16 +21,23 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgkeep/pgkeep/repo"
+	"github.com/pgkeep/pgkeep/restore"
 )
 
-// Exit codes (docs/wal.md). PostgreSQL treats 126 and above, and death by
-// signal, as fatal for archive and restore commands, so all stay below but
-// exitStopRecovery, which wal-fetch uses precisely for that.
+// Exit codes by meaning: the one table of them (docs/wal.md, docs/backup.md;
+// exitCode maps error kinds to them). PostgreSQL treats 126 and above, and
+// death by signal, as fatal for archive and restore commands, so all stay
+// below but exitStopRecovery, which wal-fetch uses precisely for that.
 const (
-	exitOK       = 0
-	exitFailure  = 1 // the operation failed (wal-fetch: file not in the archive)
-	exitUsage    = 2 // bad flags or configuration; wal-fetch in standby mode: any failure but "not found"
-	exitNotFound = 1
+	exitOK     = 0
+	exitFailed = 1 // the operation failed; the message says why
+	exitConfig = 2 // bad command line or configuration
+	// exitMissing: wal-fetch, the repository answered that the file is not
+	// archived (PostgreSQL probes for files that do not exist yet).
+	exitMissing = 1
+	// exitStandbyRetry: wal-fetch in standby mode, any other failure;
+	// PostgreSQL retries by itself, and 126+ would stop the standby.
+	exitStandbyRetry = 2
 	// exitStopRecovery: wal-fetch could not get a file that may exist; in
 	// archive recovery PostgreSQL must stop (FATAL) rather than promote.
 	// Not 126 or 127, which PostgreSQL's log calls "command not
@@ -45,21 +52,6 @@ var (
 	commit  = ""
 )
 
-// exitError carries a specific exit code up to main.
-type exitError struct {
-	code  int
-	err   error
-	quiet bool // print nothing (wal-fetch of a missing file)
-}
-
-func (e *exitError) Error() string {
-	if e.err == nil {
-		return fmt.Sprintf("exit %d", e.code)
-	}
-	return e.err.Error()
-}
-func (e *exitError) Unwrap() error { return e.err }
-
 // app carries what every command needs once flags are parsed.
 type app struct {
 	configPath string
@@ -67,6 +59,65 @@ type app struct {
 	configFlag string
 	cfg        Config
 	log        *slog.Logger
+	// loadFailed turns a configuration error into the error a command
+	// reports (wal-fetch: the code PostgreSQL needs); nil: as is.
+	loadFailed map[*cobra.Command]func(args []string, err error) error
+}
+
+// configAnnotation marks the commands the root's PersistentPreRunE loads
+// the configuration for (withConfig).
+const configAnnotation = "pgkeep.io/loads-config"
+
+// withConfig marks cmd as one that runs with the configuration loaded:
+// the root loads it once before RunE, so RunE reads a.cfg and a.log.
+func withConfig(cmd *cobra.Command) *cobra.Command {
+	if cmd.Annotations == nil {
+		cmd.Annotations = map[string]string{}
+	}
+	cmd.Annotations[configAnnotation] = "yes"
+	return cmd
+}
+
+// onLoadError makes a configuration error of cmd reported as wrap says.
+func (a *app) onLoadError(cmd *cobra.Command, wrap func(args []string, err error) error) {
+	if a.loadFailed == nil {
+		a.loadFailed = map[*cobra.Command]func([]string, error) error{}
+	}
+	a.loadFailed[cmd] = wrap
+}
+
+// prepare is the root's PersistentPreRunE: the one place the configuration
+// is loaded, for the commands marked withConfig. The Patroni commands take
+// their flags as Patroni's words (DisableFlagParsing), so they read
+// --config themselves and call loadFrom.
+func (a *app) prepare(cmd *cobra.Command, args []string) error {
+	if cmd.Annotations[configAnnotation] == "" {
+		return nil
+	}
+	// Cobra checks required flags after this hook; a missing one was
+	// reported before a bad configuration, and still is.
+	if err := cmd.ValidateRequiredFlags(); err != nil {
+		return err
+	}
+	if err := cmd.ValidateFlagGroups(); err != nil {
+		return err
+	}
+	if err := a.load(); err != nil {
+		if wrap := a.loadFailed[cmd]; wrap != nil {
+			return wrap(args, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// loadFrom is load with the config path a command found in its own words
+// ("" leaves --config).
+func (a *app) loadFrom(configPath string) error {
+	if configPath != "" {
+		a.configPath = configPath
+	}
+	return a.load()
 }
 
 func main() {
@@ -86,22 +137,47 @@ func run(ctx context.Context, args []string) int {
 	if err == nil {
 		return exitOK
 	}
-	var ee *exitError
-	code := exitFailure
-	quiet := false
-	var ce *configError
-	switch {
-	case errors.As(err, &ee):
-		// The command chose its code (wal-fetch, for PostgreSQL).
-		code, quiet = ee.code, ee.quiet
-	case isUsageError(err), errors.As(err, &ce):
-		code = exitUsage
-	}
+	code, quiet := exitCode(err)
 	if !quiet {
 		// One line: PostgreSQL logs and cron mails read better that way.
 		fmt.Fprintf(os.Stderr, "pgkeep: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
 	return code
+}
+
+// exitCode maps an error's kind to the exit status, and says whether the
+// error is to be printed. Library packages return typed or sentinel
+// errors; this is the only place that turns them into codes.
+func exitCode(err error) (code int, quiet bool) {
+	var fe *restore.FetchFailure
+	var ce *configError
+	switch {
+	case errors.As(err, &fe):
+		// wal-fetch answers PostgreSQL, which reads the code (docs/wal.md).
+		return walFetchExitCode(fe.Outcome, fe.Mode), fe.Outcome == restore.Missing
+	case isUsageError(err), errors.As(err, &ce):
+		return exitConfig, false
+	}
+	return exitFailed, false
+}
+
+// walFetchExitCode is wal-fetch's exit status for a failed fetch.
+// PostgreSQL takes any status below 126 for "no such file": in archive
+// recovery that ends recovery and promotes, so only a repository's answer
+// may say so (1). Every other failure stops archive recovery (255, which
+// PostgreSQL makes FATAL) when it cannot be ridden out; in standby mode,
+// where PostgreSQL retries by itself and a FATAL would stop the standby,
+// it is 2. When the mode is unknown, stopping is the safe choice.
+func walFetchExitCode(o restore.Outcome, mode restore.RecoveryMode) int {
+	switch {
+	case o == restore.Fetched:
+		return exitOK
+	case o == restore.Missing:
+		return exitMissing
+	case mode == restore.ModeStandby:
+		return exitStandbyRetry
+	}
+	return exitStopRecovery
 }
 
 func isUsageError(err error) bool {
@@ -132,8 +208,9 @@ prints the effective values and where each came from.`,
 		Example: `  pgkeep repo init
   archive_command = 'pgkeep wal-push %p'
   restore_command = 'pgkeep wal-fetch %f %p'`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		PersistentPreRunE: a.prepare,
 	}
 	root.PersistentFlags().StringVar(&a.configPath, "config", "", "config file (default $PGKEEP_CONFIG or "+DefaultConfigPath+")")
 	root.AddCommand(
@@ -162,7 +239,8 @@ prints the effective values and where each came from.`,
 	return root
 }
 
-// load reads the configuration and sets up logging; commands call it first.
+// load reads the configuration and sets up logging (through prepare or
+// loadFrom; nothing else calls it).
 func (a *app) load() error {
 	a.configFlag = a.configPath
 	path, explicit := a.configPath, a.configPath != ""

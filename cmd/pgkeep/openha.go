@@ -19,6 +19,16 @@ var quietGRPC sync.Once
 // openHA connects to the configured etcd for the configured Patroni scope.
 // The caller checks that etcd.endpoints is set.
 func openHA(ctx context.Context, cfg Config, log *slog.Logger) (*ha.Client, error) {
+	o, err := haOptions(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	return ha.Connect(ctx, o)
+}
+
+// haOptions is how to reach the configured etcd, its password read from
+// etcd.password_file (an empty one is a configuration error).
+func haOptions(cfg Config, log *slog.Logger) (ha.Options, error) {
 	// gRPC prints its own errors to stderr; pgkeep reports one line itself.
 	quietGRPC.Do(func() { grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, io.Discard)) })
 	e := cfg.Etcd
@@ -26,15 +36,15 @@ func openHA(ctx context.Context, cfg Config, log *slog.Logger) (*ha.Client, erro
 	if e.PasswordFile != "" {
 		data, err := os.ReadFile(e.PasswordFile)
 		if err != nil {
-			return nil, fmt.Errorf("etcd.password_file: %w", err)
+			return ha.Options{}, fmt.Errorf("etcd.password_file: %w", err)
 		}
 		pw := bytes.TrimRight(data, "\r\n")
 		if len(pw) == 0 {
-			return nil, &configError{fmt.Sprintf("etcd.password_file %s is empty", e.PasswordFile)}
+			return ha.Options{}, &configError{fmt.Sprintf("etcd.password_file %s is empty", e.PasswordFile)}
 		}
 		password = string(pw)
 	}
-	return ha.Connect(ctx, ha.Options{
+	return ha.Options{
 		Endpoints:   e.Endpoints,
 		CAFile:      e.CACert,
 		CertFile:    e.Cert,
@@ -46,5 +56,5 @@ func openHA(ctx context.Context, cfg Config, log *slog.Logger) (*ha.Client, erro
 		Scope:       cfg.Patroni.Scope,
 		Prefix:      e.Prefix,
 		Logger:      log,
-	})
+	}, nil
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgkeep/pgkeep/internal/human"
 	"github.com/pgkeep/pgkeep/replicate"
 	"github.com/pgkeep/pgkeep/restore"
 )
@@ -46,10 +47,7 @@ leaving --datadir empty, so Patroni falls back to its next method. Unknown
 			if err != nil {
 				return &configError{err.Error()}
 			}
-			if configPath != "" {
-				a.configPath = configPath
-			}
-			if err := a.load(); err != nil {
+			if err := a.loadFrom(configPath); err != nil {
 				return err
 			}
 			for k := range args.Other {
@@ -80,7 +78,7 @@ leaving --datadir empty, so Patroni falls back to its next method. Unknown
 			}
 			// Patroni's log shows this line; the tests look for it.
 			fmt.Fprintf(os.Stderr, "pgkeep create-replica: restored backup %s into %s (%d files written, %d kept, %s downloaded)\n",
-				res.BackupID, args.DataDir, res.FilesWritten, res.FilesKept, humanBytes(res.BytesDownloaded))
+				res.BackupID, args.DataDir, res.FilesWritten, res.FilesKept, human.Bytes(res.BytesDownloaded))
 			return nil
 		},
 	}
@@ -127,10 +125,7 @@ source's, and use the same config in recovery_conf's restore_command.`,
 			if err != nil {
 				return &configError{err.Error()}
 			}
-			if configPath != "" {
-				a.configPath = configPath
-			}
-			if err := a.load(); err != nil {
+			if err := a.loadFrom(configPath); err != nil {
 				return err
 			}
 			for k := range args.Other {
@@ -155,7 +150,7 @@ source's, and use the same config in recovery_conf's restore_command.`,
 				return fmt.Errorf("bootstrap: %w", err)
 			}
 			fmt.Fprintf(os.Stderr, "pgkeep bootstrap: restored backup %s into %s (%d files, %s downloaded); recovery follows Patroni's recovery_conf\n",
-				res.BackupID, args.DataDir, res.FilesWritten, humanBytes(res.BytesDownloaded))
+				res.BackupID, args.DataDir, res.FilesWritten, human.Bytes(res.BytesDownloaded))
 			return nil
 		},
 	}

@@ -3,11 +3,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
-	"filippo.io/age"
 	"github.com/spf13/cobra"
 
 	"github.com/pgkeep/pgkeep/pg"
@@ -26,7 +24,7 @@ func newRepoCmd(a *app) *cobra.Command {
 
 func newRepoInitCmd(a *app) *cobra.Command {
 	var pgdata string
-	cmd := &cobra.Command{
+	cmd := withConfig(&cobra.Command{
 		Use:   "init",
 		Short: "Create the repository's config object (refuses to re-initialize)",
 		Long: `repo init writes the repository's config object: format version, compression,
@@ -38,9 +36,6 @@ encryption.passphrase_file.`,
   PGKEEP_REPOSITORY=s3://backups/prod pgkeep repo init --pgdata /var/lib/postgresql/15/main`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.load(); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
 			keys, err := loadKeys(a.cfg)
 			if err != nil {
@@ -77,21 +72,18 @@ encryption.passphrase_file.`,
 				b, cfg.Format, cfg.Compression, cfg.Encryption)
 			return nil
 		},
-	}
+	})
 	cmd.Flags().StringVar(&pgdata, "pgdata", "", "data directory whose system identifier the repository is bound to (default: config pgdata)")
 	return cmd
 }
 
 func newRepoShowCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	return withConfig(&cobra.Command{
 		Use:     "show",
 		Short:   "Print the repository's config object",
 		Example: "  pgkeep repo show",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.load(); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
 			b, err := openBackend(ctx, a.cfg, false)
 			if err != nil {
@@ -109,47 +101,5 @@ func newRepoShowCmd(a *app) *cobra.Command {
 				repo.Config
 			}{b.String(), cfg})
 		},
-	}
-}
-
-func newKeygenCmd(a *app) *cobra.Command {
-	var out string
-	cmd := &cobra.Command{
-		Use:   "keygen",
-		Short: "Write a new age identity (0600) and print its public key",
-		Long: `keygen writes a new age X25519 identity to --output (mode 0600, never over an
-existing file) and prints the matching recipient. Put the recipient in
-encryption.recipients on hosts that push, and the identity file in
-encryption.identity_file on hosts that restore.`,
-		Example: "  pgkeep keygen --output /etc/pgkeep/identity.txt",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			id, err := age.GenerateX25519Identity()
-			if err != nil {
-				return err
-			}
-			f, err := os.OpenFile(out, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-			if err != nil {
-				return fmt.Errorf("keygen: %w", err)
-			}
-			content := fmt.Sprintf("# created: %s\n# public key: %s\n%s\n",
-				time.Now().UTC().Format(time.RFC3339), id.Recipient(), id)
-			if _, err := f.WriteString(content); err != nil {
-				f.Close()
-				return fmt.Errorf("keygen: %w", err)
-			}
-			if err := f.Sync(); err != nil {
-				f.Close()
-				return fmt.Errorf("keygen: %w", err)
-			}
-			if err := f.Close(); err != nil {
-				return fmt.Errorf("keygen: %w", err)
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), id.Recipient())
-			return nil
-		},
-	}
-	cmd.Flags().StringVarP(&out, "output", "o", "", "identity file to create")
-	cmd.MarkFlagRequired("output")
-	return cmd
+	})
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -78,5 +80,41 @@ func TestRestoreCommandConfig(t *testing.T) {
 	}
 	if !reflect.DeepEqual(a.cfg.fromEnv, []string{"PGKEEP_WAL_PREFETCH"}) {
 		t.Fatalf("fromEnv %v", a.cfg.fromEnv)
+	}
+}
+
+// The one table: every error kind a command returns maps to its
+// documented code (docs/wal.md, "Exit codes"), and only "missing" is quiet.
+func TestExitCode(t *testing.T) {
+	standby := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(standby, "pg_wal"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(standby, "standby.signal"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	recovery := t.TempDir()
+	os.MkdirAll(filepath.Join(recovery, "pg_wal"), 0o700)
+	os.WriteFile(filepath.Join(recovery, "recovery.signal"), nil, 0o600)
+	cases := []struct {
+		name  string
+		err   error
+		code  int
+		quiet bool
+	}{
+		{"failure", errors.New("backup: boom"), exitFailed, false},
+		{"config", fmt.Errorf("wrapped: %w", &configError{"config x: bad"}), exitConfig, false},
+		{"usage", errors.New(`unknown flag: --nope`), exitConfig, false},
+		{"missing", restore.FailFetch(filepath.Join(recovery, "pg_wal", "RECOVERYXLOG"), restore.ErrWALNotFound), exitMissing, true},
+		{"missing in standby", restore.FailFetch(filepath.Join(standby, "pg_wal", "RECOVERYXLOG"), restore.ErrWALNotFound), exitMissing, true},
+		{"failed in recovery", restore.FailFetch(filepath.Join(recovery, "pg_wal", "RECOVERYXLOG"), errors.New("wrong key")), exitStopRecovery, false},
+		{"config in recovery", restore.FailFetch(filepath.Join(recovery, "pg_wal", "RECOVERYXLOG"), &configError{"bad"}), exitStopRecovery, false},
+		{"failed in standby", restore.FailFetch(filepath.Join(standby, "pg_wal", "RECOVERYXLOG"), errors.New("wrong key")), exitStandbyRetry, false},
+	}
+	for _, c := range cases {
+		code, quiet := exitCode(c.err)
+		if code != c.code || quiet != c.quiet {
+			t.Errorf("%s: exit %d quiet %v, want %d %v", c.name, code, quiet, c.code, c.quiet)
+		}
 	}
 }

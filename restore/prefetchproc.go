@@ -1,0 +1,94 @@
+package restore
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/pgkeep/pgkeep/pg"
+)
+
+// PrefetchProcess is how restore_command starts the background prefetch:
+// a `pgkeep wal-prefetch` process that outlives it.
+type PrefetchProcess struct {
+	// Count is how many segments to keep ahead (wal.prefetch); 0: none.
+	Count int
+	// BudgetBytes caps the prefetch directory (restore.wal_prefetch_bytes);
+	// 0: no cap.
+	BudgetBytes int64
+	// Executable is the pgkeep binary; "": this very process's.
+	Executable string
+	// GlobalArgs go before the wal-prefetch word (--config FILE), so the
+	// child reads the settings this process read.
+	GlobalArgs []string
+}
+
+// PrefetchCount is how many segments of segSize bytes to keep ahead: count,
+// within budget bytes (the disk budget of the prefetch directory) when that
+// is set.
+func PrefetchCount(count int, budget, segSize int64) int {
+	if budget > 0 && pg.ValidSegmentSize(segSize) {
+		count = min(count, int(budget/segSize))
+	}
+	return count
+}
+
+// maybeStart starts a prefetch of the segments after the one just fetched
+// unless the prefetch directory is still well stocked. It is best effort:
+// a prefetch that does not start only makes recovery slower.
+func (p PrefetchProcess) maybeStart(after, dir string, segSize int64) error {
+	n := PrefetchCount(p.Count, p.BudgetBytes, segSize)
+	if n <= 0 || !needPrefetch(dir, n) {
+		return nil
+	}
+	return p.start(after, dir, segSize)
+}
+
+// needPrefetch avoids starting a process per segment when the prefetch
+// directory is still well stocked.
+func needPrefetch(dir string, count int) bool {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return true
+	}
+	ready := 0
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") && len(e.Name()) == 24+1+64 {
+			ready++
+		}
+	}
+	return ready <= count/2
+}
+
+// start re-executes the binary (by its own path, not through PATH)
+// detached from PostgreSQL's process group, so restore_command returns at
+// once and the prefetch survives it.
+func (p PrefetchProcess) start(after, dir string, segSize int64) error {
+	exe := p.Executable
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, "prefetch.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	args := append(append([]string{}, p.GlobalArgs...),
+		"wal-prefetch", "--after", after, "--dir", dir, "--segment-size", strconv.FormatInt(segSize, 10))
+	cmd := exec.Command(exe, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	return cmd.Process.Release()
+}
