@@ -12,6 +12,7 @@ package drill
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -351,4 +352,16 @@ func makeScratch(o Options) (string, error) {
 		return "", fmt.Errorf("scratch directory %s: its path is too long for PostgreSQL's unix socket (at most %d bytes with the socket name); choose a shorter one", dir, maxSocketPath)
 	}
 	return dir, nil
+}
+
+// MarshalJSON writes the durations in seconds.
+func (r Result) MarshalJSON() ([]byte, error) {
+	type plain Result
+	return json.Marshal(struct {
+		plain
+		RestoreToQuery float64 `json:"restore_to_query_seconds"`
+		Restore        float64 `json:"restore_seconds"`
+		Recovery       float64 `json:"recovery_seconds"`
+		Checks         float64 `json:"checks_seconds"`
+	}{plain(r), r.RestoreToQuery.Seconds(), r.Restore.Seconds(), r.Recovery.Seconds(), r.Checks.Seconds()})
 }

@@ -89,6 +89,9 @@ type EncryptionConfig struct {
 
 type PostgresConfig struct {
 	DSN string `yaml:"dsn"`
+	// BinDir holds postgres and pg_amcheck for drills; empty finds those
+	// of the backup's major version.
+	BinDir string `yaml:"bin_dir"`
 }
 
 type WALConfig struct {
@@ -172,7 +175,7 @@ type DaemonConfig struct {
 // DaemonJob is one entry of daemon.jobs.
 type DaemonJob struct {
 	Name     string `yaml:"name"`
-	Kind     string `yaml:"kind"` // backup, retention or verify
+	Kind     string `yaml:"kind"` // backup, retention, verify or drill
 	Schedule string `yaml:"schedule"`
 	RunOn    string `yaml:"run_on"`
 	// MaxLag is bytes ("16MB", "1GB", "1048576"); default 16MB.
@@ -184,6 +187,17 @@ type DaemonJob struct {
 	RetainDays int `yaml:"retain_days"`
 	// Checkpoint is fast or spread (backup jobs; default fast).
 	Checkpoint string `yaml:"checkpoint"`
+	// Drill jobs (docs/drill.md): where the copy goes, its size limit
+	// (bytes, "0": none), the recovery target (default: the end of the
+	// archive), the tables pg_amcheck checks (-1: none) and a SQL check.
+	ScratchDir    string `yaml:"scratch_dir"`
+	MaxBytes      string `yaml:"max_bytes"`
+	Target        string `yaml:"target"`
+	TargetTime    string `yaml:"target_time"`
+	TargetLSN     string `yaml:"target_lsn"`
+	TargetName    string `yaml:"target_name"`
+	AmcheckTables int    `yaml:"amcheck_tables"`
+	SQL           string `yaml:"sql"`
 }
 
 // DefaultMaxLag is a job's max_lag when it sets none.
@@ -548,6 +562,9 @@ func (c *Config) validate(path string) error {
 	if c.Encryption.PassphraseFile != "" && len(c.Encryption.Recipients) > 0 {
 		return bad("encryption", "set either recipients or passphrase_file, not both")
 	}
+	if c.Postgres.BinDir != "" && !filepath.IsAbs(c.Postgres.BinDir) {
+		return bad("postgres.bin_dir", "%q is not an absolute path", c.Postgres.BinDir)
+	}
 	if c.PGData != "" && !filepath.IsAbs(c.PGData) {
 		return bad("pgdata", "%q is not an absolute path", c.PGData)
 	}
@@ -664,12 +681,19 @@ func (c *Config) validateDaemon(bad func(key, format string, args ...any) error)
 			if j.RetainFull != 0 || j.RetainDays != 0 {
 				return bad(key, "retain_full and retain_days are for retention jobs")
 			}
+		case "drill":
+			if j.RetainFull != 0 || j.RetainDays != 0 {
+				return bad(key, "retain_full and retain_days are for retention jobs")
+			}
+			if _, err := drillJobOptions(j); err != nil {
+				return bad(key, "%v", err)
+			}
 		case "retention":
 			if j.RetainFull < 0 || j.RetainDays < 0 || (j.RetainFull > 0) == (j.RetainDays > 0) {
 				return bad(key, "retention needs exactly one of retain_full or retain_days (>= 1)")
 			}
 		default:
-			return bad(key+".kind", "%q is not backup, retention or verify", j.Kind)
+			return bad(key+".kind", "%q is not backup, retention, verify or drill", j.Kind)
 		}
 		if j.RunOn == "" && d.HA == "none" {
 			// One PostgreSQL: where to run is not a question.
