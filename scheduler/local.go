@@ -107,7 +107,7 @@ func (l *Local) Run(ctx context.Context) error {
 	for _, j := range l.jobs {
 		if f, err := l.readRecords(j.Name); err == nil {
 			for _, r := range f.Runs {
-				l.o.Metrics.success(r)
+				l.o.Metrics.recorded(r)
 			}
 		}
 	}
@@ -212,7 +212,7 @@ func (l *Local) runLocked(ctx context.Context, log *slog.Logger, j scheduledJob,
 	}
 	l.setErr(nil)
 	if r, ok := recs.final(t); ok {
-		l.o.Metrics.success(r)
+		l.o.Metrics.recorded(r)
 		os.Remove(lockPath)
 		return true
 	}
@@ -244,6 +244,7 @@ func (l *Local) runLocked(ctx context.Context, log *slog.Logger, j scheduledJob,
 	rec.Finished = l.o.Clock().UTC()
 	rec.DurationSeconds = rec.Finished.Sub(rec.Started).Seconds()
 	rec.BackupID, rec.Bytes = res.BackupID, res.Bytes
+	rec.QuerySeconds = res.QuerySeconds
 	if runErr == nil {
 		rec.Status = StatusSucceeded
 		l.o.Metrics.observe(rec)
@@ -251,7 +252,7 @@ func (l *Local) runLocked(ctx context.Context, log *slog.Logger, j scheduledJob,
 			log.Warn("job finished but its run record could not be written; the next attempt looks in the repository first", "backup_id", rec.BackupID, "err", err)
 			return false
 		}
-		l.o.Metrics.success(rec)
+		l.o.Metrics.recorded(rec)
 		os.Remove(lockPath)
 		log.Info("job succeeded", "backup_id", rec.BackupID, "bytes", rec.Bytes, "duration", time.Duration(rec.DurationSeconds*float64(time.Second)).Round(time.Millisecond))
 		return true
@@ -299,7 +300,7 @@ func (l *Local) adopt(log *slog.Logger, j scheduledJob, t time.Time, lockPath st
 		log.Warn("the scheduled time's result was found in the repository but could not be recorded", "backup_id", rec.BackupID, "err", err)
 		return false
 	}
-	l.o.Metrics.success(rec)
+	l.o.Metrics.recorded(rec)
 	os.Remove(lockPath)
 	log.Info("job result found in the repository and recorded: not run again", "backup_id", rec.BackupID)
 	return true

@@ -72,12 +72,24 @@ const (
 // for it first); the scheduler then records that result (Find).
 var ErrAlreadyDone = errors.New("the scheduled time already has its result")
 
+// JobKind is what a job does. The scheduler does not look inside: the
+// daemon's Runner gives each kind its body (daemon/jobs.go, the one table
+// of kinds).
+type JobKind string
+
+// The job kinds pgkeep daemon runs.
+const (
+	JobBackup    JobKind = "backup"
+	JobRetention JobKind = "retention"
+	JobVerify    JobKind = "verify"
+	JobDrill     JobKind = "drill"
+)
+
 // Job is one scheduled job.
 type Job struct {
 	Name string
-	// Kind is what the Runner does (backup, retention, verify); the
-	// scheduler passes it on.
-	Kind string
+	// Kind is what the Runner does; the scheduler passes it on.
+	Kind JobKind
 	// Schedule is a cron expression with an optional seconds field
 	// ("0 30 1 * * *", "30 1 * * *", "@daily"), in the time zone a
 	// CRON_TZ= prefix names ("CRON_TZ=Europe/Paris 0 2 * * *"), else in
@@ -101,6 +113,8 @@ type Result struct {
 	// Started and Finished are the run's times when Find reports a result
 	// of an earlier run (zero: unknown).
 	Started, Finished time.Time
+	// QuerySeconds is a drill's restore-to-query time.
+	QuerySeconds float64
 }
 
 // Runner does the work of a job. Run must stop and clean up promptly when
@@ -117,7 +131,7 @@ type Runner interface {
 // Run is the record of one run, stored in etcd.
 type Run struct {
 	Job             string    `json:"job"`
-	Kind            string    `json:"kind"`
+	Kind            JobKind   `json:"kind"`
 	Scheduled       time.Time `json:"scheduled"`
 	Node            string    `json:"node"`
 	Role            string    `json:"role"`
@@ -133,6 +147,8 @@ type Run struct {
 	// found the scheduled time's result in the repository (a run whose
 	// own record could not be written); Node is then the recorder.
 	Adopted bool `json:"adopted,omitempty"`
+	// QuerySeconds is a drill's restore-to-query time (docs/drill.md).
+	QuerySeconds float64 `json:"restore_to_query_seconds,omitempty"`
 	// NextAttempt is when a failed attempt may be retried (attempt records).
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 }
@@ -180,6 +196,8 @@ type Scheduler struct {
 	jobs []scheduledJob
 	mu   sync.Mutex
 	etcd error // last etcd error, nil when the last request succeeded
+	// probed is false until etcd answered or failed once.
+	probed bool
 	// outage is true once an etcd outage was logged, until etcd answers.
 	outage bool
 	// held counts, per job, the locks this daemon holds and has not lost
@@ -261,12 +279,15 @@ func New(o Options) (*Scheduler, error) {
 // releases their locks and returns.
 func (s *Scheduler) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	// etcd's state is known from the start, not one poll interval later:
+	// pgkeep_etcd_up and /healthz are absent / 503 only until this answers.
+	s.probeOnce(ctx, func(ctx context.Context) error { _, err := s.o.HA.List(ctx, "clocks/"); return err })
 	if n, err := s.o.HA.MigrateRecords(ctx); err != nil {
 		s.log.Warn("moving run records from their old place under Patroni's prefix failed; will try at the next start", "err", err)
 	} else if n > 0 {
 		s.log.Info("moved run records from their old place under Patroni's prefix", "records", n)
 	}
-	s.loadLastSuccess(ctx)
+	s.loadLastRecorded(ctx)
 	for _, j := range s.jobs {
 		wg.Add(1)
 		go func() {
@@ -372,7 +393,7 @@ func (s *Scheduler) tick(ctx context.Context, j scheduledJob, t, deadline time.T
 		}
 		s.etcdUp()
 		if done {
-			s.o.Metrics.success(final)
+			s.o.Metrics.recorded(final)
 			return
 		}
 		if now.After(deadline) {
@@ -523,6 +544,7 @@ func (s *Scheduler) runLocked(ctx context.Context, log *slog.Logger, j scheduled
 	rec.Finished = s.now().UTC()
 	rec.DurationSeconds = rec.Finished.Sub(rec.Started).Seconds()
 	rec.BackupID, rec.Bytes = res.BackupID, res.Bytes
+	rec.QuerySeconds = res.QuerySeconds
 
 	rctx, rcancel := s.bg()
 	defer rcancel()
@@ -535,7 +557,7 @@ func (s *Scheduler) runLocked(ctx context.Context, log *slog.Logger, j scheduled
 			return false
 		}
 		s.o.Metrics.observe(rec)
-		s.o.Metrics.success(rec)
+		s.o.Metrics.recorded(rec)
 		log.Info("job succeeded", "backup_id", rec.BackupID, "bytes", rec.Bytes, "duration", time.Duration(rec.DurationSeconds*float64(time.Second)).Round(time.Millisecond))
 		s.prune(rctx, j.Name)
 		return true
@@ -590,7 +612,7 @@ func (s *Scheduler) adopt(log *slog.Logger, j scheduledJob, t time.Time, lock *h
 		log.Warn("the scheduled time's result was found in the repository but could not be recorded; the next attempt tries again", "backup_id", rec.BackupID, "err", err)
 		return false
 	}
-	s.o.Metrics.success(rec)
+	s.o.Metrics.recorded(rec)
 	log.Info("job result found in the repository and recorded: not run again", "backup_id", rec.BackupID)
 	rctx, cancel := s.bg()
 	defer cancel()
@@ -733,19 +755,22 @@ func nameTime(name string) int64 {
 	return n
 }
 
-// loadLastSuccess sets the last-success metric from the records at start.
-func (s *Scheduler) loadLastSuccess(ctx context.Context) {
-	runs, err := LastRuns(ctx, s.o.HA)
+// loadLastRecorded sets the last-success and last-failure metrics from
+// the final records at start.
+func (s *Scheduler) loadLastRecorded(ctx context.Context) {
+	runs, err := FinalRuns(ctx, s.o.HA)
 	if err != nil {
 		return
 	}
 	for _, r := range runs {
-		s.o.Metrics.success(r)
+		s.o.Metrics.recorded(r)
 	}
 }
 
-// LastRuns reads every final run record, oldest scheduled time first.
-func LastRuns(ctx context.Context, c *ha.Client) ([]Run, error) {
+// FinalRuns reads every final run record (all jobs, every scheduled time
+// still kept), oldest scheduled time first. LatestRuns is the newest run
+// of each job instead.
+func FinalRuns(ctx context.Context, c *ha.Client) ([]Run, error) {
 	out, err := readRuns(ctx, c, "runs/")
 	if err != nil {
 		return nil, err
@@ -834,7 +859,6 @@ func (s *Scheduler) lockLost(name string) {
 // etcd within about two poll intervals even while every job is waiting or
 // running (and makes no other request).
 func (s *Scheduler) probe(ctx context.Context) {
-	timeout := min(max(2*s.o.PollInterval, time.Second), 5*time.Second)
 	t := time.NewTicker(s.o.PollInterval)
 	defer t.Stop()
 	for {
@@ -843,24 +867,32 @@ func (s *Scheduler) probe(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		pctx, cancel := context.WithTimeout(ctx, timeout)
-		err := s.heartbeat(pctx)
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			s.etcdDown(err)
-		} else {
-			s.etcdUp()
-		}
+		s.probeOnce(ctx, s.heartbeat)
+	}
+}
+
+// probeOnce asks etcd once (the heartbeat, or at start a read that does
+// not count as one of the heartbeats scheduling waits for), bounded by
+// twice the poll interval (1 to 5 s).
+func (s *Scheduler) probeOnce(ctx context.Context, ask func(context.Context) error) {
+	timeout := min(max(2*s.o.PollInterval, time.Second), 5*time.Second)
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	err := ask(pctx)
+	cancel()
+	if ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		s.etcdDown(err)
+	} else {
+		s.etcdUp()
 	}
 }
 
 func (s *Scheduler) etcdDown(err error) {
 	s.mu.Lock()
 	first := !s.outage
-	s.etcd, s.outage = err, true
+	s.etcd, s.outage, s.probed = err, true, true
 	s.mu.Unlock()
 	s.o.Metrics.setEtcdUp(false)
 	if first {
@@ -871,7 +903,7 @@ func (s *Scheduler) etcdDown(err error) {
 func (s *Scheduler) etcdUp() {
 	s.mu.Lock()
 	was := s.outage
-	s.etcd, s.outage = nil, false
+	s.etcd, s.outage, s.probed = nil, false, true
 	s.mu.Unlock()
 	s.o.Metrics.setEtcdUp(true)
 	if was {
@@ -879,10 +911,17 @@ func (s *Scheduler) etcdUp() {
 	}
 }
 
+// errNotProbed is the health of a scheduler whose first etcd probe has
+// not answered yet.
+var errNotProbed = errors.New("not asked yet (starting)")
+
 // Healthy is nil when the last etcd request succeeded.
 func (s *Scheduler) Healthy() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.probed {
+		return errNotProbed
+	}
 	return s.etcd
 }
 

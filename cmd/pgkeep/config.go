@@ -18,6 +18,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/pgkeep/pgkeep/daemon"
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/restore"
 	"github.com/pgkeep/pgkeep/scheduler"
@@ -175,7 +176,7 @@ type DaemonConfig struct {
 // DaemonJob is one entry of daemon.jobs.
 type DaemonJob struct {
 	Name     string `yaml:"name"`
-	Kind     string `yaml:"kind"` // backup, retention, verify or drill
+	Kind     string `yaml:"kind"` // backup, retention, verify or drill (daemon.ParseJobKind)
 	Schedule string `yaml:"schedule"`
 	RunOn    string `yaml:"run_on"`
 	// MaxLag is bytes ("16MB", "1GB", "1048576"); default 16MB.
@@ -676,24 +677,17 @@ func (c *Config) validateDaemon(bad func(key, format string, args ...any) error)
 		}
 		seen[j.Name] = true
 		key = "daemon.jobs[" + j.Name + "]"
-		switch j.Kind {
-		case "backup", "verify":
-			if j.RetainFull != 0 || j.RetainDays != 0 {
-				return bad(key, "retain_full and retain_days are for retention jobs")
-			}
-		case "drill":
-			if j.RetainFull != 0 || j.RetainDays != 0 {
-				return bad(key, "retain_full and retain_days are for retention jobs")
-			}
+		kind, err := daemon.ParseJobKind(j.Kind)
+		if err != nil {
+			return bad(key+".kind", "%v", err)
+		}
+		if err := daemon.CheckJob(kind, daemon.JobSettings{RetainFull: j.RetainFull, RetainDays: j.RetainDays}); err != nil {
+			return bad(key, "%v", err)
+		}
+		if kind == scheduler.JobDrill {
 			if _, err := drillJobOptions(j); err != nil {
 				return bad(key, "%v", err)
 			}
-		case "retention":
-			if j.RetainFull < 0 || j.RetainDays < 0 || (j.RetainFull > 0) == (j.RetainDays > 0) {
-				return bad(key, "retention needs exactly one of retain_full or retain_days (>= 1)")
-			}
-		default:
-			return bad(key+".kind", "%q is not backup, retention, verify or drill", j.Kind)
 		}
 		if j.RunOn == "" && d.HA == "none" {
 			// One PostgreSQL: where to run is not a question.

@@ -4,22 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"runtime"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
-	"github.com/pgkeep/pgkeep/archive"
-	"github.com/pgkeep/pgkeep/ha"
+	"github.com/pgkeep/pgkeep/daemon"
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/scheduler"
+	"github.com/pgkeep/pgkeep/storage"
 )
 
 func newDaemonCmd(a *app) *cobra.Command {
@@ -54,12 +48,7 @@ See docs/daemon.md.`,
 	}
 }
 
-// daemonScheduler is the etcd scheduler or the local one (daemon.ha: none).
-type daemonScheduler interface {
-	Run(ctx context.Context) error
-	HealthHandler() http.Handler
-}
-
+// runDaemon turns the configuration into daemon.Options and runs it.
 func runDaemon(ctx context.Context, a *app) error {
 	cfg, d := a.cfg, a.cfg.Daemon
 	standalone := d.HA == "none"
@@ -77,38 +66,21 @@ func runDaemon(ctx context.Context, a *app) error {
 		}
 		member = h
 	}
-	var h *ha.Client
-	if !standalone {
-		var err error
-		if h, err = openHA(ctx, cfg, a.log); err != nil {
-			return err
-		}
-		defer h.Close()
-	}
-	r, err := openRepo(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	var metrics *scheduler.Metrics
-	if standalone {
-		metrics = scheduler.NewStandaloneMetrics(reg)
-	} else {
-		metrics = scheduler.NewMetrics(reg)
-	}
-	runner := &daemonRunner{cfg: cfg, r: r, log: a.log, jobs: map[string]DaemonJob{}}
-	var jobs []scheduler.Job
+	var jobs []daemon.Job
 	for _, j := range d.Jobs {
 		maxLag := j.MaxLag
 		if maxLag == "" {
 			maxLag = DefaultMaxLag
 		}
 		lag, _ := parseBytes(maxLag) // validated
-		jobs = append(jobs, scheduler.Job{Name: j.Name, Kind: j.Kind, Schedule: jobSchedule(d, j),
+		dj := daemon.Job{Job: scheduler.Job{Name: j.Name, Kind: scheduler.JobKind(j.Kind), Schedule: jobSchedule(d, j),
 			RunOn: scheduler.Policy(j.RunOn), MaxLag: lag, Window: j.Window,
-			RetainFull: j.RetainFull, RetainDays: j.RetainDays})
-		runner.jobs[j.Name] = j
+			RetainFull: j.RetainFull, RetainDays: j.RetainDays}, SpreadCheckpoint: j.Checkpoint == "spread"}
+		if dj.Kind == scheduler.JobDrill {
+			dj.Drill, _ = drillJobOptions(j) // validated
+			a.drillDefaults(&dj.Drill)
+		}
+		jobs = append(jobs, dj)
 	}
 	// A skewed clock, for the end-to-end tests of clock skew only: the
 	// scheduler's idea of this machine's time is moved by it.
@@ -121,160 +93,47 @@ func runDaemon(ctx context.Context, a *app) error {
 		a.log.Warn("PGKEEP_TEST_CLOCK_OFFSET is set: the daemon's clock is skewed on purpose (tests only)", "offset", off)
 		clock = func() time.Time { return time.Now().Add(off) }
 	}
-	var sched daemonScheduler
-	if standalone {
-		sched, err = scheduler.NewLocal(scheduler.LocalOptions{
-			Dir: d.LockDir, Member: member, Jobs: jobs, Runner: runner, Clock: clock,
-			PollInterval: d.PollInterval, Retries: d.Retries, RetryDelay: d.RetryDelay,
-			Metrics: metrics, Logger: a.log,
-		})
-	} else {
-		sched, err = scheduler.New(scheduler.Options{
-			HA: h, Member: member, Jobs: jobs, Runner: runner, Clock: clock,
-			LockTTL: d.LockTTL, TakeoverTimeout: d.TakeoverTimeout, TakeoverStagger: d.TakeoverStagger, PollInterval: d.PollInterval,
-			Retries: d.Retries, RetryDelay: d.RetryDelay, Metrics: metrics, Logger: a.log,
-		})
+	o := daemon.Options{
+		Member: member, Scope: cfg.Patroni.Scope, LockDir: d.LockDir, Jobs: jobs, Clock: clock,
+		LockTTL: d.LockTTL, TakeoverTimeout: d.TakeoverTimeout, TakeoverStagger: d.TakeoverStagger, PollInterval: d.PollInterval,
+		Retries: d.Retries, RetryDelay: d.RetryDelay,
+		Listen: d.Listen,
+		OpenRepository: func(ctx context.Context, wrap func(storage.Backend) storage.Backend) (*repo.Repository, error) {
+			return openRepoWrapped(ctx, cfg, cfg.Compression.Level, wrap)
+		},
+		Postgres:             func(ctx context.Context) (daemon.Archiver, error) { return archiverState(ctx, cfg) },
+		ArchiveCheckInterval: d.ArchiveCheckInterval,
+		Backup: daemon.BackupSettings{DSN: cfg.Postgres.DSN, PGData: cfg.PGData,
+			Workers: backupWorkers(cfg), Writers: cfg.UploadConcurrency},
+		VerifyConcurrency: cfg.DownloadConcurrency,
+		VerifyCache:       func(r *repo.Repository) *repo.VerifyCache { return openVerifyCache(cfg, a.log, r) },
+		Build:             daemon.BuildInfo{Version: version, Revision: buildCommit(), GoVersion: runtime.Version()},
+		Logger:            a.log,
 	}
-	if err != nil {
-		return &configError{err.Error()}
-	}
-	var srv *http.Server
-	if d.Listen != "" {
-		ln, err := net.Listen("tcp", d.Listen)
+	if !standalone {
+		h, err := openHA(ctx, cfg, a.log)
 		if err != nil {
-			return fmt.Errorf("daemon.listen: %w", err)
+			return err
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		mux.Handle("/healthz", sched.HealthHandler())
-		srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				a.log.Error("metrics server stopped", "err", err)
-			}
-		}()
-		a.log.Info("serving metrics", "address", ln.Addr().String())
+		defer h.Close()
+		o.HA = h
 	}
-	go archiveMetrics(ctx, cfg, metrics, d.ArchiveCheckInterval)
-	if standalone {
-		a.log.Info("daemon starting without Patroni (daemon.ha: none)", "member", member, "lock_dir", d.LockDir, "jobs", len(jobs))
-	} else {
-		a.log.Info("daemon starting", "member", member, "scope", cfg.Patroni.Scope, "jobs", len(jobs))
-	}
-	err = sched.Run(ctx)
-	if srv != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		srv.Shutdown(sctx)
-		cancel()
+	err := daemon.Run(ctx, o)
+	if ce := (*daemon.ConfigError)(nil); errors.As(err, &ce) {
+		return &configError{ce.Msg}
 	}
 	return err
 }
 
-// archiveMetrics refreshes the archive metrics from pg_stat_archiver until
-// ctx ends. The lag is the age of the last archived segment; unknown (-1)
-// on a standby that does not archive, or when PostgreSQL is unreachable.
-func archiveMetrics(ctx context.Context, cfg Config, m *scheduler.Metrics, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		lag, failed := -1.0, int64(-1)
-		if rep := postgresStatus(ctx, cfg); rep.archiverReport != nil {
-			ar := rep.archiverReport
-			failed = ar.FailedCount
-			archiving := !ar.InRecovery || ar.ArchiveMode == "always"
-			if archiving && ar.LastArchivedTime != nil {
-				lag = time.Since(*ar.LastArchivedTime).Seconds()
-			}
-		}
-		m.SetArchive(lag, failed)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+// archiverState is pg_stat_archiver of the local PostgreSQL, for the
+// daemon's archive metrics.
+func archiverState(ctx context.Context, cfg Config) (daemon.Archiver, error) {
+	rep := postgresStatus(ctx, cfg)
+	ar := rep.archiverReport
+	if ar == nil {
+		return daemon.Archiver{}, errors.New(rep.Error)
 	}
-}
-
-// daemonRunner runs the daemon's jobs against the repository and the local
-// PostgreSQL.
-type daemonRunner struct {
-	cfg  Config
-	r    *repo.Repository
-	log  *slog.Logger
-	jobs map[string]DaemonJob
-}
-
-func (d *daemonRunner) Run(ctx context.Context, job scheduler.Job, scheduled time.Time) (scheduler.Result, error) {
-	switch job.Kind {
-	case "backup":
-		m, err := archive.Backup(ctx, d.r, archive.BackupOptions{
-			Schedule:       &repo.Schedule{Job: job.Name, Time: scheduled.UTC()},
-			DSN:            d.cfg.Postgres.DSN,
-			PGData:         d.cfg.PGData,
-			FastCheckpoint: d.jobs[job.Name].Checkpoint != "spread",
-			Workers:        runtime.NumCPU(),
-			Writers:        d.cfg.UploadConcurrency,
-			WALTimeout:     5 * time.Minute,
-			Logger:         d.log.With("job", job.Name),
-		})
-		if errors.Is(err, repo.ErrScheduleTaken) {
-			return scheduler.Result{}, fmt.Errorf("%w: %w", scheduler.ErrAlreadyDone, err)
-		}
-		if err != nil {
-			return scheduler.Result{}, err
-		}
-		return scheduler.Result{BackupID: m.ID, Bytes: m.DataSize}, nil
-	case "retention":
-		plan, err := d.r.PlanRetention(ctx, repo.RetentionOptions{
-			RetainFull: job.RetainFull, RetainDays: job.RetainDays,
-			DebrisMinAge: time.Hour, Now: time.Now(),
-		})
-		if err != nil {
-			return scheduler.Result{}, err
-		}
-		if err := d.r.ApplyRetention(ctx, plan); err != nil {
-			return scheduler.Result{}, err
-		}
-		d.log.Info("retention applied", "job", job.Name, "backups_deleted", len(plan.Backups), "debris_deleted", len(plan.Debris), "wal_deleted", len(plan.WAL))
-		return scheduler.Result{}, nil
-	case "verify":
-		backups, _, err := d.r.ListBackups(ctx)
-		if err != nil {
-			return scheduler.Result{}, err
-		}
-		if len(backups) == 0 {
-			return scheduler.Result{}, errors.New("verify: the repository has no backup")
-		}
-		b := backups[len(backups)-1]
-		rep, err := d.r.Verify(ctx, repo.VerifyOptions{
-			BackupIDs:   []string{b.ID},
-			Cache:       openVerifyCache(d.cfg, d.log, d.r),
-			Concurrency: d.cfg.DownloadConcurrency,
-			Logger:      d.log,
-		})
-		if err != nil {
-			return scheduler.Result{BackupID: b.ID}, fmt.Errorf("verify %s: %w", b.ID, err)
-		}
-		if probs := rep.Problems; len(probs) > 0 {
-			return scheduler.Result{BackupID: b.ID}, fmt.Errorf("verify %s: %d problems, first: %s", b.ID, len(probs), probs[0])
-		}
-		d.log.Info("verified", "job", job.Name, "backup", b.ID, "wal_objects", rep.WAL.Objects, "wal_read", rep.WAL.Read, "wal_from_cache", rep.WAL.Cached)
-		return scheduler.Result{BackupID: b.ID, Bytes: b.StoredSize}, nil
-	}
-	return scheduler.Result{}, fmt.Errorf("unknown job kind %q", job.Kind)
-}
-
-// Find looks in the repository for the backup committed for a backup
-// job's scheduled time (the summary carries job and time, and the
-// repository's claim lets only one backup commit per time). Retention and
-// verify leave no such trace: they are found never, and run again.
-func (d *daemonRunner) Find(ctx context.Context, job scheduler.Job, scheduled time.Time) (scheduler.Result, bool, error) {
-	if job.Kind != "backup" {
-		return scheduler.Result{}, false, nil
-	}
-	s, found, err := d.r.FindScheduled(ctx, repo.Schedule{Job: job.Name, Time: scheduled.UTC()})
-	if err != nil || !found {
-		return scheduler.Result{}, false, err
-	}
-	return scheduler.Result{BackupID: s.ID, Bytes: s.DataSize, Started: s.StartTime, Finished: s.StopTime}, true, nil
+	return daemon.Archiver{InRecovery: ar.InRecovery, ArchiveMode: ar.ArchiveMode,
+		ArchivedCount: ar.ArchivedCount, LastArchivedTime: ar.LastArchivedTime,
+		FailedCount: ar.FailedCount, LastFailedTime: ar.LastFailedTime}, nil
 }

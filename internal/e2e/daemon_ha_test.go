@@ -63,7 +63,7 @@ func committedBackups(t *testing.T, r *testRepo) []repoBackup {
 func tryRecords(h *ha.Client, job string) ([]scheduler.Run, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	runs, err := scheduler.LastRuns(ctx, h)
+	runs, err := scheduler.FinalRuns(ctx, h)
 	var out []scheduler.Run
 	for _, r := range runs {
 		if r.Job == job {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgkeep/pgkeep/daemon"
 	"github.com/pgkeep/pgkeep/internal/patronitest"
 	"github.com/pgkeep/pgkeep/internal/pgtest"
 	"github.com/pgkeep/pgkeep/internal/testbin"
@@ -181,7 +182,7 @@ func TestStandaloneDaemonExactlyOnce(t *testing.T) {
 		return sum(before) == sum(scrapes) && int(sum(scrapes)) == len(runs), nil
 	})
 	for i, sc := range scrapes {
-		for _, m := range []string{scheduler.MetricRuns, scheduler.MetricLastSuccess, scheduler.MetricHeld, scheduler.MetricArchiveLag} {
+		for _, m := range []string{scheduler.MetricRuns, scheduler.MetricLastSuccess, scheduler.MetricHeld, daemon.MetricArchiveLastArchived} {
 			if !strings.Contains(sc, m) {
 				t.Errorf("daemon %d: /metrics has no %s", i, m)
 			}

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/pgkeep/pgkeep/daemon"
 	"github.com/pgkeep/pgkeep/ha"
 	"github.com/pgkeep/pgkeep/internal/patronitest"
 	"github.com/pgkeep/pgkeep/internal/pgtest"
@@ -179,7 +180,7 @@ func records(t *testing.T, h *ha.Client, job string) []scheduler.Run {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	runs, err := scheduler.LastRuns(ctx, h)
+	runs, err := scheduler.FinalRuns(ctx, h)
 	if err != nil {
 		t.Fatalf("read run records: %v", err)
 	}
@@ -308,7 +309,7 @@ func TestPatroniDaemon(t *testing.T) {
 		scheduler.MetricLastSuccess + `{job_name="backup"}`,
 		scheduler.MetricDuration + `_count{job_name="backup"}`,
 		scheduler.MetricEtcdUp + " 1",
-		scheduler.MetricArchiveFailed,
+		daemon.MetricArchiveFailed,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics of %s lack %q", second.Node, want)
