@@ -3,14 +3,19 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pgkeep/pgkeep/internal/pgtest"
+	"github.com/pgkeep/pgkeep/internal/testbin"
 	"github.com/pgkeep/pgkeep/pg"
+	"github.com/pgkeep/pgkeep/scheduler"
 )
 
 // drillResult is what pgkeep drill --json prints.
@@ -153,6 +158,98 @@ func TestDrill(t *testing.T) {
 		}
 		assertNothingLeft(t, "drill of a corrupt pack", parent)
 		assertKept(t, "drill of a corrupt pack", cpBefore, objectSums(t, cp.repoDir), nil)
+	})
+
+	t.Run("interrupted", func(t *testing.T) {
+		// SIGTERM while the copy's PostgreSQL runs: it is stopped and the
+		// scratch directory removed all the same.
+		parent := pgtest.TempDir(t)
+		cmd := exec.Command(testbin.Pgkeep(t), "drill", "--scratch-dir", parent)
+		cmd.Env = append([]string{"PATH=/usr/bin:/bin", "HOME=/tmp"}, env...)
+		cmd.Dir = "/"
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		pgtest.AsPostgres(t, cmd)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			if m, _ := filepath.Glob(filepath.Join(parent, "pgkeep-drill-*", "data", "postmaster.pid")); len(m) > 0 {
+				break
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("drill ended (%v) before its PostgreSQL started:\n%s", err, stderr.String())
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the drill's PostgreSQL did not start within 2 minutes")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Errorf("an interrupted drill exited 0:\n%s", stderr.String())
+			}
+		case <-time.After(3 * time.Minute):
+			cmd.Process.Kill()
+			t.Fatal("the drill did not end within 3 minutes of SIGTERM")
+		}
+		t.Logf("interrupted drill: %s", lastLine(stderr.String()))
+		assertNothingLeft(t, "interrupted drill", parent)
+	})
+
+	t.Run("daemon job", func(t *testing.T) {
+		// A drill job that succeeds and one whose SQL check fails, in a
+		// daemon without Patroni: the records and the drill metrics.
+		good, bad := pgtest.TempDir(t), pgtest.TempDir(t)
+		lockDir := pgtest.MkdirFor(t, filepath.Join(pgtest.TempDir(t), "lock"))
+		jobs := fmt.Sprintf(`    - {name: drill-ok, kind: drill, schedule: "0/30 * * * * *", window: 60s, scratch_dir: %s, amcheck_tables: 5, sql: "SELECT count(*) = 1100 FROM drill_rows"}
+    - {name: drill-bad, kind: drill, schedule: "15/30 * * * * *", window: 60s, scratch_dir: %s, amcheck_tables: -1, sql: "SELECT false"}
+`, good, bad)
+		d := startStandaloneDaemon(t, r, c, "solo", lockDir, jobs)
+		var okRun, badRun scheduler.Run
+		pgtest.WaitFor(t, 4*time.Minute, "a recorded success of drill-ok and a recorded failure of drill-bad", func() (bool, error) {
+			select {
+			case err := <-d.done:
+				d.done <- err
+				t.Fatalf("daemon exited: %v\n%s", err, pgtest.Tail(d.Log(), 2000))
+			default:
+			}
+			var okDone, badDone bool
+			for _, run := range localRuns(t, lockDir, "drill-ok") {
+				okRun, okDone = run, run.Status == scheduler.StatusSucceeded
+			}
+			for _, run := range localRuns(t, lockDir, "drill-bad") {
+				badRun, badDone = run, run.Status == scheduler.StatusFailed
+			}
+			return okDone && badDone, nil
+		})
+		if okRun.BackupID != id || okRun.QuerySeconds <= 0 || okRun.Kind != scheduler.JobDrill {
+			t.Errorf("drill-ok record: %+v", okRun)
+		}
+		if !strings.Contains(badRun.Error, "sql check") || !strings.Contains(badRun.Error, id) {
+			t.Errorf("drill-bad record: %+v", badRun)
+		}
+		sc := scrape(t, d.metrics)
+		last := metricValue(t, sc, scheduler.MetricDrillLast, `job_name="drill-ok"`)
+		if want := float64(okRun.Finished.UnixMilli()) / 1000; last < want {
+			t.Errorf("%s{drill-ok} = %v, the record's end is %v", scheduler.MetricDrillLast, last, want)
+		}
+		if q := metricValue(t, sc, scheduler.MetricDrillQuery, `job_name="drill-ok"`); q <= 0 {
+			t.Errorf("%s{drill-ok} = %v", scheduler.MetricDrillQuery, q)
+		}
+		if strings.Contains(sc, scheduler.MetricDrillLast+`{job_name="drill-bad"}`) {
+			t.Errorf("a drill job that never succeeded has %s", scheduler.MetricDrillLast)
+		}
+		d.stop(t)
+		assertNothingLeft(t, "daemon drill-ok", good)
+		assertNothingLeft(t, "daemon drill-bad", bad)
 	})
 
 	// The repository byte for byte, and the member: same postmaster, same
