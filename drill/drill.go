@@ -152,7 +152,8 @@ func Run(ctx context.Context, r *repo.Repository, o Options) (res Result, err er
 	if err := checkBudget(o, sum); err != nil {
 		return res, fmt.Errorf("drill: %w", err)
 	}
-	dir, err := makeScratch(o)
+	removeStale(o.ScratchDir, log)
+	dir, lock, err := makeScratch(o)
 	if err != nil {
 		return res, fmt.Errorf("drill: %w", err)
 	}
@@ -160,6 +161,9 @@ func Run(ctx context.Context, r *repo.Repository, o Options) (res Result, err er
 	log = log.With("drill", filepath.Base(dir))
 	var srv *server
 	defer func() {
+		if ctx.Err() != nil && err != nil {
+			err = fmt.Errorf("drill of backup %s interrupted (%w); the copy was stopped and removed", res.BackupID, ctx.Err())
+		}
 		// Whatever happened: stop the copy, remove its directory.
 		if srv != nil {
 			if serr := srv.stop(); serr != nil {
@@ -169,6 +173,7 @@ func Run(ctx context.Context, r *repo.Repository, o Options) (res Result, err er
 		if rerr := os.RemoveAll(dir); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("drill: remove scratch directory: %w", rerr))
 		}
+		lock.Close()
 		res.Finished = time.Now()
 	}()
 
@@ -324,8 +329,8 @@ func checkBudget(o Options, s repo.Summary) error {
 
 // makeScratch creates the scratch directory, after checking that no
 // directory of that name could overlap the member's data directory or a
-// running cluster's.
-func makeScratch(o Options) (string, error) {
+// running cluster's, and locks it (see removeStale) for the drill's life.
+func makeScratch(o Options) (string, *os.File, error) {
 	running := pg.RunningClusters()
 	if o.MemberDataDir != "" {
 		running = append(running, pg.RunningCluster{DataDir: o.MemberDataDir})
@@ -336,22 +341,60 @@ func makeScratch(o Options) (string, error) {
 		if c.PID == 0 {
 			what = "this member's data directory " + used
 		}
-		return "", fmt.Errorf("scratch directory %s overlaps %s; choose another scratch directory", o.ScratchDir, what)
+		return "", nil, fmt.Errorf("scratch directory %s overlaps %s; choose another scratch directory", o.ScratchDir, what)
 	}
 	dir, err := os.MkdirTemp(o.ScratchDir, scratchPrefix)
 	if err != nil {
-		return "", fmt.Errorf("scratch directory: %w", err)
+		return "", nil, fmt.Errorf("scratch directory: %w", err)
+	}
+	fail := func(err error) (string, *os.File, error) {
+		os.RemoveAll(dir)
+		return "", nil, err
 	}
 	// The socket lives here (trust auth): only this user may reach it.
 	if err := os.Chmod(dir, 0o700); err != nil {
-		os.Remove(dir)
-		return "", fmt.Errorf("scratch directory: %w", err)
+		return fail(fmt.Errorf("scratch directory: %w", err))
 	}
 	if len(socketPath(dir, 65535)) > maxSocketPath {
-		os.Remove(dir)
-		return "", fmt.Errorf("scratch directory %s: its path is too long for PostgreSQL's unix socket (at most %d bytes with the socket name); choose a shorter one", dir, maxSocketPath)
+		return fail(fmt.Errorf("scratch directory %s: its path is too long for PostgreSQL's unix socket (at most %d bytes with the socket name); choose a shorter one", dir, maxSocketPath))
 	}
-	return dir, nil
+	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_CREATE|os.O_RDWR, 0o600)
+	if err == nil {
+		if err = unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			lock.Close()
+		}
+	}
+	if err != nil {
+		return fail(fmt.Errorf("scratch directory: lock: %w", err))
+	}
+	return dir, lock, nil
+}
+
+// lockName is the file a running drill holds a flock on in its scratch
+// directory.
+const lockName = ".pgkeep-drill.lock"
+
+// removeStale removes the scratch directories of drills that died without
+// cleaning up (pgkeep killed): those in parent whose lock nobody holds and
+// whose PostgreSQL does not run. A directory without a lock file (one
+// being created this very moment) is left alone.
+func removeStale(parent string, log *slog.Logger) {
+	dirs, _ := filepath.Glob(filepath.Join(parent, scratchPrefix+"*"))
+	for _, d := range dirs {
+		f, err := os.OpenFile(filepath.Join(d, lockName), os.O_RDWR, 0)
+		if err != nil {
+			continue
+		}
+		free := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil
+		if free && pg.PostmasterPID(filepath.Join(d, "data")) == 0 {
+			if err := os.RemoveAll(d); err != nil {
+				log.Warn("drill: could not remove the scratch directory of a drill that died", "dir", d, "err", err)
+			} else {
+				log.Warn("drill: removed the scratch directory of a drill that died", "dir", d)
+			}
+		}
+		f.Close()
+	}
 }
 
 // MarshalJSON writes the durations in seconds.
