@@ -111,6 +111,18 @@ func TestDrill(t *testing.T) {
 		assertNothingLeft(t, "drill (text)", parent)
 	})
 
+	t.Run("target immediate", func(t *testing.T) {
+		// Recovery stops where the backup is consistent: without the rows
+		// written after it.
+		parent := pgtest.TempDir(t)
+		res := runPgkeep(t, env, "", "drill", "--scratch-dir", parent, "--amcheck-tables", "-1", "--target", "immediate",
+			"--sql", "SELECT count(*) = 1000 FROM drill_rows")
+		if res.code != 0 {
+			t.Errorf("drill --target immediate: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+		}
+		assertNothingLeft(t, "drill --target immediate", parent)
+	})
+
 	t.Run("sql check false", func(t *testing.T) {
 		parent := pgtest.TempDir(t)
 		res := runPgkeep(t, env, "", "drill", "--scratch-dir", parent, "--amcheck-tables", "-1",
@@ -158,6 +170,23 @@ func TestDrill(t *testing.T) {
 		}
 		assertNothingLeft(t, "drill of a corrupt pack", parent)
 		assertKept(t, "drill of a corrupt pack", cpBefore, objectSums(t, cp.repoDir), nil)
+	})
+
+	t.Run("corrupt WAL", func(t *testing.T) {
+		// The segment with the rows written after the backup: recovery
+		// must stop there (not promote without them), and the drill name it.
+		cp := copyRepo(t, r, "")
+		flipByte(t, filepath.Join(cp.repoDir, "wal", seg[:16], seg))
+		cpBefore := objectSums(t, cp.repoDir)
+		parent := pgtest.TempDir(t)
+		res := runPgkeep(t, envWith(env, "PGKEEP_REPOSITORY=file://"+cp.repoDir), "", "drill", "--scratch-dir", parent, "--amcheck-tables", "-1")
+		line := lastLine(res.stderr)
+		t.Logf("drill with a corrupt WAL segment: %s", line)
+		if res.code == 0 || !strings.Contains(line, seg) || !strings.Contains(line, "corrupt") {
+			t.Errorf("drill with a corrupt WAL segment: exit %d, last line %q\n%s", res.code, line, res.stderr)
+		}
+		assertNothingLeft(t, "drill with a corrupt WAL segment", parent)
+		assertKept(t, "drill with a corrupt WAL segment", cpBefore, objectSums(t, cp.repoDir), nil)
 	})
 
 	t.Run("interrupted", func(t *testing.T) {
