@@ -131,7 +131,19 @@ func firstLines(s string, n int) string {
 			break
 		}
 	}
-	out := strings.Join(lines, "; ")
+	// pg_amcheck prints "heap table "db.s.t", block 0, offset 1:" and
+	// the problem on the next line: keep them one sentence.
+	out := ""
+	for i, l := range lines {
+		switch {
+		case i == 0:
+		case strings.HasSuffix(lines[i-1], ":"):
+			out += " "
+		default:
+			out += "; "
+		}
+		out += l
+	}
 	if len(out) > 600 {
 		out = out[:600] + "…"
 	}

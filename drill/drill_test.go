@@ -131,3 +131,10 @@ func TestRemoveStale(t *testing.T) {
 		t.Error("removeStale took the live drill's lock")
 	}
 }
+
+func TestFirstLines(t *testing.T) {
+	out := "heap table \"postgres.public.victim\", block 0, offset 100:\n    xmin 2147483632 equals or exceeds next valid transaction ID 0:727\nbtree index \"postgres.public.i\":\n    bad\nmore\n"
+	if got, want := firstLines(out, 3), `heap table "postgres.public.victim", block 0, offset 100: xmin 2147483632 equals or exceeds next valid transaction ID 0:727; btree index "postgres.public.i":`; got != want {
+		t.Errorf("firstLines = %q\nwant %q", got, want)
+	}
+}
