@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -189,6 +190,38 @@ func TestAlertRulesPromtool(t *testing.T) {
 			if !fires[r.Alert] || !silent[r.Alert] {
 				t.Errorf("alert %s: testdata/alerts_test.yml needs a case where it fires (%v) and one where it is silent (%v)", r.Alert, fires[r.Alert], silent[r.Alert])
 			}
+		}
+	}
+}
+
+// The dashboard's expressions use only exported metrics, and no job of
+// daemon.jobs by name (internal/e2e runs each against a real Prometheus).
+func TestDashboardUsesExportedMetrics(t *testing.T) {
+	data, err := os.ReadFile("../configs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []json.RawMessage `json:"panels"`
+	}
+	if err := json.Unmarshal(data, &d); err != nil {
+		t.Fatalf("configs/grafana-dashboard.json: %v", err)
+	}
+	exprs := regexp.MustCompile(`"expr":\s*"((?:[^"\\]|\\.)*)"`).FindAllSubmatch(data, -1)
+	if len(exprs) < 10 {
+		t.Fatalf("dashboard: %d expressions", len(exprs))
+	}
+	known := exported()
+	for _, m := range exprs {
+		var e string
+		if err := json.Unmarshal([]byte(`"`+string(m[1])+`"`), &e); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range usesUnknown(e, known) {
+			t.Errorf("dashboard expression %s uses %s, which the daemon does not export", e, n)
+		}
+		if strings.Contains(e, "job_name=") {
+			t.Errorf("dashboard expression %s names a job of daemon.jobs", e)
 		}
 	}
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/pgkeep/pgkeep/drill"
 	"github.com/pgkeep/pgkeep/ha"
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/scheduler"
@@ -75,14 +74,11 @@ type Options struct {
 	Logger   *slog.Logger
 }
 
-// Job is one entry of daemon.jobs.
+// Job is one entry of daemon.jobs: what the scheduler needs, and the
+// settings of its kind.
 type Job struct {
 	scheduler.Job
-	// SpreadCheckpoint asks backup jobs for a spread checkpoint (default
-	// fast).
-	SpreadCheckpoint bool
-	// Drill is what drill jobs run (daemon/drill.go).
-	Drill drill.Options
+	JobSettings
 }
 
 // BackupSettings are what backup jobs pass to archive.Backup.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pgkeep/pgkeep/archive"
+	"github.com/pgkeep/pgkeep/drill"
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/scheduler"
 )
@@ -34,9 +35,17 @@ var kinds = []kind{
 	{name: scheduler.JobDrill, check: noRetention, run: (*runner).drill},
 }
 
-// JobSettings are the kind-specific keys of a daemon.jobs entry.
+// JobSettings are the kind-specific keys of a daemon.jobs entry; each
+// kind's check refuses what it must not be given (checkpoint is ignored
+// by the kinds that take no backup, as it always was).
 type JobSettings struct {
+	// RetainFull / RetainDays: retention jobs, exactly one of them.
 	RetainFull, RetainDays int
+	// SpreadCheckpoint asks backup jobs for a spread checkpoint (default
+	// fast).
+	SpreadCheckpoint bool
+	// Drill is what drill jobs run (daemon/drill.go, docs/drill.md).
+	Drill drill.Options
 }
 
 func kindOf(k scheduler.JobKind) (kind, bool) {

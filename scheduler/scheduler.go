@@ -102,8 +102,6 @@ type Job struct {
 	// Window is how long after its scheduled time a run may still start
 	// (or be taken over, or retried); 0 means until the next scheduled time.
 	Window time.Duration
-	// RetainFull and RetainDays are for retention jobs.
-	RetainFull, RetainDays int
 }
 
 // Result is what a successful run produced.

@@ -9,6 +9,8 @@ command -v pgbackrest >/dev/null || need+=(pgbackrest)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v patroni >/dev/null || need+=(patroni)
 command -v haproxy >/dev/null || need+=(haproxy)
+# daemon/alerts_test.go and internal/e2e: promtool and a real Prometheus.
+command -v promtool >/dev/null || need+=(prometheus)
 # internal/packaging: man renders the installed pages, systemd-analyze rates
 # and verifies the units, file tells a static binary.
 command -v man >/dev/null || need+=(man-db)
@@ -22,7 +24,7 @@ if [ ${#need[@]} -gt 0 ]; then
 	$SUDO apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 	# Debian starts these services on install; tests run their own instances.
-	for s in etcd patroni haproxy postgresql; do
+	for s in etcd patroni haproxy postgresql prometheus; do
 		$SUDO systemctl disable --now "$s" >/dev/null 2>&1 || true
 	done
 fi

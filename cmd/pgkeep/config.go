@@ -681,7 +681,7 @@ func (c *Config) validateDaemon(bad func(key, format string, args ...any) error)
 		if err != nil {
 			return bad(key+".kind", "%v", err)
 		}
-		if err := daemon.CheckJob(kind, daemon.JobSettings{RetainFull: j.RetainFull, RetainDays: j.RetainDays}); err != nil {
+		if err := daemon.CheckJob(kind, daemon.JobSettings{RetainFull: j.RetainFull, RetainDays: j.RetainDays, SpreadCheckpoint: j.Checkpoint == "spread"}); err != nil {
 			return bad(key, "%v", err)
 		}
 		if kind == scheduler.JobDrill {
