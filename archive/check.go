@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
 )
 
@@ -42,8 +43,8 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (CheckResult
 		return res, fmt.Errorf("check: %w", err)
 	}
 	defer conn.Close(context.Background())
-	var mode, command string
-	if err := conn.QueryRow(ctx, "SELECT current_setting('archive_mode'), current_setting('archive_command')").Scan(&mode, &command); err != nil {
+	mode, command, err := pg.ArchiveSettings(ctx, conn)
+	if err != nil {
 		return res, fmt.Errorf("check: read archive settings: %w", err)
 	}
 	if mode == "off" {
@@ -51,24 +52,24 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (CheckResult
 	}
 	// A standby archives only with archive_mode = always; either way its
 	// primary's archiving is what makes the WAL, and it cannot switch WAL.
-	if (!si.standby || mode == "always") && !strings.Contains(command, "wal-push") {
+	if (!si.Standby || mode == "always") && !strings.Contains(command, "wal-push") {
 		// Not the command itself: it may carry credentials.
 		log.Warn("archive_command does not call pgkeep wal-push; checking that it still fills the repository")
 	}
-	res.Standby = si.standby
-	if si.standby {
+	res.Standby = si.Standby
+	if si.Standby {
 		return res, nil
 	}
 	// A restore point makes sure the segment holds WAL, so the switch
 	// happens even on an idle server; pg_walfile_name names the segment the
 	// switch completed, on the current timeline.
-	var seg string
-	if err := conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_create_restore_point('pgkeep check')) rp").Scan(&seg); err != nil {
+	seg, err := pg.SwitchWALWithRestorePoint(ctx, conn, "pgkeep check")
+	if err != nil {
 		return res, fmt.Errorf("check: switch WAL: %w", err)
 	}
 	start := time.Now()
-	probe := func() (archiverState, error) { return queryArchiver(ctx, conn) }
-	if err := waitForWAL(ctx, r, seg, seg, si.segmentSize, o.Timeout, probe, log); err != nil {
+	probe := func() (pg.ArchiverState, error) { return pg.QueryArchiver(ctx, conn) }
+	if err := waitForWAL(ctx, r, seg, seg, si.SegmentSize, o.Timeout, probe, log); err != nil {
 		return res, fmt.Errorf("check: %w", err)
 	}
 	res.Segment, res.Elapsed = seg, time.Since(start)

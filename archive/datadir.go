@@ -6,36 +6,12 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 
+	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
 )
-
-// What a base backup leaves out, following PostgreSQL's own list for
-// pg_basebackup (src/backend/backup/basebackup.c) plus the recovery signal
-// files, which restore writes itself.
-var (
-	// Directories kept, but empty.
-	excludeDirContents = map[string]bool{
-		"pg_stat_tmp": true, "pg_replslot": true, "pg_dynshmem": true, "pg_notify": true,
-		"pg_serial": true, "pg_snapshots": true, "pg_subtrans": true, "pg_wal": true,
-	}
-	// Files left out wherever they are.
-	excludeFilesAnywhere = map[string]bool{"pg_internal.init": true}
-	// Files left out at the top level.
-	excludeTopFiles = map[string]bool{
-		"postgresql.auto.conf.tmp": true, "current_logfiles": true, "backup_label": true,
-		"tablespace_map": true, "postmaster.pid": true, "postmaster.opts": true,
-		"backup_manifest": true, "standby.signal": true, "recovery.signal": true,
-		"backup_label.old": true,
-	}
-	tempRelRE = regexp.MustCompile(`^t[0-9]+_[0-9]+`)
-	relRE     = regexp.MustCompile(`^([0-9]+)(_[a-z]+)?(\.[0-9]+)?$`)
-)
-
-const tempPrefix = "pgsql_tmp"
 
 // sourceFile is a file to back up.
 type sourceFile struct {
@@ -74,7 +50,7 @@ func dataDirContents(pgdata string) (files []sourceFile, dirs []repo.Dir, tbs []
 			if rel == "." {
 				return nil
 			}
-			if strings.HasPrefix(name, tempPrefix) {
+			if strings.HasPrefix(name, pg.TempPrefix) {
 				if d.IsDir() {
 					return filepath.SkipDir
 				}
@@ -105,7 +81,7 @@ func dataDirContents(pgdata string) (files []sourceFile, dirs []repo.Dir, tbs []
 			}
 			if d.IsDir() {
 				dirs = append(dirs, repo.Dir{Path: rel, Mode: uint32(info.Mode().Perm())})
-				if prefix == "" && excludeDirContents[rel] {
+				if prefix == "" && pg.ExcludeDirContents(rel) {
 					if rel == "pg_wal" {
 						dirs = append(dirs, repo.Dir{Path: "pg_wal/archive_status", Mode: 0o700})
 					}
@@ -116,10 +92,7 @@ func dataDirContents(pgdata string) (files []sourceFile, dirs []repo.Dir, tbs []
 			if !info.Mode().IsRegular() {
 				return nil
 			}
-			if excludeFilesAnywhere[name] || (prefix == "" && !strings.Contains(rel, "/") && excludeTopFiles[name]) {
-				return nil
-			}
-			if tempRelRE.MatchString(name) {
+			if pg.ExcludeFile(rel, prefix == "") {
 				return nil
 			}
 			files = append(files, sourceFile{Rel: rel, Abs: p, Size: info.Size(), Mode: info.Mode().Perm()})
@@ -171,8 +144,8 @@ func followLink(p, rel string, files *[]sourceFile, dirs *[]repo.Dir, followed *
 func dropUnlogged(files []sourceFile) []sourceFile {
 	unlogged := map[string]bool{} // dir + "/" + relfilenode
 	for _, f := range files {
-		if m := relRE.FindStringSubmatch(path.Base(f.Rel)); m != nil && m[2] == "_init" {
-			unlogged[path.Dir(f.Rel)+"/"+m[1]] = true
+		if node, fork, ok := pg.RelationFork(path.Base(f.Rel)); ok && fork == "init" {
+			unlogged[path.Dir(f.Rel)+"/"+node] = true
 		}
 	}
 	if len(unlogged) == 0 {
@@ -180,7 +153,7 @@ func dropUnlogged(files []sourceFile) []sourceFile {
 	}
 	out := files[:0]
 	for _, f := range files {
-		if m := relRE.FindStringSubmatch(path.Base(f.Rel)); m != nil && m[2] != "_init" && unlogged[path.Dir(f.Rel)+"/"+m[1]] {
+		if node, fork, ok := pg.RelationFork(path.Base(f.Rel)); ok && fork != "init" && unlogged[path.Dir(f.Rel)+"/"+node] {
 			continue
 		}
 		out = append(out, f)

@@ -21,12 +21,11 @@ import (
 
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
-	"github.com/pgkeep/pgkeep/storage"
 )
 
 // ErrConflict means the repository already holds a different file under the
 // name being pushed. The stored file is never replaced.
-var ErrConflict = errors.New("a different file with this name is already archived; refusing to overwrite it")
+var ErrConflict = repo.ErrWALConflict
 
 // PushOptions configures one archive_command call.
 type PushOptions struct {
@@ -140,39 +139,23 @@ func pushFile(ctx context.Context, r *repo.Repository, path string, sysid uint64
 	if err != nil {
 		return pushedRecord{}, err
 	}
-	objName := repo.WALObjectName(wf)
 	rec := pushedRecord{Repo: r.ID(), Size: fi.Size(), ModTime: fi.ModTime().UnixNano()}
-	var sum [32]byte
 	if diverged == nil {
-		sum, err = r.PutReader(ctx, objName, f, fi.Size(), storage.PutOptions{IfAbsent: true})
+		sum, err := r.PutWAL(ctx, wf, f, fi.Size())
 		rec.SHA256 = hex.EncodeToString(sum[:])
-		if err == nil {
-			return rec, nil
-		}
-		if !errors.Is(err, storage.ErrExists) {
-			return rec, err
-		}
-	} else {
-		// Only the very same file, archived before the fork was known, is
-		// accepted: PostgreSQL retries a refused file forever.
-		if sum, err = fileSHA256(f); err != nil {
-			return rec, err
-		}
-		rec.SHA256 = hex.EncodeToString(sum[:])
+		return rec, err
 	}
-	h, err := r.Header(ctx, objName)
-	if errors.Is(err, storage.ErrNotFound) && diverged != nil {
-		return rec, diverged
-	}
+	// Only the very same file, archived before the fork was known, is
+	// accepted: PostgreSQL retries a refused file forever.
+	sum, err := fileSHA256(f)
 	if err != nil {
-		return rec, fmt.Errorf("check archived copy: %w", err)
+		return rec, err
 	}
-	if h.SHA256 != sum || h.Size != fi.Size() {
-		if diverged != nil {
-			return rec, diverged
-		}
-		return rec, fmt.Errorf("%w (archived sha256 %x…, %d bytes; local sha256 %x…, %d bytes)",
-			ErrConflict, h.SHA256[:6], h.Size, sum[:6], fi.Size())
+	rec.SHA256 = hex.EncodeToString(sum[:])
+	if err := r.CompareWAL(ctx, wf, sum, fi.Size()); errors.Is(err, repo.ErrNotFound) || errors.Is(err, repo.ErrWALConflict) {
+		return rec, diverged
+	} else if err != nil {
+		return rec, err
 	}
 	return rec, nil
 }

@@ -71,7 +71,7 @@ type Options struct {
 	// BackupID and Target choose the backup (bootstrap); create-replica
 	// always takes the newest.
 	BackupID string
-	Target   restore.Target
+	Target   restore.Target // restore.ParseTarget's
 	// RestoreCommand is written as restore_command (create-replica), so the
 	// replica replays from the archive before it streams.
 	RestoreCommand string
@@ -151,9 +151,6 @@ func CreateReplica(ctx context.Context, r *repo.Repository, o Options) (restore.
 func Bootstrap(ctx context.Context, r *repo.Repository, o Options) (restore.BackupResult, error) {
 	log := logger(o.Logger)
 	if err := checkDataDir(o.DataDir); err != nil {
-		return restore.BackupResult{}, err
-	}
-	if err := o.Target.Validate(); err != nil {
 		return restore.BackupResult{}, err
 	}
 	if !isEmpty(o.DataDir) {

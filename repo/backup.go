@@ -165,7 +165,7 @@ func (r *Repository) MarkBackupStarted(ctx context.Context, id string, rec Start
 	if err != nil {
 		return err
 	}
-	if err := r.Backend.Put(ctx, startedName(id), bytes.NewReader(data), storage.PutOptions{IfAbsent: true}); err != nil {
+	if err := r.backend.Put(ctx, startedName(id), bytes.NewReader(data), storage.PutOptions{IfAbsent: true}); err != nil {
 		return fmt.Errorf("write start record: %w", err)
 	}
 	return nil
@@ -178,7 +178,7 @@ func (r *Repository) ReadStartRecord(ctx context.Context, id string) (StartRecor
 	if err := ValidBackupID(id); err != nil {
 		return rec, err
 	}
-	rc, err := r.Backend.Get(ctx, startedName(id))
+	rc, err := r.backend.Get(ctx, startedName(id))
 	if err != nil {
 		return rec, err
 	}
@@ -250,7 +250,7 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 		return fmt.Errorf("write manifest: %w", err)
 	}
 	m.Summary.ManifestSHA256 = hex.EncodeToString(sum[:])
-	info, err := r.Backend.Stat(ctx, manifestName(m.ID))
+	info, err := r.backend.Stat(ctx, manifestName(m.ID))
 	if err != nil {
 		return fmt.Errorf("write manifest: %w", err)
 	}
@@ -264,7 +264,7 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 			return err
 		}
 	}
-	if err := r.Backend.Put(ctx, summaryName(m.ID), bytes.NewReader(sdata), storage.PutOptions{IfAbsent: true}); err != nil {
+	if err := r.backend.Put(ctx, summaryName(m.ID), bytes.NewReader(sdata), storage.PutOptions{IfAbsent: true}); err != nil {
 		// FindScheduled may have completed a claimed backup already.
 		if !(m.Schedule != nil && errors.Is(err, storage.ErrExists)) {
 			return fmt.Errorf("write backup summary: %w", err)
@@ -275,10 +275,10 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 	// its claim (FindScheduled would complete a claim whose manifest exists).
 	if err := r.checkPacks(ctx, m); err != nil {
 		dctx := context.WithoutCancel(ctx)
-		derr := r.Backend.Delete(dctx, summaryName(m.ID))
+		derr := r.backend.Delete(dctx, summaryName(m.ID))
 		if derr == nil && m.Schedule != nil {
 			if name, nerr := scheduleName(*m.Schedule); nerr == nil {
-				derr = r.Backend.Delete(dctx, name)
+				derr = r.backend.Delete(dctx, name)
 			}
 		}
 		if derr != nil {
@@ -317,7 +317,7 @@ func (r *Repository) claimSchedule(ctx context.Context, s Schedule, id string, s
 	if err != nil {
 		return err
 	}
-	err = r.Backend.Put(ctx, name, bytes.NewReader(sdata), storage.PutOptions{IfAbsent: true})
+	err = r.backend.Put(ctx, name, bytes.NewReader(sdata), storage.PutOptions{IfAbsent: true})
 	if err == nil {
 		return nil
 	}
@@ -336,7 +336,7 @@ func (r *Repository) claimSchedule(ctx context.Context, s Schedule, id string, s
 
 func (r *Repository) readClaim(ctx context.Context, name string) (Summary, error) {
 	var s Summary
-	rc, err := r.Backend.Get(ctx, name)
+	rc, err := r.backend.Get(ctx, name)
 	if err != nil {
 		return s, err
 	}
@@ -369,14 +369,14 @@ func (r *Repository) FindScheduled(ctx context.Context, s Schedule) (Summary, bo
 	if err != nil {
 		return Summary{}, false, fmt.Errorf("find the backup of %s: %w", s, err)
 	}
-	if _, err := r.Backend.Stat(ctx, summaryName(sum.ID)); errors.Is(err, storage.ErrNotFound) {
+	if _, err := r.backend.Stat(ctx, summaryName(sum.ID)); errors.Is(err, storage.ErrNotFound) {
 		// The manifest is written after every pack and DeleteBackup removes
 		// it before any pack ("manifest" sorts before "pack/"), and a
 		// commit that finds a pack gone removes its claim: a manifest
 		// still there means the packs are too.
-		if _, merr := r.Backend.Stat(ctx, manifestName(sum.ID)); merr == nil {
+		if _, merr := r.backend.Stat(ctx, manifestName(sum.ID)); merr == nil {
 			data, _ := json.MarshalIndent(sum, "", "  ")
-			perr := r.Backend.Put(ctx, summaryName(sum.ID), bytes.NewReader(data), storage.PutOptions{IfAbsent: true})
+			perr := r.backend.Put(ctx, summaryName(sum.ID), bytes.NewReader(data), storage.PutOptions{IfAbsent: true})
 			if perr != nil && !errors.Is(perr, storage.ErrExists) {
 				return Summary{}, false, fmt.Errorf("complete the claimed backup %s of %s: %w", sum.ID, s, perr)
 			}
@@ -423,7 +423,7 @@ type backupListing struct {
 func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, error) {
 	l := backupListing{keep: map[string]bool{}, size: map[string]int64{}, alive: map[string]storage.ObjectInfo{}}
 	done := map[string]bool{}
-	err := r.Backend.List(ctx, backupsPrefix, func(o storage.ObjectInfo) error {
+	err := r.backend.List(ctx, backupsPrefix, func(o storage.ObjectInfo) error {
 		rest := strings.TrimPrefix(o.Name, backupsPrefix)
 		id, obj, ok := strings.Cut(rest, "/")
 		if !ok {
@@ -525,7 +525,7 @@ func (r *Repository) ReadSummary(ctx context.Context, id string) (Summary, error
 	if err := ValidBackupID(id); err != nil {
 		return s, err
 	}
-	rc, err := r.Backend.Get(ctx, summaryName(id))
+	rc, err := r.backend.Get(ctx, summaryName(id))
 	if errors.Is(err, storage.ErrNotFound) {
 		return s, fmt.Errorf("%s: %w", id, ErrBackupNotFound)
 	}
@@ -660,20 +660,20 @@ func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
 		return err
 	}
 	sum, serr := r.ReadSummary(ctx, id)
-	if err := r.Backend.Delete(ctx, summaryName(id)); err != nil {
+	if err := r.backend.Delete(ctx, summaryName(id)); err != nil {
 		return fmt.Errorf("delete backup %s: %w", id, err)
 	}
 	if serr == nil && sum.Schedule != nil {
 		if name, err := scheduleName(*sum.Schedule); err == nil {
 			if c, err := r.readClaim(ctx, name); err == nil && c.ID == id {
-				if err := r.Backend.Delete(ctx, name); err != nil {
+				if err := r.backend.Delete(ctx, name); err != nil {
 					return fmt.Errorf("delete backup %s: %w", id, err)
 				}
 			}
 		}
 	}
 	var names []string
-	err := r.Backend.List(ctx, BackupPrefix(id), func(o storage.ObjectInfo) error {
+	err := r.backend.List(ctx, BackupPrefix(id), func(o storage.ObjectInfo) error {
 		names = append(names, o.Name)
 		return nil
 	})
@@ -681,7 +681,7 @@ func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
 		return fmt.Errorf("delete backup %s: %w", id, err)
 	}
 	for _, n := range names {
-		if err := r.Backend.Delete(ctx, n); err != nil {
+		if err := r.backend.Delete(ctx, n); err != nil {
 			return fmt.Errorf("delete backup %s: %w", id, err)
 		}
 	}
@@ -692,7 +692,7 @@ func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
 // which tells a running backup from abandoned debris.
 func (r *Repository) NewestObject(ctx context.Context, id string) (time.Time, error) {
 	var newest time.Time
-	err := r.Backend.List(ctx, BackupPrefix(id), func(o storage.ObjectInfo) error {
+	err := r.backend.List(ctx, BackupPrefix(id), func(o storage.ObjectInfo) error {
 		if o.ModTime.After(newest) {
 			newest = o.ModTime
 		}

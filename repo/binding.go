@@ -163,7 +163,7 @@ func (r *Repository) bind(ctx context.Context, object, want string) (string, err
 	if !errors.Is(err, storage.ErrNotFound) {
 		return "", err
 	}
-	err = r.Backend.Put(ctx, object, strings.NewReader(want+"\n"), storage.PutOptions{IfAbsent: true})
+	err = r.backend.Put(ctx, object, strings.NewReader(want+"\n"), storage.PutOptions{IfAbsent: true})
 	if err != nil && !errors.Is(err, storage.ErrExists) {
 		return "", err
 	}
@@ -180,7 +180,7 @@ func (r *Repository) readBinding(ctx context.Context, object string) (string, er
 			return strings.TrimSpace(string(data)), nil
 		}
 	}
-	rc, err := r.Backend.Get(ctx, object)
+	rc, err := r.backend.Get(ctx, object)
 	if err != nil {
 		return "", err
 	}

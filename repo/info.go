@@ -129,7 +129,7 @@ const maxInfoHistories = 1000
 // Info computes the repository's Info at now (now tells running backups
 // from debris by their heartbeat's age).
 func (r *Repository) Info(ctx context.Context, now time.Time) (*Info, error) {
-	inf := &Info{Repository: r.Backend.String(), ID: r.ID(), Encryption: r.Config.Encryption,
+	inf := &Info{Repository: r.backend.String(), ID: r.ID(), Encryption: r.Config.Encryption,
 		SystemIdentifier: r.Config.SystemIdentifier, Timelines: []TimelineInfo{}, Backups: []BackupInfo{},
 		Running: []RunningBackup{}, Incomplete: []string{}}
 
@@ -174,7 +174,7 @@ func (r *Repository) Info(ctx context.Context, now time.Time) (*Info, error) {
 		return tls[n]
 	}
 	var histories []pg.WALFile
-	err = r.Backend.List(ctx, "wal/", func(o storage.ObjectInfo) error {
+	err = r.backend.List(ctx, "wal/", func(o storage.ObjectInfo) error {
 		inf.Size.WAL += o.Size
 		wf, err := pg.ParseWALFileName(o.Name[strings.LastIndexByte(o.Name, '/')+1:])
 		if err != nil {
@@ -346,7 +346,7 @@ func recoveryWindow(backups []BackupInfo, tli uint32, hist []pg.TimelineSwitch, 
 // readAlive reads a running backup's heartbeat record.
 func (r *Repository) readAlive(ctx context.Context, id string) (AliveRecord, error) {
 	var rec AliveRecord
-	rc, err := r.Backend.Get(ctx, aliveName(id))
+	rc, err := r.backend.Get(ctx, aliveName(id))
 	if err != nil {
 		return rec, err
 	}

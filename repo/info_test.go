@@ -261,10 +261,10 @@ func TestInfoWindowStopsAtGap(t *testing.T) {
 	r := testRepo(t) // segments 1..40 on timeline 1
 	commitFakeStop(t, r, "20260101T000000Z-aaaa", 3)
 	commitFakeStop(t, r, "20260102T000000Z-bbbb", 10)
-	if err := r.Backend.Delete(ctx, "wal/0000000100000000/"+segName(4)); err != nil {
+	if err := r.backend.Delete(ctx, "wal/0000000100000000/"+segName(4)); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Backend.Delete(ctx, "wal/0000000100000000/"+segName(30)); err != nil {
+	if err := r.backend.Delete(ctx, "wal/0000000100000000/"+segName(30)); err != nil {
 		t.Fatal(err)
 	}
 	inf, err := r.Info(ctx, time.Now())

@@ -52,7 +52,7 @@ func (r *Repository) KeepBackup(ctx context.Context, id string, until *time.Time
 	if err != nil {
 		return err
 	}
-	if err := r.Backend.Put(ctx, keepName(id), bytes.NewReader(data), storage.PutOptions{}); err != nil {
+	if err := r.backend.Put(ctx, keepName(id), bytes.NewReader(data), storage.PutOptions{}); err != nil {
 		return fmt.Errorf("keep backup %s: %w", id, err)
 	}
 	return nil
@@ -64,7 +64,7 @@ func (r *Repository) UnkeepBackup(ctx context.Context, id string) error {
 	if _, err := r.ReadSummary(ctx, id); err != nil {
 		return err
 	}
-	if err := r.Backend.Delete(ctx, keepName(id)); err != nil {
+	if err := r.backend.Delete(ctx, keepName(id)); err != nil {
 		return fmt.Errorf("unkeep backup %s: %w", id, err)
 	}
 	return nil
@@ -73,7 +73,7 @@ func (r *Repository) UnkeepBackup(ctx context.Context, id string) error {
 // readKeep reads backup id's keep record; ok is false when it has none.
 func (r *Repository) readKeep(ctx context.Context, id string) (KeepRecord, bool, error) {
 	var rec KeepRecord
-	rc, err := r.Backend.Get(ctx, keepName(id))
+	rc, err := r.backend.Get(ctx, keepName(id))
 	if errors.Is(err, storage.ErrNotFound) {
 		return rec, false, nil
 	}

@@ -14,7 +14,7 @@ import (
 func walExists(t *testing.T, r *Repository, n int) bool {
 	t.Helper()
 	wf, _ := pg.ParseWALFileName(segName(n))
-	_, err := r.Backend.Stat(context.Background(), WALObjectName(wf))
+	_, err := r.backend.Stat(context.Background(), WALObjectName(wf))
 	return err == nil
 }
 

@@ -180,7 +180,9 @@ func readConfig(ctx context.Context, b storage.Backend) (Config, []byte, error) 
 
 // Repository is an opened repository: backend, config and codec.
 type Repository struct {
-	Backend storage.Backend
+	// backend is reached only through repo's purpose-named calls
+	// (PutWAL, FetchWAL, CreatePack, …): nothing above repo sees storage.
+	backend storage.Backend
 	Config  Config
 	codec   *Codec
 	keys    Keys
@@ -215,7 +217,7 @@ func Open(ctx context.Context, b storage.Backend, o OpenOptions) (*Repository, e
 	if err != nil {
 		return nil, err
 	}
-	r := &Repository{Backend: b, Config: cfg, keys: o.Keys, rawConfig: raw}
+	r := &Repository{backend: b, Config: cfg, keys: o.Keys, rawConfig: raw}
 	level := cfg.CompressionLevel
 	if o.CompressionLevel >= 0 {
 		level = o.CompressionLevel
@@ -274,9 +276,6 @@ func unwrapIdentity(wrapped string, passphrase []byte) (age.Identity, error) {
 	return id, nil
 }
 
-// Codec returns the codec objects are written and read with.
-func (r *Repository) Codec() *Codec { return r.codec }
-
 // PutObject encodes plain content and stores it under name. With IfAbsent a
 // name that is already taken gives storage.ErrExists and nothing changes.
 func (r *Repository) PutObject(ctx context.Context, name string, plain []byte, opts storage.PutOptions) error {
@@ -298,7 +297,7 @@ func (r *Repository) PutBytes(ctx context.Context, name string, plain []byte, su
 	for i, p := range pieces {
 		readers[i] = bytes.NewReader(p)
 	}
-	return r.Backend.Put(ctx, name, io.MultiReader(readers...), opts)
+	return r.backend.Put(ctx, name, io.MultiReader(readers...), opts)
 }
 
 // PutStream is PutObject for content the caller streams; size and sum must
@@ -314,7 +313,7 @@ func (r *Repository) PutStream(ctx context.Context, name string, src io.Reader, 
 		pw.CloseWithError(err)
 		done <- err
 	}()
-	err := r.Backend.Put(ctx, name, pr, opts)
+	err := r.backend.Put(ctx, name, pr, opts)
 	pr.CloseWithError(errors.New("upload ended"))
 	encErr := <-done
 	if err != nil {
@@ -335,7 +334,7 @@ func (r *Repository) PutReader(ctx context.Context, name string, src io.Reader, 
 		// A file that cannot be mapped (not a regular file, a filesystem
 		// without mmap) is read instead.
 		sum, err := r.putFile(name, f, size, func(body io.Reader) error {
-			return r.Backend.Put(ctx, name, body, opts)
+			return r.backend.Put(ctx, name, body, opts)
 		})
 		if !errors.Is(err, errNotMapped) {
 			return sum, err
@@ -349,12 +348,12 @@ func (r *Repository) PutReader(ctx context.Context, name string, src io.Reader, 
 	for i, p := range pieces {
 		readers[i] = bytes.NewReader(p)
 	}
-	return sum, r.Backend.Put(ctx, name, io.MultiReader(readers...), opts)
+	return sum, r.backend.Put(ctx, name, io.MultiReader(readers...), opts)
 }
 
 // Header reads only the plaintext header of an object.
 func (r *Repository) Header(ctx context.Context, name string) (Header, error) {
-	rc, err := r.Backend.GetRange(ctx, name, 0, headerSize)
+	rc, err := r.backend.GetRange(ctx, name, 0, headerSize)
 	if err != nil {
 		return Header{}, err
 	}
@@ -368,7 +367,7 @@ func (r *Repository) Header(ctx context.Context, name string) (Header, error) {
 
 // GetObject decodes an object into dst, verifying its checksum.
 func (r *Repository) GetObject(ctx context.Context, name string, dst io.Writer) (Header, error) {
-	rc, err := r.Backend.Get(ctx, name)
+	rc, err := r.backend.Get(ctx, name)
 	if err != nil {
 		return Header{}, err
 	}

@@ -219,7 +219,7 @@ func (r *Repository) planFrom(ctx context.Context, plan RetentionPlan, backups [
 			plan.OldestKeptWAL = lsn.Segment(first.Timeline, rec.SegmentSize).Name
 		}
 	}
-	err = r.Backend.List(ctx, "wal/", func(obj storage.ObjectInfo) error {
+	err = r.backend.List(ctx, "wal/", func(obj storage.ObjectInfo) error {
 		name := obj.Name[strings.LastIndexByte(obj.Name, '/')+1:]
 		wf, err := pg.ParseWALFileName(name)
 		if err != nil || wf.Kind == pg.KindHistory {
@@ -247,7 +247,7 @@ func (r *Repository) ApplyRetention(ctx context.Context, plan RetentionPlan) err
 		}
 	}
 	for _, name := range plan.WAL {
-		if err := r.Backend.Delete(ctx, name); err != nil {
+		if err := r.backend.Delete(ctx, name); err != nil {
 			return fmt.Errorf("delete %s: %w", name, err)
 		}
 	}

@@ -38,7 +38,7 @@ func failedName(id string) string { return BackupPrefix(id) + "failed" }
 func (r *Repository) MarkBackupFailed(ctx context.Context, id string, cause error) error {
 	host, _ := os.Hostname()
 	data, _ := json.Marshal(map[string]any{"host": host, "time": time.Now().UTC(), "error": cause.Error()})
-	return r.Backend.Put(ctx, failedName(id), bytes.NewReader(data), storage.PutOptions{})
+	return r.backend.Put(ctx, failedName(id), bytes.NewReader(data), storage.PutOptions{})
 }
 
 // Heartbeat keeps a running backup visible as running.
@@ -115,7 +115,7 @@ func (h *Heartbeat) beat(ctx context.Context) error {
 		rec.BytesDone, rec.BytesTotal = fn()
 	}
 	data, _ := json.Marshal(rec)
-	if err := h.r.Backend.Put(ctx, aliveName(h.id), bytes.NewReader(data), storage.PutOptions{}); err != nil {
+	if err := h.r.backend.Put(ctx, aliveName(h.id), bytes.NewReader(data), storage.PutOptions{}); err != nil {
 		return err
 	}
 	h.mu.Lock()
@@ -152,11 +152,11 @@ func (r *Repository) storeNow(ctx context.Context) (time.Time, error) {
 	var b [8]byte
 	rand.Read(b[:])
 	name := "locks/clock-" + hex.EncodeToString(b[:])
-	if err := r.Backend.Put(ctx, name, strings.NewReader("clock probe\n"), storage.PutOptions{IfAbsent: true}); err != nil {
+	if err := r.backend.Put(ctx, name, strings.NewReader("clock probe\n"), storage.PutOptions{IfAbsent: true}); err != nil {
 		return time.Time{}, fmt.Errorf("probe the store's clock: %w", err)
 	}
-	defer r.Backend.Delete(context.WithoutCancel(ctx), name)
-	info, err := r.Backend.Stat(ctx, name)
+	defer r.backend.Delete(context.WithoutCancel(ctx), name)
+	info, err := r.backend.Stat(ctx, name)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("probe the store's clock: %w", err)
 	}
@@ -166,10 +166,10 @@ func (r *Repository) storeNow(ctx context.Context) (time.Time, error) {
 // lastSign is when an uncommitted backup last showed it was alive: its
 // heartbeat, or for backups made before heartbeats, its newest object.
 func (r *Repository) lastSign(ctx context.Context, id string) (time.Time, error) {
-	if _, err := r.Backend.Stat(ctx, failedName(id)); err == nil {
+	if _, err := r.backend.Stat(ctx, failedName(id)); err == nil {
 		return time.Time{}, nil // ended for good: debris at once
 	}
-	info, err := r.Backend.Stat(ctx, aliveName(id))
+	info, err := r.backend.Stat(ctx, aliveName(id))
 	if err == nil {
 		return info.ModTime, nil
 	}
@@ -182,7 +182,7 @@ func (r *Repository) lastSign(ctx context.Context, id string) (time.Time, error)
 // checkPacks makes sure every pack m references is stored at its size.
 func (r *Repository) checkPacks(ctx context.Context, m *Manifest) error {
 	stored := map[string]int64{}
-	err := r.Backend.List(ctx, BackupPrefix(m.ID)+"pack/", func(o storage.ObjectInfo) error {
+	err := r.backend.List(ctx, BackupPrefix(m.ID)+"pack/", func(o storage.ObjectInfo) error {
 		stored[o.Name] = o.Size
 		return nil
 	})

@@ -32,7 +32,7 @@ func TestBindSystem(t *testing.T) {
 	if err := r.BindSystem(ctx, 222); !errors.Is(err, ErrForeignSystem) {
 		t.Fatalf("second system: %v", err)
 	}
-	r2, err := Open(ctx, r.Backend, OpenOptions{CompressionLevel: -1})
+	r2, err := Open(ctx, r.backend, OpenOptions{CompressionLevel: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,11 +91,11 @@ func TestForeignRecipientRefused(t *testing.T) {
 	Init(ctx, b2, InitOptions{CompressionLevel: 1, Keys: Keys{Recipients: []age.Recipient{mine.Recipient()}}})
 	cfg, _ := ReadConfig(ctx, b2)
 	cfg.Recipients = nil
-	legacy := &Repository{Backend: b2, Config: cfg, keys: Keys{Recipients: []age.Recipient{mine.Recipient()}}, codec: &Codec{Level: 1, Recipients: []age.Recipient{mine.Recipient()}}}
+	legacy := &Repository{backend: b2, Config: cfg, keys: Keys{Recipients: []age.Recipient{mine.Recipient()}}, codec: &Codec{Level: 1, Recipients: []age.Recipient{mine.Recipient()}}}
 	if err := legacy.CheckWritable(ctx); err != nil {
 		t.Fatal(err)
 	}
-	foreign := &Repository{Backend: b2, Config: cfg, keys: Keys{Recipients: []age.Recipient{other.Recipient()}}, codec: &Codec{Level: 1}}
+	foreign := &Repository{backend: b2, Config: cfg, keys: Keys{Recipients: []age.Recipient{other.Recipient()}}, codec: &Codec{Level: 1}}
 	if err := foreign.CheckWritable(ctx); !errors.Is(err, ErrRecipientNotAccepted) {
 		t.Fatalf("legacy repository, foreign recipient: %v", err)
 	}
@@ -173,9 +173,9 @@ func TestCommitRefusesMissingPack(t *testing.T) {
 	if err := r.PutObject(ctx, PackName(id, 0), []byte("pack"), storage.PutOptions{IfAbsent: true}); err != nil {
 		t.Fatal(err)
 	}
-	info, _ := r.Backend.Stat(ctx, PackName(id, 0))
+	info, _ := r.backend.Stat(ctx, PackName(id, 0))
 	m := &Manifest{Summary: Summary{ID: id, StartLSN: "0/5000028", Timeline: 1}, Packs: []Pack{{Name: PackName(id, 0), Size: info.Size}}}
-	r.Backend.Delete(ctx, PackName(id, 0))
+	r.backend.Delete(ctx, PackName(id, 0))
 	if err := r.CommitBackup(ctx, m); err == nil || !strings.Contains(err.Error(), "is gone") {
 		t.Fatalf("commit without its pack: %v", err)
 	}

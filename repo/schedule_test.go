@@ -36,7 +36,7 @@ func TestScheduleClaim(t *testing.T) {
 		t.Fatalf("backups %+v err %v, want only the first, annotated", bs, err)
 	}
 	// A crash between the claim and backup.json: FindScheduled completes it.
-	if err := r.Backend.Delete(ctx, summaryName("20261127T010000Z-aaaa")); err != nil {
+	if err := r.backend.Delete(ctx, summaryName("20261127T010000Z-aaaa")); err != nil {
 		t.Fatal(err)
 	}
 	got, found, err := r.FindScheduled(ctx, s)

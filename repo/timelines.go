@@ -74,7 +74,7 @@ func (r *Repository) historyNames(ctx context.Context) ([]string, error) {
 		return r.historyList, nil
 	}
 	names := []string{}
-	err := r.Backend.List(ctx, "wal/history/", func(o storage.ObjectInfo) error {
+	err := r.backend.List(ctx, "wal/history/", func(o storage.ObjectInfo) error {
 		name := o.Name[strings.LastIndexByte(o.Name, '/')+1:]
 		if wf, err := pg.ParseWALFileName(name); err == nil && wf.Kind == pg.KindHistory {
 			names = append(names, name)
@@ -128,7 +128,7 @@ func (r *Repository) CheckNotDiverged(ctx context.Context, wf pg.WALFile, segmen
 // recovers to.
 func (r *Repository) NewestTimeline(ctx context.Context) (uint32, error) {
 	newest := uint32(1)
-	err := r.Backend.List(ctx, "wal/history/", func(o storage.ObjectInfo) error {
+	err := r.backend.List(ctx, "wal/history/", func(o storage.ObjectInfo) error {
 		name := o.Name[strings.LastIndexByte(o.Name, '/')+1:]
 		if wf, err := pg.ParseWALFileName(name); err == nil && wf.Kind == pg.KindHistory && wf.Timeline > newest {
 			newest = wf.Timeline
@@ -209,7 +209,7 @@ func (r *Repository) NewestWAL(ctx context.Context) (pg.WALFile, time.Time, bool
 		at   time.Time
 		ok   bool
 	)
-	err := r.Backend.List(ctx, "wal/", func(o storage.ObjectInfo) error {
+	err := r.backend.List(ctx, "wal/", func(o storage.ObjectInfo) error {
 		wf, err := pg.ParseWALFileName(o.Name[strings.LastIndexByte(o.Name, '/')+1:])
 		if err != nil || wf.Kind != pg.KindSegment {
 			return nil

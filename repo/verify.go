@@ -166,7 +166,7 @@ func (r *Repository) VerifyBackup(ctx context.Context, id string) []Problem {
 	for i, p := range m.Packs {
 		refs := byPack[i]
 		sort.Slice(refs, func(a, b int) bool { return refs[a].b.Offset < refs[b].b.Offset })
-		info, err := r.Backend.Stat(ctx, p.Name)
+		info, err := r.backend.Stat(ctx, p.Name)
 		if err != nil {
 			add("%s: %v", p.Name, err)
 			continue
@@ -174,7 +174,7 @@ func (r *Repository) VerifyBackup(ctx context.Context, id string) []Problem {
 		if info.Size != p.Size {
 			add("%s: %d bytes stored, manifest says %d (truncated?)", p.Name, info.Size, p.Size)
 		}
-		rc, err := r.Backend.Get(ctx, p.Name)
+		rc, err := r.backend.Get(ctx, p.Name)
 		if err != nil {
 			add("%s: %v", p.Name, err)
 			continue
@@ -216,7 +216,7 @@ type WALArchive struct {
 // history file.
 func (r *Repository) ReadWALArchive(ctx context.Context) (*WALArchive, error) {
 	a := &WALArchive{names: map[string]bool{}, latest: 1}
-	err := r.Backend.List(ctx, "wal/", func(o storage.ObjectInfo) error {
+	err := r.backend.List(ctx, "wal/", func(o storage.ObjectInfo) error {
 		name := o.Name[strings.LastIndexByte(o.Name, '/')+1:]
 		wf, err := pg.ParseWALFileName(name)
 		if err != nil {

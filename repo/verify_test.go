@@ -159,7 +159,7 @@ func TestVerifyReadsWAL(t *testing.T) {
 	foreignKey := walObj(t, vSegName(1, 5))
 	os.Remove(f.path(foreignKey))
 	other, _ := age.GenerateX25519Identity()
-	fr, err := Open(ctx, f.r.Backend, OpenOptions{Keys: Keys{Recipients: []age.Recipient{other.Recipient()}}, CompressionLevel: -1})
+	fr, err := Open(ctx, f.r.backend, OpenOptions{Keys: Keys{Recipients: []age.Recipient{other.Recipient()}}, CompressionLevel: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +213,7 @@ func TestVerifyReadsWAL(t *testing.T) {
 	}
 
 	// Without an identity: one line says what could not be checked.
-	nk, _ := Open(ctx, f.r.Backend, OpenOptions{CompressionLevel: -1})
+	nk, _ := Open(ctx, f.r.backend, OpenOptions{CompressionLevel: -1})
 	rep, _ = nk.Verify(ctx, VerifyOptions{})
 	found := false
 	for _, p := range rep.Problems {
@@ -252,14 +252,14 @@ func TestVerifyCache(t *testing.T) {
 		t.Fatalf("replaced object: %+v %q", rep.WAL, rep.Problems)
 	}
 	// A cache of another repository (same place, initialized again) is not used.
-	other := &Repository{Backend: f.r.Backend, Config: f.r.Config, rawConfig: f.r.rawConfig, codec: f.r.codec}
+	other := &Repository{backend: f.r.backend, Config: f.r.Config, rawConfig: f.r.rawConfig, codec: f.r.codec}
 	other.Config.Created = f.r.Config.Created.Add(time.Second)
 	c, _ := OpenVerifyCache(dir, other)
 	if _, ok := c.entries[walObj(t, vSegName(1, 1))]; ok {
 		t.Fatal("cache of another repository used")
 	}
 	data, _ := os.ReadFile(open().Path())
-	if !strings.Contains(string(data), f.r.Backend.String()) {
+	if !strings.Contains(string(data), f.r.backend.String()) {
 		t.Fatalf("cache does not name its repository: %.200s", data)
 	}
 }
@@ -327,7 +327,7 @@ func TestLegacyManifestSum(t *testing.T) {
 	data, _ = json.Marshal(m)
 	f.r.PutObject(ctx, manifestName(id), data, storage.PutOptions{IfAbsent: true})
 	sdata, _ := json.Marshal(m.Summary)
-	f.r.Backend.Put(ctx, summaryName(id), bytes.NewReader(sdata), storage.PutOptions{IfAbsent: true})
+	f.r.backend.Put(ctx, summaryName(id), bytes.NewReader(sdata), storage.PutOptions{IfAbsent: true})
 	if _, err := f.r.ReadManifest(ctx, id); err != nil {
 		t.Fatal(err)
 	}

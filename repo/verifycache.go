@@ -74,7 +74,7 @@ func OpenVerifyCache(dir string, r *Repository) (*VerifyCache, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("verify cache: %w", err)
 	}
-	id := cacheRepo{Location: r.Backend.String(), Created: r.Config.Created.UTC()}
+	id := cacheRepo{Location: r.backend.String(), Created: r.Config.Created.UTC()}
 	key := sha256.Sum256([]byte(id.Location + "\n" + id.Created.Format(time.RFC3339Nano)))
 	c := &VerifyCache{
 		path:    filepath.Join(dir, "verify-"+hex.EncodeToString(key[:8])+".json"),

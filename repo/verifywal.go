@@ -185,7 +185,7 @@ func (r *Repository) checkWALObject(ctx context.Context, obj walObject, cache *V
 
 // rawHeader reads the first headerSize bytes of an object as stored.
 func (r *Repository) rawHeader(ctx context.Context, name string) ([]byte, error) {
-	rc, err := r.Backend.GetRange(ctx, name, 0, headerSize)
+	rc, err := r.backend.GetRange(ctx, name, 0, headerSize)
 	if err != nil {
 		return nil, err
 	}
@@ -200,7 +200,7 @@ func (r *Repository) rawHeader(ctx context.Context, name string) ([]byte, error)
 // readWALObject decodes an object in full and checks its content. It
 // returns the object's facts and its raw header.
 func (r *Repository) readWALObject(ctx context.Context, obj walObject) (cacheEntry, []byte, error) {
-	rc, err := r.Backend.Get(ctx, obj.info.Name)
+	rc, err := r.backend.Get(ctx, obj.info.Name)
 	if err != nil {
 		return cacheEntry{}, nil, trimName(err, obj.info.Name)
 	}

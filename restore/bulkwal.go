@@ -16,7 +16,6 @@ import (
 	"github.com/pgkeep/pgkeep/internal/fsync"
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
-	"github.com/pgkeep/pgkeep/storage"
 )
 
 // DefaultWALPrefetchBytes is restore.wal_prefetch_bytes's default: the
@@ -60,20 +59,20 @@ func PlanBulkWAL(ctx context.Context, r *repo.Repository, m *repo.Manifest, tli 
 	}
 	seg := m.SegmentSize
 	perLog := uint64(pg.SegmentsPerLog(seg))
-	listed := map[string]map[string]bool{} // "wal/<tli><log>/" -> names
+	listed := map[string]map[string]bool{} // "<tli><log>" -> names
 	archived := func(wf pg.WALFile) (bool, error) {
-		prefix := "wal/" + wf.Name[:16] + "/"
-		names, ok := listed[prefix]
+		dir := wf.Name[:16]
+		names, ok := listed[dir]
 		if !ok {
 			names = map[string]bool{}
-			err := r.Backend.List(ctx, prefix, func(o storage.ObjectInfo) error {
-				names[o.Name[strings.LastIndexByte(o.Name, '/')+1:]] = true
+			err := r.ListWAL(ctx, dir, func(name string) error {
+				names[name] = true
 				return nil
 			})
 			if err != nil {
-				return false, fmt.Errorf("list WAL %s: %w", prefix, err)
+				return false, fmt.Errorf("list WAL wal/%s/: %w", dir, err)
 			}
-			listed[prefix] = names
+			listed[dir] = names
 		}
 		return names[wf.Name], nil
 	}

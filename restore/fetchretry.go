@@ -4,76 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/pgkeep/pgkeep/repo"
-	"github.com/pgkeep/pgkeep/storage"
 )
 
 // ErrUnavailable marks errors of the storage itself (unreachable, timed out,
 // refused, cut off mid-download): the repository could not say whether the
 // object exists. Such a failure may heal, so wal-fetch retries it; it never
-// means "not in the archive".
-var ErrUnavailable = errors.New("storage unavailable")
-
-// TagUnavailable wraps b so that every error its read operations return,
-// other than storage.ErrNotFound, also matches ErrUnavailable, including
-// errors while reading an object's body. Errors the caller makes of the
-// bytes it did get (a wrong key, a corrupt or truncated object) are not
-// storage errors and stay untagged.
-func TagUnavailable(b storage.Backend) storage.Backend { return tagged{b} }
-
-type tagged struct{ storage.Backend }
-
-func tag(err error) error {
-	if err == nil || errors.Is(err, storage.ErrNotFound) || errors.Is(err, ErrUnavailable) {
-		return err
-	}
-	return fmt.Errorf("%w: %w", ErrUnavailable, err)
-}
-
-func (t tagged) Get(ctx context.Context, name string) (io.ReadCloser, error) {
-	return t.GetRange(ctx, name, 0, -1)
-}
-
-func (t tagged) GetRange(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
-	rc, err := t.Backend.GetRange(ctx, name, offset, length)
-	if err != nil {
-		return nil, tag(err)
-	}
-	return taggedReader{rc}, nil
-}
-
-func (t tagged) Stat(ctx context.Context, name string) (storage.ObjectInfo, error) {
-	fi, err := t.Backend.Stat(ctx, name)
-	return fi, tag(err)
-}
-
-func (t tagged) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
-	var fnErr error
-	err := t.Backend.List(ctx, prefix, func(oi storage.ObjectInfo) error {
-		fnErr = fn(oi)
-		return fnErr
-	})
-	if err != nil && fnErr != nil && errors.Is(err, fnErr) {
-		return err // the callback's own error, not the storage's
-	}
-	return tag(err)
-}
-
-type taggedReader struct{ io.ReadCloser }
-
-func (r taggedReader) Read(p []byte) (int, error) {
-	n, err := r.ReadCloser.Read(p)
-	if err != nil && err != io.EOF {
-		err = tag(err)
-	}
-	return n, err
-}
+// means "not in the archive". Errors carry it when the repository was
+// opened over storage.TagUnavailable.
+var ErrUnavailable = repo.ErrUnavailable
 
 // RecoveryMode is what PostgreSQL does with a restore_command that reports
 // failure, which depends on why it runs the command.
@@ -144,7 +88,7 @@ const (
 )
 
 // Classify sorts err. Only an answer from the repository is Missing; only
-// a storage error tagged by TagUnavailable is Unavailable.
+// a storage error tagged by storage.TagUnavailable is Unavailable.
 func Classify(err error) Outcome {
 	switch {
 	case err == nil:

@@ -68,7 +68,7 @@ func newFlakyRepo(t *testing.T) (*flaky, func(context.Context) (*repo.Repository
 	}
 	f := &flaky{Backend: b, err: errors.New("dial tcp 127.0.0.1:9: connect: connection refused")}
 	open := func(ctx context.Context) (*repo.Repository, error) {
-		return repo.Open(ctx, TagUnavailable(f), repo.OpenOptions{CompressionLevel: -1})
+		return repo.Open(ctx, storage.TagUnavailable(f), repo.OpenOptions{CompressionLevel: -1})
 	}
 	return f, open
 }
@@ -76,12 +76,12 @@ func newFlakyRepo(t *testing.T) (*flaky, func(context.Context) (*repo.Repository
 func noSleep(context.Context, time.Duration) error { return nil }
 
 func TestClassify(t *testing.T) {
-	nf := TagUnavailable(errBackend{storage.ErrNotFound})
+	nf := storage.TagUnavailable(errBackend{storage.ErrNotFound})
 	_, err := nf.Get(context.Background(), "x")
 	if !errors.Is(err, storage.ErrNotFound) || errors.Is(err, ErrUnavailable) {
 		t.Fatalf("not found tagged: %v", err)
 	}
-	down := TagUnavailable(errBackend{syscall.ECONNREFUSED})
+	down := storage.TagUnavailable(errBackend{syscall.ECONNREFUSED})
 	_, err = down.Get(context.Background(), "x")
 	if Classify(err) != Unavailable || !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("storage error: %v -> %d", err, Classify(err))
@@ -169,10 +169,10 @@ func TestFetchRetryOpenAndCancel(t *testing.T) {
 	var opens atomic.Int32
 	open := func(ctx context.Context) (*repo.Repository, error) {
 		if opens.Add(1) < 3 {
-			_, err := TagUnavailable(errBackend{syscall.ECONNREFUSED}).Get(ctx, repo.ConfigObject)
+			_, err := storage.TagUnavailable(errBackend{syscall.ECONNREFUSED}).Get(ctx, repo.ConfigObject)
 			return nil, err
 		}
-		return repo.Open(ctx, TagUnavailable(f), repo.OpenOptions{CompressionLevel: -1})
+		return repo.Open(ctx, storage.TagUnavailable(f), repo.OpenOptions{CompressionLevel: -1})
 	}
 	_, err := FetchWALRetry(context.Background(), open, FetchOptions{Name: seg, Dest: filepath.Join(t.TempDir(), "x")},
 		RetryOptions{RetryTime: time.Minute, sleep: noSleep})
@@ -183,7 +183,7 @@ func TestFetchRetryOpenAndCancel(t *testing.T) {
 	cancel()
 	f.failures.Store(1 << 30)
 	_, err = FetchWALRetry(ctx, func(ctx context.Context) (*repo.Repository, error) {
-		return repo.Open(context.Background(), TagUnavailable(f), repo.OpenOptions{CompressionLevel: -1})
+		return repo.Open(context.Background(), storage.TagUnavailable(f), repo.OpenOptions{CompressionLevel: -1})
 	}, FetchOptions{Name: seg, Dest: filepath.Join(t.TempDir(), "x")}, RetryOptions{RetryTime: time.Hour})
 	if Classify(err) == Missing || err == nil {
 		t.Fatalf("cancelled: %v", err)
@@ -194,15 +194,15 @@ func TestFetchRetryOpenAndCancel(t *testing.T) {
 // A body cut off by the network is Unavailable.
 func TestFetchCorruptAndCutOff(t *testing.T) {
 	f, open := newFlakyRepo(t)
-	r, err := open(context.Background())
-	if err != nil {
+	if _, err := open(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	// A real archived object, then damaged copies of it.
 	plain := make([]byte, 16<<20)
 	rand.NewChaCha8([32]byte{1}).Read(plain[:8<<20])
 	var enc bytes.Buffer
-	if err := r.Codec().EncodeBytes(&enc, plain); err != nil {
+	// The repository's codec: level 1, no encryption (newFlakyRepo).
+	if err := (&repo.Codec{Level: 1}).EncodeBytes(&enc, plain); err != nil {
 		t.Fatal(err)
 	}
 	wf, err := pg.ParseWALFileName(seg)
@@ -285,4 +285,10 @@ func TestRecoveryMode(t *testing.T) {
 	if m := DetectRecoveryMode(dir); m != ModeStandby {
 		t.Fatalf("standby.signal: %s", m)
 	}
+}
+
+// tag is what storage.TagUnavailable makes of a storage error err.
+func tag(err error) error {
+	_, e := storage.TagUnavailable(errBackend{err}).Stat(context.Background(), "x")
+	return e
 }

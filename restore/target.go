@@ -8,11 +8,11 @@ import (
 	"time"
 
 	"github.com/pgkeep/pgkeep/pg"
-	"github.com/pgkeep/pgkeep/repo"
 )
 
-// Target is where recovery stops; the zero value replays all archived WAL.
-type Target struct {
+// TargetSpec is a recovery target as the user gives it (command-line
+// flags, Patroni's bootstrap arguments): text, checked by ParseTarget.
+type TargetSpec struct {
 	Time      string // recovery_target_time
 	LSN       string // recovery_target_lsn
 	XID       string // recovery_target_xid
@@ -21,9 +21,98 @@ type Target struct {
 	Action    string // recovery_target_action: promote, pause or shutdown
 	Timeline  string // recovery_target_timeline: latest, current or a number
 	Exclusive bool   // recovery_target_inclusive = off
+}
 
-	time time.Time
-	lsn  pg.LSN
+// TargetKind says where recovery stops.
+type TargetKind int
+
+const (
+	// TargetLatest replays all archived WAL (no recovery_target_*).
+	TargetLatest TargetKind = iota
+	// TargetImmediate stops as soon as the backup is consistent.
+	TargetImmediate
+	// TargetTime stops at a moment (recovery_target_time).
+	TargetTime
+	// TargetLSN stops at a WAL location (recovery_target_lsn).
+	TargetLSN
+	// TargetXID stops at a transaction's commit (recovery_target_xid).
+	TargetXID
+	// TargetName stops at a named restore point (recovery_target_name).
+	TargetName
+)
+
+func (k TargetKind) String() string {
+	switch k {
+	case TargetLatest:
+		return "latest"
+	case TargetImmediate:
+		return "immediate"
+	case TargetTime:
+		return "time"
+	case TargetLSN:
+		return "lsn"
+	case TargetXID:
+		return "xid"
+	case TargetName:
+		return "name"
+	}
+	return fmt.Sprintf("TargetKind(%d)", int(k))
+}
+
+// TargetAction is recovery_target_action: what PostgreSQL does at the
+// target.
+type TargetAction string
+
+const (
+	ActionDefault  TargetAction = ""         // PostgreSQL's default, pause
+	ActionPromote  TargetAction = "promote"  // end recovery and accept writes
+	ActionPause    TargetAction = "pause"    // pause replay (hot standby reads)
+	ActionShutdown TargetAction = "shutdown" // stop the server
+)
+
+// TimelineKind is how recovery_target_timeline names the timeline.
+type TimelineKind int
+
+const (
+	// TimelineLatest follows the newest archived timeline (the default).
+	TimelineLatest TimelineKind = iota
+	// TimelineCurrent stays on the backup's own timeline.
+	TimelineCurrent
+	// TimelineID follows the timeline with a given number.
+	TimelineID
+)
+
+// TargetTimeline is the timeline recovery follows.
+type TargetTimeline struct {
+	Kind TimelineKind
+	ID   uint32 // with TimelineID
+}
+
+// String is the value of recovery_target_timeline.
+func (tl TargetTimeline) String() string {
+	switch tl.Kind {
+	case TimelineCurrent:
+		return "current"
+	case TimelineID:
+		return strconv.FormatUint(uint64(tl.ID), 10)
+	}
+	return "latest"
+}
+
+// Target is a parsed recovery target (ParseTarget); the zero value replays
+// all archived WAL on the latest timeline. Only the field of its Kind is
+// set.
+type Target struct {
+	Kind TargetKind
+	Time time.Time // TargetTime
+	LSN  pg.LSN    // TargetLSN
+	// XID is the transaction ID as given (TargetXID): PostgreSQL reads it
+	// itself, in its own notation.
+	XID       string
+	Name      string // TargetName
+	Action    TargetAction
+	Timeline  TargetTimeline
+	Exclusive bool // recovery_target_inclusive = off
 }
 
 var timeLayouts = []string{
@@ -51,124 +140,108 @@ func ParseTargetTime(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("target time %q: use RFC 3339 with a zone, e.g. 2026-11-22T18:04:05Z or '2026-11-22 18:04:05.123+01'", s)
 }
 
-// Validate checks the combination and parses what pgkeep itself uses.
-func (t *Target) Validate() error {
+// ParseTarget checks a target's combination and values, and returns it
+// parsed.
+func ParseTarget(s TargetSpec) (Target, error) {
+	var t Target
 	n := 0
-	for _, set := range []bool{t.Time != "", t.LSN != "", t.XID != "", t.Name != "", t.Immediate} {
+	for _, set := range []bool{s.Time != "", s.LSN != "", s.XID != "", s.Name != "", s.Immediate} {
 		if set {
 			n++
 		}
 	}
 	if n > 1 {
-		return errors.New("give at most one of --target-time, --target-lsn, --target-xid, --target-name, --target immediate")
+		return Target{}, errors.New("give at most one of --target-time, --target-lsn, --target-xid, --target-name, --target immediate")
 	}
-	if t.Time != "" {
-		tt, err := ParseTargetTime(t.Time)
+	switch {
+	case s.Time != "":
+		tt, err := ParseTargetTime(s.Time)
 		if err != nil {
-			return err
+			return Target{}, err
 		}
 		if y := tt.UTC().Year(); y < 1 || y > 9999 {
-			return fmt.Errorf("target time %q: year %d (UTC) is outside what PostgreSQL accepts", t.Time, y)
+			return Target{}, fmt.Errorf("target time %q: year %d (UTC) is outside what PostgreSQL accepts", s.Time, y)
 		}
-		t.time = tt
-	}
-	if t.LSN != "" {
-		l, err := pg.ParseLSN(t.LSN)
+		t.Kind, t.Time = TargetTime, tt
+	case s.LSN != "":
+		l, err := pg.ParseLSN(s.LSN)
 		if err != nil {
-			return fmt.Errorf("--target-lsn: %w", err)
+			return Target{}, fmt.Errorf("--target-lsn: %w", err)
 		}
-		t.lsn = l
-	}
-	if t.Name != "" {
+		t.Kind, t.LSN = TargetLSN, l
+	case s.Name != "":
 		// PostgreSQL refuses longer names (MAXFNAMELEN) and cannot read a NUL.
-		if len(t.Name) >= 64 || strings.ContainsRune(t.Name, 0) {
-			return fmt.Errorf("--target-name: a restore point name has at most 63 bytes and no NUL (got %d bytes)", len(t.Name))
+		if len(s.Name) >= 64 || strings.ContainsRune(s.Name, 0) {
+			return Target{}, fmt.Errorf("--target-name: a restore point name has at most 63 bytes and no NUL (got %d bytes)", len(s.Name))
 		}
-	}
-	if t.XID != "" {
-		if _, err := strconv.ParseUint(t.XID, 10, 64); err != nil {
-			return fmt.Errorf("--target-xid %q is not a transaction ID", t.XID)
+		t.Kind, t.Name = TargetName, s.Name
+	case s.XID != "":
+		if _, err := strconv.ParseUint(s.XID, 10, 64); err != nil {
+			return Target{}, fmt.Errorf("--target-xid %q is not a transaction ID", s.XID)
 		}
+		t.Kind, t.XID = TargetXID, s.XID
+	case s.Immediate:
+		t.Kind = TargetImmediate
 	}
-	switch t.Action {
-	case "", "promote", "pause", "shutdown":
+	switch a := TargetAction(s.Action); a {
+	case ActionDefault, ActionPromote, ActionPause, ActionShutdown:
+		t.Action = a
 	default:
-		return fmt.Errorf("--target-action %q: use promote, pause or shutdown", t.Action)
+		return Target{}, fmt.Errorf("--target-action %q: use promote, pause or shutdown", s.Action)
 	}
-	if t.Action != "" && n == 0 {
-		return errors.New("--target-action needs a recovery target")
+	if t.Action != ActionDefault && n == 0 {
+		return Target{}, errors.New("--target-action needs a recovery target")
 	}
-	switch t.Timeline {
-	case "", "latest", "current":
-	default:
-		if v, err := strconv.ParseUint(t.Timeline, 10, 32); err != nil || v == 0 {
-			return fmt.Errorf("--target-timeline %q: use latest, current or a timeline number", t.Timeline)
-		}
+	tl, err := parseTimeline(s.Timeline)
+	if err != nil {
+		return Target{}, err
 	}
-	return nil
+	t.Timeline = tl
+	t.Exclusive = s.Exclusive
+	return t, nil
+}
+
+// parseTimeline reads recovery_target_timeline. A number is taken the way
+// PostgreSQL reads it (strtoul with base 0: 010 is 8); pgkeep accepts only
+// decimal digits.
+func parseTimeline(s string) (TargetTimeline, error) {
+	switch s {
+	case "", "latest":
+		return TargetTimeline{Kind: TimelineLatest}, nil
+	case "current":
+		return TargetTimeline{Kind: TimelineCurrent}, nil
+	}
+	bad := fmt.Errorf("--target-timeline %q: use latest, current or a timeline number", s)
+	if v, err := strconv.ParseUint(s, 10, 32); err != nil || v == 0 {
+		return TargetTimeline{}, bad
+	}
+	v, err := strconv.ParseUint(s, 0, 32)
+	if err != nil || v == 0 {
+		return TargetTimeline{}, bad
+	}
+	return TargetTimeline{Kind: TimelineID, ID: uint32(v)}, nil
 }
 
 // Settings are the recovery parameters for postgresql.auto.conf.
-func (t *Target) Settings() [][2]string {
+func (t Target) Settings() [][2]string {
 	var s [][2]string
-	switch {
-	case t.Time != "":
-		s = append(s, [2]string{"recovery_target_time", t.time.UTC().Format("2006-01-02 15:04:05.999999-07:00")})
-	case t.LSN != "":
-		s = append(s, [2]string{"recovery_target_lsn", t.lsn.String()})
-	case t.XID != "":
+	switch t.Kind {
+	case TargetTime:
+		s = append(s, [2]string{"recovery_target_time", t.Time.UTC().Format("2006-01-02 15:04:05.999999-07:00")})
+	case TargetLSN:
+		s = append(s, [2]string{"recovery_target_lsn", t.LSN.String()})
+	case TargetXID:
 		s = append(s, [2]string{"recovery_target_xid", t.XID})
-	case t.Name != "":
+	case TargetName:
 		s = append(s, [2]string{"recovery_target_name", t.Name})
-	case t.Immediate:
+	case TargetImmediate:
 		s = append(s, [2]string{"recovery_target", "immediate"})
 	}
 	if len(s) > 0 && t.Exclusive {
 		s = append(s, [2]string{"recovery_target_inclusive", "off"})
 	}
-	if t.Action != "" {
-		s = append(s, [2]string{"recovery_target_action", t.Action})
+	if t.Action != ActionDefault {
+		s = append(s, [2]string{"recovery_target_action", string(t.Action)})
 	}
-	tl := t.Timeline
-	if tl == "" {
-		tl = "latest"
-	}
-	return append(s, [2]string{"recovery_target_timeline", tl})
-}
-
-// ErrBeforeWindow means the recovery target lies before the end of the
-// oldest backup: no restore can reach it.
-var ErrBeforeWindow = errors.New("the recovery target is before the recovery window")
-
-// ChooseBackup picks the backup to restore: id if given, else the newest
-// one that ended before the target (time or LSN), else the newest.
-func ChooseBackup(backups []repo.Summary, id string, t *Target) (repo.Summary, error) {
-	if id != "" && id != "latest" {
-		for _, b := range backups {
-			if b.ID == id {
-				return b, nil
-			}
-		}
-		return repo.Summary{}, fmt.Errorf("backup %s: %w", id, repo.ErrBackupNotFound)
-	}
-	if len(backups) == 0 {
-		return repo.Summary{}, errors.New("the repository holds no backup")
-	}
-	for i := len(backups) - 1; i >= 0; i-- {
-		b := backups[i]
-		switch {
-		case t.Time != "":
-			if !b.StopTime.After(t.time) {
-				return b, nil
-			}
-		case t.LSN != "":
-			if stop, err := pg.ParseLSN(b.StopLSN); err == nil && stop <= t.lsn {
-				return b, nil
-			}
-		default:
-			return b, nil
-		}
-	}
-	return repo.Summary{}, fmt.Errorf("%w: no backup ended before it; the oldest backup (%s) is consistent at %s, LSN %s",
-		ErrBeforeWindow, backups[0].ID, backups[0].StopTime.UTC().Format(time.RFC3339Nano), backups[0].StopLSN)
+	return append(s, [2]string{"recovery_target_timeline", t.Timeline.String()})
 }

@@ -53,7 +53,7 @@ func pgUnquote(s string) string {
 	return b.String()
 }
 
-// FuzzRecoveryTarget: a target Validate accepts renders into
+// FuzzRecoveryTarget: a target ParseTarget accepts renders into
 // postgresql.auto.conf lines PostgreSQL reads back as exactly the value
 // (one line each, quotes and backslashes escaped), within PostgreSQL's own
 // limits (restore point names < 64 bytes, years 1..9999).
@@ -70,7 +70,7 @@ func FuzzRecoveryTarget(f *testing.F) {
 		f.Add(s.kind, s.value, false, "/usr/bin/pgkeep wal-fetch %f %p")
 	}
 	f.Fuzz(func(t *testing.T, kind uint8, value string, exclusive bool, restoreCommand string) {
-		var tg Target
+		var tg TargetSpec
 		switch kind % 6 {
 		case 0:
 			tg.Time = value
@@ -86,14 +86,15 @@ func FuzzRecoveryTarget(f *testing.F) {
 			tg.Action, tg.Immediate = value, true
 		}
 		tg.Exclusive = exclusive
-		if tg.Validate() != nil {
+		parsed, err := ParseTarget(tg)
+		if err != nil {
 			return
 		}
-		if len(tg.Name) >= 64 {
+		if len(parsed.Name) >= 64 {
 			t.Fatalf("restore point name of %d bytes accepted; PostgreSQL refuses it", len(tg.Name))
 		}
 		want := map[string]string{"restore_command": restoreCommand}
-		for _, kv := range tg.Settings() {
+		for _, kv := range parsed.Settings() {
 			want[kv[0]] = kv[1]
 			if kv[0] == "recovery_target_time" {
 				tt, err := time.Parse("2006-01-02 15:04:05.999999-07:00", kv[1])
@@ -106,7 +107,7 @@ func FuzzRecoveryTarget(f *testing.F) {
 			restoreCommand = ""
 			delete(want, "restore_command")
 		}
-		for _, line := range recoveryConfLines(restoreCommand, tg) {
+		for _, line := range recoveryConfLines(restoreCommand, parsed) {
 			m := confLineRE.FindStringSubmatch(line)
 			if m == nil {
 				t.Fatalf("PostgreSQL cannot read %q", line)

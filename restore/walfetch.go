@@ -3,12 +3,10 @@
 package restore
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -20,7 +18,6 @@ import (
 	"github.com/pgkeep/pgkeep/internal/fsync"
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
-	"github.com/pgkeep/pgkeep/storage"
 )
 
 // ErrWALNotFound means the archive does not hold the requested file, which
@@ -92,20 +89,20 @@ func FetchWAL(ctx context.Context, r *repo.Repository, o FetchOptions) (FetchRes
 
 // fetchTo decodes the archived file into dest via a temporary file.
 func fetchTo(ctx context.Context, r *repo.Repository, wf pg.WALFile, dest string) (int64, error) {
-	rc, err := r.Backend.Get(ctx, repo.WALObjectName(wf))
-	if errors.Is(err, storage.ErrNotFound) {
+	obj, err := r.FetchWAL(ctx, wf)
+	if errors.Is(err, repo.ErrNotFound) {
 		return 0, ErrWALNotFound
 	}
 	if err != nil {
 		return 0, err
 	}
-	defer rc.Close()
+	defer obj.Close()
 	tmp := dest + ".pgkeep-tmp"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return 0, err
 	}
-	h, err := decodeWAL(r, rc, f)
+	h, err := obj.Decode(chunkedWriter{f: f})
 	if err == nil {
 		err = f.Sync()
 	}
@@ -125,28 +122,20 @@ func fetchTo(ctx context.Context, r *repo.Repository, wf pg.WALFile, dest string
 	return h.Size, nil
 }
 
-// inMemoryWAL bounds the objects decodeWAL decodes in memory, archived and
-// plain: every WAL segment size up to 64 MiB.
-const inMemoryWAL = 64 << 20
+// chunkedWriter writes to a file in writeChunk pieces, whatever size the
+// decoder hands it (a whole segment at once, when decoded in memory).
+type chunkedWriter struct{ f *os.File }
 
-// decodeWAL decodes the archived object read from rc into the empty file f.
-// Up to inMemoryWAL it decodes in memory, trusting the zstd frames' content
-// checksums as restore does (no second pass over the segment with
-// SHA-256), and writes in writeChunk pieces; larger objects or segments
-// stream through Codec.Decode, which checks the SHA-256.
-func decodeWAL(r *repo.Repository, rc io.Reader, f *os.File) (repo.Header, error) {
-	obj, err := io.ReadAll(io.LimitReader(rc, inMemoryWAL+1))
-	if err != nil {
-		return repo.Header{}, fmt.Errorf("read: %w", err)
+func (w chunkedWriter) Write(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := w.f.Write(p[n:min(n+writeChunk, len(p))])
+		n += m
+		if err != nil {
+			return n, err
+		}
 	}
-	if h, err := repo.ReadHeader(bytes.NewReader(obj)); err != nil || len(obj) > inMemoryWAL || h.Size > inMemoryWAL {
-		return r.Codec().Decode(f, io.MultiReader(bytes.NewReader(obj), rc))
-	}
-	plain, h, err := r.Codec().DecodeBlockTo(nil, obj, false)
-	if err != nil {
-		return h, err
-	}
-	return h, writeChunked(f, plain, 0)
+	return n, nil
 }
 
 // Prefetched files are named <segment>.<sha256 of content>, written only
@@ -311,17 +300,17 @@ func prefetchOne(ctx context.Context, r *repo.Repository, wf pg.WALFile, dir str
 	if err != nil {
 		return err
 	}
-	rc, err := r.Backend.Get(ctx, repo.WALObjectName(wf))
+	obj, err := r.FetchWAL(ctx, wf)
 	if err != nil {
 		f.Close()
 		os.Remove(tmp)
-		if errors.Is(err, storage.ErrNotFound) {
+		if errors.Is(err, repo.ErrNotFound) {
 			return ErrWALNotFound
 		}
 		return err
 	}
-	defer rc.Close()
-	h, err := decodeWAL(r, rc, f)
+	defer obj.Close()
+	h, err := obj.Decode(chunkedWriter{f: f})
 	if err == nil {
 		// Synced before it gets its final name, so wal-fetch can hand it to
 		// PostgreSQL with a rename and no second read.

@@ -7,71 +7,53 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 
 	"filippo.io/age"
 
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/storage"
-	"github.com/pgkeep/pgkeep/storage/fs"
-	"github.com/pgkeep/pgkeep/storage/s3"
+	// The storage backends a repository URL can name; each registers its
+	// scheme with storage. A new backend is one package and one line here.
+	_ "github.com/pgkeep/pgkeep/storage/fs"
+	_ "github.com/pgkeep/pgkeep/storage/s3"
 )
 
-// openBackend turns the repository URL into a storage backend. With create,
-// a missing local directory is created (repo init); otherwise it is an error.
+// openBackend turns the repository URL into a storage backend through the
+// storage registry (each backend package registers its scheme; the blank
+// imports above link them in). With create, a missing local directory is
+// created (repo init); otherwise it is an error.
 func openBackend(ctx context.Context, cfg Config, create bool) (storage.Backend, error) {
-	b, err := openRawBackend(ctx, cfg, create)
-	if err != nil {
-		return nil, err
-	}
-	return storage.RateLimited(b, cfg.Storage.RateLimitBytes()), nil
-}
-
-// openRawBackend is openBackend without storage.rate_limit.
-func openRawBackend(ctx context.Context, cfg Config, create bool) (storage.Backend, error) {
-	u, err := url.Parse(cfg.Repository)
-	if err != nil {
-		return nil, fmt.Errorf("repository %q: %w", cfg.Repository, err)
-	}
-	switch u.Scheme {
-	case "file":
-		if u.Host != "" && u.Host != "localhost" {
-			return nil, fmt.Errorf("repository %q: file URLs take an absolute path (file:///var/lib/pgkeep/repo)", cfg.Repository)
-		}
-		if u.Path == "" || !strings.HasPrefix(u.Path, "/") {
-			return nil, fmt.Errorf("repository %q: file URLs take an absolute path (file:///var/lib/pgkeep/repo)", cfg.Repository)
-		}
-		if create {
-			return fs.Create(u.Path)
-		}
-		b, err := fs.New(u.Path)
-		if errors.Is(err, storage.ErrNotFound) {
+	b, err := storage.Open(ctx, cfg.Repository, storage.Options{
+		Create:    create,
+		Params:    backendParams(cfg),
+		RateLimit: cfg.Storage.RateLimitBytes(),
+	})
+	if errors.Is(err, storage.ErrNotFound) {
+		// Only a local directory can be missing before anything is read.
+		if u, perr := url.Parse(cfg.Repository); perr == nil {
 			return nil, fmt.Errorf("repository %s: %s is missing or not a directory (create it with `pgkeep repo init`; %s)", cfg.Repository, u.Path, cfg.sourceHint())
 		}
-		if err != nil {
-			return nil, fmt.Errorf("repository %s: %w", cfg.Repository, err)
-		}
-		return b, nil
-	case "s3":
-		if u.Host == "" {
-			return nil, fmt.Errorf("repository %q: s3 URLs name a bucket (s3://bucket/prefix)", cfg.Repository)
-		}
-		if u.User != nil {
-			return nil, fmt.Errorf("repository URL must not contain credentials; use the AWS environment or shared credentials file")
-		}
-		return s3.New(ctx, s3.Options{
-			Bucket:      u.Host,
-			Prefix:      strings.Trim(u.Path, "/"),
-			Endpoint:    cfg.S3.Endpoint,
-			Region:      cfg.S3.Region,
-			PathStyle:   cfg.S3.PathStyle,
-			Timeout:     cfg.S3.Timeout,
-			MaxAttempts: cfg.S3.MaxAttempts,
-			PartSize:    int64(cfg.S3.PartSizeMB) << 20,
-			Concurrency: cfg.UploadConcurrency,
-		})
 	}
-	return nil, fmt.Errorf("repository %q: unsupported scheme %q (file or s3)", cfg.Repository, u.Scheme)
+	return b, err
+}
+
+// backendParams passes the backend sections of the config to the backend
+// the URL names; each reads its own keys (storage.Options.Params).
+func backendParams(cfg Config) map[string]string {
+	p := map[string]string{
+		"endpoint":           cfg.S3.Endpoint,
+		"region":             cfg.S3.Region,
+		"path_style":         strconv.FormatBool(cfg.S3.PathStyle),
+		"max_attempts":       strconv.Itoa(cfg.S3.MaxAttempts),
+		"part_size_mb":       strconv.Itoa(cfg.S3.PartSizeMB),
+		"upload_concurrency": strconv.Itoa(cfg.UploadConcurrency),
+	}
+	if cfg.S3.Timeout != 0 {
+		p["timeout"] = cfg.S3.Timeout.String()
+	}
+	return p
 }
 
 // loadKeys reads the key material the config names. Parse errors never

@@ -111,11 +111,11 @@ source's, and use the same config in recovery_conf's restore_command.`,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, words []string) error {
 			var configPath, help, backupID string
-			var t restore.Target
+			var ts restore.TargetSpec
 			args, err := replicate.ParseArgs(words, map[string]*string{
 				"config": &configPath, "help": &help, "backup": &backupID,
-				"target_time": &t.Time, "target_lsn": &t.LSN, "target_xid": &t.XID, "target_name": &t.Name,
-				"target_timeline": &t.Timeline,
+				"target_time": &ts.Time, "target_lsn": &ts.LSN, "target_xid": &ts.XID, "target_name": &ts.Name,
+				"target_timeline": &ts.Timeline,
 			})
 			if help != "" {
 				return cmd.Help()
@@ -123,7 +123,8 @@ source's, and use the same config in recovery_conf's restore_command.`,
 			if err != nil {
 				return &configError{err.Error()}
 			}
-			if err := t.Validate(); err != nil {
+			t, err := restore.ParseTarget(ts)
+			if err != nil {
 				return &configError{err.Error()}
 			}
 			if configPath != "" {

@@ -17,6 +17,7 @@ import (
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/restore"
+	"github.com/pgkeep/pgkeep/storage"
 )
 
 func newWALPushCmd(a *app) *cobra.Command {
@@ -146,7 +147,7 @@ sequential recovery does not wait one round trip per segment.`,
 				retry = 0
 			}
 			open := func(ctx context.Context) (*repo.Repository, error) {
-				return openRepoWrapped(ctx, a.cfg, a.cfg.Compression.Level, restore.TagUnavailable)
+				return openRepoWrapped(ctx, a.cfg, a.cfg.Compression.Level, storage.TagUnavailable)
 			}
 			res, err := restore.FetchWALRetry(ctx, open, restore.FetchOptions{Name: name, Dest: dest, Logger: a.log},
 				restore.RetryOptions{RetryTime: retry, Logger: a.log})
