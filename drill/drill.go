@@ -33,9 +33,10 @@ type Options struct {
 	// BackupID is the backup to restore; "" or "latest": the newest (before
 	// the target, when there is one).
 	BackupID string
-	// Target is where recovery stops; the zero value replays all archived
-	// WAL. A drill always promotes at its target (a copy without hot
-	// standby cannot pause), so Action may only be "" or promote.
+	// Target is where recovery stops (restore.ParseTarget's); the zero
+	// value replays all archived WAL. A drill always promotes at its
+	// target (a copy without hot standby cannot pause), so Action may only
+	// be the default or promote.
 	Target restore.Target
 	// ScratchDir is the directory the drill makes its scratch directory
 	// in (pgkeep-drill-*); default os.TempDir(). The scratch directory may
@@ -251,17 +252,14 @@ func (o *Options) defaults() error {
 	if o.RestoreCommand == "" {
 		return errors.New("no restore_command for the copy")
 	}
-	if err := o.Target.Validate(); err != nil {
-		return err
-	}
 	switch o.Target.Action {
-	case "", "promote":
+	case restore.ActionDefault, restore.ActionPromote:
 	default:
 		return fmt.Errorf("target action %q: a drill always promotes at its target", o.Target.Action)
 	}
-	if o.Target.Time != "" || o.Target.LSN != "" || o.Target.XID != "" || o.Target.Name != "" || o.Target.Immediate {
+	if o.Target.Kind != restore.TargetLatest {
 		// Without hot standby, pause (PostgreSQL's default) would shut down.
-		o.Target.Action = "promote"
+		o.Target.Action = restore.ActionPromote
 	}
 	if o.ScratchDir == "" {
 		o.ScratchDir = os.TempDir()
@@ -304,7 +302,7 @@ func chooseBackup(ctx context.Context, r *repo.Repository, o *Options) (repo.Sum
 	if err != nil {
 		return repo.Summary{}, err
 	}
-	return restore.ChooseBackup(backups, o.BackupID, &o.Target)
+	return restore.ChooseBackup(backups, o.BackupID, o.Target)
 }
 
 // checkBudget refuses a backup larger than MaxBytes, or than the free

@@ -14,6 +14,7 @@ import (
 func newDrillCmd(a *app) *cobra.Command {
 	var (
 		o        drill.Options
+		spec     restore.TargetSpec
 		target   string
 		maxBytes string
 		asJSON   bool
@@ -45,13 +46,15 @@ user. See docs/drill.md.`,
 			switch target {
 			case "":
 			case "immediate":
-				o.Target.Immediate = true
+				spec.Immediate = true
 			default:
 				return &configError{fmt.Sprintf("--target %q: only immediate is supported (use --target-time, --target-lsn, --target-xid or --target-name)", target)}
 			}
-			if err := o.Target.Validate(); err != nil {
+			t, err := restore.ParseTarget(spec)
+			if err != nil {
 				return &configError{err.Error()}
 			}
+			o.Target = t
 			if o.ScratchDir != "" && !filepath.IsAbs(o.ScratchDir) {
 				return &configError{fmt.Sprintf("--scratch-dir %q must be an absolute path", o.ScratchDir)}
 			}
@@ -90,12 +93,12 @@ user. See docs/drill.md.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.BackupID, "backup", "", "backup ID or latest (default: newest backup before the target)")
-	f.StringVar(&o.Target.Time, "target-time", "", "recover to this time (RFC 3339 or PostgreSQL timestamptz, with zone)")
-	f.StringVar(&o.Target.LSN, "target-lsn", "", "recover to this WAL location")
-	f.StringVar(&o.Target.XID, "target-xid", "", "recover to this transaction ID")
-	f.StringVar(&o.Target.Name, "target-name", "", "recover to this named restore point")
+	f.StringVar(&spec.Time, "target-time", "", "recover to this time (RFC 3339 or PostgreSQL timestamptz, with zone)")
+	f.StringVar(&spec.LSN, "target-lsn", "", "recover to this WAL location")
+	f.StringVar(&spec.XID, "target-xid", "", "recover to this transaction ID")
+	f.StringVar(&spec.Name, "target-name", "", "recover to this named restore point")
 	f.StringVar(&target, "target", "", "immediate: stop as soon as the backup is consistent")
-	f.StringVar(&o.Target.Timeline, "target-timeline", "", "latest (default), current or a timeline number")
+	f.StringVar(&spec.Timeline, "target-timeline", "", "latest (default), current or a timeline number")
 	f.StringVar(&o.SQL, "sql", "", "query run on the promoted copy; it must return one row of one column, true")
 	f.StringVar(&o.Database, "database", "postgres", "database the --sql check runs in")
 	f.StringVar(&o.User, "user", "", "role the checks connect as (default: the OS user)")
@@ -122,18 +125,20 @@ func (a *app) drillDefaults(o *drill.Options) {
 
 // drillJobOptions are a drill job's keys (daemon.jobs) as drill options.
 func drillJobOptions(j DaemonJob) (drill.Options, error) {
-	o := drill.Options{ScratchDir: j.ScratchDir, SQL: j.SQL, AmcheckRelations: j.AmcheckTables,
-		Target: restore.Target{Time: j.TargetTime, LSN: j.TargetLSN, Name: j.TargetName}}
+	o := drill.Options{ScratchDir: j.ScratchDir, SQL: j.SQL, AmcheckRelations: j.AmcheckTables}
+	spec := restore.TargetSpec{Time: j.TargetTime, LSN: j.TargetLSN, Name: j.TargetName}
 	switch j.Target {
 	case "":
 	case "immediate":
-		o.Target.Immediate = true
+		spec.Immediate = true
 	default:
 		return o, fmt.Errorf("target %q: only immediate (or target_time, target_lsn, target_name)", j.Target)
 	}
-	if err := o.Target.Validate(); err != nil {
+	t, err := restore.ParseTarget(spec)
+	if err != nil {
 		return o, err
 	}
+	o.Target = t
 	if o.ScratchDir != "" && !filepath.IsAbs(o.ScratchDir) {
 		return o, fmt.Errorf("scratch_dir %q is not an absolute path", o.ScratchDir)
 	}
