@@ -406,3 +406,15 @@ func (r Result) MarshalJSON() ([]byte, error) {
 		Checks         float64 `json:"checks_seconds"`
 	}{plain(r), r.RestoreToQuery.Seconds(), r.Restore.Seconds(), r.Recovery.Seconds(), r.Checks.Seconds()})
 }
+
+// Text is the result for people: two lines.
+func (r Result) Text() string {
+	sql := "no sql check"
+	if r.SQLChecked {
+		sql = "sql check true"
+	}
+	return fmt.Sprintf("drill of backup %s succeeded: restore-to-query %s (restore %s, recovery %s), recovered to timeline %d at %s\n"+
+		"checks: pg_amcheck on %d table(s), %s (%s); %.1f MiB downloaded; scratch directory removed\n",
+		r.BackupID, r.RestoreToQuery.Round(time.Millisecond), r.Restore.Round(time.Millisecond), r.Recovery.Round(time.Millisecond),
+		r.Timeline, r.LSN, r.AmcheckRelations, sql, r.Checks.Round(time.Millisecond), float64(r.Downloaded)/(1<<20))
+}

@@ -1,9 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"path/filepath"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -77,18 +77,12 @@ user. See docs/drill.md.`,
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
-				return writeJSON(out, res)
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(res)
 			}
-			fmt.Fprintf(out, "drill of backup %s succeeded: restore-to-query %s (restore %s, recovery %s), recovered to timeline %d at %s\n",
-				res.BackupID, res.RestoreToQuery.Round(time.Millisecond), res.Restore.Round(time.Millisecond),
-				res.Recovery.Round(time.Millisecond), res.Timeline, res.LSN)
-			sqlText := "no sql check"
-			if res.SQLChecked {
-				sqlText = "sql check true"
-			}
-			fmt.Fprintf(out, "checks: pg_amcheck on %d table(s), %s (%s); %s downloaded; scratch directory removed\n",
-				res.AmcheckRelations, sqlText, res.Checks.Round(time.Millisecond), humanBytes(res.Downloaded))
-			return nil
+			_, err = fmt.Fprint(out, res.Text())
+			return err
 		},
 	}
 	f := cmd.Flags()
