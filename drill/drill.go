@@ -150,10 +150,14 @@ func Run(ctx context.Context, r *repo.Repository, o Options) (res Result, err er
 	if err != nil {
 		return res, fmt.Errorf("drill: %w", err)
 	}
+	if err := checkScratchLocation(o); err != nil {
+		return res, fmt.Errorf("drill: %w", err)
+	}
+	// What a drill that died left behind would count against the budget.
+	removeStale(o.ScratchDir, log)
 	if err := checkBudget(o, sum); err != nil {
 		return res, fmt.Errorf("drill: %w", err)
 	}
-	removeStale(o.ScratchDir, log)
 	dir, lock, err := makeScratch(o)
 	if err != nil {
 		return res, fmt.Errorf("drill: %w", err)
@@ -325,10 +329,10 @@ func checkBudget(o Options, s repo.Summary) error {
 	return nil
 }
 
-// makeScratch creates the scratch directory, after checking that no
-// directory of that name could overlap the member's data directory or a
-// running cluster's, and locks it (see removeStale) for the drill's life.
-func makeScratch(o Options) (string, *os.File, error) {
+// checkScratchLocation refuses a scratch parent where a scratch directory
+// would overlap the member's data directory or a running cluster's
+// directories (restore checks the data directory itself again).
+func checkScratchLocation(o Options) error {
 	running := pg.RunningClusters()
 	if o.MemberDataDir != "" {
 		running = append(running, pg.RunningCluster{DataDir: o.MemberDataDir})
@@ -339,7 +343,16 @@ func makeScratch(o Options) (string, *os.File, error) {
 		if c.PID == 0 {
 			what = "this member's data directory " + used
 		}
-		return "", nil, fmt.Errorf("scratch directory %s overlaps %s; choose another scratch directory", o.ScratchDir, what)
+		return fmt.Errorf("scratch directory %s overlaps %s; choose another scratch directory", o.ScratchDir, what)
+	}
+	return nil
+}
+
+// makeScratch creates the scratch directory (checkScratchLocation first)
+// and locks it (see removeStale) for the drill's life.
+func makeScratch(o Options) (string, *os.File, error) {
+	if err := checkScratchLocation(o); err != nil {
+		return "", nil, err
 	}
 	dir, err := os.MkdirTemp(o.ScratchDir, scratchPrefix)
 	if err != nil {

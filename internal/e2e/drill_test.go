@@ -139,8 +139,15 @@ func TestDrill(t *testing.T) {
 		if res.code == 0 || !strings.Contains(lastLine(res.stderr), "overlaps") {
 			t.Errorf("drill into the member's data directory: exit %d\n%s", res.code, res.stderr)
 		}
-		if m, _ := filepath.Glob(filepath.Join(c.DataDir, "pgkeep-drill-*")); len(m) > 0 {
-			t.Errorf("drill created %v in the member's data directory", m)
+		// Without pgdata in the config: refused as a running cluster's.
+		res = runPgkeep(t, r.env, "", "drill", "--scratch-dir", filepath.Join(c.DataDir, "base"))
+		if res.code == 0 || !strings.Contains(lastLine(res.stderr), "running cluster") {
+			t.Errorf("drill into a running cluster's data directory: exit %d\n%s", res.code, res.stderr)
+		}
+		for _, d := range []string{c.DataDir, filepath.Join(c.DataDir, "base")} {
+			if m, _ := filepath.Glob(filepath.Join(d, "pgkeep-drill-*")); len(m) > 0 {
+				t.Errorf("drill created %v in the member's data directory", m)
+			}
 		}
 	})
 
