@@ -31,20 +31,31 @@ type drillResult struct {
 }
 
 // assertNothingLeft checks that a drill left no scratch directory in
-// parent and no process whose command line names it.
+// parent and no process of its copy.
 func assertNothingLeft(t *testing.T, what, parent string) {
 	t.Helper()
 	assertEmptyDir(t, what, parent)
+	for _, p := range drillProcesses(parent) {
+		t.Errorf("%s: still running: %s", what, p)
+	}
+}
+
+// drillProcesses are the processes of a drill's copy: the postmaster
+// names the scratch directory, its children carry the copy's
+// cluster_name in their titles.
+func drillProcesses(parent string) []string {
+	var out []string
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
 		cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
 		if err != nil {
 			continue
 		}
-		if strings.Contains(string(cmdline), parent) {
-			t.Errorf("%s: process %s still runs: %s", what, p.Name(), strings.ReplaceAll(string(cmdline), "\x00", " "))
+		if strings.Contains(string(cmdline), parent) || strings.Contains(string(cmdline), "postgres: pgkeep-drill:") {
+			out = append(out, p.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
 		}
 	}
+	return out
 }
 
 func countRows(t *testing.T, c *pgtest.Cluster) int {
@@ -226,6 +237,16 @@ func TestDrill(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+		// The copy's processes are what assertNothingLeft looks for.
+		pgtest.WaitFor(t, 30*time.Second, "the copy's processes", func() (bool, error) {
+			titled := 0
+			for _, p := range drillProcesses(parent) {
+				if strings.Contains(p, "postgres: pgkeep-drill:") {
+					titled++
+				}
+			}
+			return titled > 0, nil
+		})
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case err := <-done:
