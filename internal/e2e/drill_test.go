@@ -211,7 +211,8 @@ func TestDrill(t *testing.T) {
 		// SIGTERM while the copy's PostgreSQL runs: it is stopped and the
 		// scratch directory removed all the same.
 		parent := pgtest.TempDir(t)
-		cmd := exec.Command(testbin.Pgkeep(t), "drill", "--scratch-dir", parent)
+		// The SQL check keeps the copy running until the signal comes.
+		cmd := exec.Command(testbin.Pgkeep(t), "drill", "--scratch-dir", parent, "--amcheck-tables", "-1", "--sql", "SELECT true FROM pg_sleep(600)")
 		cmd.Env = append([]string{"PATH=/usr/bin:/bin", "HOME=/tmp"}, env...)
 		cmd.Dir = "/"
 		var stderr strings.Builder
