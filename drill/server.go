@@ -129,6 +129,9 @@ func settings(dir, pgdata string, port int, version int, o Options) [][2]string 
 		{"session_preload_libraries", ""},
 		{"local_preload_libraries", ""},
 		{"autovacuum", "off"},
+		// No JIT: CPU the drill does not need, and code generation the
+		// daemon's systemd unit forbids (MemoryDenyWriteExecute).
+		{"jit", "off"},
 		{"synchronous_standby_names", ""},
 		{"primary_conninfo", ""},
 		{"primary_slot_name", ""},
