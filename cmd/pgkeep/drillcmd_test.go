@@ -29,13 +29,13 @@ func TestDrillJobConfig(t *testing.T) {
 		t.Errorf("drill options: %+v", o)
 	}
 	for job, want := range map[string]string{
-		`{name: d, kind: drill, schedule: "@weekly", scratch_dir: drill}`:                                     "scratch_dir",
-		`{name: d, kind: drill, schedule: "@weekly", max_bytes: lots}`:                                        "max_bytes",
-		`{name: d, kind: drill, schedule: "@weekly", target: latest}`:                                         "target",
-		`{name: d, kind: drill, schedule: "@weekly", target_time: yesterday}`:                                 "target time",
-		`{name: d, kind: drill, schedule: "@weekly", target: immediate, target_lsn: 0/1}`:                     "at most one",
-		`{name: d, kind: drill, schedule: "@weekly", retain_full: 2}`:                                         "retention",
-		`{name: d, kind: backup, schedule: "@weekly"}`:                                                        "",
+		`{name: d, kind: drill, schedule: "@weekly", scratch_dir: drill}`:                                    "scratch_dir",
+		`{name: d, kind: drill, schedule: "@weekly", max_bytes: lots}`:                                       "max_bytes",
+		`{name: d, kind: drill, schedule: "@weekly", target: latest}`:                                        "target",
+		`{name: d, kind: drill, schedule: "@weekly", target_time: yesterday}`:                                "target time",
+		`{name: d, kind: drill, schedule: "@weekly", target: immediate, target_lsn: 0/1}`:                    "at most one",
+		`{name: d, kind: drill, schedule: "@weekly", retain_full: 2}`:                                        "retention",
+		`{name: d, kind: backup, schedule: "@weekly"}`:                                                       "",
 		`{name: d, kind: drill, schedule: "@weekly", target_time: "2026-11-22T18:04:05Z", target_name: "x"}`: "at most one",
 	} {
 		_, err := load(job)
