@@ -333,8 +333,10 @@ func lastLine(s string) string {
 // TestDrillAmcheckFindsCorruption: a heap page damaged on the cluster
 // itself (no data checksums, so the backup takes it as it is) restores
 // and recovers fine; the drill's pg_amcheck finds it and names the table.
+// The repository is encrypted: the copy's wal-fetch decrypts with the
+// configured identity.
 func TestDrillAmcheckFindsCorruption(t *testing.T) {
-	r := newRepo(t, repoOpts{kind: "fs"})
+	r := newRepo(t, repoOpts{kind: "fs", encrypted: true})
 	c := archivingCluster(t, r)
 	conn := c.Conn(t)
 	c.Exec(t, conn, "CREATE TABLE victim (id int, payload text)")
