@@ -125,13 +125,16 @@ func runDaemon(ctx context.Context, a *app) error {
 	return err
 }
 
+// errPostgresUnread is the daemon's pgkeep_postgres_up 0; `pgkeep status`
+// says why.
+var errPostgresUnread = errors.New("the local PostgreSQL could not be read")
+
 // archiverState is pg_stat_archiver of the local PostgreSQL, for the
 // daemon's archive metrics.
 func archiverState(ctx context.Context, cfg Config) (daemon.Archiver, error) {
-	rep := postgresStatus(ctx, cfg)
-	ar := rep.archiverReport
+	ar := postgresStatus(ctx, cfg).archiverReport
 	if ar == nil {
-		return daemon.Archiver{}, errors.New(rep.Error)
+		return daemon.Archiver{}, errPostgresUnread
 	}
 	return daemon.Archiver{InRecovery: ar.InRecovery, ArchiveMode: ar.ArchiveMode,
 		ArchivedCount: ar.ArchivedCount, LastArchivedTime: ar.LastArchivedTime,

@@ -23,53 +23,43 @@ import (
 
 // promServer is a Prometheus started by a test on loopback.
 type promServer struct {
-	url, log, targets string
-}
-
-// setTargets makes Prometheus scrape exactly targets (host:port).
-func (p *promServer) setTargets(t *testing.T, targets ...string) {
-	t.Helper()
-	b, err := json.Marshal([]map[string]any{{"targets": append([]string{}, targets...)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmp := p.targets + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, p.targets); err != nil {
-		t.Fatal(err)
-	}
+	url, log string
 }
 
 // startPrometheus runs Debian's prometheus on 127.0.0.1 with a temporary
-// config and storage directory, scraping every second the targets that
-// setTargets names (a file_sd file, which Prometheus watches).
-func startPrometheus(t *testing.T) *promServer {
+// config and storage directory, scraping targets (host:port) every second.
+// It returns once Prometheus scrapes (itself): its scrape manager starts
+// scraping only some 5 s after start-up, and the test wants the daemons
+// scraped from their first second.
+func startPrometheus(t *testing.T, targets ...string) *promServer {
 	t.Helper()
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
 		t.Fatal("prometheus not found: install Debian's prometheus package (scripts/install-deps.sh)")
 	}
 	dir := pgtest.TempDir(t)
-	targets := filepath.Join(dir, "targets.json")
+	quoted := make([]string, len(targets))
+	for i, tg := range targets {
+		quoted[i] = strconv.Quote(tg)
+	}
+	port := pgtest.FreePort(t)
 	cfg := fmt.Sprintf(`global:
   scrape_interval: 1s
   evaluation_interval: 1s
 scrape_configs:
+  - job_name: prometheus
+    static_configs:
+      - targets: ["127.0.0.1:%d"]
   - job_name: pgkeep
     scrape_interval: 1s
     scrape_timeout: 900ms
-    file_sd_configs:
-      - files: [%q]
-        refresh_interval: 1s
-`, targets)
+    static_configs:
+      - targets: [%s]
+`, port, strings.Join(quoted, ", "))
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	port := pgtest.FreePort(t)
-	p := &promServer{url: fmt.Sprintf("http://127.0.0.1:%d", port), log: filepath.Join(dir, "prometheus.log"), targets: targets}
-	p.setTargets(t)
+	p := &promServer{url: fmt.Sprintf("http://127.0.0.1:%d", port), log: filepath.Join(dir, "prometheus.log")}
 	logf, err := os.Create(p.log)
 	if err != nil {
 		t.Fatal(err)
@@ -98,6 +88,7 @@ scrape_configs:
 		resp.Body.Close()
 		return resp.StatusCode == 200, nil
 	})
+	p.waitQuery(t, 30*time.Second, `up{job="prometheus"} == 1`)
 	return p
 }
 
@@ -253,18 +244,18 @@ func TestDaemonMetricsPrometheus(t *testing.T) {
 	// Prometheus first, so that it scrapes the daemons from their first
 	// second: with a poll interval of 5 s, pgkeep_etcd_up used to read 0
 	// for 5 s after start.
-	prom := startPrometheus(t)
+	soloPort, haPort := pgtest.FreePort(t), pgtest.FreePort(t)
+	soloTarget, haTarget := fmt.Sprintf("127.0.0.1:%d", soloPort), fmt.Sprintf("127.0.0.1:%d", haPort)
+	prom := startPrometheus(t, soloTarget, haTarget)
 	lockDir := filepath.Join(pgtest.TempDir(t), "lock")
 	pgtest.MkdirFor(t, lockDir)
-	solo := startStandaloneDaemon(t, r, primary, "solo", lockDir,
-		`    - {name: solo-backup, kind: backup, schedule: "*/20 * * * * *", window: 60s}
+	startMetricsDaemon(t, r, primary, nil, soloPort, "solo", fmt.Sprintf(`  ha: none
+  lock_dir: %s
+`, lockDir), `    - {name: solo-backup, kind: backup, schedule: "*/20 * * * * *", window: 60s}
 `)
-	ha := startEtcdDaemon(t, r, primary, etcd, "metrics", "pg1",
-		`    - {name: ha-verify, kind: verify, schedule: "*/15 * * * * *", run_on: primary, window: 60s}
+	startMetricsDaemon(t, r, primary, etcd, haPort, "pg1", "", `    - {name: ha-verify, kind: verify, schedule: "*/15 * * * * *", run_on: primary, window: 60s}
 `)
 	started := time.Now()
-	prom.setTargets(t, strings.TrimPrefix(solo.metrics, "http://"), strings.TrimPrefix(ha.metrics, "http://"))
-	haTarget := strings.TrimPrefix(ha.metrics, "http://")
 
 	// etcd_up: 1 in the first scrape and in every one since.
 	got := prom.waitQuery(t, 30*time.Second, scheduler.MetricEtcdUp)
@@ -314,7 +305,7 @@ func TestDaemonMetricsPrometheus(t *testing.T) {
 
 	// The repository metrics catch up with that backup (refreshed after
 	// each job, at most every 30 s) and agree with `pgkeep info --json`.
-	got = prom.waitQuery(t, 2*time.Minute, fmt.Sprintf(`%s{instance=%q} >= %d`, daemon.MetricRepoNewestBackup, strings.TrimPrefix(solo.metrics, "http://"), last.Started.Unix()))
+	prom.waitQuery(t, 2*time.Minute, fmt.Sprintf(`%s{instance=%q} >= %d`, daemon.MetricRepoNewestBackup, soloTarget, last.Started.Unix()))
 	res := runPgkeep(t, r.env, "", "info", "--json")
 	if res.code != 0 {
 		t.Fatalf("info: exit %d\n%s", res.code, res.stderr)
@@ -374,8 +365,8 @@ func TestDaemonMetricsPrometheus(t *testing.T) {
 	if v := one(`min_over_time(` + scheduler.MetricEtcdUp + `[10m])`); v != 1 {
 		t.Errorf("min_over_time(%s) %v: it read 0 at some scrape", scheduler.MetricEtcdUp, v)
 	}
-	if v := one(`count_over_time(up{instance="` + haTarget + `"}[10m]) - count_over_time(` + scheduler.MetricEtcdUp + `[10m])`); v > 1 {
-		t.Errorf("%v scrapes of the etcd daemon without %s", v, scheduler.MetricEtcdUp)
+	if v := one(`sum_over_time(up{instance="` + haTarget + `"}[10m]) - count_over_time(` + scheduler.MetricEtcdUp + `[10m])`); v > 1 {
+		t.Errorf("%v successful scrapes of the etcd daemon without %s", v, scheduler.MetricEtcdUp)
 	}
 
 	// Every expression of the dashboard returns data.
@@ -395,9 +386,11 @@ func TestDaemonMetricsPrometheus(t *testing.T) {
 	}
 }
 
-// startEtcdDaemon runs `pgkeep daemon` against etcd for the Patroni scope
-// written by writePatroniLeader, as member, beside the PostgreSQL c.
-func startEtcdDaemon(t *testing.T, r *testRepo, c *pgtest.Cluster, s *etcdtest.Server, scope, member, jobs string) *daemonProc {
+// startMetricsDaemon runs `pgkeep daemon` beside the PostgreSQL c with
+// /metrics on port: against etcd s for the Patroni scope "metrics" that
+// writePatroniLeader wrote (as member), or with daemon.ha: none when s is
+// nil (extra then holds ha and lock_dir). The etcd daemon polls every 5 s.
+func startMetricsDaemon(t *testing.T, r *testRepo, c *pgtest.Cluster, s *etcdtest.Server, port int, member, extra, jobs string) *daemonProc {
 	t.Helper()
 	base, err := os.ReadFile(r.config)
 	if err != nil {
@@ -405,27 +398,32 @@ func startEtcdDaemon(t *testing.T, r *testRepo, c *pgtest.Cluster, s *etcdtest.S
 	}
 	dir := pgtest.TempDir(t)
 	d := &daemonProc{node: &patronitest.Node{Name: member}, log: filepath.Join(dir, "daemon.log"), done: make(chan error, 1)}
-	port := pgtest.FreePort(t)
 	d.metrics = fmt.Sprintf("http://127.0.0.1:%d", port)
 	cfg := string(base) + fmt.Sprintf(`pgdata: %s
 postgres:
   dsn: "host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable"
-etcd:
+`, c.DataDir, c.Port)
+	poll := "200ms"
+	if s != nil {
+		cfg += fmt.Sprintf(`etcd:
   endpoints: [%s]
 patroni:
   namespace: /service/
-  scope: %s
-daemon:
-  member: %s
+  scope: metrics
+`, s.Endpoint)
+		poll = "5s"
+	}
+	cfg += fmt.Sprintf(`daemon:
+%s  member: %s
   listen: 127.0.0.1:%d
   lock_ttl: 5s
   takeover_timeout: 6s
-  poll_interval: 5s
+  poll_interval: %s
   retries: 3
   retry_delay: 2s
   archive_check_interval: 1s
   jobs:
-%s`, c.DataDir, c.Port, s.Endpoint, scope, member, port, jobs)
+%s`, extra, member, port, poll, jobs)
 	d.config = filepath.Join(dir, "pgkeep.yml")
 	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
