@@ -21,7 +21,8 @@ const alertsFile = "../configs/prometheus-alerts.yml"
 func exported() map[string]bool {
 	known := map[string]bool{}
 	for _, m := range []string{scheduler.MetricLastSuccess, scheduler.MetricLastFailure, scheduler.MetricDuration, scheduler.MetricBytes,
-		scheduler.MetricRuns, scheduler.MetricHeld, scheduler.MetricEtcdUp, scheduler.MetricClockOffset} {
+		scheduler.MetricRuns, scheduler.MetricHeld, scheduler.MetricEtcdUp, scheduler.MetricClockOffset,
+		scheduler.MetricDrillLast, scheduler.MetricDrillQuery} {
 		known[m] = true
 	}
 	for _, m := range daemon.MetricNames() {

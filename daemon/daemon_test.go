@@ -119,7 +119,7 @@ func TestRunUnknownKind(t *testing.T) {
 		OpenRepository: fsRepo(t),
 	})
 	var ce *ConfigError
-	if !errors.As(err, &ce) || !strings.Contains(err.Error(), `"vacuum" is not backup, retention or verify`) {
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), `"vacuum" is not backup, retention, verify or drill`) {
 		t.Errorf("Run with kind vacuum: %v", err)
 	}
 }

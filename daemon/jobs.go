@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pgkeep/pgkeep/archive"
+	"github.com/pgkeep/pgkeep/drill"
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/scheduler"
 )
@@ -31,6 +32,7 @@ var kinds = []kind{
 	{name: scheduler.JobBackup, check: noRetention, run: (*runner).backup, find: (*runner).findBackup},
 	{name: scheduler.JobRetention, check: checkRetention, run: (*runner).retention},
 	{name: scheduler.JobVerify, check: noRetention, run: (*runner).verify},
+	{name: scheduler.JobDrill, check: noRetention, run: (*runner).drill},
 }
 
 // JobSettings are the kind-specific keys of a daemon.jobs entry; each
@@ -42,6 +44,8 @@ type JobSettings struct {
 	// SpreadCheckpoint asks backup jobs for a spread checkpoint (default
 	// fast).
 	SpreadCheckpoint bool
+	// Drill is what drill jobs run (daemon/drill.go, docs/drill.md).
+	Drill drill.Options
 }
 
 func kindOf(k scheduler.JobKind) (kind, bool) {

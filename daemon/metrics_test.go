@@ -150,12 +150,12 @@ func TestStorageCounters(t *testing.T) {
 // Job kinds come from one table: config load refuses an unknown one with
 // the list, and each kind's own settings are checked.
 func TestJobKinds(t *testing.T) {
-	for _, k := range []string{"backup", "retention", "verify"} {
+	for _, k := range []string{"backup", "retention", "verify", "drill"} {
 		if got, err := ParseJobKind(k); err != nil || string(got) != k {
 			t.Errorf("ParseJobKind(%q) = %q, %v", k, got, err)
 		}
 	}
-	if _, err := ParseJobKind("vacuum"); err == nil || err.Error() != `"vacuum" is not backup, retention or verify` {
+	if _, err := ParseJobKind("vacuum"); err == nil || err.Error() != `"vacuum" is not backup, retention, verify or drill` {
 		t.Errorf("ParseJobKind(vacuum): %v", err)
 	}
 	if err := CheckJob(scheduler.JobRetention, JobSettings{}); err == nil {

@@ -244,6 +244,7 @@ func (l *Local) runLocked(ctx context.Context, log *slog.Logger, j scheduledJob,
 	rec.Finished = l.o.Clock().UTC()
 	rec.DurationSeconds = rec.Finished.Sub(rec.Started).Seconds()
 	rec.BackupID, rec.Bytes = res.BackupID, res.Bytes
+	rec.QuerySeconds = res.QuerySeconds
 	if runErr == nil {
 		rec.Status = StatusSucceeded
 		l.o.Metrics.observe(rec)

@@ -25,6 +25,11 @@ type Metrics struct {
 	// first probe answered.
 	etcdUp      *prometheus.GaugeVec
 	clockOffset *prometheus.GaugeVec
+	// Drill jobs' last success and its restore-to-query time, from the
+	// records like lastSuccess (docs/drill.md).
+	drillLast    map[string]float64
+	drillSuccess *prometheus.GaugeVec
+	drillQuery   *prometheus.GaugeVec
 }
 
 // Metric names, for tests and alert rules. The job label is job_name:
@@ -38,6 +43,8 @@ const (
 	MetricHeld        = "pgkeep_job_lock_held"
 	MetricEtcdUp      = "pgkeep_etcd_up"
 	MetricClockOffset = "pgkeep_clock_offset_seconds"
+	MetricDrillLast   = "pgkeep_drill_last_success_timestamp_seconds"
+	MetricDrillQuery  = "pgkeep_drill_duration_seconds"
 )
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -69,7 +76,12 @@ func newMetrics(reg prometheus.Registerer, withEtcd bool) *Metrics {
 	}
 	m.clockOffset = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricClockOffset,
 		Help: "Estimated offset of another daemon's clock from this node's (its minus ours), in seconds, from the clock records in etcd (error up to a poll interval)."}, []string{"member"})
-	reg.MustRegister(m.lastSuccess, m.lastFailure, m.duration, m.bytes, m.runs, m.held)
+	m.drillLast = map[string]float64{}
+	m.drillSuccess = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricDrillLast,
+		Help: "Unix time at which the last successful restore drill of the job (on any node of the cluster) ended; absent before the first."}, []string{"job_name"})
+	m.drillQuery = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricDrillQuery,
+		Help: "Restore-to-query time of the job's last successful drill: from the start of the restore to the first query the promoted copy answered."}, []string{"job_name"})
+	reg.MustRegister(m.lastSuccess, m.lastFailure, m.duration, m.bytes, m.runs, m.held, m.drillSuccess, m.drillQuery)
 	if withEtcd {
 		reg.MustRegister(m.etcdUp, m.clockOffset)
 	}
@@ -120,6 +132,9 @@ func (m *Metrics) recorded(r Run) {
 	switch r.Status {
 	case StatusSucceeded:
 		m.forward(m.last, m.lastSuccess, r)
+		if r.Kind == JobDrill {
+			m.drill(r)
+		}
 	case StatusFailed:
 		m.forward(m.lastFail, m.lastFailure, r)
 	}
@@ -153,4 +168,16 @@ func (m *Metrics) setClockOffset(member string, seconds float64) {
 		return
 	}
 	m.clockOffset.WithLabelValues(member).Set(seconds)
+}
+
+// drill sets a drill job's gauges from its newest successful record.
+func (m *Metrics) drill(r Run) {
+	end := float64(r.Finished.UnixMilli()) / 1000
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if end > m.drillLast[r.Job] {
+		m.drillLast[r.Job] = end
+		m.drillSuccess.WithLabelValues(r.Job).Set(end)
+		m.drillQuery.WithLabelValues(r.Job).Set(r.QuerySeconds)
+	}
 }

@@ -82,6 +82,7 @@ const (
 	JobBackup    JobKind = "backup"
 	JobRetention JobKind = "retention"
 	JobVerify    JobKind = "verify"
+	JobDrill     JobKind = "drill"
 )
 
 // Job is one scheduled job.
@@ -110,6 +111,8 @@ type Result struct {
 	// Started and Finished are the run's times when Find reports a result
 	// of an earlier run (zero: unknown).
 	Started, Finished time.Time
+	// QuerySeconds is a drill's restore-to-query time.
+	QuerySeconds float64
 }
 
 // Runner does the work of a job. Run must stop and clean up promptly when
@@ -142,6 +145,8 @@ type Run struct {
 	// found the scheduled time's result in the repository (a run whose
 	// own record could not be written); Node is then the recorder.
 	Adopted bool `json:"adopted,omitempty"`
+	// QuerySeconds is a drill's restore-to-query time (docs/drill.md).
+	QuerySeconds float64 `json:"restore_to_query_seconds,omitempty"`
 	// NextAttempt is when a failed attempt may be retried (attempt records).
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 }
@@ -537,6 +542,7 @@ func (s *Scheduler) runLocked(ctx context.Context, log *slog.Logger, j scheduled
 	rec.Finished = s.now().UTC()
 	rec.DurationSeconds = rec.Finished.Sub(rec.Started).Seconds()
 	rec.BackupID, rec.Bytes = res.BackupID, res.Bytes
+	rec.QuerySeconds = res.QuerySeconds
 
 	rctx, rcancel := s.bg()
 	defer rcancel()

@@ -90,6 +90,9 @@ type EncryptionConfig struct {
 
 type PostgresConfig struct {
 	DSN string `yaml:"dsn"`
+	// BinDir holds postgres and pg_amcheck for drills; empty finds those
+	// of the backup's major version.
+	BinDir string `yaml:"bin_dir"`
 }
 
 type WALConfig struct {
@@ -173,7 +176,7 @@ type DaemonConfig struct {
 // DaemonJob is one entry of daemon.jobs.
 type DaemonJob struct {
 	Name     string `yaml:"name"`
-	Kind     string `yaml:"kind"` // backup, retention or verify (daemon.ParseJobKind)
+	Kind     string `yaml:"kind"` // backup, retention, verify or drill (daemon.ParseJobKind)
 	Schedule string `yaml:"schedule"`
 	RunOn    string `yaml:"run_on"`
 	// MaxLag is bytes ("16MB", "1GB", "1048576"); default 16MB.
@@ -185,6 +188,17 @@ type DaemonJob struct {
 	RetainDays int `yaml:"retain_days"`
 	// Checkpoint is fast or spread (backup jobs; default fast).
 	Checkpoint string `yaml:"checkpoint"`
+	// Drill jobs (docs/drill.md): where the copy goes, its size limit
+	// (bytes, "0": none), the recovery target (default: the end of the
+	// archive), the tables pg_amcheck checks (-1: none) and a SQL check.
+	ScratchDir    string `yaml:"scratch_dir"`
+	MaxBytes      string `yaml:"max_bytes"`
+	Target        string `yaml:"target"`
+	TargetTime    string `yaml:"target_time"`
+	TargetLSN     string `yaml:"target_lsn"`
+	TargetName    string `yaml:"target_name"`
+	AmcheckTables int    `yaml:"amcheck_tables"`
+	SQL           string `yaml:"sql"`
 }
 
 // DefaultMaxLag is a job's max_lag when it sets none.
@@ -549,6 +563,9 @@ func (c *Config) validate(path string) error {
 	if c.Encryption.PassphraseFile != "" && len(c.Encryption.Recipients) > 0 {
 		return bad("encryption", "set either recipients or passphrase_file, not both")
 	}
+	if c.Postgres.BinDir != "" && !filepath.IsAbs(c.Postgres.BinDir) {
+		return bad("postgres.bin_dir", "%q is not an absolute path", c.Postgres.BinDir)
+	}
 	if c.PGData != "" && !filepath.IsAbs(c.PGData) {
 		return bad("pgdata", "%q is not an absolute path", c.PGData)
 	}
@@ -666,6 +683,11 @@ func (c *Config) validateDaemon(bad func(key, format string, args ...any) error)
 		}
 		if err := daemon.CheckJob(kind, daemon.JobSettings{RetainFull: j.RetainFull, RetainDays: j.RetainDays, SpreadCheckpoint: j.Checkpoint == "spread"}); err != nil {
 			return bad(key, "%v", err)
+		}
+		if kind == scheduler.JobDrill {
+			if _, err := drillJobOptions(j); err != nil {
+				return bad(key, "%v", err)
+			}
 		}
 		if j.RunOn == "" && d.HA == "none" {
 			// One PostgreSQL: where to run is not a question.

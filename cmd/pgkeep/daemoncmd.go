@@ -75,9 +75,14 @@ func runDaemon(ctx context.Context, a *app) error {
 			maxLag = DefaultMaxLag
 		}
 		lag, _ := parseBytes(maxLag) // validated
-		jobs = append(jobs, daemon.Job{Job: scheduler.Job{Name: j.Name, Kind: scheduler.JobKind(j.Kind), Schedule: jobSchedule(d, j),
+		dj := daemon.Job{Job: scheduler.Job{Name: j.Name, Kind: scheduler.JobKind(j.Kind), Schedule: jobSchedule(d, j),
 			RunOn: scheduler.Policy(j.RunOn), MaxLag: lag, Window: j.Window},
-			JobSettings: daemon.JobSettings{RetainFull: j.RetainFull, RetainDays: j.RetainDays, SpreadCheckpoint: j.Checkpoint == "spread"}})
+			JobSettings: daemon.JobSettings{RetainFull: j.RetainFull, RetainDays: j.RetainDays, SpreadCheckpoint: j.Checkpoint == "spread"}}
+		if dj.Kind == scheduler.JobDrill {
+			dj.Drill, _ = drillJobOptions(j) // validated
+			a.drillDefaults(&dj.Drill)
+		}
+		jobs = append(jobs, dj)
 	}
 	// A skewed clock, for the end-to-end tests of clock skew only: the
 	// scheduler's idea of this machine's time is moved by it.
