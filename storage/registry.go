@@ -88,3 +88,55 @@ func Open(ctx context.Context, rawURL string, o Options) (Backend, error) {
 	b = Limited(b, o.MaxInFlight)
 	return RateLimited(b, o.RateLimit), nil
 }
+
+// urlCheck is what a backend tells about its URLs before anything is
+// opened: how to check one, and an example for messages.
+type urlCheck struct {
+	example string
+	check   func(*url.URL) error
+}
+
+var urlChecks = map[string]urlCheck{}
+
+// RegisterURLCheck lets a backend's URLs be checked at configuration load
+// (CheckURL), so a wrong one is a configuration error before anything is
+// opened. example is a URL of the scheme as messages show it
+// ("s3://bucket/prefix").
+func RegisterURLCheck(scheme, example string, check func(*url.URL) error) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	urlChecks[scheme] = urlCheck{example: example, check: check}
+}
+
+// CheckURL refuses a repository URL no registered backend can open, or
+// one its backend's check refuses.
+func CheckURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%q is not a URL", raw)
+	}
+	registryMu.RLock()
+	c, checked := urlChecks[u.Scheme]
+	_, known := registry[u.Scheme]
+	var examples []string
+	for _, s := range sortedKeys(urlChecks) {
+		examples = append(examples, urlChecks[s].example)
+	}
+	registryMu.RUnlock()
+	if !known {
+		return fmt.Errorf("%q is not a %s URL", raw, strings.Join(examples, " or "))
+	}
+	if checked {
+		return c.check(u)
+	}
+	return nil
+}
+
+func sortedKeys(m map[string]urlCheck) []string {
+	k := make([]string, 0, len(m))
+	for s := range m {
+		k = append(k, s)
+	}
+	sort.Strings(k)
+	return k
+}

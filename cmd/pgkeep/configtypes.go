@@ -2,12 +2,13 @@ package main
 
 import (
 	"fmt"
-	"net/url"
 	"reflect"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pgkeep/pgkeep/storage"
 )
 
 // checkScalarTypes refuses a YAML value that the decoder would convert
@@ -101,26 +102,6 @@ func joinKey(a, b string) string {
 }
 
 // checkRepositoryURL refuses repository URLs pgkeep cannot open, as a
-// configuration error (exit 2) rather than a failed operation.
-func checkRepositoryURL(s string) error {
-	u, err := url.Parse(s)
-	if err != nil {
-		return fmt.Errorf("%q is not a URL", s)
-	}
-	switch u.Scheme {
-	case "file":
-		if (u.Host != "" && u.Host != "localhost") || !strings.HasPrefix(u.Path, "/") {
-			return fmt.Errorf("%q: file URLs take an absolute path (file:///var/lib/pgkeep/repo)", s)
-		}
-	case "s3":
-		if u.Host == "" {
-			return fmt.Errorf("%q: s3 URLs name a bucket (s3://bucket/prefix)", s)
-		}
-		if u.User != nil {
-			return fmt.Errorf("repository URL must not contain credentials; use the AWS environment or shared credentials file")
-		}
-	default:
-		return fmt.Errorf("%q is not a file:///path or s3://bucket/prefix URL", s)
-	}
-	return nil
-}
+// configuration error (exit 2) rather than a failed operation. Each
+// storage backend checks its own URLs (storage.RegisterURLCheck).
+func checkRepositoryURL(s string) error { return storage.CheckURL(s) }

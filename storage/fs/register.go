@@ -9,7 +9,10 @@ import (
 	"github.com/pgkeep/pgkeep/storage"
 )
 
-func init() { storage.Register("file", open) }
+func init() {
+	storage.Register("file", open)
+	storage.RegisterURLCheck("file", "file:///path", func(u *url.URL) error { _, err := ParseConfig(u); return err })
+}
 
 // Config is what a file:// URL configures: the repository directory.
 type Config struct {

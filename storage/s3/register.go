@@ -12,7 +12,10 @@ import (
 	"github.com/pgkeep/pgkeep/storage"
 )
 
-func init() { storage.Register("s3", open) }
+func init() {
+	storage.Register("s3", open)
+	storage.RegisterURLCheck("s3", "s3://bucket/prefix", func(u *url.URL) error { _, err := ParseConfig(u, nil); return err })
+}
 
 // ParseConfig reads an s3://bucket/prefix URL and the s3 section's
 // settings (storage.Options.Params: endpoint, region, path_style, timeout,
