@@ -41,6 +41,7 @@ the same call, so the archiver's next calls return at once.`,
 				PushAhead:        a.cfg.WAL.PushAhead,
 				Concurrency:      a.cfg.UploadConcurrency,
 				SystemIdentifier: a.systemIdentifier(args[0]),
+				NoBlockMaps:      !a.cfg.WAL.BlockMaps,
 				Logger:           a.log,
 			})
 		},
