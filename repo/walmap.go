@@ -32,6 +32,9 @@ const (
 	RollupSegments = 64
 )
 
+// rollupSegments is RollupSegments, smaller in tests.
+var rollupSegments = RollupSegments
+
 // WALMapObjectName is where the block map of a segment or .partial file
 // lives: beside it, with ".map" appended.
 func WALMapObjectName(f pg.WALFile) string { return WALObjectName(f) + walMapSuffix }
@@ -207,7 +210,7 @@ func (r *Repository) WALMapsCovering(ctx context.Context, path WALPath, from, to
 	}
 	seg := uint64(size)
 	per := uint64(pg.SegmentsPerLog(size))
-	group := min(uint64(RollupSegments), per)
+	group := min(uint64(rollupSegments), per)
 	l := walListing{r: r, dirs: map[string]map[string]storage.ObjectInfo{}}
 	name := func(tli uint32, n uint64) pg.WALFile {
 		wf, _ := pg.ParseWALFileName(pg.SegmentName(tli, uint32(n/per), uint32(n%per)))
