@@ -244,6 +244,24 @@ func (r *Repository) WALMapsCovering(ctx context.Context, path WALPath, from, to
 		parts = append(parts, m)
 		n++
 	}
+	// A record starting before to that continues past the last segment is
+	// in the range: its block references may be in the next segment's
+	// bytes, and its CRC is checked only once the maps are stitched.
+	for n := last + 1; ; n++ {
+		t := parts[len(parts)-1].Tail
+		if t == nil || t.LSN >= to {
+			break
+		}
+		wf := name(pg.TimelineForSegment(path.Timeline, path.History, n, size), n)
+		m, why, err := r.segmentMap(ctx, &l, wf)
+		if err != nil {
+			return nil, err
+		}
+		if why != "" {
+			return nil, notCovered("the record at %s continues in the next segment: %s", t.LSN, why)
+		}
+		parts = append(parts, m)
+	}
 	merged, err := walmap.Merge(parts...)
 	if err != nil {
 		return nil, notCovered("%v", err)
@@ -258,6 +276,9 @@ func (r *Repository) WALMapsCovering(ctx context.Context, path WALPath, from, to
 type walListing struct {
 	r    *Repository
 	dirs map[string]map[string]storage.ObjectInfo
+	// unusable roll-ups (or groups that cannot be rolled up): not tried
+	// again for every segment of their group.
+	noRollup map[string]bool
 }
 
 func (l *walListing) get(ctx context.Context, objectName string) (storage.ObjectInfo, bool, error) {
@@ -321,6 +342,20 @@ func (r *Repository) segmentMap(ctx context.Context, l *walListing, wf pg.WALFil
 // there is none.
 func (r *Repository) rollup(ctx context.Context, l *walListing, first, last pg.WALFile, seg uint64) (*walmap.Map, error) {
 	name := WALRollupObjectName(first, last)
+	if l.noRollup[name] {
+		return nil, nil
+	}
+	m, err := r.rollupOnce(ctx, l, name, first, last, seg)
+	if m == nil && err == nil {
+		if l.noRollup == nil {
+			l.noRollup = map[string]bool{}
+		}
+		l.noRollup[name] = true
+	}
+	return m, err
+}
+
+func (r *Repository) rollupOnce(ctx context.Context, l *walListing, name string, first, last pg.WALFile, seg uint64) (*walmap.Map, error) {
 	start := pg.LSN(first.SegNo(int64(seg)) * seg)
 	end := pg.LSN((last.SegNo(int64(seg)) + 1) * seg)
 	if _, ok, err := l.get(ctx, name); err != nil {

@@ -315,3 +315,40 @@ func TestWALMapsCovering(t *testing.T) {
 	}
 	notCovered(pg.LSN(8*vSegSize), pg.LSN(9*vSegSize), "of other bytes")
 }
+
+// A roll-up that is not the merge of its maps is named by verify, and
+// WALMapsCovering answers from the segment maps instead when it does not
+// even cover its group.
+func TestWrongRollup(t *testing.T) {
+	ctx := context.Background()
+	r, _, _ := mapRepo(t, 8, true)
+	rollupSegments = 4
+	defer func() { rollupSegments = RollupSegments }()
+	path := WALPath{Timeline: 1, SegmentSize: vSegSize}
+	want, err := r.WALMapsCovering(ctx, path, pg.LSN(4*vSegSize), pg.LSN(8*vSegSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f4, _ := pg.ParseWALFileName(vSegName(1, 4))
+	f7, _ := pg.ParseWALFileName(vSegName(1, 7))
+	name := WALRollupObjectName(f4, f7)
+	m4, err := r.FetchWALMap(ctx, f4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.backend.Delete(ctx, name)
+	if err := r.PutObject(ctx, name, m4.Marshal(), storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.WALMapsCovering(ctx, path, pg.LSN(4*vSegSize), pg.LSN(8*vSegSize))
+	if err != nil || !bytes.Equal(got.Marshal(), want.Marshal()) {
+		t.Fatalf("with a wrong roll-up: %v", err)
+	}
+	rep, err := r.Verify(ctx, VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := problemsFor(rep, name); len(p) != 1 || len(rep.Problems) != 1 {
+		t.Fatalf("problems %v", rep.Problems)
+	}
+}
