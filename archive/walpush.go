@@ -159,6 +159,12 @@ func pushFile(ctx context.Context, r *repo.Repository, path string, o PushOption
 		var m *walmap.Map
 		var buildErr error
 		sum, err := r.PutWALSegment(ctx, wf, f, fi.Size(), func(data []byte) {
+			defer func() {
+				// A walker bug must cost the map, never the archiving.
+				if p := recover(); p != nil {
+					m, buildErr = nil, fmt.Errorf("walker failed: %v", p)
+				}
+			}()
 			m, buildErr = walmap.Build(data, wf.Name, uint32(fi.Size()))
 		})
 		rec.SHA256 = hex.EncodeToString(sum[:])
