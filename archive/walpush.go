@@ -21,6 +21,7 @@ import (
 
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
+	"github.com/pgkeep/pgkeep/walmap"
 )
 
 // ErrConflict means the repository already holds a different file under the
@@ -42,7 +43,11 @@ type PushOptions struct {
 	SystemIdentifier uint64
 	// StateDir remembers files pushed ahead; default <pg_wal>/pgkeep/pushed.
 	StateDir string
-	Logger   *slog.Logger
+	// NoBlockMaps turns off the block map (docs/format-walmap.md) that is
+	// otherwise built from each segment and stored beside it
+	// (wal.block_maps: false).
+	NoBlockMaps bool
+	Logger      *slog.Logger
 }
 
 // pushedRecord is what push-ahead remembers about a file it stored. It is a
@@ -99,7 +104,7 @@ func PushWAL(ctx context.Context, r *repo.Repository, o PushOptions) error {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			p := filepath.Join(walDir, a)
-			rec, err := pushFile(ctx, r, p, o.SystemIdentifier)
+			rec, err := pushFile(ctx, r, p, o, log)
 			if err != nil {
 				// Not fatal: the file stays .ready and PostgreSQL asks again.
 				log.Warn("push-ahead failed", "file", a, "err", err)
@@ -109,7 +114,7 @@ func PushWAL(ctx context.Context, r *repo.Repository, o PushOptions) error {
 		}()
 	}
 	sem <- struct{}{}
-	_, err := pushFile(ctx, r, o.Path, o.SystemIdentifier)
+	_, err := pushFile(ctx, r, o.Path, o, log)
 	<-sem
 	wg.Wait()
 	cleanRecords(stateDir, 24*time.Hour)
@@ -124,7 +129,8 @@ func PushWAL(ctx context.Context, r *repo.Repository, o PushOptions) error {
 // Before anything is stored the file must be what its name says: a regular
 // file; a segment of the repository's system, of the size its page header
 // records, not past a newer timeline's fork; a parseable history file.
-func pushFile(ctx context.Context, r *repo.Repository, path string, sysid uint64) (pushedRecord, error) {
+func pushFile(ctx context.Context, r *repo.Repository, path string, o PushOptions, log *slog.Logger) (pushedRecord, error) {
+	sysid := o.SystemIdentifier
 	name := filepath.Base(path)
 	wf, err := pg.ParseWALFileName(name)
 	if err != nil {
@@ -141,9 +147,32 @@ func pushFile(ctx context.Context, r *repo.Repository, path string, sysid uint64
 	}
 	rec := pushedRecord{Repo: r.ID(), Size: fi.Size(), ModTime: fi.ModTime().UnixNano()}
 	if diverged == nil {
-		sum, err := r.PutWAL(ctx, wf, f, fi.Size())
+		if o.NoBlockMaps || (wf.Kind != pg.KindSegment && wf.Kind != pg.KindPartial) {
+			sum, err := r.PutWAL(ctx, wf, f, fi.Size())
+			rec.SHA256 = hex.EncodeToString(sum[:])
+			return rec, err
+		}
+		// The map is built from the very bytes being stored, beside their
+		// hashing and compression; it is stored after the segment (so a
+		// map never names WAL that is not archived), also when an identical
+		// copy was archived already (a push killed between the two).
+		var m *walmap.Map
+		var buildErr error
+		sum, err := r.PutWALSegment(ctx, wf, f, fi.Size(), func(data []byte) {
+			defer func() {
+				// A walker bug must cost the map, never the archiving.
+				if p := recover(); p != nil {
+					m, buildErr = nil, fmt.Errorf("walker failed: %v", p)
+				}
+			}()
+			m, buildErr = walmap.Build(data, wf.Name, uint32(fi.Size()))
+		})
 		rec.SHA256 = hex.EncodeToString(sum[:])
-		return rec, err
+		if err != nil {
+			return rec, err
+		}
+		storeBlockMap(ctx, r, wf, m, sum, buildErr, log)
+		return rec, nil
 	}
 	// Only the very same file, archived before the fork was known, is
 	// accepted: PostgreSQL retries a refused file forever.
@@ -158,6 +187,24 @@ func pushFile(ctx context.Context, r *repo.Repository, path string, sysid uint64
 		return rec, err
 	}
 	return rec, nil
+}
+
+// storeBlockMap stores a segment's block map. A map is an optimisation for
+// later backups, so failing to build or store one is a warning, never a
+// failed archive_command: a segment without a map only makes a backup
+// over its range read by hashes.
+func storeBlockMap(ctx context.Context, r *repo.Repository, wf pg.WALFile, m *walmap.Map, sum [32]byte, buildErr error, log *slog.Logger) {
+	if buildErr == nil && m == nil {
+		buildErr = errors.New("the walker did not run")
+	}
+	if buildErr != nil {
+		log.Warn("block map not built; backups over this segment read by hashes", "file", wf.Name, "err", buildErr)
+		return
+	}
+	m.SegmentSHA256 = sum // the stored object's hash: the map is valid only with those bytes
+	if err := r.PutWALMap(ctx, wf, m); err != nil {
+		log.Warn("block map not stored; backups over this segment read by hashes", "file", wf.Name, "err", err)
+	}
 }
 
 // openRegular opens path for reading only if it is a regular file: a FIFO

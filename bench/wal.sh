@@ -6,7 +6,8 @@
 # segment, as PostgreSQL does, alternating the two tools segment by segment
 # so machine noise hits both alike. Both use a local repository; pgBackRest
 # runs zstd level 3 with synchronous archive-push/archive-get, pgkeep its
-# default wal.compression_level 1 and, in a third column of pushes, level 3.
+# default wal.compression_level 1 and, in further columns of pushes, level 3
+# and wal.block_maps false (the cost of the block map on wal-push).
 #
 # Rounds:
 #   push        pgkeep wal-push (push_ahead 0)      vs pgbackrest archive-push
@@ -121,7 +122,9 @@ total() { awk '{ s += $1 } END { printf "%.0f\n", s }'; }
 echo "== push: one process per segment, alternating"
 mkdir -p "$WORK/pgkeep-repo3"
 PGKEEP_REPOSITORY=file://$WORK/pgkeep-repo3 "$PGKEEP" repo init --pgdata "$PGDATA" >/dev/null
-: >"$WORK/push.pgkeep"; : >"$WORK/push3.pgkeep"; : >"$WORK/push.pgbackrest"
+mkdir -p "$WORK/pgkeep-repo4"
+PGKEEP_REPOSITORY=file://$WORK/pgkeep-repo4 "$PGKEEP" repo init --pgdata "$PGDATA" >/dev/null
+: >"$WORK/push.pgkeep"; : >"$WORK/push3.pgkeep"; : >"$WORK/push.pgbackrest"; : >"$WORK/push.nomaps"
 while read -r s; do
 	cp "$WORK/segs/$s" "$WORK/kdata/pg_wal/$s"
 	t0=$(now); (cd "$WORK/kdata" && "$PGKEEP" wal-push "pg_wal/$s"); t1=$(now)
@@ -132,6 +135,10 @@ while read -r s; do
 	ms "$t0" "$t1" >>"$WORK/push3.pgkeep"
 	t0=$(now); $PGBR archive-push "$WORK/segs/$s"; t1=$(now)
 	ms "$t0" "$t1" >>"$WORK/push.pgbackrest"
+	t0=$(now)
+	(cd "$WORK/kdata" && PGKEEP_REPOSITORY=file://$WORK/pgkeep-repo4 PGKEEP_WAL_BLOCK_MAPS=false "$PGKEEP" wal-push "pg_wal/$s")
+	t1=$(now)
+	ms "$t0" "$t1" >>"$WORK/push.nomaps"
 	rm -f "$WORK/kdata/pg_wal/$s"
 done <"$WORK/seglist"
 
@@ -166,7 +173,7 @@ while read -r s; do
 	cmp -s "$WORK/fetchbr/RECOVERYXLOG" "$WORK/segs/$s" || { echo "pgbackrest fetched wrong bytes for $s" >&2; exit 1; }
 done <"$WORK/seglist"
 
-kp=$(median <"$WORK/push.pgkeep"); bp=$(median <"$WORK/push.pgbackrest"); kp3=$(median <"$WORK/push3.pgkeep")
+kp=$(median <"$WORK/push.pgkeep"); bp=$(median <"$WORK/push.pgbackrest"); kp3=$(median <"$WORK/push3.pgkeep"); kpn=$(median <"$WORK/push.nomaps")
 kf=$(median <"$WORK/fetch.pgkeep"); bf=$(median <"$WORK/fetch.pgbackrest")
 ka=$(total <"$WORK/pushahead.pgkeep"); kpt=$(total <"$WORK/push.pgkeep"); bpt=$(total <"$WORK/push.pgbackrest")
 ksize=$(du -sk "$WORK/pgkeep-repo/wal" | cut -f1); ksize3=$(du -sk "$WORK/pgkeep-repo3/wal" | cut -f1); bsize=$(du -sk "$WORK/pgbackrest-repo/archive" | cut -f1)
@@ -176,6 +183,7 @@ echo "pgkeep: wal.compression_level 1 (its default) unless noted; pgBackRest: zs
 printf "%-34s %10s %12s %8s\n" "" "pgkeep" "pgBackRest" "ratio"
 printf "%-34s %8s ms %10s ms %8s\n" "push, median per segment" "$kp" "$bp" "$(awk -v a="$kp" -v b="$bp" 'BEGIN{printf "%.2f", a/b}')"
 printf "%-34s %8s ms %10s ms %8s\n" "push, median, pgkeep at level 3" "$kp3" "$bp" "$(awk -v a="$kp3" -v b="$bp" 'BEGIN{printf "%.2f", a/b}')"
+printf "%-34s %8s ms %10s ms %8s\n" "push, median, pgkeep no block maps" "$kpn" "$bp" "$(awk -v a="$kpn" -v b="$bp" 'BEGIN{printf "%.2f", a/b}')"
 printf "%-34s %8s ms %10s ms %8s\n" "push, total for all segments" "$kpt" "$bpt" "$(awk -v a="$kpt" -v b="$bpt" 'BEGIN{printf "%.2f", a/b}')"
 printf "%-34s %8s ms %10s ms %8s\n" "push with backlog (push-ahead), total" "$ka" "$bpt" "$(awk -v a="$ka" -v b="$bpt" 'BEGIN{printf "%.2f", a/b}')"
 printf "%-34s %8s ms %10s ms %8s\n" "fetch, median per segment" "$kf" "$bf" "$(awk -v a="$kf" -v b="$bf" 'BEGIN{printf "%.2f", a/b}')"

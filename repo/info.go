@@ -40,8 +40,10 @@ type Info struct {
 
 // InfoSize is what the repository stores, in bytes as listed.
 type InfoSize struct {
-	Total      int64 `json:"total"`
-	WAL        int64 `json:"wal"`
+	Total int64 `json:"total"`
+	WAL   int64 `json:"wal"`
+	// WALMaps is the block maps and roll-ups stored beside the WAL.
+	WALMaps    int64 `json:"wal_maps"`
 	Backups    int64 `json:"backups"`
 	Incomplete int64 `json:"incomplete"`
 }
@@ -175,8 +177,13 @@ func (r *Repository) Info(ctx context.Context, now time.Time) (*Info, error) {
 	}
 	var histories []pg.WALFile
 	err = r.backend.List(ctx, "wal/", func(o storage.ObjectInfo) error {
+		base := o.Name[strings.LastIndexByte(o.Name, '/')+1:]
+		if IsWALMapName(base) {
+			inf.Size.WALMaps += o.Size
+			return nil
+		}
 		inf.Size.WAL += o.Size
-		wf, err := pg.ParseWALFileName(o.Name[strings.LastIndexByte(o.Name, '/')+1:])
+		wf, err := pg.ParseWALFileName(base)
 		if err != nil {
 			return nil
 		}
@@ -202,7 +209,7 @@ func (r *Repository) Info(ctx context.Context, now time.Time) (*Info, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list WAL: %w", err)
 	}
-	inf.Size.Total = inf.Size.WAL + inf.Size.Backups + int64(len(r.rawConfig))
+	inf.Size.Total = inf.Size.WAL + inf.Size.WALMaps + inf.Size.Backups + int64(len(r.rawConfig))
 
 	// History files: where each timeline began.
 	if len(histories) > maxInfoHistories {

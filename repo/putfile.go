@@ -34,8 +34,15 @@ var (
 // and copy), hashed on one goroutine while workers compress it in
 // mappedFrame frames, and streamed to the backend in order through a small
 // ring of reused buffers: the header as soon as the hash is known, then
-// each frame as it is ready.
+// each frame as it is ready. putFileInspect's non-nil inspect is handed the mapped bytes
+// on a goroutine of its own, beside hashing and compression (wal-push
+// builds a segment's block map from them), and has returned by the time
+// putFile does; a fault while it reads (the file shrank) ends it early.
 func (r *Repository) putFile(name string, f *os.File, size int64, put func(io.Reader) error) ([32]byte, error) {
+	return r.putFileInspect(name, f, size, put, nil)
+}
+
+func (r *Repository) putFileInspect(name string, f *os.File, size int64, put func(io.Reader) error, inspect func([]byte)) ([32]byte, error) {
 	c := r.codec
 	data, err := syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED|syscall.MAP_POPULATE)
 	if err != nil {
@@ -50,6 +57,14 @@ func (r *Repository) putFile(name string, f *os.File, size int64, put func(io.Re
 		defer close(sumDone)
 		sumErr = guardFault(func() { sum = sha256.Sum256(data) })
 	}()
+	inspectDone := make(chan struct{})
+	go func() {
+		defer close(inspectDone)
+		if inspect != nil {
+			guardFault(func() { inspect(data) })
+		}
+	}()
+	defer func() { <-inspectDone }() // before the unmap
 
 	type result struct {
 		buf []byte

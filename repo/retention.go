@@ -222,7 +222,15 @@ func (r *Repository) planFrom(ctx context.Context, plan RetentionPlan, backups [
 	err = r.backend.List(ctx, "wal/", func(obj storage.ObjectInfo) error {
 		name := obj.Name[strings.LastIndexByte(obj.Name, '/')+1:]
 		wf, err := pg.ParseWALFileName(name)
-		if err != nil || wf.Kind == pg.KindHistory {
+		if err != nil {
+			// A block map or roll-up goes with (the last of) its segments.
+			_, last, _, ok := parseWALMapName(name)
+			if !ok {
+				return nil
+			}
+			wf, err = last, nil
+		}
+		if wf.Kind == pg.KindHistory {
 			return nil
 		}
 		if wf.SegNo(oldest.SegmentSize) < firstSeg {

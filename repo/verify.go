@@ -53,6 +53,9 @@ type WALStats struct {
 	Read    int // read from storage this time
 	Cached  int // unchanged since an earlier verify read them in full and found them good
 	Bad     int // with a problem (of either kind)
+	// Maps counts the block maps and roll-ups beside the WAL, each held to
+	// its segments (walmap.Verify); their problems are in Bad too.
+	Maps int
 }
 
 // VerifyReport is what Verify found.
@@ -207,19 +210,23 @@ func (r *Repository) VerifyBackup(ctx context.Context, id string) []Problem {
 // WALArchive is what the repository holds of WAL, for continuity checks.
 type WALArchive struct {
 	objects []walObject
-	names   map[string]bool // segment (and .partial) names
-	latest  uint32          // highest timeline seen
+	names   map[string]bool               // segment (and .partial) names
+	maps    map[string]storage.ObjectInfo // block maps and roll-ups, by object name
+	latest  uint32                        // highest timeline seen
 	history []pg.TimelineSwitch
 }
 
 // ReadWALArchive lists the archived WAL and reads the latest timeline's
 // history file.
 func (r *Repository) ReadWALArchive(ctx context.Context) (*WALArchive, error) {
-	a := &WALArchive{names: map[string]bool{}, latest: 1}
+	a := &WALArchive{names: map[string]bool{}, maps: map[string]storage.ObjectInfo{}, latest: 1}
 	err := r.backend.List(ctx, "wal/", func(o storage.ObjectInfo) error {
 		name := o.Name[strings.LastIndexByte(o.Name, '/')+1:]
 		wf, err := pg.ParseWALFileName(name)
 		if err != nil {
+			if IsWALMapName(name) {
+				a.maps[o.Name] = o
+			}
 			return nil
 		}
 		if wf.Kind == pg.KindSegment || wf.Kind == pg.KindHistory {

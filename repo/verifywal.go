@@ -21,6 +21,15 @@ type walObject struct {
 	file pg.WALFile
 }
 
+// walCheck is the check of one WAL object (and of its block map, if any).
+type walCheck struct {
+	obj    walObject
+	entry  cacheEntry
+	cached bool
+	err    error
+	mp     mapResult
+}
+
 // walExpect is what every segment must agree with, and where that came
 // from (for messages).
 type walExpect struct {
@@ -49,13 +58,7 @@ func (r *Repository) verifyWAL(ctx context.Context, a *WALArchive, want walExpec
 		workers = 4
 	}
 	stats := WALStats{Objects: len(a.objects)}
-	type result struct {
-		obj    walObject
-		entry  cacheEntry
-		cached bool
-		err    error
-	}
-	results := make([]result, len(a.objects))
+	results := make([]walCheck, len(a.objects))
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for range min(workers, max(len(a.objects), 1)) {
@@ -64,8 +67,13 @@ func (r *Repository) verifyWAL(ctx context.Context, a *WALArchive, want walExpec
 			defer wg.Done()
 			for i := range next {
 				obj := a.objects[i]
-				e, cached, err := r.checkWALObject(ctx, obj, o.Cache)
-				results[i] = result{obj, e, cached, err}
+				mi, hasMap := a.maps[WALMapObjectName(obj.file)]
+				if !hasMap {
+					e, cached, err := r.checkWALObject(ctx, obj, o.Cache, nil)
+					results[i] = walCheck{obj: obj, entry: e, cached: cached, err: err}
+					continue
+				}
+				results[i] = r.checkWALObjectAndMap(ctx, obj, mi, o.Cache)
 			}
 		}()
 	}
@@ -96,6 +104,16 @@ func (r *Repository) verifyWAL(ctx context.Context, a *WALArchive, want walExpec
 		case err != nil:
 			probs = append(probs, Problem{Object: name, What: err.Error()})
 		}
+		if m := res.mp; m.name != "" {
+			stats.Maps++
+			if m.err != nil {
+				stats.Bad++
+				probs = append(probs, Problem{Object: m.name, What: m.err.Error()})
+				if o.Cache != nil {
+					o.Cache.forget(m.name)
+				}
+			}
+		}
 		if res.cached {
 			stats.Cached++
 		} else {
@@ -112,6 +130,10 @@ func (r *Repository) verifyWAL(ctx context.Context, a *WALArchive, want walExpec
 			sysids[res.entry.SystemIdentifier] = append(sysids[res.entry.SystemIdentifier], res.obj.file.Name)
 		}
 	}
+	rs, rprobs := r.verifyRollups(ctx, a, o.Cache)
+	stats.Maps += rs
+	stats.Bad += len(rprobs)
+	probs = append(probs, rprobs...)
 	if len(noKey) > 0 {
 		probs = append(probs, Problem{What: fmt.Sprintf(
 			"%d WAL object(s) are encrypted and no age identity is configured, so their content was not checked (first %s); set encryption.identity_file or encryption.passphrase_file",
@@ -152,7 +174,9 @@ func (w walExpect) check(f pg.WALFile, e cacheEntry) error {
 
 // checkWALObject returns the facts of one WAL object, from the cache when
 // it is unchanged since it was last read in full, else by reading it.
-func (r *Repository) checkWALObject(ctx context.Context, obj walObject, cache *VerifyCache) (cacheEntry, bool, error) {
+// With keep non-nil the object is read in full even if cached, and its
+// content is left in *keep (for checking its block map).
+func (r *Repository) checkWALObject(ctx context.Context, obj walObject, cache *VerifyCache, keep *[]byte) (cacheEntry, bool, error) {
 	if want := WALObjectName(obj.file); obj.info.Name != want {
 		return cacheEntry{}, false, fmt.Errorf("misplaced: %s belongs at %s, where recovery looks for it", obj.file.Name, want)
 	}
@@ -166,11 +190,11 @@ func (r *Repository) checkWALObject(ctx context.Context, obj walObject, cache *V
 				header = h
 			}
 		}
-		if e, ok := cache.lookup(obj.info, header); ok && (header != nil || obj.info.ETag != "") {
+		if e, ok := cache.lookup(obj.info, header); ok && (header != nil || obj.info.ETag != "") && keep == nil {
 			return e, true, nil
 		}
 	}
-	e, raw, err := r.readWALObject(ctx, obj)
+	e, raw, err := r.readWALObject(ctx, obj, keep)
 	if err != nil {
 		return e, false, err
 	}
@@ -199,7 +223,7 @@ func (r *Repository) rawHeader(ctx context.Context, name string) ([]byte, error)
 
 // readWALObject decodes an object in full and checks its content. It
 // returns the object's facts and its raw header.
-func (r *Repository) readWALObject(ctx context.Context, obj walObject) (cacheEntry, []byte, error) {
+func (r *Repository) readWALObject(ctx context.Context, obj walObject, keepAll *[]byte) (cacheEntry, []byte, error) {
 	rc, err := r.backend.Get(ctx, obj.info.Name)
 	if err != nil {
 		return cacheEntry{}, nil, trimName(err, obj.info.Name)
@@ -213,10 +237,16 @@ func (r *Repository) readWALObject(ctx context.Context, obj walObject) (cacheEnt
 	case pg.KindHistory, pg.KindBackup:
 		keep = maxHistorySize
 	}
+	if keepAll != nil {
+		keep = 1<<30 + 1 // the largest segment
+	}
 	sink := &prefixSink{want: keep}
 	h, err := r.codec.Decode(sink, raw)
 	if err != nil {
 		return cacheEntry{}, nil, err
+	}
+	if keepAll != nil {
+		*keepAll = sink.buf
 	}
 	if r.Config.Encryption != EncryptionNone && !h.Encrypted {
 		return cacheEntry{}, nil, fmt.Errorf("stored unencrypted, but the repository is encrypted (%s)", r.Config.Encryption)

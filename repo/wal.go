@@ -29,15 +29,7 @@ var ErrWALConflict = errors.New("a different file with this name is already arch
 // mapped rather than read, from its start (pass a freshly opened file).
 func (r *Repository) PutWAL(ctx context.Context, wf pg.WALFile, src io.Reader, size int64) ([32]byte, error) {
 	sum, err := r.PutReader(ctx, WALObjectName(wf), src, size, storage.PutOptions{IfAbsent: true})
-	if err == nil || !errors.Is(err, ErrExists) {
-		return sum, err
-	}
-	err = r.CompareWAL(ctx, wf, sum, size)
-	if errors.Is(err, ErrNotFound) {
-		// Taken a moment ago, gone now (a delete raced us).
-		err = fmt.Errorf("check archived copy: %w", err)
-	}
-	return sum, err
+	return r.settleWALPut(ctx, wf, sum, size, err)
 }
 
 // CompareWAL checks the archived copy of wf against content of the given
@@ -71,14 +63,19 @@ func (r *Repository) HasWAL(ctx context.Context, wf pg.WALFile) (bool, error) {
 
 // ListWAL calls fn with the name of every file archived under one
 // timeline-and-log directory (the first 16 hex digits of a segment name,
-// e.g. "0000000100000003"), in lexical order. An error from fn stops the
-// listing and is returned.
+// e.g. "0000000100000003"), in lexical order. Block maps and roll-ups
+// stored beside the WAL are not WAL files and are left out. An error from
+// fn stops the listing and is returned.
 func (r *Repository) ListWAL(ctx context.Context, timelineLog string, fn func(name string) error) error {
 	if len(timelineLog) != 16 || strings.Contains(timelineLog, "/") {
 		return fmt.Errorf("list WAL: %q is not a timeline and log (16 hex digits)", timelineLog)
 	}
 	return r.backend.List(ctx, "wal/"+timelineLog+"/", func(o storage.ObjectInfo) error {
-		return fn(o.Name[strings.LastIndexByte(o.Name, '/')+1:])
+		name := o.Name[strings.LastIndexByte(o.Name, '/')+1:]
+		if IsWALMapName(name) {
+			return nil
+		}
+		return fn(name)
 	})
 }
 

@@ -213,10 +213,14 @@ type forkAcc struct {
 
 // builder turns records into a map, applying them in LSN order.
 type builder struct {
-	l       *layout
-	forks   map[RelFork]*forkAcc
-	lastKey RelFork
-	last    *forkAcc
+	l     *layout
+	forks map[RelFork]*forkAcc
+	// recent caches the last few forks looked up: a workload touches a
+	// handful of relations in turn (pgbench: accounts, tellers, branches,
+	// history and their indexes), and a map lookup per block reference
+	// was a third of the walk.
+	recent  [8]recentFork
+	next    int
 	events  []Event
 	unknown []Unknown
 }
@@ -225,16 +229,24 @@ func newBuilder(l *layout) *builder {
 	return &builder{l: l, forks: make(map[RelFork]*forkAcc)}
 }
 
+type recentFork struct {
+	k RelFork
+	a *forkAcc
+}
+
 func (b *builder) fork(k RelFork) *forkAcc {
-	if b.last != nil && b.lastKey == k {
-		return b.last
+	for i := range b.recent {
+		if r := &b.recent[i]; r.a != nil && r.k == k {
+			return r.a
+		}
 	}
 	a := b.forks[k]
 	if a == nil {
 		a = &forkAcc{limit: NoLimit}
 		b.forks[k] = a
 	}
-	b.lastKey, b.last = k, a
+	b.recent[b.next] = recentFork{k, a}
+	b.next = (b.next + 1) % len(b.recent)
 	return a
 }
 

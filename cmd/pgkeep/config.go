@@ -99,6 +99,9 @@ type WALConfig struct {
 	PushAhead        int `yaml:"push_ahead"`
 	Prefetch         int `yaml:"prefetch"`
 	CompressionLevel int `yaml:"compression_level"`
+	// BlockMaps stores a block map beside each pushed segment, for
+	// incremental backups that read only changed blocks (default true).
+	BlockMaps bool `yaml:"block_maps"`
 	// FetchRetryTime is how long wal-fetch retries storage errors before it
 	// gives up (and, in archive recovery, stops recovery).
 	FetchRetryTime time.Duration `yaml:"fetch_retry_time"`
@@ -280,7 +283,7 @@ func defaultConfig() Config {
 		Compression:         CompressionConfig{Level: 3},
 		UploadConcurrency:   4,
 		DownloadConcurrency: 4,
-		WAL:                 WALConfig{PushAhead: 8, Prefetch: 8, CompressionLevel: 1, FetchRetryTime: 5 * time.Minute},
+		WAL:                 WALConfig{PushAhead: 8, Prefetch: 8, CompressionLevel: 1, BlockMaps: true, FetchRetryTime: 5 * time.Minute},
 		Restore:             RestoreConfig{WALPrefetchBytes: restore.DefaultWALPrefetchBytes},
 		Etcd:                EtcdConfig{DialTimeout: 5 * time.Second},
 		Patroni:             PatroniConfig{Namespace: "/service/"},

@@ -88,7 +88,7 @@ func sampleValue(key string) string {
 		return `[{name: a, kind: verify, schedule: "@daily", run_on: primary}]`
 	case strings.HasSuffix(key, "timeout") || strings.HasSuffix(key, "_ttl") || strings.HasSuffix(key, "_interval") || strings.HasSuffix(key, "_delay") || strings.HasSuffix(key, "_time") || strings.HasSuffix(key, "_stagger"):
 		return "3s"
-	case key == "s3.path_style":
+	case key == "s3.path_style", key == "wal.block_maps":
 		return "true"
 	case strings.HasSuffix(key, "level") && !strings.HasPrefix(key, "log."), strings.HasSuffix(key, "concurrency"), strings.HasSuffix(key, "attempts"),
 		strings.HasSuffix(key, "_mb"), strings.HasPrefix(key, "wal.p"), key == "daemon.retries",

@@ -24,7 +24,11 @@ durably stored. Pushing a file identical to the archived one succeeds; a differe
 file under an archived name fails and the archived copy is kept.
 
 Up to wal.push_ahead other files that PostgreSQL has marked .ready are pushed in
-the same call, so the archiver's next calls return at once.`,
+the same call, so the archiver's next calls return at once.
+
+Each segment's block map (the relation blocks its records changed, for incremental
+backups) is stored beside it unless wal.block_maps is false; a map that cannot be
+built or stored is a warning, never a failure.`,
 		Example: `  # postgresql.conf
   archive_mode = on
   archive_command = 'pgkeep wal-push %p'`,
@@ -41,6 +45,7 @@ the same call, so the archiver's next calls return at once.`,
 				PushAhead:        a.cfg.WAL.PushAhead,
 				Concurrency:      a.cfg.UploadConcurrency,
 				SystemIdentifier: a.systemIdentifier(args[0]),
+				NoBlockMaps:      !a.cfg.WAL.BlockMaps,
 				Logger:           a.log,
 			})
 		},
