@@ -252,8 +252,12 @@ func TestWriteBackupCommitPointIsLast(t *testing.T) {
 	ctx := context.Background()
 	dir, _ := syntheticDataDir(t)
 	id := "20261201T000000Z-bbbb"
+	// One worker and one writer: the packs, and so the puts to fail one by
+	// one, are the same in every run.
+	o := smallBlocks()
+	o.Workers, o.Writers = 1, 1
 	r, fs, _ := newMemRepo(t)
-	if _, err := writeBackup(ctx, r, smallBlocks(), testRun(id, dir), stopAt, discard()); err != nil {
+	if _, err := writeBackup(ctx, r, o, testRun(id, dir), stopAt, discard()); err != nil {
 		t.Fatal(err)
 	}
 	var seq []string
@@ -275,7 +279,7 @@ func TestWriteBackupCommitPointIsLast(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			r, fs, m := newMemRepo(t)
 			fs.failName, fs.readN = repo.BackupPrefix(id)+name, 100
-			_, err := writeBackup(ctx, r, smallBlocks(), testRun(id, dir), stopAt, discard())
+			_, err := writeBackup(ctx, r, o, testRun(id, dir), stopAt, discard())
 			if !errors.Is(err, errInjected) {
 				t.Fatalf("failing put of %s: %v, want the injected error", name, err)
 			}
