@@ -92,3 +92,38 @@ func (p PrefetchProcess) start(after, dir string, segSize int64) error {
 	}
 	return cmd.Process.Release()
 }
+
+// bulkPlanFile in the prefetch directory is the plan a background bulk
+// download works through (StartBulkProcess writes it, RunBulkPlan reads
+// it and removes it when it ends: its absence means no bulk download is
+// running or due).
+const bulkPlanFile = ".bulk.plan"
+
+// bulkLog is the background bulk download's log, next to prefetch.log.
+const bulkLog = "bulk.log"
+
+// startBulk re-executes the binary as `wal-prefetch --bulk --dir DIR`,
+// detached like start, to work through the plan written in dir. The
+// caller may Wait on the returned command while it lives.
+func (p PrefetchProcess) startBulk(dir string) (*exec.Cmd, error) {
+	exe := p.Executable
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return nil, err
+		}
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, bulkLog), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	args := append(append([]string{}, p.GlobalArgs...), "wal-prefetch", "--bulk", "--dir", dir)
+	cmd := exec.Command(exe, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return cmd, nil
+}

@@ -191,7 +191,7 @@ func waitInFlight(dir, name string) bool {
 	tmp := filepath.Join(dir, "."+name+".tmp")
 	deadline := time.Now().Add(time.Minute)
 	waited := false
-	for time.Now().Before(deadline) {
+	for i := 0; time.Now().Before(deadline); i++ {
 		fi, err := os.Stat(tmp)
 		if err != nil {
 			return waited
@@ -199,9 +199,31 @@ func waitInFlight(dir, name string) bool {
 		if time.Since(fi.ModTime()) > 5*time.Second {
 			return false // stalled or abandoned
 		}
+		// Every downloader (a prefetch, a restore's bulk download) holds
+		// the directory's lock: a temporary file without one is what a
+		// killed downloader left, not worth waiting for.
+		if i%32 == 0 && !downloaderAlive(dir) {
+			return false
+		}
 		waited = true
 		time.Sleep(3 * time.Millisecond)
 	}
+	return false
+}
+
+// downloaderAlive reports whether a process holds dir's download lock.
+// Probing with a shared lock could make a prefetch starting at this very
+// moment give up; the next wal-fetch starts another.
+func downloaderAlive(dir string) bool {
+	f, err := os.Open(filepath.Join(dir, ".lock"))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB) != nil {
+		return true
+	}
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 	return false
 }
 
@@ -345,7 +367,7 @@ func cleanPrefetchDir(dir string, current pg.WALFile, segSize int64) {
 	cutoff := time.Now().Add(-time.Hour)
 	for _, e := range entries {
 		n := e.Name()
-		if n == ".lock" || n == bulkMarker || n == "prefetch.log" {
+		if n == ".lock" || n == bulkMarker || n == "prefetch.log" || n == bulkLog || n == bulkPlanFile {
 			continue
 		}
 		stale := strings.HasSuffix(n, ".tmp")
