@@ -186,7 +186,11 @@ func TakePrefetched(dir, name, dest string, log *slog.Logger) (int64, bool) {
 	// copy is then still, or again, in the prefetch directory or the
 	// repository). A directory fsync here waits for the journal commit of
 	// everything replay wrote meanwhile: it was most of the ~35 ms per
-	// prefetched segment measured during replay.
+	// prefetched segment measured during replay. Another destination than
+	// RECOVERYXLOG may be kept for good: synced as before.
+	if filepath.Base(dest) != RecoveryFileName {
+		fsync.Dir(filepath.Dir(dest))
+	}
 	return fi.Size(), true
 }
 
