@@ -44,6 +44,12 @@ func (p PrefetchProcess) maybeStart(after, dir string, segSize int64) error {
 	if n <= 0 || !needPrefetch(dir, n) {
 		return nil
 	}
+	// A restore's background bulk download is still filling the directory:
+	// a prefetch would only find the lock taken (a process start for
+	// nothing). A plan file whose process is gone does not count.
+	if _, err := os.Stat(filepath.Join(dir, bulkPlanFile)); err == nil && downloaderAlive(dir) {
+		return nil
+	}
 	return p.start(after, dir, segSize)
 }
 

@@ -361,7 +361,8 @@ func prefetchOne(ctx context.Context, r *repo.Repository, wf pg.WALFile, dir str
 }
 
 // cleanPrefetchDir removes segments recovery has moved past, leftovers of
-// interrupted fetches, and anything older than an hour, except the
+// interrupted fetches (a dead bulk download's plan among them: it runs
+// under the lock this caller holds), and anything older than an hour, except the
 // segments of a restore's bulk download (bulkMarker) until recovery has
 // passed its last one.
 func cleanPrefetchDir(dir string, current pg.WALFile, segSize int64) {
@@ -377,10 +378,10 @@ func cleanPrefetchDir(dir string, current pg.WALFile, segSize int64) {
 	cutoff := time.Now().Add(-time.Hour)
 	for _, e := range entries {
 		n := e.Name()
-		if n == ".lock" || n == bulkMarker || n == "prefetch.log" || n == bulkLog || n == bulkPlanFile {
+		if n == ".lock" || n == bulkMarker || n == "prefetch.log" || n == bulkLog {
 			continue
 		}
-		stale := strings.HasSuffix(n, ".tmp")
+		stale := strings.HasSuffix(n, ".tmp") || n == bulkPlanFile
 		if fi, err := e.Info(); err == nil && fi.ModTime().Before(cutoff) && !bulk {
 			stale = true
 		}
