@@ -208,8 +208,10 @@ func BulkWAL(ctx context.Context, r *repo.Repository, plan BulkWALPlan, o BulkWA
 	}
 	wg.Wait()
 	// Segments after a failure are useless until it is fetched, and the
-	// budget they take may be needed: remove them.
-	for i := failed + 1; i < len(plan.Segments); i++ {
+	// budget they take may be needed: remove them. Not when the download
+	// was called off: the directory may no longer be this download's (a
+	// new restore into the same directory), and the names are the same.
+	for i := failed + 1; i < len(plan.Segments) && parent.Err() == nil; i++ {
 		if path, _, ok := prefetchedName(o.Dir, plan.Segments[i].Name); ok {
 			if os.Remove(path) == nil {
 				bytes.Add(-plan.SegmentSize)
@@ -252,6 +254,8 @@ func readBulkMarker(dir string) (pg.WALFile, bool) {
 
 // bulkPlan is bulkPlanFile's content.
 type bulkPlan struct {
+	// ID tells this plan from a later restore's in the same directory.
+	ID          string   `json:"id"`
 	PGData      string   `json:"pgdata"`
 	SegmentSize int64    `json:"segment_size"`
 	Complete    bool     `json:"complete"`
@@ -259,7 +263,8 @@ type bulkPlan struct {
 }
 
 func writeBulkPlan(dir, pgdata string, plan BulkWALPlan) error {
-	p := bulkPlan{PGData: pgdata, SegmentSize: plan.SegmentSize, Complete: plan.Complete}
+	p := bulkPlan{ID: fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano()),
+		PGData: pgdata, SegmentSize: plan.SegmentSize, Complete: plan.Complete}
 	for _, s := range plan.Segments {
 		p.Segments = append(p.Segments, s.Name)
 	}
@@ -302,22 +307,53 @@ func readBulkPlan(dir string) (bulkPlan, BulkWALPlan, error) {
 // The plan file is removed on the way out, whatever happened; wal-fetch
 // fetches from the repository whatever the download did not leave.
 func RunBulkPlan(ctx context.Context, r *repo.Repository, dir string, o BulkWALOptions) error {
-	defer os.Remove(filepath.Join(dir, bulkPlanFile))
+	planPath := filepath.Join(dir, bulkPlanFile)
 	p, plan, err := readBulkPlan(dir)
 	if err != nil {
+		os.Remove(planPath)
 		return fmt.Errorf("bulk WAL: %w", err)
 	}
+	// Removed on the way out only if it is still this download's plan.
+	defer func() {
+		if samePlan(dir, p.ID) {
+			os.Remove(planPath)
+		}
+	}()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if p.PGData != "" {
 		go watchRecovery(ctx, cancel, p.PGData, o.Logger)
 	}
+	// A new restore into the same directory (--force, --delta) replaces
+	// the plan: this download is then not wanted any more.
+	go func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if !samePlan(dir, p.ID) {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
 	o.Dir = dir
 	_, err = BulkWAL(ctx, r, plan, o)
 	if err != nil && ctx.Err() != nil {
 		return nil // recovery ended: nothing left to do
 	}
 	return err
+}
+
+// samePlan reports whether dir's plan is still the one with this id (a
+// new restore into the same directory writes its own).
+func samePlan(dir, id string) bool {
+	p, _, err := readBulkPlan(dir)
+	return err == nil && p.ID == id
 }
 
 // watchRecovery cancels once the cluster in pgdata has left recovery: a

@@ -2,6 +2,7 @@ package restore
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -162,5 +163,52 @@ func TestWaitInFlightDeadDownloader(t *testing.T) {
 	}()
 	if !waitInFlight(dir, name) {
 		t.Fatal("did not wait for a live downloader's segment")
+	}
+}
+
+// TestRunBulkPlanReplaced: a background download removes its own plan
+// when it ends, and tells its plan from a later restore's in the same
+// directory, so that it stops (and leaves that one alone) once replaced.
+func TestRunBulkPlanReplaced(t *testing.T) {
+	ctx := context.Background()
+	b, err := fs.Create(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.Init(ctx, b, repo.InitOptions{CompressionLevel: 1, Now: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.Open(ctx, b, repo.OpenOptions{CompressionLevel: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	var plan BulkWALPlan
+	plan.SegmentSize = pg.DefaultSegmentSize
+	for i := 3; i < 6; i++ {
+		wf, _ := pg.ParseWALFileName(fmt.Sprintf("0000000100000000000000%02X", i))
+		plan.Segments = append(plan.Segments, wf)
+	}
+	if err := writeBulkPlan(dir, "", plan); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing is archived: the download stops at its first segment.
+	if err := RunBulkPlan(ctx, r, dir, BulkWALOptions{Concurrency: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, bulkPlanFile)); err == nil {
+		t.Fatal("the plan of a download that ended was left")
+	}
+	if err := writeBulkPlan(dir, "", plan); err != nil {
+		t.Fatal(err)
+	}
+	old, _, _ := readBulkPlan(dir)
+	time.Sleep(time.Millisecond)
+	if err := writeBulkPlan(dir, "", plan); err != nil {
+		t.Fatal(err)
+	}
+	cur, _, _ := readBulkPlan(dir)
+	if samePlan(dir, old.ID) || !samePlan(dir, cur.ID) {
+		t.Fatalf("plans %q and %q not told apart", old.ID, cur.ID)
 	}
 }
