@@ -38,6 +38,8 @@
 # `sync` runs before each timed run. Load averages are printed: the machine
 # may be shared.
 #
+#   pgkeep-base only with PK_BASE_BIN=BINARY: the pgkeep run with another
+#               build (e.g. main's), for a before/after in the same run
 # Usage: bash bench/rto.sh                  (needs: make build deps; pgbackrest)
 #        WAL_MB=256 REPS=1 bash bench/rto.sh   (quick)
 #        KINDS=local bash bench/rto.sh         (no MinIO rows)
@@ -107,6 +109,8 @@ if [ "$(id -u)" = 0 ]; then
 	trap 'exit 130' INT TERM
 	mkdir "$WORK/bin"
 	cp "$PGKEEP_SRC" "$WORK/bin/pgkeep"
+	BASE_ARG=
+	if [ -n "${PK_BASE_BIN:-}" ]; then cp "$PK_BASE_BIN" "$WORK/bin/pgkeep-base"; BASE_ARG=$WORK/bin/pgkeep-base; fi
 	ln "$MINIO_SRC" "$WORK/bin/minio" 2>/dev/null || cp "$MINIO_SRC" "$WORK/bin/minio"
 	cp "$0" "$WORK/rto.sh"
 	chown -R postgres:postgres "$WORK"
@@ -115,7 +119,7 @@ if [ "$(id -u)" = 0 ]; then
 	setsid -w bash -c 'echo $$ >"$0/sid"; exec "$@"' "$WORK" \
 		runuser -u postgres -- env WORK="$WORK" REPS="$REPS" WAL_MB="$WAL_MB" SCALE="$SCALE" KINDS="$KINDS" \
 		SHARED_BUFFERS="$SHARED_BUFFERS" PGBIN="$PGBIN" PK_BIN="$WORK/bin/pgkeep" MINIO_BIN="$WORK/bin/minio" \
-		bash "$WORK/rto.sh" &
+		PK_BASE_BIN="$BASE_ARG" bash "$WORK/rto.sh" &
 	rc=0
 	wait $! || rc=$?
 	exit "$rc"
@@ -127,6 +131,7 @@ if [ -z "${WORK:-}" ]; then
 	OWN_WORK=1
 fi
 PGKEEP=${PK_BIN:-$PGKEEP_SRC}
+PGKEEP_BASE=${PK_BASE_BIN:-}
 MINIO=$(find_minio)
 command -v pgbackrest >/dev/null || { echo "pgbackrest is not installed (apt-get install pgbackrest)" >&2; exit 1; }
 [ -x "$PGKEEP" ] || { echo "no pgkeep binary at $PGKEEP (make build)" >&2; exit 1; }
@@ -423,6 +428,7 @@ one_run() {
 	t0=$(now)
 	case $tool in
 	pgkeep) "$PGKEEP" restore --config "$WORK/pk-$k-r.yml" --pgdata "$R" --archive-mode off >"$LOGS/$key.$rep.restore.log" 2>&1 ;;
+	pgkeep-base) "$PGKEEP_BASE" restore --config "$WORK/pk-$k-r.yml" --pgdata "$R" --archive-mode off >"$LOGS/$key.$rep.restore.log" 2>&1 ;;
 	floor) "$PGKEEP" restore --config "$WORK/pk-$k-floor.yml" --pgdata "$R" --archive-mode off >"$LOGS/$key.$rep.restore.log" 2>&1 ;;
 	pgbackrest) pgbackrest --config="$WORK/br-$k-r.conf" --stanza=bench restore --archive-mode=off >"$LOGS/$key.$rep.restore.log" 2>&1 ;;
 	esac || { echo "FAILED: $tool restore from $k" >&2; tail -n 30 "$LOGS/$key.$rep.restore.log" >&2; exit 1; }
@@ -461,11 +467,13 @@ one_run() {
 }
 
 TOOLS=(pgkeep pgbackrest floor)
+[ -z "$PGKEEP_BASE" ] || TOOLS+=(pgkeep-base)
+NT=${#TOOLS[@]}
 for rep in $(seq 1 "$REPS"); do
 	for k in $KINDS; do
 		log "rep $rep, repository $k"
-		for j in 0 1 2; do
-			one_run "$k" "${TOOLS[$(( (j + rep - 1) % 3 ))]}" "$rep"
+		for j in $(seq 0 $(( NT - 1 ))); do
+			one_run "$k" "${TOOLS[$(( (j + rep - 1) % NT ))]}" "$rep"
 		done
 	done
 done
@@ -482,7 +490,7 @@ line() { printf '%-6s %-11s %8s %8s %8s %8s %9s\n' "$@"; }
 line repo tool "restore" "replay" "total" "x floor" "x pgBR"
 for k in $KINDS; do
 	fl=$(median <"$RES/$k.floor.total"); br=$(median <"$RES/$k.pgbackrest.total")
-	for tool in floor pgkeep pgbackrest; do
+	for tool in floor pgkeep ${PGKEEP_BASE:+pgkeep-base} pgbackrest; do
 		t=$(median <"$RES/$k.$tool.total")
 		line "$k" "$tool" "$(median <"$RES/$k.$tool.restore")" "$(median <"$RES/$k.$tool.replay")" "$t" "$(div "$t" "$fl")" "$(div "$t" "$br")"
 	done

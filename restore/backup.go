@@ -58,8 +58,12 @@ type BackupOptions struct {
 	// WALWorkers at a time; 0 downloads none.
 	WALPrefetchBytes int64
 	WALWorkers       int
-	Progress         Progress
-	Logger           *slog.Logger
+	// WALProcess, when set, runs the bulk WAL download in a detached
+	// process that goes on after the restore returns (pgkeep restore);
+	// nil downloads it in this process before returning.
+	WALProcess *PrefetchProcess
+	Progress   Progress
+	Logger     *slog.Logger
 }
 
 // BackupResult says what a restore did.
@@ -86,8 +90,7 @@ var ErrPostmasterRunning = errors.New("a postmaster is running in the data direc
 // while the WAL recovery needs first is prefetched (walprefetch.go), then
 // write the recovery configuration (recoveryconf.go) and make pg_control
 // visible last.
-func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupResult, error) {
-	var res BackupResult
+func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (res BackupResult, err error) {
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -113,6 +116,11 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (BackupRes
 	// written, so recovery finds it local from its first request.
 	bulk := startBulkWAL(ctx, r, m, o, p.tli, p.history, log)
 	defer bulk.stop()
+	defer func() {
+		if err != nil && bulk.abort != nil {
+			bulk.abort() // a failed restore leaves no download behind
+		}
+	}()
 	if o.Progress != nil {
 		o.Progress.Start(d.total)
 	}

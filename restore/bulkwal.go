@@ -2,6 +2,7 @@ package restore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -115,6 +116,12 @@ type BulkWALResult struct {
 	Complete bool  // every segment recovery needs is local
 	// Stopped is the first segment that could not be fetched ("" if none).
 	Stopped string
+	// Background is true when the download goes on in a detached process
+	// (PID) after the restore returned; Segments are those already local
+	// of the Planned ones.
+	Background bool
+	Planned    int
+	PID        int
 }
 
 // BulkWAL downloads plan's segments into o.Dir, o.Concurrency at a time,
@@ -201,8 +208,10 @@ func BulkWAL(ctx context.Context, r *repo.Repository, plan BulkWALPlan, o BulkWA
 	}
 	wg.Wait()
 	// Segments after a failure are useless until it is fetched, and the
-	// budget they take may be needed: remove them.
-	for i := failed + 1; i < len(plan.Segments); i++ {
+	// budget they take may be needed: remove them. Not when the download
+	// was called off: the directory may no longer be this download's (a
+	// new restore into the same directory), and the names are the same.
+	for i := failed + 1; i < len(plan.Segments) && parent.Err() == nil; i++ {
 		if path, _, ok := prefetchedName(o.Dir, plan.Segments[i].Name); ok {
 			if os.Remove(path) == nil {
 				bytes.Add(-plan.SegmentSize)
@@ -241,4 +250,139 @@ func readBulkMarker(dir string) (pg.WALFile, bool) {
 		return pg.WALFile{}, false
 	}
 	return wf, true
+}
+
+// bulkPlan is bulkPlanFile's content.
+type bulkPlan struct {
+	// ID tells this plan from a later restore's in the same directory.
+	ID          string   `json:"id"`
+	PGData      string   `json:"pgdata"`
+	SegmentSize int64    `json:"segment_size"`
+	Complete    bool     `json:"complete"`
+	Segments    []string `json:"segments"`
+}
+
+func writeBulkPlan(dir, pgdata string, plan BulkWALPlan) error {
+	p := bulkPlan{ID: fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano()),
+		PGData: pgdata, SegmentSize: plan.SegmentSize, Complete: plan.Complete}
+	for _, s := range plan.Segments {
+		p.Segments = append(p.Segments, s.Name)
+	}
+	data, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	return writeFileSync(filepath.Join(dir, bulkPlanFile), data, 0o600)
+}
+
+func readBulkPlan(dir string) (bulkPlan, BulkWALPlan, error) {
+	var p bulkPlan
+	data, err := os.ReadFile(filepath.Join(dir, bulkPlanFile))
+	if err != nil {
+		return p, BulkWALPlan{}, err
+	}
+	if err := json.Unmarshal(data, &p); err != nil {
+		return p, BulkWALPlan{}, fmt.Errorf("%s: %w", bulkPlanFile, err)
+	}
+	plan := BulkWALPlan{SegmentSize: p.SegmentSize, Complete: p.Complete}
+	if !pg.ValidSegmentSize(p.SegmentSize) {
+		return p, plan, fmt.Errorf("%s: invalid segment size %d", bulkPlanFile, p.SegmentSize)
+	}
+	for _, n := range p.Segments {
+		wf, err := pg.ParseWALFileName(n)
+		if err != nil || wf.Kind != pg.KindSegment {
+			return p, plan, fmt.Errorf("%s: %q is not a segment", bulkPlanFile, n)
+		}
+		plan.Segments = append(plan.Segments, wf)
+	}
+	return p, plan, nil
+}
+
+// RunBulkPlan is the background bulk download a restore leaves behind
+// (`pgkeep wal-prefetch --bulk`): it works through the plan in dir like
+// BulkWAL, while the restored cluster already recovers from the segments
+// in place. It ends when the plan is done, or as soon as the cluster's
+// recovery has ended: the postmaster it saw is gone (stopped, or stopped
+// recovery with a FATAL) or the signal file it saw is gone (promoted).
+// The plan file is removed on the way out, whatever happened; wal-fetch
+// fetches from the repository whatever the download did not leave.
+func RunBulkPlan(ctx context.Context, r *repo.Repository, dir string, o BulkWALOptions) error {
+	planPath := filepath.Join(dir, bulkPlanFile)
+	p, plan, err := readBulkPlan(dir)
+	if err != nil {
+		os.Remove(planPath)
+		return fmt.Errorf("bulk WAL: %w", err)
+	}
+	// Removed on the way out only if it is still this download's plan.
+	defer func() {
+		if samePlan(dir, p.ID) {
+			os.Remove(planPath)
+		}
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if p.PGData != "" {
+		go watchRecovery(ctx, cancel, p.PGData, o.Logger)
+	}
+	// A new restore into the same directory (--force, --delta) replaces
+	// the plan: this download is then not wanted any more.
+	go func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if !samePlan(dir, p.ID) {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	o.Dir = dir
+	_, err = BulkWAL(ctx, r, plan, o)
+	if err != nil && ctx.Err() != nil {
+		return nil // recovery ended: nothing left to do
+	}
+	return err
+}
+
+// samePlan reports whether dir's plan is still the one with this id (a
+// new restore into the same directory writes its own).
+func samePlan(dir, id string) bool {
+	p, _, err := readBulkPlan(dir)
+	return err == nil && p.ID == id
+}
+
+// watchRecovery cancels once the cluster in pgdata has left recovery: a
+// postmaster.pid or signal file seen once and gone since. Before the
+// cluster starts neither is required, so a download that outruns
+// PostgreSQL's start is not stopped.
+func watchRecovery(ctx context.Context, cancel func(), pgdata string, log *slog.Logger) {
+	exists := func(name string) bool {
+		_, err := os.Stat(filepath.Join(pgdata, name))
+		return err == nil
+	}
+	var pidSeen, signalSeen bool
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		pid := exists("postmaster.pid")
+		signal := exists("recovery.signal") || exists("standby.signal")
+		if (pidSeen && !pid) || (signalSeen && !signal) {
+			if log != nil {
+				log.Info("recovery has ended or the postmaster is gone; bulk WAL download stops", "postmaster", pid, "signal", signal)
+			}
+			cancel()
+			return
+		}
+		pidSeen, signalSeen = pidSeen || pid, signalSeen || signal
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

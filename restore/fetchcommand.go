@@ -63,7 +63,6 @@ type RecoveryFetchOptions struct {
 // there, else fetches it from the repository, and keeps the background
 // prefetch going. Every error is a *FetchFailure.
 func FetchForRecovery(ctx context.Context, o RecoveryFetchOptions) error {
-	mode := FetchMode(o.Dest)
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -81,6 +80,8 @@ func FetchForRecovery(ctx context.Context, o RecoveryFetchOptions) error {
 			return nil
 		}
 	}
+	// Only the slow path needs the recovery mode (getcwd and two stats).
+	mode := FetchMode(o.Dest)
 	// In standby mode PostgreSQL retries by itself (and may stream
 	// meanwhile): answer at once rather than hold it in here.
 	retry := o.RetryTime

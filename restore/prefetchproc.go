@@ -44,6 +44,12 @@ func (p PrefetchProcess) maybeStart(after, dir string, segSize int64) error {
 	if n <= 0 || !needPrefetch(dir, n) {
 		return nil
 	}
+	// A restore's background bulk download is still filling the directory:
+	// a prefetch would only find the lock taken (a process start for
+	// nothing). A plan file whose process is gone does not count.
+	if _, err := os.Stat(filepath.Join(dir, bulkPlanFile)); err == nil && downloaderAlive(dir) {
+		return nil
+	}
 	return p.start(after, dir, segSize)
 }
 
@@ -91,4 +97,39 @@ func (p PrefetchProcess) start(after, dir string, segSize int64) error {
 		return err
 	}
 	return cmd.Process.Release()
+}
+
+// bulkPlanFile in the prefetch directory is the plan a background bulk
+// download works through (StartBulkProcess writes it, RunBulkPlan reads
+// it and removes it when it ends: its absence means no bulk download is
+// running or due).
+const bulkPlanFile = ".bulk.plan"
+
+// bulkLog is the background bulk download's log, next to prefetch.log.
+const bulkLog = "bulk.log"
+
+// startBulk re-executes the binary as `wal-prefetch --bulk --dir DIR`,
+// detached like start, to work through the plan written in dir. The
+// caller may Wait on the returned command while it lives.
+func (p PrefetchProcess) startBulk(dir string) (*exec.Cmd, error) {
+	exe := p.Executable
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return nil, err
+		}
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, bulkLog), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	args := append(append([]string{}, p.GlobalArgs...), "wal-prefetch", "--bulk", "--dir", dir)
+	cmd := exec.Command(exe, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return cmd, nil
 }

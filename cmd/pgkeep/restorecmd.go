@@ -84,6 +84,10 @@ files that match the backup, rewrite the rest, delete extras) or --force (empty 
 			o.RestoreCommand = a.restoreCommand()
 			o.Workers = a.cfg.DownloadConcurrency
 			o.WALPrefetchBytes, o.WALWorkers = int64(a.cfg.Restore.WALPrefetchBytes), a.cfg.DownloadConcurrency
+			// The bulk WAL download goes on in the background while the
+			// restored cluster starts recovering (docs/wal.md).
+			wp := a.prefetchProcess()
+			o.WALProcess = &wp
 			o.Logger = a.log
 			o.Progress = newProgress("restore", a.log)
 			res, err := restore.Backup(ctx, r, o)
@@ -92,7 +96,9 @@ files that match the backup, rewrite the rest, delete extras) or --force (empty 
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "restored backup %s into %s: %d files written, %d kept, %d removed, %s downloaded\n",
 				res.BackupID, o.PGData, res.FilesWritten, res.FilesKept, res.FilesRemoved, human.Bytes(res.BytesDownloaded))
-			if w := res.WAL; w.Segments > 0 {
+			if w := res.WAL; w.Background {
+				fmt.Fprintf(cmd.OutOrStdout(), "downloading %d WAL segments into pg_wal/pgkeep/prefetch in the background (pid %d, %d there already); start the cluster now\n", w.Planned, w.PID, w.Segments)
+			} else if w.Segments > 0 {
 				more := "every segment recovery needs"
 				if !w.Complete {
 					more = "recovery's wal-fetch fetches the rest"

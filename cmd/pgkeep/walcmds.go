@@ -133,6 +133,7 @@ func (a *app) prefetchProcess() restore.PrefetchProcess {
 
 func newWALPrefetchCmd(a *app) *cobra.Command {
 	var o restore.PrefetchOptions
+	var bulk bool
 	cmd := withConfig(&cobra.Command{
 		Use:     "wal-prefetch",
 		Short:   "Fetch the WAL segments after --after into --dir (started by wal-fetch)",
@@ -145,6 +146,12 @@ func newWALPrefetchCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if bulk {
+				return restore.RunBulkPlan(ctx, r, o.Dir, restore.BulkWALOptions{Concurrency: a.cfg.DownloadConcurrency, Logger: a.log})
+			}
+			if o.After == "" {
+				return &configError{"--after is required"}
+			}
 			o.Count = restore.PrefetchCount(a.cfg.WAL.Prefetch, int64(a.cfg.Restore.WALPrefetchBytes), o.SegmentSize)
 			o.Concurrency = a.cfg.DownloadConcurrency
 			o.Logger = a.log
@@ -154,7 +161,7 @@ func newWALPrefetchCmd(a *app) *cobra.Command {
 	cmd.Flags().StringVar(&o.After, "after", "", "segment just fetched")
 	cmd.Flags().StringVar(&o.Dir, "dir", "", "prefetch directory")
 	cmd.Flags().Int64Var(&o.SegmentSize, "segment-size", pg.DefaultSegmentSize, "WAL segment size in bytes")
-	cmd.MarkFlagRequired("after")
+	cmd.Flags().BoolVar(&bulk, "bulk", false, "work through the bulk WAL download plan a restore left in --dir")
 	cmd.MarkFlagRequired("dir")
 	return cmd
 }

@@ -180,8 +180,28 @@ func restoreLatest(t *testing.T, a *bulkArchive, w func(dir string)) (*pgtest.Cl
 		t.Fatalf("restore: exit %d\n%s", res.code, res.stderr)
 	}
 	t.Logf("restore (%s): %s", res.elapsed.Round(time.Millisecond), strings.TrimSpace(res.stdout))
+	// The restore returns with the download still going on in the
+	// background; these tests look at what it leaves once it has ended.
+	waitBulkDone(t, filepath.Join(dir, "pg_wal", "pgkeep", "prefetch"))
 	c := pgtest.Existing(t, dir, pgtest.Options{Env: a.r.env, Conf: []string{"archive_mode = off"}})
 	return c, filepath.Join(dir, "pg_wal", "pgkeep", "prefetch")
+}
+
+// waitBulkDone waits for a restore's background bulk WAL download in dir
+// to end: it removes its plan file on the way out.
+func waitBulkDone(t *testing.T, dir string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, ".bulk.plan")); os.IsNotExist(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(dir, "bulk.log"))
+			t.Fatalf("the background bulk WAL download did not end\n%s", log)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // TestRestoreBulkWAL: a restore to latest downloads every segment recovery
