@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -47,7 +48,13 @@ type BackupOptions struct {
 	Progress Progress
 	// Annotations are stored in the backup's summary (repo.ValidateAnnotations).
 	Annotations map[string]string
-	Logger      *slog.Logger
+	// Type is full, incr or checksum ("" = incr when a committed backup of
+	// this system exists to reference, else full).
+	Type string
+	// Reference is the backup an incremental reuses blocks of ("" = the
+	// newest committed backup of this system).
+	Reference string
+	Logger    *slog.Logger
 }
 
 // Progress receives a backup's or restore's progress.
@@ -97,6 +104,9 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	if err := repo.ValidateAnnotations(o.Annotations); err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
+	if err := ValidType(o.Type); err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
 	conn, si, err := connectServer(ctx, o.DSN, r)
 	if err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
@@ -124,6 +134,9 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	if err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
+	// The timeline the backup starts on: a reference on another one is
+	// not trusted by mtime (0 = unknown, same effect).
+	_ = conn.QueryRow(ctx, `SELECT timeline_id FROM pg_control_checkpoint()`).Scan(&run.timeline)
 	// Closing the connection (deferred) aborts the non-exclusive backup
 	// when writeBackup fails.
 	stop := func(m *repo.Manifest) error {
@@ -152,6 +165,7 @@ type backupRun struct {
 	id       string
 	start    time.Time
 	startLSN pg.LSN
+	timeline uint32
 	server   pg.ServerInfo
 	pgdata   string
 }
@@ -176,9 +190,26 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	// The heartbeat carries how far the copy got (pgkeep info shows it).
 	prog := &countingProgress{inner: o.Progress}
 	o.Progress = prog
-	// Tells a concurrent delete to keep this backup's WAL.
+	typ := o.Type
+	refID, err := pickReference(ctx, r, typ, o.Reference, run.server.SystemID)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case refID == "" && typ == TypeChecksum:
+		return nil, errors.New("--type checksum needs a committed backup of this system to compare with")
+	case refID == "":
+		typ = TypeFull
+	case typ == "":
+		typ = TypeIncr
+	}
+	// Tells a concurrent delete to keep this backup's WAL, and names the
+	// reference before its manifest is read: a delete that runs meanwhile
+	// either sees it and keeps the reference's packs, or removed the
+	// reference's summary first, and then reading the manifest fails
+	// (docs/format.md, "Retention by reference").
 	if err := r.MarkBackupStarted(ctx, id, repo.StartRecord{
-		StartLSN: run.startLSN.String(), SegmentSize: run.server.SegmentSize, Time: run.start.UTC(),
+		StartLSN: run.startLSN.String(), SegmentSize: run.server.SegmentSize, Time: run.start.UTC(), Reference: refID,
 	}); err != nil {
 		return nil, err
 	}
@@ -221,15 +252,28 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	}, Dirs: dirs, Tablespaces: tbs, BlockSize: o.BlockSize}
 
 	c := &copier{r: r, o: o, id: id, log: log, startLSN: run.startLSN, checksums: si.Checksums}
+	if refID != "" {
+		if typ, err = loadReference(ctx, r, c, refID, typ, run, log); err != nil {
+			return nil, err
+		}
+		if c.ref != nil {
+			m.Reference = refID
+			log.Info("backup reuses blocks of a reference backup", "type", typ, "reference", refID)
+		}
+	}
+	m.Type = typ
 	if err := c.run(ctx, files); err != nil {
 		return nil, err
 	}
 	m.Files, m.Packs = c.result()
+	m.BytesRead = c.stats.read.Load()
 	for _, f := range m.Files {
 		m.DataSize += f.Size
 	}
 	for _, p := range m.Packs {
-		m.StoredSize += p.Size
+		if strings.HasPrefix(p.Name, repo.BackupPrefix(id)) {
+			m.StoredSize += p.Size // what this backup added
+		}
 	}
 
 	if err := stop(m); err != nil {

@@ -25,9 +25,22 @@ type copier struct {
 	startLSN  pg.LSN
 	checksums bool
 
+	// ref is the reference backup's manifest (nil for a full backup);
+	// refFiles indexes its files by path. skipUnread lets files whose size
+	// and mtime match be taken from ref without reading them (--type incr).
+	ref        *repo.Manifest
+	refFiles   map[string]*repo.File
+	skipUnread bool
+	refCutoff  int64 // Unix ns: only files older than this are taken unread
+	// refStartLSN is the reference's start: no page of a file taken unread
+	// may be newer (crossCheckLSN).
+	refStartLSN pg.LSN
+	stats       captureStats
+
 	mu      sync.Mutex
 	files   []repo.File
 	blocks  [][]repo.BlockRef // per file, by block index
+	foreign [][]string        // per file and block: the reference's pack name of a reused block, "" if stored here
 	hashes  [][][32]byte
 	vanish  []bool
 	packs   []repo.Pack
@@ -46,6 +59,11 @@ type blockJob struct {
 	src   *sourceFile
 	off   int64
 	len   int64
+	// ref is the reference's block at this offset, if it can be reused
+	// when the content's SHA-256 matches.
+	ref *repo.BlockRef
+	// refPack is the pack name ref lives in.
+	refPack string
 }
 
 type encodedBlock struct {
@@ -61,20 +79,32 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 	c.files = make([]repo.File, len(files))
 	c.blocks = make([][]repo.BlockRef, len(files))
 	c.hashes = make([][][32]byte, len(files))
+	c.foreign = make([][]string, len(files))
 	c.vanish = make([]bool, len(files))
 	var total int64
 	var jobs []blockJob
 	for i := range files {
 		f := &files[i]
+		c.files[i] = repo.File{Path: f.Rel, Mode: uint32(f.Mode), MTime: f.MTime}
+		rf := c.refFiles[f.Rel]
+		if c.takeUnread(f, rf) {
+			if err := c.reuseFile(i, f, rf); err != nil {
+				return err
+			}
+			continue
+		}
 		total += f.Size
-		c.files[i] = repo.File{Path: f.Rel, Mode: uint32(f.Mode)}
 		n := int((f.Size + c.o.BlockSize - 1) / c.o.BlockSize)
 		c.blocks[i] = make([]repo.BlockRef, n)
 		c.hashes[i] = make([][32]byte, n)
+		c.foreign[i] = make([]string, n)
 		for b := 0; b < n; b++ {
-			jobs = append(jobs, blockJob{file: i, index: b, src: f, off: int64(b) * c.o.BlockSize, len: min(c.o.BlockSize, f.Size-int64(b)*c.o.BlockSize)})
+			j := blockJob{file: i, index: b, src: f, off: int64(b) * c.o.BlockSize, len: min(c.o.BlockSize, f.Size-int64(b)*c.o.BlockSize)}
+			j.ref, j.refPack = c.refBlock(rf, b, j.off)
+			jobs = append(jobs, j)
 		}
 	}
+	c.stats.read.Store(total)
 	if c.o.Progress != nil {
 		c.o.Progress.Start(total)
 		defer c.o.Progress.Finish()
@@ -156,6 +186,21 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 			c.log.Warn("checksum failure", "err", err)
 		}
 	}
+	if j.ref != nil && int64(n) == j.ref.Size {
+		// Unchanged since the reference: list the reference's block.
+		sum := sha256.Sum256(buf)
+		if hex.EncodeToString(sum[:]) == j.ref.SHA256 {
+			c.mu.Lock()
+			c.blocks[j.file][j.index] = *j.ref
+			c.foreign[j.file][j.index] = j.refPack
+			c.hashes[j.file][j.index] = sum
+			c.mu.Unlock()
+			if c.o.Progress != nil {
+				c.o.Progress.Add(j.len)
+			}
+			return nil
+		}
+	}
 	var dst []byte
 	select {
 	case dst = <-c.free:
@@ -168,7 +213,8 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 	plainLen := int64(n)
 	done := func(pack int, offset int64) {
 		c.mu.Lock()
-		c.blocks[j.file][j.index] = repo.BlockRef{Pack: pack, Offset: offset, Length: int64(len(enc)), FileOffset: j.off, Size: plainLen}
+		c.blocks[j.file][j.index] = repo.BlockRef{Pack: pack, Offset: offset, Length: int64(len(enc)), FileOffset: j.off, Size: plainLen,
+			SHA256: hex.EncodeToString(sum[:])}
 		c.hashes[j.file][j.index] = sum
 		c.mu.Unlock()
 	}
@@ -293,6 +339,8 @@ func (c *copier) result() ([]repo.File, []repo.Pack) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var files []repo.File
+	packs := append([]repo.Pack(nil), c.packs...)
+	foreignIdx := map[string]int{}
 	for i, f := range c.files {
 		if c.vanish[i] {
 			continue
@@ -304,6 +352,16 @@ func (c *copier) result() ([]repo.File, []repo.Pack) {
 			if ref.Size == 0 {
 				continue
 			}
+			if name := c.foreign[i][b]; name != "" {
+				// A reused block: renumber its pack into this manifest's table.
+				n, ok := foreignIdx[name]
+				if !ok {
+					n = len(packs)
+					foreignIdx[name] = n
+					packs = append(packs, c.ref.Packs[ref.Pack])
+				}
+				ref.Pack = n
+			}
 			refs = append(refs, ref)
 			h.Write(c.hashes[i][b][:])
 			size = ref.FileOffset + ref.Size
@@ -313,5 +371,5 @@ func (c *copier) result() ([]repo.File, []repo.Pack) {
 		f.SHA256 = hex.EncodeToString(h.Sum(nil))
 		files = append(files, f)
 	}
-	return files, c.packs
+	return files, packs
 }

@@ -59,6 +59,13 @@ type Summary struct {
 	StoredSize       int64     `json:"stored_size"`
 	Files            int       `json:"files"`
 	ManifestSHA256   string    `json:"manifest_sha256"`
+	// Type is full, incr or checksum (format 2; empty means full).
+	Type string `json:"type,omitempty"`
+	// Reference is the backup whose blocks an incremental reused.
+	Reference string `json:"reference,omitempty"`
+	// BytesRead is how much of the data directory the backup read (the
+	// rest it took unread from the reference); 0 when not recorded.
+	BytesRead int64 `json:"bytes_read,omitempty"`
 	// Annotations are the operator's key=value notes (backup --annotation),
 	// bounded by ValidateAnnotations.
 	Annotations map[string]string `json:"annotations,omitempty"`
@@ -120,10 +127,13 @@ type Dir struct {
 
 // File is one data-directory file: its blocks in order.
 type File struct {
-	Path   string     `json:"path"`
-	Size   int64      `json:"size"`
-	Mode   uint32     `json:"mode"`
-	SHA256 string     `json:"sha256"`
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	Mode   uint32 `json:"mode"`
+	SHA256 string `json:"sha256"`
+	// MTime is the file's modification time in Unix nanoseconds when it
+	// was read (0 in manifests written before incrementals).
+	MTime  int64      `json:"mtime,omitempty"`
 	Blocks []BlockRef `json:"blocks,omitempty"`
 }
 
@@ -135,6 +145,10 @@ type BlockRef struct {
 	Length     int64 `json:"length"`
 	FileOffset int64 `json:"file_offset"`
 	Size       int64 `json:"size"`
+	// SHA256 is the hex SHA-256 of the block's plain content (absent in
+	// manifests written before incrementals): a later backup compares the
+	// block at the same offset against it.
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // NewBackupID makes a sortable, unique-enough ID from the start time.
@@ -157,6 +171,10 @@ type StartRecord struct {
 	StartLSN    string    `json:"start_lsn"`
 	SegmentSize int64     `json:"wal_segment_size"`
 	Time        time.Time `json:"time"`
+	// Reference is the committed backup whose packs this backup may reuse,
+	// named before its manifest is read: a concurrent delete keeps what it
+	// references (docs/format.md, "Retention by reference").
+	Reference string `json:"reference,omitempty"`
 }
 
 // MarkBackupStarted writes backup id's start record.
@@ -232,7 +250,18 @@ func ValidBackupID(id string) error {
 // uncommitted debris. A claim whose backup.json is missing (a crash
 // between the two writes) is completed by FindScheduled.
 func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
-	m.Summary.Format = FormatVersion
+	foreign := m.foreignPacks()
+	m.Summary.Format = 1
+	if len(foreign) > 0 {
+		// Readers of format 1 would delete packs this backup needs.
+		m.Summary.Format = 2
+		if err := r.UpgradeFormat(ctx); err != nil {
+			return err
+		}
+		if err := r.putRefs(ctx, m.ID, foreign); err != nil {
+			return err
+		}
+	}
 	m.Summary.Files = len(m.Files)
 	m.Summary.ManifestSHA256 = ""
 	if err := ValidateAnnotations(m.Annotations); err != nil {
@@ -596,8 +625,12 @@ func (m *Manifest) check() error {
 	if len(m.Files) > 0 && (m.BlockSize <= 0 || m.BlockSize > 1<<30) {
 		return fmt.Errorf("block_size %d", m.BlockSize)
 	}
+	if m.Format > 2 {
+		return fmt.Errorf("backup format %d is newer than this pgkeep (1..2)", m.Format)
+	}
 	for _, p := range m.Packs {
-		if !strings.HasPrefix(p.Name, BackupPrefix(m.ID)+"pack/") || strings.Contains(p.Name, "..") || p.Size < 0 {
+		own := strings.HasPrefix(p.Name, BackupPrefix(m.ID)+"pack/")
+		if !(own || m.Format >= 2 && isPackName(p.Name)) || strings.Contains(p.Name, "..") || p.Size < 0 {
 			return fmt.Errorf("pack %q is not one of this backup's", p.Name)
 		}
 	}
@@ -680,7 +713,17 @@ func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("delete backup %s: %w", id, err)
 	}
+	// Packs another backup references stay (retention by reference); the
+	// set is taken after the summary is gone, so a backup that starts now
+	// can no longer choose this one as its reference.
+	inUse, err := r.referencedPacks(ctx, id)
+	if err != nil {
+		return fmt.Errorf("delete backup %s: %w", id, err)
+	}
 	for _, n := range names {
+		if inUse[n] {
+			continue
+		}
 		if err := r.backend.Delete(ctx, n); err != nil {
 			return fmt.Errorf("delete backup %s: %w", id, err)
 		}

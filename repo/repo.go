@@ -23,8 +23,11 @@ import (
 	"github.com/pgkeep/pgkeep/storage"
 )
 
-// FormatVersion is the repository format this code writes (docs/format.md).
-const FormatVersion = 1
+// FormatVersion is the newest repository format this code reads and
+// writes (docs/format.md): 2 once a backup may reference another backup's
+// packs. Format 1 repositories are read as they are and are upgraded to 2
+// by the first backup that references another's packs (UpgradeFormat).
+const FormatVersion = 2
 
 // ConfigObject is the name of the repository's own config object.
 const ConfigObject = "config.json"

@@ -182,12 +182,18 @@ func (r *Repository) lastSign(ctx context.Context, id string) (time.Time, error)
 // checkPacks makes sure every pack m references is stored at its size.
 func (r *Repository) checkPacks(ctx context.Context, m *Manifest) error {
 	stored := map[string]int64{}
-	err := r.backend.List(ctx, BackupPrefix(m.ID)+"pack/", func(o storage.ObjectInfo) error {
-		stored[o.Name] = o.Size
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("list packs: %w", err)
+	prefixes := map[string]bool{BackupPrefix(m.ID) + "pack/": true}
+	for _, p := range m.Packs {
+		prefixes[p.Name[:strings.LastIndexByte(p.Name, '/')+1]] = true
+	}
+	for prefix := range prefixes {
+		err := r.backend.List(ctx, prefix, func(o storage.ObjectInfo) error {
+			stored[o.Name] = o.Size
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("list packs: %w", err)
+		}
 	}
 	for _, p := range m.Packs {
 		size, ok := stored[p.Name]

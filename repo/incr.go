@@ -1,0 +1,184 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/pgkeep/pgkeep/storage"
+)
+
+// Incremental backups (format 2, docs/format.md "Backups are whole"): a
+// manifest's packs table may name packs of other backups, so a backup
+// stores only the blocks that changed and still lists every block it
+// needs. Packs stay where the backup that wrote them put them
+// (backups/<id>/pack/NNNNNN); deleting a backup removes only the packs no
+// other backup references.
+
+// refsName is backups/<id>/refs.json: the packs of other backups a format 2
+// backup references, in plain JSON, so delete learns them without a key.
+func refsName(id string) string { return BackupPrefix(id) + "refs.json" }
+
+// Refs is the plain content of refs.json.
+type Refs struct {
+	Packs []string `json:"packs"`
+}
+
+// isPackName reports whether name is backups/<id>/pack/<NNNNNN>.
+func isPackName(name string) bool {
+	rest, ok := strings.CutPrefix(name, backupsPrefix)
+	if !ok {
+		return false
+	}
+	id, n, ok := strings.Cut(rest, "/pack/")
+	if !ok || ValidBackupID(id) != nil || len(n) != 6 {
+		return false
+	}
+	return strings.Trim(n, "0123456789") == ""
+}
+
+// packOwner is the backup ID a pack name belongs to.
+func packOwner(name string) string {
+	id, _, _ := strings.Cut(strings.TrimPrefix(name, backupsPrefix), "/")
+	return id
+}
+
+// foreignPacks lists the packs of m written by other backups.
+func (m *Manifest) foreignPacks() []string {
+	var out []string
+	for _, p := range m.Packs {
+		if !strings.HasPrefix(p.Name, BackupPrefix(m.ID)) {
+			out = append(out, p.Name)
+		}
+	}
+	return out
+}
+
+func (r *Repository) putRefs(ctx context.Context, id string, packs []string) error {
+	data, err := json.Marshal(Refs{Packs: packs})
+	if err != nil {
+		return err
+	}
+	if err := r.backend.Put(ctx, refsName(id), bytes.NewReader(data), storage.PutOptions{IfAbsent: true}); err != nil && !errors.Is(err, storage.ErrExists) {
+		return fmt.Errorf("write pack references: %w", err)
+	}
+	return nil
+}
+
+// readRefs reads backup id's refs.json (nil, nil when it has none: a
+// backup that references no other backup's packs).
+func (r *Repository) readRefs(ctx context.Context, id string) ([]string, error) {
+	rc, err := r.backend.Get(ctx, refsName(id))
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, 64<<20))
+	if err != nil {
+		return nil, err
+	}
+	var refs Refs
+	if err := json.Unmarshal(data, &refs); err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", refsName(id), ErrCorrupt, err)
+	}
+	for _, p := range refs.Packs {
+		if !isPackName(p) {
+			return nil, fmt.Errorf("%s: %w: %q is not a pack name", refsName(id), ErrCorrupt, p)
+		}
+	}
+	return refs.Packs, nil
+}
+
+// referencedPacks returns every pack of another backup that a committed
+// backup references, and every pack a running backup may still reference:
+// all packs of its reference and what that reference references. except is
+// the backup being deleted (its own start record names no one who needs
+// it). A refs.json that cannot be read fails the call: deleting then could
+// break a kept backup.
+func (r *Repository) referencedPacks(ctx context.Context, except string) (map[string]bool, error) {
+	l, err := r.listBackupObjects(ctx)
+	if err != nil {
+		return nil, err
+	}
+	inUse := map[string]bool{}
+	refsOf := func(id string) error {
+		packs, err := r.readRefs(ctx, id)
+		if err != nil {
+			return fmt.Errorf("backup %s: %w", id, err)
+		}
+		for _, p := range packs {
+			inUse[p] = true
+		}
+		return nil
+	}
+	for _, id := range l.committed {
+		if err := refsOf(id); err != nil {
+			return nil, err
+		}
+	}
+	for _, id := range l.debris {
+		if id == except {
+			continue
+		}
+		rec, err := r.ReadStartRecord(ctx, id)
+		if errors.Is(err, storage.ErrNotFound) || err == nil && rec.Reference == "" {
+			continue
+		}
+		if err != nil {
+			// A start record that does not parse could name anything.
+			return nil, fmt.Errorf("backup %s: %w", id, err)
+		}
+		if ValidBackupID(rec.Reference) != nil {
+			return nil, fmt.Errorf("backup %s: start record names reference %q", id, rec.Reference)
+		}
+		if err := r.backend.List(ctx, BackupPrefix(rec.Reference)+"pack/", func(o storage.ObjectInfo) error {
+			inUse[o.Name] = true
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		if err := refsOf(rec.Reference); err != nil {
+			return nil, err
+		}
+	}
+	return inUse, nil
+}
+
+// UpgradeFormat records format 2 in config.json, so that pgkeeps that know
+// only format 1 (whose delete would remove packs other backups reference)
+// refuse the repository. The repository keeps its ID: one derived from
+// config.json's bytes is written into the new config. Idempotent.
+func (r *Repository) UpgradeFormat(ctx context.Context) error {
+	if r.Config.Format >= 2 {
+		return nil
+	}
+	id := r.ID()
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(r.rawConfig, &fields); err != nil {
+		return fmt.Errorf("upgrade repository format: %w", err)
+	}
+	fields["format"] = json.RawMessage("2")
+	if _, ok := fields["id"]; !ok {
+		b, _ := json.Marshal(id)
+		fields["id"] = b
+	}
+	data, err := json.MarshalIndent(fields, "", "  ")
+	if err != nil {
+		return err
+	}
+	data = append(data, '\n')
+	if err := r.backend.Put(ctx, ConfigObject, bytes.NewReader(data), storage.PutOptions{}); err != nil {
+		return fmt.Errorf("upgrade repository format to 2: %w", err)
+	}
+	r.Config.Format = 2
+	r.Config.ID = id
+	r.rawConfig = data
+	return nil
+}
