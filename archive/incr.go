@@ -83,6 +83,13 @@ func pickReference(ctx context.Context, r *repo.Repository, typ, want string, sy
 // backwards since the reference turns incr into checksum.
 func loadReference(ctx context.Context, r *repo.Repository, c *copier, id string, typ string, run backupRun, log *slog.Logger) (string, error) {
 	m, err := r.ReadManifest(ctx, id)
+	if err != nil && !errors.Is(err, repo.ErrBackupNotFound) {
+		// A delete may have removed the summary and then the manifest
+		// between the two reads.
+		if _, serr := r.ReadSummary(ctx, id); errors.Is(serr, repo.ErrBackupNotFound) {
+			err = serr
+		}
+	}
 	if errors.Is(err, repo.ErrBackupNotFound) && typ != TypeChecksum {
 		log.Warn("reference backup is gone (deleted meanwhile); taking a full backup", "reference", id)
 		return TypeFull, nil
