@@ -438,7 +438,14 @@ func (r *Repository) BackupIDs(ctx context.Context) ([]string, error) {
 
 func (r *Repository) listBackupIDs(ctx context.Context) (committed, debris []string, err error) {
 	l, err := r.listBackupObjects(ctx)
-	return l.committed, l.debris, err
+	// What is left of a deleted backup whose packs others reference is
+	// not a failed backup: only delete deals with it.
+	for _, id := range l.debris {
+		if !l.retired[id] {
+			debris = append(debris, id)
+		}
+	}
+	return l.committed, debris, err
 }
 
 // backupListing is one listing of backups/.
@@ -447,11 +454,15 @@ type backupListing struct {
 	keep              map[string]bool
 	size              map[string]int64 // bytes stored under backups/<id>/
 	alive             map[string]storage.ObjectInfo
+	// retired are debris holding nothing but packs: a deleted backup's
+	// packs that other backups still referenced (format 2).
+	retired map[string]bool
 }
 
 func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, error) {
-	l := backupListing{keep: map[string]bool{}, size: map[string]int64{}, alive: map[string]storage.ObjectInfo{}}
+	l := backupListing{keep: map[string]bool{}, size: map[string]int64{}, alive: map[string]storage.ObjectInfo{}, retired: map[string]bool{}}
 	done := map[string]bool{}
+	notPack := map[string]bool{}
 	err := r.backend.List(ctx, backupsPrefix, func(o storage.ObjectInfo) error {
 		rest := strings.TrimPrefix(o.Name, backupsPrefix)
 		id, obj, ok := strings.Cut(rest, "/")
@@ -459,6 +470,9 @@ func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, erro
 			return nil
 		}
 		l.size[id] += o.Size
+		if !strings.HasPrefix(obj, "pack/") {
+			notPack[id] = true
+		}
 		switch obj {
 		case "backup.json":
 			done[id] = true
@@ -477,6 +491,7 @@ func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, erro
 			l.committed = append(l.committed, id)
 		} else {
 			l.debris = append(l.debris, id)
+			l.retired[id] = !notPack[id]
 		}
 	}
 	sort.Strings(l.committed)
