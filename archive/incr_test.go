@@ -297,3 +297,48 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// A backup that has named its reference in its start record keeps every
+// pack of that reference through a delete of it (it may already have read
+// the manifest); once no one names them, a later delete removes them.
+func TestDeleteKeepsPacksOfARunningBackupsReference(t *testing.T) {
+	ctx := context.Background()
+	r, _, m := newMemRepo(t)
+	dir, _ := syntheticDataDir(t)
+	full, err := writeBackup(ctx, r, smallBlocks(), incrRun("20261201T000000Z-aaaa", dir), stopAt, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	packsLeft := func() int {
+		n := 0
+		m.List(ctx, repo.BackupPrefix(full.ID)+"pack/", func(storage.ObjectInfo) error { n++; return nil })
+		return n
+	}
+	running := "20261201T000100Z-bbbb"
+	if err := r.MarkBackupStarted(ctx, running, repo.StartRecord{StartLSN: "0/3000028", SegmentSize: 16 << 20, Time: time.Now(), Reference: full.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.DeleteBackup(ctx, full.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := packsLeft(); got != len(full.Packs) {
+		t.Fatalf("%d of %d packs left after deleting the reference of a running backup; want all", got, len(full.Packs))
+	}
+	if _, err := r.ReadManifest(ctx, full.ID); err == nil {
+		t.Fatal("the deleted backup's manifest is still readable")
+	}
+	_, debris, err := r.ListBackups(ctx)
+	if err != nil || len(debris) != 1 || debris[0] != running {
+		t.Fatalf("debris %v (%v); want only the running backup, not the deleted one's kept packs", debris, err)
+	}
+	// The running backup fails and is removed; the packs are no one's now.
+	if err := r.DeleteBackup(ctx, running); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.DeleteBackup(ctx, full.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := packsLeft(); got != 0 {
+		t.Fatalf("%d packs of the deleted backup left that nothing references", got)
+	}
+}
