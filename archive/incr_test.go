@@ -342,3 +342,48 @@ func TestDeleteKeepsPacksOfARunningBackupsReference(t *testing.T) {
 		t.Fatalf("%d packs of the deleted backup left that nothing references", got)
 	}
 }
+
+// verify reports a bad block of a shared pack under every backup that
+// references it.
+func TestVerifyReportsEveryBackupOfABadSharedBlock(t *testing.T) {
+	ctx := context.Background()
+	r, _, m := newMemRepo(t)
+	dir, _ := syntheticDataDir(t)
+	ageFiles(t, dir)
+	o := smallBlocks()
+	full, err := writeBackup(ctx, r, o, incrRun("20261201T000000Z-aaaa", dir), stopAt, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inc, err := writeBackup(ctx, r, o, incrRun("20261201T000100Z-bbbb", dir), stopAt, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inc.StoredSize >= full.StoredSize/2 {
+		t.Fatalf("incremental of an unchanged directory stored %d bytes (full %d)", inc.StoredSize, full.StoredSize)
+	}
+	name := full.Packs[0].Name
+	rc, err := m.Get(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(rc)
+	rc.Close()
+	data[len(data)/2] ^= 0xff
+	if err := m.Put(ctx, name, bytes.NewReader(data), storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := r.Verify(ctx, repo.VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := map[string]bool{}
+	for _, p := range rep.Problems {
+		if strings.Contains(p.What, name) {
+			bad[p.Backup] = true
+		}
+	}
+	if !bad[full.ID] || !bad[inc.ID] {
+		t.Errorf("problems %v; want the bad block of %s reported for %s and %s", rep.Problems, name, full.ID, inc.ID)
+	}
+}
