@@ -130,13 +130,15 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	run.id = repo.NewBackupID(run.start, hex.EncodeToString(suffix[:]))
 	log.Info("backup starting", "id", run.id, "pgdata", pgdata, "role", run.role(), "checksums", si.Checksums)
 
+	// The timeline the backup starts on: a reference on another one is
+	// not trusted by mtime (0 = unknown, same effect). Asked before
+	// pg_backup_start, so the backup's connection shows pg_backup_start
+	// while it runs; writeBackup checks the timeline again at the stop.
+	_ = conn.QueryRow(ctx, `SELECT timeline_id FROM pg_control_checkpoint()`).Scan(&run.timeline)
 	run.startLSN, err = startBackup(ctx, conn, si, run.id, o.FastCheckpoint)
 	if err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
-	// The timeline the backup starts on: a reference on another one is
-	// not trusted by mtime (0 = unknown, same effect).
-	_ = conn.QueryRow(ctx, `SELECT timeline_id FROM pg_control_checkpoint()`).Scan(&run.timeline)
 	// Closing the connection (deferred) aborts the non-exclusive backup
 	// when writeBackup fails.
 	stop := func(m *repo.Manifest) error {
@@ -278,6 +280,9 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 
 	if err := stop(m); err != nil {
 		return nil, err
+	}
+	if c.skipUnread && m.Timeline != c.ref.Timeline {
+		return nil, fmt.Errorf("the timeline changed during the backup (%d, reference %s on %d): files were taken unread by mtime; run the backup again", m.Timeline, c.ref.ID, c.ref.Timeline)
 	}
 	if err := hb.Healthy(); err != nil {
 		return nil, fmt.Errorf("not committed: %w", err)
