@@ -97,6 +97,10 @@ func loadReference(ctx context.Context, r *repo.Repository, c *copier, id string
 	if err != nil {
 		return "", fmt.Errorf("reference backup %s: %w", id, err)
 	}
+	if !hasBlockHashes(m) {
+		log.Info("reference backup was written before incremental backups (no block hashes); taking a full backup", "reference", id)
+		return TypeFull, nil
+	}
 	if m.BlockSize != c.o.BlockSize {
 		log.Warn("reference backup has another block size; taking a full backup", "reference", id, "its_block_size", m.BlockSize)
 		return TypeFull, nil
@@ -122,6 +126,17 @@ func loadReference(ctx context.Context, r *repo.Repository, c *copier, id string
 		c.refStartLSN = lsn
 	}
 	return typ, nil
+}
+
+// hasBlockHashes reports whether m records block hashes (a manifest
+// written by a pgkeep with incremental backups).
+func hasBlockHashes(m *repo.Manifest) bool {
+	for _, f := range m.Files {
+		for _, b := range f.Blocks {
+			return b.SHA256 != ""
+		}
+	}
+	return false
 }
 
 // takeUnread reports whether f can be listed with the reference's blocks
