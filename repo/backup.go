@@ -731,7 +731,11 @@ func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
 	// Packs another backup references stay (retention by reference); the
 	// set is taken after the summary is gone, so a backup that starts now
 	// can no longer choose this one as its reference.
-	inUse, err := r.referencedPacks(ctx, id)
+	refs, err := r.readRefs(ctx, id)
+	if err != nil {
+		return fmt.Errorf("delete backup %s: %w", id, err)
+	}
+	inUse, l, err := r.packsInUse(ctx, id)
 	if err != nil {
 		return fmt.Errorf("delete backup %s: %w", id, err)
 	}
@@ -742,6 +746,9 @@ func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
 		if err := r.backend.Delete(ctx, n); err != nil {
 			return fmt.Errorf("delete backup %s: %w", id, err)
 		}
+	}
+	if err := r.dropUnreferenced(ctx, refs, inUse, l); err != nil {
+		return fmt.Errorf("delete backup %s: %w", id, err)
 	}
 	return nil
 }

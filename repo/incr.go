@@ -103,9 +103,15 @@ func (r *Repository) readRefs(ctx context.Context, id string) ([]string, error) 
 // it). A refs.json that cannot be read fails the call: deleting then could
 // break a kept backup.
 func (r *Repository) referencedPacks(ctx context.Context, except string) (map[string]bool, error) {
+	inUse, _, err := r.packsInUse(ctx, except)
+	return inUse, err
+}
+
+// packsInUse is referencedPacks and the listing it was computed from.
+func (r *Repository) packsInUse(ctx context.Context, except string) (map[string]bool, backupListing, error) {
 	l, err := r.listBackupObjects(ctx)
 	if err != nil {
-		return nil, err
+		return nil, l, err
 	}
 	inUse := map[string]bool{}
 	refsOf := func(id string) error {
@@ -120,7 +126,7 @@ func (r *Repository) referencedPacks(ctx context.Context, except string) (map[st
 	}
 	for _, id := range l.committed {
 		if err := refsOf(id); err != nil {
-			return nil, err
+			return nil, l, err
 		}
 	}
 	for _, id := range l.debris {
@@ -133,22 +139,37 @@ func (r *Repository) referencedPacks(ctx context.Context, except string) (map[st
 		}
 		if err != nil {
 			// A start record that does not parse could name anything.
-			return nil, fmt.Errorf("backup %s: %w", id, err)
+			return nil, l, fmt.Errorf("backup %s: %w", id, err)
 		}
 		if ValidBackupID(rec.Reference) != nil {
-			return nil, fmt.Errorf("backup %s: start record names reference %q", id, rec.Reference)
+			return nil, l, fmt.Errorf("backup %s: start record names reference %q", id, rec.Reference)
 		}
 		if err := r.backend.List(ctx, BackupPrefix(rec.Reference)+"pack/", func(o storage.ObjectInfo) error {
 			inUse[o.Name] = true
 			return nil
 		}); err != nil {
-			return nil, err
+			return nil, l, err
 		}
 		if err := refsOf(rec.Reference); err != nil {
-			return nil, err
+			return nil, l, err
 		}
 	}
-	return inUse, nil
+	return inUse, l, nil
+}
+
+// dropUnreferenced removes the packs of deleted backups (retired: nothing
+// but packs left) among refs that no one references any more: deleting
+// the last backup that referenced them frees them at once.
+func (r *Repository) dropUnreferenced(ctx context.Context, refs []string, inUse map[string]bool, l backupListing) error {
+	for _, p := range refs {
+		if inUse[p] || !l.retired[packOwner(p)] {
+			continue
+		}
+		if err := r.backend.Delete(ctx, p); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return fmt.Errorf("delete %s: %w", p, err)
+		}
+	}
+	return nil
 }
 
 // UpgradeFormat records format 2 in config.json, so that pgkeeps that know

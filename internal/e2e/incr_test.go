@@ -184,3 +184,68 @@ func TestIncrementalBackups(t *testing.T) {
 		})
 	}
 }
+
+// TestIncrementalSurvivesDeleteOfItsReference: the reference of a running
+// incremental is deleted while the incremental copies; the incremental
+// still commits and restores to its rows, and verify passes.
+func TestIncrementalSurvivesDeleteOfItsReference(t *testing.T) {
+	r := newRepo(t, repoOpts{kind: "fs"})
+	primary := archivingCluster(t, r)
+	conn := primary.Conn(t)
+	primary.Exec(t, conn, "CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text)")
+	primary.Exec(t, conn, "CREATE TABLE bulk AS SELECT g AS id, repeat(md5(g::text), 4) AS h FROM generate_series(1, 200000) g")
+	insertBatch(t, conn, 1)
+	primary.Exec(t, conn, "CHECKPOINT")
+	time.Sleep(11 * time.Second) // bulk's files: older than the full's start by the margin
+	ref := takeBackup(t, r, primary)
+	insertBatch(t, conn, 2)
+
+	// Archiving held off: the incremental copies, then waits for its WAL.
+	primary.Exec(t, conn, "ALTER SYSTEM SET archive_command = 'false'")
+	primary.Exec(t, conn, "SELECT pg_reload_conf()")
+	cmd := pgkeepCommand(t, backupEnv(r, primary), "backup", "--wal-timeout", "3m")
+	var stdout strings.Builder
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitNewPack(t, r, ref)
+	del := r.run(t, "delete", "--backup", ref)
+	primary.Exec(t, conn, "ALTER SYSTEM RESET archive_command")
+	primary.Exec(t, conn, "SELECT pg_reload_conf()")
+	if del.code != 0 {
+		t.Fatalf("delete --backup %s while an incremental of it runs: exit %d\n%s", ref, del.code, del.stderr)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("incremental whose reference was deleted meanwhile: %v", err)
+	}
+	id := strings.TrimSpace(stdout.String())
+	s := showBackup(t, r, id)
+	if s.Type != "incr" || s.Reference != ref {
+		t.Fatalf("backup %+v; want an incr of the deleted %s", s, ref)
+	}
+	if rows := listBackups(t, r); len(rows) != 1 || rows[0].ID != id {
+		t.Errorf("backups: %+v; want %s only", rows, id)
+	}
+	if res := r.run(t, "verify"); res.code != 0 {
+		t.Fatalf("verify: %s%s", res.stdout, res.stderr)
+	}
+	c := restoreAndStart(t, r, "--backup", id, "--target", "immediate", "--target-action", "promote")
+	waitRecoveryDone(t, c, false)
+	if got := batches(t, c); got != "1,2 rows=1000" {
+		t.Errorf("restored %s, want 1,2 rows=1000", got)
+	}
+	c.Stop(t)
+	// With the incremental deleted too, nothing references the full's packs.
+	r.mustRun(t, "delete", "--backup", id)
+	var left []string
+	filepath.WalkDir(filepath.Join(r.repoDir, "backups"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			left = append(left, p)
+		}
+		return nil
+	})
+	if len(left) != 0 {
+		t.Errorf("objects left after deleting every backup: %v", left)
+	}
+}
