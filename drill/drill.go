@@ -114,6 +114,10 @@ const (
 	DefaultAmcheckTimeout   = 10 * time.Minute
 	DefaultRecoveryTimeout  = 6 * time.Hour
 	DefaultSharedBuffers    = "64MB"
+	// The bounds of what users may ask for.
+	MaxAmcheckRelations = 100000
+	MaxAmcheckTimeout   = 24 * time.Hour
+	MaxRecoveryTimeout  = 7 * 24 * time.Hour
 	// maxWALSize bounds the WAL the copy keeps in pg_wal while it recovers
 	// (max_wal_size), part of the disk budget.
 	maxWALSize = 1 << 30
@@ -284,6 +288,9 @@ func (o *Options) defaults() error {
 	if o.Database == "" {
 		o.Database = "postgres"
 	}
+	if err := o.CheckBounds(); err != nil {
+		return err
+	}
 	if o.AmcheckRelations == 0 {
 		o.AmcheckRelations = DefaultAmcheckRelations
 	}
@@ -295,6 +302,21 @@ func (o *Options) defaults() error {
 	}
 	if o.SharedBuffers == "" {
 		o.SharedBuffers = DefaultSharedBuffers
+	}
+	return nil
+}
+
+// CheckBounds refuses counts and durations out of their bounds (0 means
+// the default).
+func (o *Options) CheckBounds() error {
+	if o.AmcheckRelations < -1 || o.AmcheckRelations > MaxAmcheckRelations {
+		return fmt.Errorf("amcheck tables %d is outside -1 (none) .. %d", o.AmcheckRelations, MaxAmcheckRelations)
+	}
+	if o.AmcheckTimeout < 0 || o.AmcheckTimeout > MaxAmcheckTimeout {
+		return fmt.Errorf("amcheck timeout %s is outside 0 (default) .. %s", o.AmcheckTimeout, MaxAmcheckTimeout)
+	}
+	if o.RecoveryTimeout < 0 || o.RecoveryTimeout > MaxRecoveryTimeout {
+		return fmt.Errorf("recovery timeout %s is outside 0 (default) .. %s", o.RecoveryTimeout, MaxRecoveryTimeout)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -136,5 +137,18 @@ func TestFirstLines(t *testing.T) {
 	out := "heap table \"postgres.public.victim\", block 0, offset 100:\n    xmin 2147483632 equals or exceeds next valid transaction ID 0:727\nbtree index \"postgres.public.i\":\n    bad\nmore\n"
 	if got, want := firstLines(out, 3), `heap table "postgres.public.victim", block 0, offset 100: xmin 2147483632 equals or exceeds next valid transaction ID 0:727; btree index "postgres.public.i":`; got != want {
 		t.Errorf("firstLines = %q\nwant %q", got, want)
+	}
+}
+
+func TestCheckBounds(t *testing.T) {
+	for _, o := range []Options{{AmcheckRelations: -2}, {AmcheckRelations: MaxAmcheckRelations + 1},
+		{AmcheckTimeout: -time.Second}, {AmcheckTimeout: MaxAmcheckTimeout + time.Second},
+		{RecoveryTimeout: -time.Second}, {RecoveryTimeout: MaxRecoveryTimeout + time.Second}} {
+		if err := o.CheckBounds(); err == nil {
+			t.Errorf("%+v accepted", o)
+		}
+	}
+	if err := (&Options{AmcheckRelations: -1, AmcheckTimeout: time.Hour, RecoveryTimeout: time.Hour}).CheckBounds(); err != nil {
+		t.Error(err)
 	}
 }

@@ -19,7 +19,7 @@ import (
 )
 
 func newDaemonCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	return withConfig(&cobra.Command{
 		Use:   "daemon",
 		Short: "Run scheduled backups, retention and verify on the right node of the Patroni cluster",
 		Long: `daemon runs the jobs of daemon.jobs on their cron schedules. Run it on every node of
@@ -42,12 +42,9 @@ See docs/daemon.md.`,
 		Example: "  pgkeep daemon --config /etc/pgkeep/pgkeep.yml",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.load(); err != nil {
-				return err
-			}
 			return runDaemon(cmd.Context(), a)
 		},
-	}
+	})
 }
 
 // runDaemon turns the configuration into daemon.Options and runs it.

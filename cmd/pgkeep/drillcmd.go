@@ -58,6 +58,12 @@ user. See docs/drill.md.`,
 			if o.ScratchDir != "" && !filepath.IsAbs(o.ScratchDir) {
 				return &configError{fmt.Sprintf("--scratch-dir %q must be an absolute path", o.ScratchDir)}
 			}
+			if o.AmcheckTimeout <= 0 || o.RecoveryTimeout <= 0 {
+				return &configError{"--amcheck-timeout and --recovery-timeout must be positive"}
+			}
+			if err := o.CheckBounds(); err != nil {
+				return &configError{err.Error()}
+			}
 			if maxBytes != "" {
 				n, err := parseBytes(maxBytes)
 				if err != nil {
@@ -135,6 +141,9 @@ func drillJobOptions(j DaemonJob) (drill.Options, error) {
 	o.Target = t
 	if o.ScratchDir != "" && !filepath.IsAbs(o.ScratchDir) {
 		return o, fmt.Errorf("scratch_dir %q is not an absolute path", o.ScratchDir)
+	}
+	if err := o.CheckBounds(); err != nil {
+		return o, fmt.Errorf("amcheck_tables: %w", err)
 	}
 	if j.MaxBytes != "" {
 		n, err := parseBytes(j.MaxBytes)

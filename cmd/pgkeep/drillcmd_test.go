@@ -34,6 +34,7 @@ func TestDrillJobConfig(t *testing.T) {
 		`{name: d, kind: drill, schedule: "@weekly", target: latest}`:                                        "target",
 		`{name: d, kind: drill, schedule: "@weekly", target_time: yesterday}`:                                "target time",
 		`{name: d, kind: drill, schedule: "@weekly", target: immediate, target_lsn: 0/1}`:                    "at most one",
+		`{name: d, kind: drill, schedule: "@weekly", amcheck_tables: 1000000}`:                               "amcheck",
 		`{name: d, kind: drill, schedule: "@weekly", retain_full: 2}`:                                        "retention",
 		`{name: d, kind: backup, schedule: "@weekly"}`:                                                       "",
 		`{name: d, kind: drill, schedule: "@weekly", target_time: "2026-11-22T18:04:05Z", target_name: "x"}`: "at most one",
