@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -331,15 +332,27 @@ func TestDeleteKeepsPacksOfARunningBackupsReference(t *testing.T) {
 	if err != nil || len(debris) != 1 || debris[0] != running {
 		t.Fatalf("debris %v (%v); want only the running backup, not the deleted one's kept packs", debris, err)
 	}
-	// The running backup fails and is removed; the packs are no one's now.
+	// While they are in use, retention does not offer them as debris.
+	plan, err := r.PlanRetention(ctx, repo.RetentionOptions{RetainFull: 1, Now: time.Now()})
+	if err != nil || slices.Contains(plan.Debris, full.ID) {
+		t.Fatalf("retention plan %+v (%v) deletes the packs a running backup may reference", plan, err)
+	}
+	// The running backup fails and is removed; the packs are no one's now,
+	// and retention removes them.
 	if err := r.DeleteBackup(ctx, running); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.DeleteBackup(ctx, full.ID); err != nil {
+	plan, err = r.PlanRetention(ctx, repo.RetentionOptions{RetainFull: 1, Now: time.Now()})
+	if err != nil || !slices.Contains(plan.Debris, full.ID) || plan.DebrisBytes == 0 {
+		t.Fatalf("retention plan %+v (%v); want the deleted backup's unreferenced packs as debris", plan, err)
+	}
+	if err := r.ApplyRetention(ctx, plan); err != nil {
 		t.Fatal(err)
 	}
-	if got := packsLeft(); got != 0 {
-		t.Fatalf("%d packs of the deleted backup left that nothing references", got)
+	var left []string
+	m.List(ctx, repo.BackupPrefix(full.ID), func(o storage.ObjectInfo) error { left = append(left, o.Name); return nil })
+	if len(left) != 0 {
+		t.Fatalf("objects of the deleted backup left that nothing references: %v", left)
 	}
 }
 

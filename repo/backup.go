@@ -454,8 +454,9 @@ type backupListing struct {
 	keep              map[string]bool
 	size              map[string]int64 // bytes stored under backups/<id>/
 	alive             map[string]storage.ObjectInfo
-	// retired are debris holding nothing but packs: a deleted backup's
-	// packs that other backups still referenced (format 2).
+	// retired are debris holding nothing but packs (and refs.json): what a
+	// deleted backup left because other backups still referenced it
+	// (format 2).
 	retired map[string]bool
 }
 
@@ -470,7 +471,7 @@ func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, erro
 			return nil
 		}
 		l.size[id] += o.Size
-		if !strings.HasPrefix(obj, "pack/") {
+		if !strings.HasPrefix(obj, "pack/") && obj != "refs.json" {
 			notPack[id] = true
 		}
 		switch obj {

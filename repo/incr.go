@@ -153,6 +153,9 @@ func (r *Repository) packsInUse(ctx context.Context, except string) (map[string]
 		if err := refsOf(rec.Reference); err != nil {
 			return nil, l, err
 		}
+		// Its refs.json stays too while the reference is deleted: a later
+		// delete must still see what the running backup may reference.
+		inUse[refsName(rec.Reference)] = true
 	}
 	return inUse, l, nil
 }
