@@ -35,6 +35,9 @@ type BackupOptions struct {
 	// size at which a pack is closed (0 = 64 MiB).
 	BlockSize int64
 	PackSize  int64
+	// wholeBlocks stores every file in blocks of BlockSize, as pgkeep did
+	// before format 3 (tests write such references with it).
+	wholeBlocks bool
 	// WALTimeout bounds the wait for the backup's WAL to be archived.
 	WALTimeout time.Duration
 	// Schedule, when set, is the daemon job's scheduled time this backup

@@ -164,6 +164,7 @@ func (c *copier) reuseFile(i int, f *sourceFile, rf *repo.File) error {
 		return err
 	}
 	n := len(rf.Blocks)
+	c.files[i].BlockSize = rf.BlockSize // the blocks' cut is the reference's
 	c.blocks[i] = make([]repo.BlockRef, n)
 	c.hashes[i] = make([][32]byte, n)
 	c.foreign[i] = make([]string, n)

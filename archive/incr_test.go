@@ -42,7 +42,7 @@ func readBack(t *testing.T, r *repo.Repository, id string) map[string][]byte {
 			if err != nil {
 				t.Fatalf("backup %s: %s block at %d: %v", id, f.Path, b.FileOffset, err)
 			}
-			copy(got[b.FileOffset:], plain)
+			copy(got[b.FileOffset:], plain[b.ChunkOffset:b.ChunkOffset+b.Size])
 		}
 		out[f.Path] = got
 	}
@@ -153,6 +153,7 @@ func TestIncrementalStoresOnlyChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameFiles(t, "incremental after deleting its reference", readBack(t, r, inc.ID), want)
+	restoreAndCompare(t, r, inc, want) // format 2 restores with the restore pipeline
 	if probs := r.VerifyBackup(ctx, inc.ID); len(probs) != 0 {
 		t.Errorf("verify after deleting the full: %v", probs)
 	}

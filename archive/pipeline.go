@@ -53,17 +53,20 @@ type copier struct {
 	free chan []byte
 }
 
+// blockJob is a run of consecutive blocks of one file: one block of
+// BlockSize for files stored in whole blocks, or up to a chunk's worth of
+// small blocks (format 3), whose changed ones are stored together as one
+// object.
 type blockJob struct {
 	file  int
-	index int
+	index int // of the run's first block
 	src   *sourceFile
 	off   int64
 	len   int64
-	// ref is the reference's block at this offset, if it can be reused
-	// when the content's SHA-256 matches.
-	ref *repo.BlockRef
-	// refPack is the pack name ref lives in.
-	refPack string
+	bs    int64 // block size of the file
+	// rf is the reference's entry of the file (nil if none): a block whose
+	// SHA-256 equals the reference's block at the same offset is reused.
+	rf *repo.File
 }
 
 type encodedBlock struct {
@@ -94,14 +97,18 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 			continue
 		}
 		total += f.Size
-		n := int((f.Size + c.o.BlockSize - 1) / c.o.BlockSize)
+		bs, run := c.o.BlockSize, int64(1)
+		if small := fileBlockSize(f.Size, c.o.BlockSize); small > 0 && !c.o.wholeBlocks {
+			bs, run = small, max(1, min(chunkPlainSize, c.o.BlockSize)/small)
+			c.files[i].BlockSize = small
+		}
+		n := int((f.Size + bs - 1) / bs)
 		c.blocks[i] = make([]repo.BlockRef, n)
 		c.hashes[i] = make([][32]byte, n)
 		c.foreign[i] = make([]string, n)
-		for b := 0; b < n; b++ {
-			j := blockJob{file: i, index: b, src: f, off: int64(b) * c.o.BlockSize, len: min(c.o.BlockSize, f.Size-int64(b)*c.o.BlockSize)}
-			j.ref, j.refPack = c.refBlock(rf, b, j.off)
-			jobs = append(jobs, j)
+		for b := 0; b < n; b += int(run) {
+			off := int64(b) * bs
+			jobs = append(jobs, blockJob{file: i, index: b, src: f, off: off, len: min(run*bs, f.Size-off), bs: bs, rf: rf})
 		}
 	}
 	c.stats.read.Store(total)
@@ -186,19 +193,43 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 			c.log.Warn("checksum failure", "err", err)
 		}
 	}
-	if j.ref != nil && int64(n) == j.ref.Size {
-		// Unchanged since the reference: list the reference's block.
-		sum := sha256.Sum256(buf)
-		if hex.EncodeToString(sum[:]) == j.ref.SHA256 {
+	// Blocks unchanged since the reference list the reference's block; the
+	// others are stored, together, as one object (a chunk when small).
+	type stored struct {
+		index       int
+		off, size   int64
+		chunkOffset int64
+		sum         [32]byte
+	}
+	var changed []stored
+	var chunkLen int64
+	for k := 0; int64(k)*j.bs < int64(n); k++ {
+		sub := buf[int64(k)*j.bs : min(int64(k+1)*j.bs, int64(n))]
+		idx, off := j.index+k, j.off+int64(k)*j.bs
+		sum := sha256.Sum256(sub)
+		if ref, refPack := c.refBlock(j.rf, idx, off); ref != nil && ref.Size == int64(len(sub)) && hex.EncodeToString(sum[:]) == ref.SHA256 {
 			c.mu.Lock()
-			c.blocks[j.file][j.index] = *j.ref
-			c.foreign[j.file][j.index] = j.refPack
-			c.hashes[j.file][j.index] = sum
+			c.blocks[j.file][idx] = *ref
+			c.foreign[j.file][idx] = refPack
+			c.hashes[j.file][idx] = sum
 			c.mu.Unlock()
-			if c.o.Progress != nil {
-				c.o.Progress.Add(j.len)
-			}
-			return nil
+			continue
+		}
+		changed = append(changed, stored{index: idx, off: off, size: int64(len(sub)), chunkOffset: chunkLen, sum: sum})
+		chunkLen += int64(len(sub))
+	}
+	if c.o.Progress != nil {
+		c.o.Progress.Add(j.len)
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	plain := buf[:n]
+	if chunkLen != int64(n) {
+		// Only some blocks changed: the chunk is their concatenation.
+		plain = make([]byte, 0, chunkLen)
+		for _, s := range changed {
+			plain = append(plain, buf[s.off-j.off:s.off-j.off+s.size]...)
 		}
 	}
 	var dst []byte
@@ -206,20 +237,18 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 	case dst = <-c.free:
 	default:
 	}
-	enc, sum, err := c.r.EncodeBlock(dst[:0], buf)
+	enc, _, err := c.r.EncodeBlock(dst[:0], plain)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", j.src.Rel, err)
 	}
-	plainLen := int64(n)
 	done := func(pack int, offset int64) {
 		c.mu.Lock()
-		c.blocks[j.file][j.index] = repo.BlockRef{Pack: pack, Offset: offset, Length: int64(len(enc)), FileOffset: j.off, Size: plainLen,
-			SHA256: hex.EncodeToString(sum[:])}
-		c.hashes[j.file][j.index] = sum
+		for _, s := range changed {
+			c.blocks[j.file][s.index] = repo.BlockRef{Pack: pack, Offset: offset, Length: int64(len(enc)), FileOffset: s.off, Size: s.size,
+				ChunkOffset: s.chunkOffset, SHA256: hex.EncodeToString(s.sum[:])}
+			c.hashes[j.file][s.index] = s.sum
+		}
 		c.mu.Unlock()
-	}
-	if c.o.Progress != nil {
-		c.o.Progress.Add(j.len)
 	}
 	select {
 	case out <- encodedBlock{data: enc, done: done}:
@@ -233,7 +262,7 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 // small file's) are left to the GC; the others keep the size the content
 // needed, so they stay small for compressible data.
 func (c *copier) release(b []byte) {
-	if int64(cap(b)) < c.o.BlockSize/4 {
+	if cap(b) < 64<<10 {
 		return
 	}
 	select {
@@ -372,4 +401,33 @@ func (c *copier) result() ([]repo.File, []repo.Pack) {
 		files = append(files, f)
 	}
 	return files, packs
+}
+
+// chunkPlainSize is about how many plain bytes of small blocks are
+// compressed and encrypted together as one object (a chunk): big enough
+// for zstd's ratio and few objects, small enough that a restore of a few
+// changed pages decodes little.
+const chunkPlainSize = 1 << 20
+
+// fileBlockSize is the small block size a file of size bytes is cut into
+// (format 3), so a changed page re-stores about one block, not megabytes;
+// 0 keeps whole blocks of max bytes (small files: one block each). Block
+// sizes grow with the file, like pgBackRest's 8-88 KiB, to bound the
+// number of block references a big file costs in the manifest.
+func fileBlockSize(size, max int64) int64 {
+	var bs int64
+	switch {
+	case size <= 1<<20:
+		return 0
+	case size < 16<<20:
+		bs = 8 << 10
+	case size < 128<<20:
+		bs = 16 << 10
+	default:
+		bs = 32 << 10
+	}
+	if bs >= max {
+		return 0
+	}
+	return bs
 }

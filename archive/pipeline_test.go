@@ -231,12 +231,12 @@ func TestWriteBackupStoresEveryFile(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: block at %d: %v", f.Path, b.FileOffset, err)
 			}
-			copy(got[b.FileOffset:], plain)
+			copy(got[b.FileOffset:], plain[b.ChunkOffset:b.ChunkOffset+b.Size])
 		}
 		if !bytes.Equal(got, data) {
 			t.Errorf("%s: stored content differs (%d bytes, want %d)", f.Path, len(got), len(data))
 		}
-		sum, size, err := repo.FileChecksum(filepath.Join(dir, filepath.FromSlash(f.Path)), stored.BlockSize)
+		sum, size, err := repo.FileChecksum(filepath.Join(dir, filepath.FromSlash(f.Path)), stored.FileBlockSize(&f))
 		if err != nil || size != f.Size || sum != f.SHA256 {
 			t.Errorf("%s: manifest checksum %s/%d, file %s/%d (%v)", f.Path, f.SHA256, f.Size, sum, size, err)
 		}
@@ -253,7 +253,11 @@ func TestWriteBackupCommitPointIsLast(t *testing.T) {
 	dir, _ := syntheticDataDir(t)
 	id := "20261201T000000Z-bbbb"
 	r, fs, _ := newMemRepo(t)
-	if _, err := writeBackup(ctx, r, smallBlocks(), testRun(id, dir), stopAt, discard()); err != nil {
+	// One worker and writer: the second runs must put the same packs as
+	// this one (with more, the pack count varies with timing).
+	o := smallBlocks()
+	o.Workers, o.Writers = 1, 1
+	if _, err := writeBackup(ctx, r, o, testRun(id, dir), stopAt, discard()); err != nil {
 		t.Fatal(err)
 	}
 	var seq []string
@@ -275,7 +279,7 @@ func TestWriteBackupCommitPointIsLast(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			r, fs, m := newMemRepo(t)
 			fs.failName, fs.readN = repo.BackupPrefix(id)+name, 100
-			_, err := writeBackup(ctx, r, smallBlocks(), testRun(id, dir), stopAt, discard())
+			_, err := writeBackup(ctx, r, o, testRun(id, dir), stopAt, discard())
 			if !errors.Is(err, errInjected) {
 				t.Fatalf("failing put of %s: %v, want the injected error", name, err)
 			}

@@ -133,8 +133,20 @@ type File struct {
 	SHA256 string `json:"sha256"`
 	// MTime is the file's modification time in Unix nanoseconds when it
 	// was read (0 in manifests written before incrementals).
-	MTime  int64      `json:"mtime,omitempty"`
-	Blocks []BlockRef `json:"blocks,omitempty"`
+	MTime int64 `json:"mtime,omitempty"`
+	// BlockSize (format 3) is the size of every block of this file but the
+	// last, when the file is cut into small blocks; 0 means the manifest's
+	// block_size. The file checksum is computed over blocks of this size.
+	BlockSize int64      `json:"block_size,omitempty"`
+	Blocks    []BlockRef `json:"blocks,omitempty"`
+}
+
+// FileBlockSize is the size f's blocks are cut to (its checksum's).
+func (m *Manifest) FileBlockSize(f *File) int64 {
+	if f.BlockSize > 0 {
+		return f.BlockSize
+	}
+	return m.BlockSize
 }
 
 // BlockRef locates one block: bytes [Offset, Offset+Length) of pack Pack
@@ -145,6 +157,10 @@ type BlockRef struct {
 	Length     int64 `json:"length"`
 	FileOffset int64 `json:"file_offset"`
 	Size       int64 `json:"size"`
+	// ChunkOffset (format 3) is where the block starts in the object's
+	// plain content: a chunk holds several small blocks, compressed and
+	// encrypted together. Before format 3 an object is exactly one block.
+	ChunkOffset int64 `json:"chunk_offset,omitempty"`
 	// SHA256 is the hex SHA-256 of the block's plain content (absent in
 	// manifests written before incrementals): a later backup compares the
 	// block at the same offset against it.
@@ -252,9 +268,13 @@ func ValidBackupID(id string) error {
 func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 	foreign := m.foreignPacks()
 	m.Summary.Format = 1
+	if m.usesChunks() {
+		// Readers of format 2 would take a chunk for one block.
+		m.Summary.Format = 3
+	}
 	if len(foreign) > 0 {
 		// Readers of format 1 would delete packs this backup needs.
-		m.Summary.Format = 2
+		m.Summary.Format = max(m.Summary.Format, 2)
 		if err := r.UpgradeFormat(ctx); err != nil {
 			return err
 		}
@@ -641,8 +661,8 @@ func (m *Manifest) check() error {
 	if len(m.Files) > 0 && (m.BlockSize <= 0 || m.BlockSize > 1<<30) {
 		return fmt.Errorf("block_size %d", m.BlockSize)
 	}
-	if m.Format > 2 {
-		return fmt.Errorf("backup format %d is newer than this pgkeep (1..2)", m.Format)
+	if m.Format > 3 {
+		return fmt.Errorf("backup format %d is newer than this pgkeep (1..3)", m.Format)
 	}
 	for _, p := range m.Packs {
 		own := strings.HasPrefix(p.Name, BackupPrefix(m.ID)+"pack/")
@@ -664,12 +684,14 @@ func (m *Manifest) check() error {
 		if !localPath(f.Path) {
 			return fmt.Errorf("file %q is not a path inside the data directory", f.Path)
 		}
-		if f.Size < 0 {
-			return fmt.Errorf("%s: size %d", f.Path, f.Size)
+		if f.Size < 0 || f.BlockSize < 0 || f.BlockSize > m.BlockSize || f.BlockSize > 0 && m.Format < 3 {
+			return fmt.Errorf("%s: size %d, block size %d", f.Path, f.Size, f.BlockSize)
 		}
+		bs := m.FileBlockSize(&f)
 		for _, b := range f.Blocks {
 			if b.Pack < 0 || b.Pack >= len(m.Packs) || b.Offset < 0 || b.Length <= 0 || b.FileOffset < 0 || b.Size < 0 ||
-				b.Size > m.BlockSize || b.FileOffset > f.Size || b.Size > f.Size-b.FileOffset {
+				b.Size > bs || b.FileOffset > f.Size || b.Size > f.Size-b.FileOffset ||
+				b.ChunkOffset < 0 || b.ChunkOffset > 0 && m.Format < 3 {
 				return fmt.Errorf("%s: block %+v does not fit the file or the packs", f.Path, b)
 			}
 		}

@@ -58,6 +58,22 @@ func (m *Manifest) foreignPacks() []string {
 	return out
 }
 
+// usesChunks reports whether m has a file cut into small blocks or a
+// block inside a chunk (format 3).
+func (m *Manifest) usesChunks() bool {
+	for _, f := range m.Files {
+		if f.BlockSize > 0 {
+			return true
+		}
+		for _, b := range f.Blocks {
+			if b.ChunkOffset > 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func (r *Repository) putRefs(ctx context.Context, id string, packs []string) error {
 	data, err := json.Marshal(Refs{Packs: packs})
 	if err != nil {

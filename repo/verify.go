@@ -152,6 +152,8 @@ type verifySeen struct {
 type verifyBlockKey struct {
 	pack   string
 	offset int64
+	// chunkOffset and size tell apart the blocks of one chunk (format 3).
+	chunkOffset, size int64
 }
 
 func newVerifySeen() *verifySeen {
@@ -189,7 +191,12 @@ func (r *Repository) verifyBackup(ctx context.Context, id string, seen *verifySe
 	}
 	for i, p := range m.Packs {
 		refs := byPack[i]
-		sort.Slice(refs, func(a, b int) bool { return refs[a].b.Offset < refs[b].b.Offset })
+		sort.Slice(refs, func(a, b int) bool {
+			if refs[a].b.Offset != refs[b].b.Offset {
+				return refs[a].b.Offset < refs[b].b.Offset
+			}
+			return refs[a].b.ChunkOffset < refs[b].b.ChunkOffset
+		})
 		packProblem, checked := seen.packs[p.Name]
 		if !checked {
 			info, err := r.backend.Stat(ctx, p.Name)
@@ -210,7 +217,7 @@ func (r *Repository) verifyBackup(ctx context.Context, id string, seen *verifySe
 		// Blocks another backup of this run referenced were read then.
 		var todo []ref
 		for _, x := range refs {
-			res, done := seen.blocks[verifyBlockKey{p.Name, x.b.Offset}]
+			res, done := seen.blocks[verifyBlockKey{p.Name, x.b.Offset, x.b.ChunkOffset, x.b.Size}]
 			switch {
 			case !done:
 				todo = append(todo, x)
@@ -228,24 +235,34 @@ func (r *Repository) verifyBackup(ctx context.Context, id string, seen *verifySe
 		}
 		br := bufio.NewReaderSize(rc, 1<<20)
 		var pos int64
+		// The object last read: blocks of one chunk share it.
+		objAt, objRes := int64(-1), ""
+		var obj []byte
 		for _, x := range todo {
-			if skip := x.b.Offset - pos; skip > 0 {
-				io.CopyN(io.Discard, br, skip)
+			if x.b.Offset != objAt {
+				objAt, objRes, obj = x.b.Offset, "", nil
+				if skip := x.b.Offset - pos; skip > 0 {
+					io.CopyN(io.Discard, br, skip)
+				}
+				buf := make([]byte, x.b.Length)
+				n, err := io.ReadFull(br, buf)
+				pos = x.b.Offset + int64(n)
+				if err != nil {
+					objRes = fmt.Sprintf("%s: block at %d in %s: %v: missing bytes", x.file, x.b.FileOffset, p.Name, ErrCorrupt)
+				} else if obj, _, err = r.codec.DecodeBlock(buf); err != nil {
+					objRes = fmt.Sprintf("%s: block at %d in %s: %v", x.file, x.b.FileOffset, p.Name, err)
+				}
 			}
-			var res string
-			buf := make([]byte, x.b.Length)
-			n, err := io.ReadFull(br, buf)
-			pos = x.b.Offset + int64(n)
-			if err != nil {
-				res = fmt.Sprintf("%s: block at %d in %s: %v: missing bytes", x.file, x.b.FileOffset, p.Name, ErrCorrupt)
-			} else if plain, _, err := r.codec.DecodeBlock(buf); err != nil {
-				res = fmt.Sprintf("%s: block at %d in %s: %v", x.file, x.b.FileOffset, p.Name, err)
-			} else if int64(len(plain)) != x.b.Size {
-				res = fmt.Sprintf("%s: block at %d in %s: %d bytes, manifest says %d", x.file, x.b.FileOffset, p.Name, len(plain), x.b.Size)
-			} else if x.b.SHA256 != "" && !blockSumIs(plain, x.b.SHA256) {
+			res := objRes
+			end := x.b.ChunkOffset + x.b.Size
+			switch {
+			case res != "":
+			case end > int64(len(obj)) || m.Format < 3 && end != int64(len(obj)):
+				res = fmt.Sprintf("%s: block at %d in %s: %d bytes, manifest says %d at %d", x.file, x.b.FileOffset, p.Name, len(obj), x.b.Size, x.b.ChunkOffset)
+			case x.b.SHA256 != "" && !blockSumIs(obj[x.b.ChunkOffset:end], x.b.SHA256):
 				res = fmt.Sprintf("%s: block at %d in %s: content does not match the manifest's sha256", x.file, x.b.FileOffset, p.Name)
 			}
-			seen.blocks[verifyBlockKey{p.Name, x.b.Offset}] = res
+			seen.blocks[verifyBlockKey{p.Name, x.b.Offset, x.b.ChunkOffset, x.b.Size}] = res
 			if res != "" {
 				add("%s", res)
 			}

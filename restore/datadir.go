@@ -69,7 +69,7 @@ func prepareDataDir(o BackupOptions, m *repo.Manifest, running []pg.RunningClust
 		want[f.Path] = true
 		if o.Delta && f.Path != controlFile && hasBlockSums(f) {
 			// Rewrite only the blocks whose content differs locally.
-			diff, localSize, err := differingBlocks(filepath.Join(o.PGData, filepath.FromSlash(f.Path)), f, m.BlockSize)
+			diff, localSize, err := differingBlocks(filepath.Join(o.PGData, filepath.FromSlash(f.Path)), f, m.FileBlockSize(f))
 			if err == nil && diff != nil {
 				if len(diff.Blocks) == 0 && localSize == f.Size {
 					d.kept++
@@ -82,7 +82,7 @@ func prepareDataDir(o BackupOptions, m *repo.Manifest, running []pg.RunningClust
 				continue
 			}
 		} else if o.Delta {
-			if sum, size, err := repo.FileChecksum(filepath.Join(o.PGData, filepath.FromSlash(f.Path)), m.BlockSize); err == nil && size == f.Size && sum == f.SHA256 {
+			if sum, size, err := repo.FileChecksum(filepath.Join(o.PGData, filepath.FromSlash(f.Path)), m.FileBlockSize(f)); err == nil && size == f.Size && sum == f.SHA256 {
 				d.kept++
 				continue
 			}
