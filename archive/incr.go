@@ -133,7 +133,7 @@ func loadReference(ctx context.Context, r *repo.Repository, c *copier, id string
 func hasBlockHashes(m *repo.Manifest) bool {
 	for _, f := range m.Files {
 		for _, b := range f.Blocks {
-			return b.SHA256 != ""
+			return b.Digest() != ""
 		}
 	}
 	return false
@@ -149,7 +149,7 @@ func (c *copier) takeUnread(f *sourceFile, rf *repo.File) bool {
 	}
 	var covered int64
 	for _, b := range rf.Blocks {
-		if b.SHA256 == "" || b.FileOffset != covered {
+		if b.Digest() == "" || b.FileOffset != covered {
 			return false
 		}
 		covered += b.Size
@@ -166,16 +166,16 @@ func (c *copier) reuseFile(i int, f *sourceFile, rf *repo.File) error {
 	n := len(rf.Blocks)
 	c.files[i].BlockSize = rf.BlockSize // the blocks' cut is the reference's
 	c.blocks[i] = make([]repo.BlockRef, n)
-	c.hashes[i] = make([][32]byte, n)
+	c.hashes[i] = make([][]byte, n)
 	c.foreign[i] = make([]string, n)
 	for b, ref := range rf.Blocks {
-		sum, err := hex.DecodeString(ref.SHA256)
-		if err != nil || len(sum) != 32 {
-			return fmt.Errorf("reference backup %s: %s: block hash %q", c.ref.ID, f.Rel, ref.SHA256)
+		sum, err := hex.DecodeString(ref.Digest())
+		if want := map[bool]int{true: 16, false: 32}[ref.XXH3 != ""]; err != nil || len(sum) != want {
+			return fmt.Errorf("reference backup %s: %s: block hash %q", c.ref.ID, f.Rel, ref.Digest())
 		}
 		c.blocks[i][b] = ref
 		c.foreign[i][b] = c.ref.Packs[ref.Pack].Name
-		copy(c.hashes[i][b][:], sum)
+		c.hashes[i][b] = sum
 	}
 	c.stats.unread.Add(f.Size)
 	return nil
@@ -188,7 +188,7 @@ func (c *copier) refBlock(rf *repo.File, b int, off int64) (*repo.BlockRef, stri
 		return nil, ""
 	}
 	ref := &rf.Blocks[b]
-	if ref.FileOffset != off || ref.SHA256 == "" {
+	if ref.FileOffset != off || ref.Digest() == "" {
 		return nil, ""
 	}
 	return ref, c.ref.Packs[ref.Pack].Name

@@ -88,6 +88,11 @@ func TestSmallBlocksStoreAPageChange(t *testing.T) {
 	if big.BlockSize != 16<<10 || len(big.Blocks) != size/(16<<10) {
 		t.Fatalf("%s: block size %d, %d blocks; want 16 KiB blocks", rel, big.BlockSize, len(big.Blocks))
 	}
+	for _, b := range big.Blocks[:3] {
+		if len(b.XXH3) != 32 || b.SHA256 != "" {
+			t.Fatalf("%s: block hashes %q/%q; want xxh3-128 only (format 3)", rel, b.XXH3, b.SHA256)
+		}
+	}
 	objects := map[[2]int64]bool{}
 	for _, b := range big.Blocks {
 		objects[[2]int64{int64(b.Pack), b.Offset}] = true

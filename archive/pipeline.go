@@ -41,7 +41,7 @@ type copier struct {
 	files   []repo.File
 	blocks  [][]repo.BlockRef // per file, by block index
 	foreign [][]string        // per file and block: the reference's pack name of a reused block, "" if stored here
-	hashes  [][][32]byte
+	hashes  [][][]byte        // per file and block: repo.BlockDigest
 	vanish  []bool
 	packs   []repo.Pack
 	packSeq atomic.Int64
@@ -81,7 +81,7 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 	defer cancel(nil)
 	c.files = make([]repo.File, len(files))
 	c.blocks = make([][]repo.BlockRef, len(files))
-	c.hashes = make([][][32]byte, len(files))
+	c.hashes = make([][][]byte, len(files))
 	c.foreign = make([][]string, len(files))
 	c.vanish = make([]bool, len(files))
 	var total int64
@@ -104,7 +104,7 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 		}
 		n := int((f.Size + bs - 1) / bs)
 		c.blocks[i] = make([]repo.BlockRef, n)
-		c.hashes[i] = make([][32]byte, n)
+		c.hashes[i] = make([][]byte, n)
 		c.foreign[i] = make([]string, n)
 		for b := 0; b < n; b += int(run) {
 			off := int64(b) * bs
@@ -199,15 +199,16 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 		index       int
 		off, size   int64
 		chunkOffset int64
-		sum         [32]byte
+		sum         []byte
 	}
+	small := c.files[j.file].BlockSize > 0
 	var changed []stored
 	var chunkLen int64
 	for k := 0; int64(k)*j.bs < int64(n); k++ {
 		sub := buf[int64(k)*j.bs : min(int64(k+1)*j.bs, int64(n))]
 		idx, off := j.index+k, j.off+int64(k)*j.bs
-		sum := sha256.Sum256(sub)
-		if ref, refPack := c.refBlock(j.rf, idx, off); ref != nil && ref.Size == int64(len(sub)) && hex.EncodeToString(sum[:]) == ref.SHA256 {
+		sum := repo.BlockDigest(small, sub)
+		if ref, refPack := c.refBlock(j.rf, idx, off); ref != nil && ref.Size == int64(len(sub)) && hex.EncodeToString(sum) == ref.Digest() {
 			c.mu.Lock()
 			c.blocks[j.file][idx] = *ref
 			c.foreign[j.file][idx] = refPack
@@ -245,7 +246,8 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 		c.mu.Lock()
 		for _, s := range changed {
 			c.blocks[j.file][s.index] = repo.BlockRef{Pack: pack, Offset: offset, Length: int64(len(enc)), FileOffset: s.off, Size: s.size,
-				ChunkOffset: s.chunkOffset, SHA256: hex.EncodeToString(s.sum[:])}
+				ChunkOffset: s.chunkOffset}
+			c.blocks[j.file][s.index].SetDigest(small, s.sum)
 			c.hashes[j.file][s.index] = s.sum
 		}
 		c.mu.Unlock()
@@ -392,7 +394,7 @@ func (c *copier) result() ([]repo.File, []repo.Pack) {
 				ref.Pack = n
 			}
 			refs = append(refs, ref)
-			h.Write(c.hashes[i][b][:])
+			h.Write(c.hashes[i][b])
 			size = ref.FileOffset + ref.Size
 		}
 		f.Blocks = refs

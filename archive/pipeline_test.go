@@ -236,7 +236,7 @@ func TestWriteBackupStoresEveryFile(t *testing.T) {
 		if !bytes.Equal(got, data) {
 			t.Errorf("%s: stored content differs (%d bytes, want %d)", f.Path, len(got), len(data))
 		}
-		sum, size, err := repo.FileChecksum(filepath.Join(dir, filepath.FromSlash(f.Path)), stored.FileBlockSize(&f))
+		sum, size, err := stored.LocalFileChecksum(filepath.Join(dir, filepath.FromSlash(f.Path)), &f)
 		if err != nil || size != f.Size || sum != f.SHA256 {
 			t.Errorf("%s: manifest checksum %s/%d, file %s/%d (%v)", f.Path, f.SHA256, f.Size, sum, size, err)
 		}

@@ -165,6 +165,9 @@ type BlockRef struct {
 	// manifests written before incrementals): a later backup compares the
 	// block at the same offset against it.
 	SHA256 string `json:"sha256,omitempty"`
+	// XXH3 (format 3) is the hex xxh3-128 of the block's plain content,
+	// instead of SHA256, for the blocks of a file with small blocks.
+	XXH3 string `json:"xxh3,omitempty"`
 }
 
 // NewBackupID makes a sortable, unique-enough ID from the start time.

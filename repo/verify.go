@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -259,7 +257,7 @@ func (r *Repository) verifyBackup(ctx context.Context, id string, seen *verifySe
 			case res != "":
 			case end > int64(len(obj)) || m.Format < 3 && end != int64(len(obj)):
 				res = fmt.Sprintf("%s: block at %d in %s: %d bytes, manifest says %d at %d", x.file, x.b.FileOffset, p.Name, len(obj), x.b.Size, x.b.ChunkOffset)
-			case x.b.SHA256 != "" && !blockSumIs(obj[x.b.ChunkOffset:end], x.b.SHA256):
+			case x.b.Digest() != "" && !x.b.DigestIs(obj[x.b.ChunkOffset:end]):
 				res = fmt.Sprintf("%s: block at %d in %s: content does not match the manifest's sha256", x.file, x.b.FileOffset, p.Name)
 			}
 			seen.blocks[verifyBlockKey{p.Name, x.b.Offset, x.b.ChunkOffset, x.b.Size}] = res
@@ -360,10 +358,4 @@ func (a *WALArchive) CheckContinuity(s Summary) []Problem {
 		probs = append(probs, Problem{Backup: s.ID, What: what})
 	}
 	return probs
-}
-
-// blockSumIs reports whether plain's SHA-256 is the hex sum want.
-func blockSumIs(plain []byte, want string) bool {
-	sum := sha256.Sum256(plain)
-	return hex.EncodeToString(sum[:]) == want
 }

@@ -82,7 +82,7 @@ func prepareDataDir(o BackupOptions, m *repo.Manifest, running []pg.RunningClust
 				continue
 			}
 		} else if o.Delta {
-			if sum, size, err := repo.FileChecksum(filepath.Join(o.PGData, filepath.FromSlash(f.Path)), m.FileBlockSize(f)); err == nil && size == f.Size && sum == f.SHA256 {
+			if sum, size, err := m.LocalFileChecksum(filepath.Join(o.PGData, filepath.FromSlash(f.Path)), f); err == nil && size == f.Size && sum == f.SHA256 {
 				d.kept++
 				continue
 			}

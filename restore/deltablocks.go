@@ -1,8 +1,6 @@
 package restore
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +15,7 @@ import (
 // compare block by block.
 func hasBlockSums(f *repo.File) bool {
 	for _, b := range f.Blocks {
-		if b.SHA256 == "" {
+		if b.Digest() == "" {
 			return false
 		}
 	}
@@ -52,8 +50,7 @@ func differingBlocks(path string, f *repo.File, blockSize int64) (*repo.File, in
 		if err != nil && err != io.EOF {
 			return nil, 0, err
 		}
-		sum := sha256.Sum256(buf[:n])
-		if int64(n) != b.Size || hex.EncodeToString(sum[:]) != b.SHA256 {
+		if int64(n) != b.Size || !b.DigestIs(buf[:n]) {
 			out.Blocks = append(out.Blocks, b)
 		}
 	}
