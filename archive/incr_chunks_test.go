@@ -28,7 +28,7 @@ func ownPackBytes(m *repo.Manifest) int64 {
 
 // restoreAndCompare restores backup id with the restore pipeline and
 // checks every file against want, byte for byte.
-func restoreAndCompare(t *testing.T, r *repo.Repository, m *repo.Manifest, want map[string][]byte) {
+func restoreAndCompare(t *testing.T, r *repo.Repository, m *repo.Manifest, want map[string][]byte) string {
 	t.Helper()
 	ctx := context.Background()
 	wf, _ := pg.ParseWALFileName(m.StopWAL)
@@ -46,6 +46,7 @@ func restoreAndCompare(t *testing.T, r *repo.Repository, m *repo.Manifest, want 
 			t.Errorf("restore of %s: %s differs (%d bytes, want %d, %v)", m.ID, rel, len(got), len(data), err)
 		}
 	}
+	return pgdata
 }
 
 func verifyClean(t *testing.T, r *repo.Repository) {
@@ -140,8 +141,26 @@ func TestSmallBlocksStoreAPageChange(t *testing.T) {
 	}
 	got := readBack(t, r, inc2.ID)
 	sameFiles(t, "incremental after two page changes", got, want)
-	restoreAndCompare(t, r, inc2, want)
+	pgdata := restoreAndCompare(t, r, inc2, want)
 	verifyClean(t, r)
+
+	// Delta restore over a copy with one page changed rewrites one block
+	// (its xxh3 differs), taken out of its chunk.
+	local := filepath.Join(pgdata, filepath.FromSlash(rel))
+	data, _ := os.ReadFile(local)
+	copy(data[20<<20:], randomBytes(11, 100))
+	writeFile(t, local, data)
+	os.Remove(filepath.Join(pgdata, "postmaster.pid"))
+	res, err := restore.Backup(ctx, r, restore.BackupOptions{PGData: pgdata, BackupID: inc2.ID, NoRecoveryConfig: true, Delta: true})
+	if err != nil {
+		t.Fatalf("delta restore: %v", err)
+	}
+	if data, _ := os.ReadFile(local); !bytes.Equal(data, want[rel]) {
+		t.Errorf("delta restore: %s differs", rel)
+	}
+	if res.BytesWritten > 64<<10 {
+		t.Errorf("delta restore over one changed page wrote %d bytes; want about one 16 KiB block (plus small files)", res.BytesWritten)
+	}
 
 	// The full goes; its chunks stay while the incrementals name them.
 	if err := r.DeleteBackup(ctx, full.ID); err != nil {
