@@ -252,3 +252,36 @@ func fileOf(t *testing.T, m *repo.Manifest, rel string) *repo.File {
 	t.Fatalf("backup %s has no %s", m.ID, rel)
 	return nil
 }
+
+// A file that grows past a block size step keeps its reference's cut, so
+// an incremental stores what was appended, not the whole file again.
+func TestSmallBlocksKeepTheReferencesCut(t *testing.T) {
+	ctx := context.Background()
+	r, _, _ := newMemRepo(t)
+	dir, want := syntheticDataDir(t)
+	rel := "base/1/60000"
+	want[rel] = randomBytes(61, 15<<20) // 8 KiB blocks
+	writeFile(t, filepath.Join(dir, filepath.FromSlash(rel)), want[rel])
+	ageFiles(t, dir)
+	o := BackupOptions{Workers: 2, Writers: 2}.withDefaults()
+	full, err := writeBackup(ctx, r, o, incrRun("20261201T000000Z-aaaa", dir), stopAt, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bs := fileOf(t, full, rel).BlockSize; bs != 8<<10 {
+		t.Fatalf("15 MiB file: block size %d, want 8 KiB", bs)
+	}
+	want[rel] = append(want[rel], randomBytes(62, 2<<20)...) // 17 MiB: past the 16 MiB step
+	writeFile(t, filepath.Join(dir, filepath.FromSlash(rel)), want[rel])
+	inc, err := writeBackup(ctx, r, o, incrRun("20261201T000100Z-bbbb", dir), stopAt, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bs := fileOf(t, inc, rel).BlockSize; bs != 8<<10 {
+		t.Errorf("grown file: block size %d, want the reference's 8 KiB", bs)
+	}
+	if own := ownPackBytes(inc); own > 3<<20 {
+		t.Errorf("appending 2 MiB stored %d bytes of packs; want about the 2 MiB appended", own)
+	}
+	restoreAndCompare(t, r, inc, want)
+}

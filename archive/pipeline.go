@@ -98,7 +98,13 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 		}
 		total += f.Size
 		bs, run := c.o.BlockSize, int64(1)
-		if small := fileBlockSize(f.Size, c.o.BlockSize); small > 0 && !c.o.wholeBlocks {
+		small := fileBlockSize(f.Size, c.o.BlockSize)
+		if rf != nil && rf.BlockSize > 0 && rf.BlockSize < c.o.BlockSize && small > 0 {
+			// Keep the reference's cut: a file growing past a size step
+			// must not be stored again whole.
+			small = rf.BlockSize
+		}
+		if small > 0 && !c.o.wholeBlocks {
 			bs, run = small, max(1, min(chunkPlainSize, c.o.BlockSize)/small)
 			c.files[i].BlockSize = small
 		}
