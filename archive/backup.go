@@ -35,8 +35,9 @@ type BackupOptions struct {
 	// size at which a pack is closed (0 = 64 MiB).
 	BlockSize int64
 	PackSize  int64
-	// wholeBlocks stores every file in blocks of BlockSize, as pgkeep did
-	// before format 3 (tests write such references with it).
+	// wholeBlocks stores every file in blocks of BlockSize, listed in the
+	// manifest, as pgkeep did before formats 3 and 4 (tests write such
+	// references with it).
 	wholeBlocks bool
 	// WALTimeout bounds the wait for the backup's WAL to be archived.
 	WALTimeout time.Duration
@@ -270,7 +271,8 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	if err := c.run(ctx, files); err != nil {
 		return nil, err
 	}
-	m.Files, m.Packs = c.result()
+	m.Files, m.Packs, m.Maps = c.result()
+	m.InlineBlocks = o.wholeBlocks
 	m.BytesRead = c.stats.read.Load()
 	for _, f := range m.Files {
 		m.DataSize += f.Size

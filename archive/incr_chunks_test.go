@@ -82,8 +82,8 @@ func TestSmallBlocksStoreAPageChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if full.Format != 3 {
-		t.Fatalf("full with a 64 MiB file: format %d, want 3 (small blocks)", full.Format)
+	if full.Format != 4 {
+		t.Fatalf("full with a 64 MiB file: format %d, want 4 (small blocks, file maps)", full.Format)
 	}
 	big := fileOf(t, full, rel)
 	if big.BlockSize != 16<<10 || len(big.Blocks) != size/(16<<10) {
@@ -112,8 +112,8 @@ func TestSmallBlocksStoreAPageChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if inc1.Type != TypeIncr || inc1.Format != 3 || inc1.BytesRead != size {
-		t.Fatalf("incremental: type %q format %d read %d; want a format 3 incr that read the changed file", inc1.Type, inc1.Format, inc1.BytesRead)
+	if inc1.Type != TypeIncr || inc1.Format != 4 || inc1.BytesRead != size {
+		t.Fatalf("incremental: type %q format %d read %d; want a format 4 incr that read the changed file", inc1.Type, inc1.Format, inc1.BytesRead)
 	}
 	if own := ownPackBytes(inc1); own == 0 || own > 64<<10+4096 {
 		t.Errorf("a one-page change stored %d bytes of packs; want about one 16 KiB block", own)
@@ -181,6 +181,9 @@ func TestSmallBlocksStoreAPageChange(t *testing.T) {
 			used[inc2.Packs[b.Pack].Name] = true
 		}
 	}
+	for _, p := range inc2.Maps {
+		used[p.Name] = true
+	}
 	var left []string
 	mb.List(ctx, "backups/", func(o storage.ObjectInfo) error {
 		if !strings.HasPrefix(o.Name, repo.BackupPrefix(inc2.ID)) {
@@ -229,8 +232,8 @@ func TestSmallBlocksOverAWholeBlockReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if inc.Format != 3 || inc.Type != TypeIncr {
-		t.Fatalf("incremental: format %d type %q; want a format 3 incr", inc.Format, inc.Type)
+	if inc.Format != 4 || inc.Type != TypeIncr {
+		t.Fatalf("incremental: format %d type %q; want a format 4 incr", inc.Format, inc.Type)
 	}
 	if f := fileOf(t, inc, "base/1/40000"); f.BlockSize != 0 || len(f.Blocks) != 1 {
 		t.Errorf("unchanged file: block size %d, %d blocks; want the reference's whole block", f.BlockSize, len(f.Blocks))
@@ -284,4 +287,60 @@ func TestSmallBlocksKeepTheReferencesCut(t *testing.T) {
 		t.Errorf("appending 2 MiB stored %d bytes of packs; want about the 2 MiB appended", own)
 	}
 	restoreAndCompare(t, r, inc, want)
+}
+
+// Format 4: an incremental of an unchanged directory names the
+// reference's file maps and writes none, so its manifest is small
+// however many blocks the files have; it restores alone after the
+// reference is deleted, and once it is deleted too nothing is left.
+func TestFileMapsSharedByAnUnchangedIncremental(t *testing.T) {
+	ctx := context.Background()
+	r, _, mb := newMemRepo(t)
+	dir, want := syntheticDataDir(t)
+	rel := "base/1/70000"
+	want[rel] = randomBytes(71, 32<<20) // 2048 blocks of 16 KiB
+	writeFile(t, filepath.Join(dir, filepath.FromSlash(rel)), want[rel])
+	ageFiles(t, dir)
+	o := BackupOptions{Workers: 2, Writers: 2}.withDefaults()
+	full, err := writeBackup(ctx, r, o, incrRun("20261201T000000Z-aaaa", dir), stopAt, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inc, err := writeBackup(ctx, r, o, incrRun("20261201T000100Z-bbbb", dir), stopAt, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range inc.Maps {
+		if strings.HasPrefix(p.Name, repo.BackupPrefix(inc.ID)) {
+			t.Errorf("an unchanged incremental wrote file map %s", p.Name)
+		}
+	}
+	if f := fileOf(t, inc, rel); f.Map == nil || !strings.HasPrefix(f.Map.Object, repo.BackupPrefix(full.ID)) {
+		t.Errorf("%s: map %+v; want the full's", rel, f.Map)
+	}
+	t.Logf("unchanged incremental: %d bytes stored (full %d, its maps %v)", inc.StoredSize, full.StoredSize, full.Maps)
+	if inc.StoredSize > 4096 {
+		t.Errorf("an incremental of an unchanged directory stored %d bytes; want a small manifest", inc.StoredSize)
+	}
+	cfg, err := repo.ReadConfig(ctx, mb)
+	if err != nil || cfg.Format != 3 {
+		t.Errorf("config format %d (%v) once a backup names another's file maps; want 3", cfg.Format, err)
+	}
+	restoreAndCompare(t, r, inc, want)
+	if err := r.DeleteBackup(ctx, full.ID); err != nil {
+		t.Fatal(err)
+	}
+	restoreAndCompare(t, r, inc, want)
+	verifyClean(t, r)
+	if err := r.DeleteBackup(ctx, inc.ID); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	mb.List(ctx, "backups/", func(o storage.ObjectInfo) error {
+		left = append(left, o.Name)
+		return nil
+	})
+	if len(left) != 0 {
+		t.Errorf("after deleting both backups, left: %v", left)
+	}
 }

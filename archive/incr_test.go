@@ -95,8 +95,8 @@ func TestIncrementalStoresOnlyChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if full.Type != TypeFull || full.Reference != "" || full.Format != 1 {
-		t.Fatalf("first backup: type %q reference %q format %d; want a format 1 full", full.Type, full.Reference, full.Format)
+	if full.Type != TypeFull || full.Reference != "" || full.Format != 4 || len(full.Maps) == 0 {
+		t.Fatalf("first backup: type %q reference %q format %d maps %v; want a format 4 full with its file maps", full.Type, full.Reference, full.Format, full.Maps)
 	}
 
 	// One block of a large file changes, a file is added, one dropped.
@@ -115,8 +115,8 @@ func TestIncrementalStoresOnlyChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if inc.Type != TypeIncr || inc.Reference != full.ID || inc.Format != 2 {
-		t.Fatalf("second backup: type %q reference %q format %d; want a format 2 incr of %s", inc.Type, inc.Reference, inc.Format, full.ID)
+	if inc.Type != TypeIncr || inc.Reference != full.ID || inc.Format != 4 {
+		t.Fatalf("second backup: type %q reference %q format %d; want a format 4 incr of %s", inc.Type, inc.Reference, inc.Format, full.ID)
 	}
 	// Read: the changed file and the new one; the rest was taken unread.
 	if wantRead := int64(len(want[rel]) + 8192); inc.BytesRead != wantRead {
@@ -143,8 +143,8 @@ func TestIncrementalStoresOnlyChanges(t *testing.T) {
 		t.Errorf("incremental wrote %v; want its refs.json", puts)
 	}
 	cfg, err := repo.ReadConfig(ctx, m)
-	if err != nil || cfg.Format != 2 {
-		t.Errorf("config format %d (%v) after an incremental; want 2", cfg.Format, err)
+	if err != nil || cfg.Format != 3 {
+		t.Errorf("config format %d (%v) after an incremental naming the full's file maps; want 3", cfg.Format, err)
 	}
 	sameFiles(t, "incremental", readBack(t, r, inc.ID), want)
 
@@ -153,7 +153,7 @@ func TestIncrementalStoresOnlyChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameFiles(t, "incremental after deleting its reference", readBack(t, r, inc.ID), want)
-	restoreAndCompare(t, r, inc, want) // format 2 restores with the restore pipeline
+	restoreAndCompare(t, r, inc, want) // an incremental restores with the restore pipeline
 	if probs := r.VerifyBackup(ctx, inc.ID); len(probs) != 0 {
 		t.Errorf("verify after deleting the full: %v", probs)
 	}

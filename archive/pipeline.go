@@ -371,13 +371,22 @@ func (c *copier) writePacks(ctx context.Context, in <-chan encodedBlock) error {
 	return closePack()
 }
 
-// result assembles the manifest's file and pack lists.
-func (c *copier) result() ([]repo.File, []repo.Pack) {
+// result assembles the manifest's file, pack and file map lists (the
+// maps are those of the reference that files taken unread name).
+func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var files []repo.File
 	packs := append([]repo.Pack(nil), c.packs...)
+	var maps []repo.Pack
 	foreignIdx := map[string]int{}
+	mapSeen := map[string]bool{}
+	refMaps := map[string]repo.Pack{}
+	if c.ref != nil {
+		for _, p := range c.ref.Maps {
+			refMaps[p.Name] = p
+		}
+	}
 	for i, f := range c.files {
 		if c.vanish[i] {
 			continue
@@ -405,10 +414,14 @@ func (c *copier) result() ([]repo.File, []repo.Pack) {
 		}
 		f.Blocks = refs
 		f.Size = size
+		if f.Map != nil && !mapSeen[f.Map.Object] {
+			mapSeen[f.Map.Object] = true
+			maps = append(maps, refMaps[f.Map.Object])
+		}
 		f.SHA256 = hex.EncodeToString(h.Sum(nil))
 		files = append(files, f)
 	}
-	return files, packs
+	return files, packs, maps
 }
 
 // chunkPlainSize is about how many plain bytes of small blocks are

@@ -270,7 +270,7 @@ func TestWriteBackupCommitPointIsLast(t *testing.T) {
 		t.Fatalf("puts %q: want started.json first, then the packs, the manifest and backup.json last", seq)
 	}
 	for _, n := range seq[1 : len(seq)-2] {
-		if !strings.HasPrefix(n, "pack/") {
+		if !strings.HasPrefix(n, "pack/") && !strings.HasPrefix(n, "map/") {
 			t.Fatalf("puts %q: %s between the start record and the manifest", seq, n)
 		}
 	}
@@ -417,7 +417,7 @@ func TestPipelineFileVanishes(t *testing.T) {
 	if err := c.run(ctx, files); err != nil {
 		t.Fatal(err)
 	}
-	got, _ := c.result()
+	got, _, _ := c.result()
 	if len(got) != len(files)-1 || slices.ContainsFunc(got, func(f repo.File) bool { return f.Path == gone }) {
 		t.Fatalf("manifest files %d (want %d), vanished %s must be left out", len(got), len(files)-1, gone)
 	}

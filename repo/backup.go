@@ -103,8 +103,14 @@ type Manifest struct {
 	// checksums are computed over blocks of this size.
 	BlockSize int64  `json:"block_size"`
 	Packs     []Pack `json:"packs"`
-	Dirs      []Dir  `json:"dirs"`
-	Files     []File `json:"files"`
+	// Maps (format 4) are the file map objects the files name, with their
+	// sizes; Packs still lists every pack the maps name.
+	Maps []Pack `json:"maps,omitempty"`
+	// InlineBlocks makes CommitBackup keep every block list in the
+	// manifest, writing no file map (as pgkeep did before format 4).
+	InlineBlocks bool   `json:"-"`
+	Dirs         []Dir  `json:"dirs"`
+	Files        []File `json:"files"`
 }
 
 // Tablespace is a pg_tblspc/<OID> symlink and where it pointed.
@@ -139,6 +145,9 @@ type File struct {
 	// block_size. The file checksum is computed over blocks of this size.
 	BlockSize int64      `json:"block_size,omitempty"`
 	Blocks    []BlockRef `json:"blocks,omitempty"`
+	// Map (format 4) names the file map holding Blocks; the stored
+	// manifest then has no blocks for the file (ReadManifest fills them).
+	Map *MapRef `json:"map,omitempty"`
 }
 
 // FileBlockSize is the size f's blocks are cut to (its checksum's).
@@ -269,19 +278,32 @@ func ValidBackupID(id string) error {
 // uncommitted debris. A claim whose backup.json is missing (a crash
 // between the two writes) is completed by FindScheduled.
 func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
+	if err := r.writeMaps(ctx, m); err != nil {
+		return err
+	}
 	foreign := m.foreignPacks()
+	foreignMaps := m.foreignMaps()
 	m.Summary.Format = 1
 	if m.usesChunks() {
 		// Readers of format 2 would take a chunk for one block.
 		m.Summary.Format = 3
 	}
-	if len(foreign) > 0 {
-		// Readers of format 1 would delete packs this backup needs.
+	if m.usesMaps() {
+		// Readers of format 3 would find no blocks.
+		m.Summary.Format = 4
+	}
+	if len(foreign) > 0 || len(foreignMaps) > 0 {
+		// Readers of format 1 would delete packs this backup needs, and
+		// readers of format 2 its maps.
 		m.Summary.Format = max(m.Summary.Format, 2)
-		if err := r.UpgradeFormat(ctx); err != nil {
+		to := 2
+		if len(foreignMaps) > 0 {
+			to = 3
+		}
+		if err := r.upgradeFormat(ctx, to); err != nil {
 			return err
 		}
-		if err := r.putRefs(ctx, m.ID, foreign); err != nil {
+		if err := r.putRefs(ctx, m.ID, Refs{Packs: foreign, Maps: foreignMaps}); err != nil {
 			return err
 		}
 	}
@@ -290,7 +312,7 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 	if err := ValidateAnnotations(m.Annotations); err != nil {
 		return err
 	}
-	data, err := json.Marshal(m)
+	data, err := json.Marshal(m.storedForm())
 	if err != nil {
 		return err
 	}
@@ -494,7 +516,7 @@ func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, erro
 			return nil
 		}
 		l.size[id] += o.Size
-		if !strings.HasPrefix(obj, "pack/") && obj != "refs.json" {
+		if !strings.HasPrefix(obj, "pack/") && !strings.HasPrefix(obj, "map/") && obj != "refs.json" {
 			notPack[id] = true
 		}
 		switch obj {
@@ -634,6 +656,14 @@ func (r *Repository) ReadManifest(ctx context.Context, id string) (*Manifest, er
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
+	if m.usesMaps() {
+		if err := r.resolveMaps(ctx, m); err != nil {
+			return nil, fmt.Errorf("backup %s: %w", id, err)
+		}
+		if err := m.check(); err != nil {
+			return nil, fmt.Errorf("backup %s: manifest: %w: %v", id, ErrCorrupt, err)
+		}
+	}
 	return m, nil
 }
 
@@ -664,8 +694,14 @@ func (m *Manifest) check() error {
 	if len(m.Files) > 0 && (m.BlockSize <= 0 || m.BlockSize > 1<<30) {
 		return fmt.Errorf("block_size %d", m.BlockSize)
 	}
-	if m.Format > 3 {
-		return fmt.Errorf("backup format %d is newer than this pgkeep (1..3)", m.Format)
+	if m.Format > 4 {
+		return fmt.Errorf("backup format %d is newer than this pgkeep (1..4)", m.Format)
+	}
+	for _, p := range m.Maps {
+		own := strings.HasPrefix(p.Name, BackupPrefix(m.ID)+"map/")
+		if m.Format < 4 || !(own || isMapName(p.Name)) || strings.Contains(p.Name, "..") || p.Size < 0 {
+			return fmt.Errorf("file map %q is not one this backup can name", p.Name)
+		}
 	}
 	for _, p := range m.Packs {
 		own := strings.HasPrefix(p.Name, BackupPrefix(m.ID)+"pack/")
@@ -689,6 +725,9 @@ func (m *Manifest) check() error {
 		}
 		if f.Size < 0 || f.BlockSize < 0 || f.BlockSize > m.BlockSize || f.BlockSize > 0 && m.Format < 3 {
 			return fmt.Errorf("%s: size %d, block size %d", f.Path, f.Size, f.BlockSize)
+		}
+		if f.Map != nil && m.Format < 4 {
+			return fmt.Errorf("%s: a file map in a format %d manifest", f.Path, m.Format)
 		}
 		bs := m.FileBlockSize(&f)
 		for _, b := range f.Blocks {

@@ -23,9 +23,11 @@ import (
 // backup references, in plain JSON, so delete learns them without a key.
 func refsName(id string) string { return BackupPrefix(id) + "refs.json" }
 
-// Refs is the plain content of refs.json.
+// Refs is the plain content of refs.json: the packs and (format 4) the
+// file maps of other backups a backup names.
 type Refs struct {
 	Packs []string `json:"packs"`
+	Maps  []string `json:"maps,omitempty"`
 }
 
 // isPackName reports whether name is backups/<id>/pack/<NNNNNN>.
@@ -74,8 +76,8 @@ func (m *Manifest) usesChunks() bool {
 	return false
 }
 
-func (r *Repository) putRefs(ctx context.Context, id string, packs []string) error {
-	data, err := json.Marshal(Refs{Packs: packs})
+func (r *Repository) putRefs(ctx context.Context, id string, refs Refs) error {
+	data, err := json.Marshal(refs)
 	if err != nil {
 		return err
 	}
@@ -85,8 +87,8 @@ func (r *Repository) putRefs(ctx context.Context, id string, packs []string) err
 	return nil
 }
 
-// readRefs reads backup id's refs.json (nil, nil when it has none: a
-// backup that references no other backup's packs).
+// readRefs reads backup id's refs.json: the names of the packs and maps
+// of other backups it references (nil, nil when it has none).
 func (r *Repository) readRefs(ctx context.Context, id string) ([]string, error) {
 	rc, err := r.backend.Get(ctx, refsName(id))
 	if errors.Is(err, storage.ErrNotFound) {
@@ -109,7 +111,12 @@ func (r *Repository) readRefs(ctx context.Context, id string) ([]string, error) 
 			return nil, fmt.Errorf("%s: %w: %q is not a pack name", refsName(id), ErrCorrupt, p)
 		}
 	}
-	return refs.Packs, nil
+	for _, p := range refs.Maps {
+		if !isMapName(p) {
+			return nil, fmt.Errorf("%s: %w: %q is not a file map name", refsName(id), ErrCorrupt, p)
+		}
+	}
+	return append(refs.Packs, refs.Maps...), nil
 }
 
 // referencedPacks returns every pack of another backup that a committed
@@ -160,11 +167,13 @@ func (r *Repository) packsInUse(ctx context.Context, except string) (map[string]
 		if ValidBackupID(rec.Reference) != nil {
 			return nil, l, fmt.Errorf("backup %s: start record names reference %q", id, rec.Reference)
 		}
-		if err := r.backend.List(ctx, BackupPrefix(rec.Reference)+"pack/", func(o storage.ObjectInfo) error {
-			inUse[o.Name] = true
-			return nil
-		}); err != nil {
-			return nil, l, err
+		for _, dir := range []string{"pack/", "map/"} {
+			if err := r.backend.List(ctx, BackupPrefix(rec.Reference)+dir, func(o storage.ObjectInfo) error {
+				inUse[o.Name] = true
+				return nil
+			}); err != nil {
+				return nil, l, err
+			}
 		}
 		if err := refsOf(rec.Reference); err != nil {
 			return nil, l, err
@@ -195,8 +204,12 @@ func (r *Repository) dropUnreferenced(ctx context.Context, refs []string, inUse 
 // only format 1 (whose delete would remove packs other backups reference)
 // refuse the repository. The repository keeps its ID: one derived from
 // config.json's bytes is written into the new config. Idempotent.
-func (r *Repository) UpgradeFormat(ctx context.Context) error {
-	if r.Config.Format >= 2 {
+func (r *Repository) UpgradeFormat(ctx context.Context) error { return r.upgradeFormat(ctx, 2) }
+
+// upgradeFormat records format to (2, or 3 once a backup names another
+// backup's file maps, which a format 2 delete would remove).
+func (r *Repository) upgradeFormat(ctx context.Context, to int) error {
+	if r.Config.Format >= to {
 		return nil
 	}
 	id := r.ID()
@@ -204,7 +217,7 @@ func (r *Repository) UpgradeFormat(ctx context.Context) error {
 	if err := json.Unmarshal(r.rawConfig, &fields); err != nil {
 		return fmt.Errorf("upgrade repository format: %w", err)
 	}
-	fields["format"] = json.RawMessage("2")
+	fields["format"] = json.RawMessage(fmt.Sprint(to))
 	if _, ok := fields["id"]; !ok {
 		b, _ := json.Marshal(id)
 		fields["id"] = b
@@ -215,9 +228,9 @@ func (r *Repository) UpgradeFormat(ctx context.Context) error {
 	}
 	data = append(data, '\n')
 	if err := r.backend.Put(ctx, ConfigObject, bytes.NewReader(data), storage.PutOptions{}); err != nil {
-		return fmt.Errorf("upgrade repository format to 2: %w", err)
+		return fmt.Errorf("upgrade repository format to %d: %w", to, err)
 	}
-	r.Config.Format = 2
+	r.Config.Format = to
 	r.Config.ID = id
 	r.rawConfig = data
 	return nil

@@ -25,9 +25,14 @@ import (
 
 // FormatVersion is the newest repository format this code reads and
 // writes (docs/format.md): 2 once a backup may reference another backup's
-// packs. Format 1 repositories are read as they are and are upgraded to 2
-// by the first backup that references another's packs (UpgradeFormat).
-const FormatVersion = 2
+// packs, 3 once one names another backup's file maps. Older repositories
+// are read as they are and upgraded by the first backup that needs it.
+const FormatVersion = 3
+
+// initFormat is the format repo init writes: 3 is recorded only once a
+// backup names another backup's file maps, so format 2 readers keep
+// working until then.
+const initFormat = 2
 
 // ConfigObject is the name of the repository's own config object.
 const ConfigObject = "config.json"
@@ -96,7 +101,7 @@ func Init(ctx context.Context, b storage.Backend, o InitOptions) (Config, error)
 		}
 	}
 	cfg := Config{
-		Format:           FormatVersion,
+		Format:           initFormat,
 		Created:          o.Now.UTC(),
 		Compression:      "zstd",
 		CompressionLevel: o.CompressionLevel,

@@ -183,7 +183,8 @@ func (r *Repository) lastSign(ctx context.Context, id string) (time.Time, error)
 func (r *Repository) checkPacks(ctx context.Context, m *Manifest) error {
 	stored := map[string]int64{}
 	prefixes := map[string]bool{BackupPrefix(m.ID) + "pack/": true}
-	for _, p := range m.Packs {
+	objs := append(append([]Pack(nil), m.Packs...), m.Maps...)
+	for _, p := range objs {
 		prefixes[p.Name[:strings.LastIndexByte(p.Name, '/')+1]] = true
 	}
 	for prefix := range prefixes {
@@ -195,7 +196,7 @@ func (r *Repository) checkPacks(ctx context.Context, m *Manifest) error {
 			return fmt.Errorf("list packs: %w", err)
 		}
 	}
-	for _, p := range m.Packs {
+	for _, p := range objs {
 		size, ok := stored[p.Name]
 		if !ok {
 			return fmt.Errorf("pack %s is gone (removed by a concurrent delete?); the backup is not committed", p.Name)
