@@ -291,8 +291,9 @@ func TestSmallBlocksKeepTheReferencesCut(t *testing.T) {
 
 // Format 4: an incremental of an unchanged directory names the
 // reference's file maps and writes none, so its manifest is small
-// however many blocks the files have; it restores alone after the
-// reference is deleted, and once it is deleted too nothing is left.
+// however many blocks the files have (and so does --type checksum, which
+// reads every file); both restore alone after the reference is deleted,
+// and once they are deleted too nothing is left.
 func TestFileMapsSharedByAnUnchangedIncremental(t *testing.T) {
 	ctx := context.Background()
 	r, _, mb := newMemRepo(t)
@@ -327,13 +328,27 @@ func TestFileMapsSharedByAnUnchangedIncremental(t *testing.T) {
 		t.Errorf("config format %d (%v) once a backup names another's file maps; want 3", cfg.Format, err)
 	}
 	restoreAndCompare(t, r, inc, want)
+
+	// --type checksum reads every file; unchanged ones name the maps again.
+	co := o
+	co.Type = TypeChecksum
+	chk, err := writeBackup(ctx, r, co, incrRun("20261201T000200Z-cccc", dir), stopAt, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if chk.Type != TypeChecksum || chk.BytesRead == 0 || chk.StoredSize > 4096 {
+		t.Errorf("checksum backup of an unchanged directory: type %q, read %d, stored %d; want every file read and a small manifest", chk.Type, chk.BytesRead, chk.StoredSize)
+	}
 	if err := r.DeleteBackup(ctx, full.ID); err != nil {
 		t.Fatal(err)
 	}
 	restoreAndCompare(t, r, inc, want)
+	restoreAndCompare(t, r, chk, want)
 	verifyClean(t, r)
-	if err := r.DeleteBackup(ctx, inc.ID); err != nil {
-		t.Fatal(err)
+	for _, id := range []string{inc.ID, chk.ID} {
+		if err := r.DeleteBackup(ctx, id); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var left []string
 	mb.List(ctx, "backups/", func(o storage.ObjectInfo) error {

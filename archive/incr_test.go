@@ -183,6 +183,9 @@ func TestIncrementalStoresOnlyChanges(t *testing.T) {
 			used[thirdM.Packs[b.Pack].Name] = true
 		}
 	}
+	for _, p := range thirdM.Maps { // the file maps it names (format 4)
+		used[p.Name] = true
+	}
 	var left []string
 	m.List(ctx, "backups/", func(o storage.ObjectInfo) error {
 		if !strings.HasPrefix(o.Name, repo.BackupPrefix(third.ID)) {

@@ -371,6 +371,26 @@ func (c *copier) writePacks(ctx context.Context, in <-chan encodedBlock) error {
 	return closePack()
 }
 
+// sameAsReference is the reference's file map of file i when the file was
+// read but every block of it is the reference's, in the same order: the
+// map is named again instead of copied (--type checksum, a file whose
+// mtime moved without a change). c.mu is held.
+func (c *copier) sameAsReference(i int, f repo.File) *repo.MapRef {
+	if c.ref == nil {
+		return nil
+	}
+	rf := c.refFiles[f.Path]
+	if rf == nil || rf.Map == nil || rf.BlockSize != f.BlockSize || len(rf.Blocks) != len(c.blocks[i]) {
+		return nil
+	}
+	for b, ref := range c.blocks[i] {
+		if c.foreign[i][b] == "" || ref != rf.Blocks[b] {
+			return nil
+		}
+	}
+	return rf.Map
+}
+
 // result assembles the manifest's file, pack and file map lists (the
 // maps are those of the reference that files taken unread name).
 func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
@@ -411,6 +431,9 @@ func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 			refs = append(refs, ref)
 			h.Write(c.hashes[i][b])
 			size = ref.FileOffset + ref.Size
+		}
+		if f.Map == nil {
+			f.Map = c.sameAsReference(i, f)
 		}
 		f.Blocks = refs
 		f.Size = size

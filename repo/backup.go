@@ -292,17 +292,28 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 		// Readers of format 3 would find no blocks.
 		m.Summary.Format = 4
 	}
-	if len(foreign) > 0 || len(foreignMaps) > 0 {
-		// Readers of format 1 would delete packs this backup needs, and
-		// readers of format 2 its maps.
+	shares := len(foreign) > 0 || len(foreignMaps) > 0
+	if shares {
+		// Readers of format 1 would delete packs this backup needs.
 		m.Summary.Format = max(m.Summary.Format, 2)
-		to := 2
-		if len(foreignMaps) > 0 {
-			to = 3
-		}
+	}
+	// The repository's format says what its manifests may hold: pgkeeps of
+	// format 1 do not check a manifest's format, and would restore a chunk
+	// as one block or a file without blocks as empty; pgkeeps of format 2
+	// would delete file maps other backups name.
+	to := 0
+	switch {
+	case m.Summary.Format >= 3:
+		to = 3
+	case m.Summary.Format == 2:
+		to = 2
+	}
+	if to > 0 {
 		if err := r.upgradeFormat(ctx, to); err != nil {
 			return err
 		}
+	}
+	if shares {
 		if err := r.putRefs(ctx, m.ID, Refs{Packs: foreign, Maps: foreignMaps}); err != nil {
 			return err
 		}

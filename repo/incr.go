@@ -206,8 +206,8 @@ func (r *Repository) dropUnreferenced(ctx context.Context, refs []string, inUse 
 // config.json's bytes is written into the new config. Idempotent.
 func (r *Repository) UpgradeFormat(ctx context.Context) error { return r.upgradeFormat(ctx, 2) }
 
-// upgradeFormat records format to (2, or 3 once a backup names another
-// backup's file maps, which a format 2 delete would remove).
+// upgradeFormat records format to (2: packs shared between backups; 3:
+// manifests of format 3 or 4, chunks and file maps).
 func (r *Repository) upgradeFormat(ctx context.Context, to int) error {
 	if r.Config.Format >= to {
 		return nil

@@ -25,14 +25,10 @@ import (
 
 // FormatVersion is the newest repository format this code reads and
 // writes (docs/format.md): 2 once a backup may reference another backup's
-// packs, 3 once one names another backup's file maps. Older repositories
+// packs, 3 once a manifest may hold chunks or file maps (format 3 and 4
+// manifests), which pgkeeps of format 1 would misread. Older repositories
 // are read as they are and upgraded by the first backup that needs it.
 const FormatVersion = 3
-
-// initFormat is the format repo init writes: 3 is recorded only once a
-// backup names another backup's file maps, so format 2 readers keep
-// working until then.
-const initFormat = 2
 
 // ConfigObject is the name of the repository's own config object.
 const ConfigObject = "config.json"
@@ -101,7 +97,7 @@ func Init(ctx context.Context, b storage.Backend, o InitOptions) (Config, error)
 		}
 	}
 	cfg := Config{
-		Format:           initFormat,
+		Format:           FormatVersion,
 		Created:          o.Now.UTC(),
 		Compression:      "zstd",
 		CompressionLevel: o.CompressionLevel,
