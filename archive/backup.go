@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -34,6 +35,10 @@ type BackupOptions struct {
 	// size at which a pack is closed (0 = 64 MiB).
 	BlockSize int64
 	PackSize  int64
+	// wholeBlocks stores every file in blocks of BlockSize, listed in the
+	// manifest, as pgkeep did before formats 3 and 4 (tests write such
+	// references with it).
+	wholeBlocks bool
 	// WALTimeout bounds the wait for the backup's WAL to be archived.
 	WALTimeout time.Duration
 	// Schedule, when set, is the daemon job's scheduled time this backup
@@ -47,7 +52,13 @@ type BackupOptions struct {
 	Progress Progress
 	// Annotations are stored in the backup's summary (repo.ValidateAnnotations).
 	Annotations map[string]string
-	Logger      *slog.Logger
+	// Type is full, incr or checksum ("" = incr when a committed backup of
+	// this system exists to reference, else full).
+	Type string
+	// Reference is the backup an incremental reuses blocks of ("" = the
+	// newest committed backup of this system).
+	Reference string
+	Logger    *slog.Logger
 }
 
 // Progress receives a backup's or restore's progress.
@@ -97,6 +108,9 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	if err := repo.ValidateAnnotations(o.Annotations); err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
+	if err := ValidType(o.Type); err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
 	conn, si, err := connectServer(ctx, o.DSN, r)
 	if err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
@@ -120,6 +134,11 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	run.id = repo.NewBackupID(run.start, hex.EncodeToString(suffix[:]))
 	log.Info("backup starting", "id", run.id, "pgdata", pgdata, "role", run.role(), "checksums", si.Checksums)
 
+	// The timeline the backup starts on: a reference on another one is
+	// not trusted by mtime (0 = unknown, same effect). Asked before
+	// pg_backup_start, so the backup's connection shows pg_backup_start
+	// while it runs; writeBackup checks the timeline again at the stop.
+	_ = conn.QueryRow(ctx, `SELECT timeline_id FROM pg_control_checkpoint()`).Scan(&run.timeline)
 	run.startLSN, err = startBackup(ctx, conn, si, run.id, o.FastCheckpoint)
 	if err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
@@ -152,6 +171,7 @@ type backupRun struct {
 	id       string
 	start    time.Time
 	startLSN pg.LSN
+	timeline uint32
 	server   pg.ServerInfo
 	pgdata   string
 }
@@ -176,9 +196,26 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	// The heartbeat carries how far the copy got (pgkeep info shows it).
 	prog := &countingProgress{inner: o.Progress}
 	o.Progress = prog
-	// Tells a concurrent delete to keep this backup's WAL.
+	typ := o.Type
+	refID, err := pickReference(ctx, r, typ, o.Reference, run.server.SystemID)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case refID == "" && typ == TypeChecksum:
+		return nil, errors.New("--type checksum needs a committed backup of this system to compare with")
+	case refID == "":
+		typ = TypeFull
+	case typ == "":
+		typ = TypeIncr
+	}
+	// Tells a concurrent delete to keep this backup's WAL, and names the
+	// reference before its manifest is read: a delete that runs meanwhile
+	// either sees it and keeps the reference's packs, or removed the
+	// reference's summary first, and then reading the manifest fails
+	// (docs/format.md, "Retention by reference").
 	if err := r.MarkBackupStarted(ctx, id, repo.StartRecord{
-		StartLSN: run.startLSN.String(), SegmentSize: run.server.SegmentSize, Time: run.start.UTC(),
+		StartLSN: run.startLSN.String(), SegmentSize: run.server.SegmentSize, Time: run.start.UTC(), Reference: refID,
 	}); err != nil {
 		return nil, err
 	}
@@ -221,19 +258,36 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	}, Dirs: dirs, Tablespaces: tbs, BlockSize: o.BlockSize}
 
 	c := &copier{r: r, o: o, id: id, log: log, startLSN: run.startLSN, checksums: si.Checksums}
+	if refID != "" {
+		if typ, err = loadReference(ctx, r, c, refID, typ, run, log); err != nil {
+			return nil, err
+		}
+		if c.ref != nil {
+			m.Reference = refID
+			log.Info("backup reuses blocks of a reference backup", "type", typ, "reference", refID)
+		}
+	}
+	m.Type = typ
 	if err := c.run(ctx, files); err != nil {
 		return nil, err
 	}
-	m.Files, m.Packs = c.result()
+	m.Files, m.Packs, m.Maps = c.result()
+	m.InlineBlocks = o.wholeBlocks
+	m.BytesRead = c.stats.read.Load()
 	for _, f := range m.Files {
 		m.DataSize += f.Size
 	}
 	for _, p := range m.Packs {
-		m.StoredSize += p.Size
+		if strings.HasPrefix(p.Name, repo.BackupPrefix(id)) {
+			m.StoredSize += p.Size // what this backup added
+		}
 	}
 
 	if err := stop(m); err != nil {
 		return nil, err
+	}
+	if c.skipUnread && m.Timeline != c.ref.Timeline {
+		return nil, fmt.Errorf("the timeline changed during the backup (%d, reference %s on %d): files were taken unread by mtime; run the backup again", m.Timeline, c.ref.ID, c.ref.Timeline)
 	}
 	if err := hb.Healthy(); err != nil {
 		return nil, fmt.Errorf("not committed: %w", err)

@@ -19,6 +19,8 @@ type sourceFile struct {
 	Abs  string
 	Size int64
 	Mode fs.FileMode
+	// MTime is the modification time (Unix ns) when the walk saw the file.
+	MTime int64
 }
 
 // dataDirContents lists what a backup of pgdata holds: files, directories
@@ -95,7 +97,7 @@ func dataDirContents(pgdata string) (files []sourceFile, dirs []repo.Dir, tbs []
 			if pg.ExcludeFile(rel, prefix == "") {
 				return nil
 			}
-			files = append(files, sourceFile{Rel: rel, Abs: p, Size: info.Size(), Mode: info.Mode().Perm()})
+			files = append(files, sourceFile{Rel: rel, Abs: p, Size: info.Size(), Mode: info.Mode().Perm(), MTime: info.ModTime().UnixNano()})
 			return nil
 		})
 	}

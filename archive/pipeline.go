@@ -25,10 +25,23 @@ type copier struct {
 	startLSN  pg.LSN
 	checksums bool
 
+	// ref is the reference backup's manifest (nil for a full backup);
+	// refFiles indexes its files by path. skipUnread lets files whose size
+	// and mtime match be taken from ref without reading them (--type incr).
+	ref        *repo.Manifest
+	refFiles   map[string]*repo.File
+	skipUnread bool
+	refCutoff  int64 // Unix ns: only files older than this are taken unread
+	// refStartLSN is the reference's start: no page of a file taken unread
+	// may be newer (crossCheckLSN).
+	refStartLSN pg.LSN
+	stats       captureStats
+
 	mu      sync.Mutex
 	files   []repo.File
 	blocks  [][]repo.BlockRef // per file, by block index
-	hashes  [][][32]byte
+	foreign [][]string        // per file and block: the reference's pack name of a reused block, "" if stored here
+	hashes  [][][]byte        // per file and block: repo.BlockDigest
 	vanish  []bool
 	packs   []repo.Pack
 	packSeq atomic.Int64
@@ -40,12 +53,20 @@ type copier struct {
 	free chan []byte
 }
 
+// blockJob is a run of consecutive blocks of one file: one block of
+// BlockSize for files stored in whole blocks, or up to a chunk's worth of
+// small blocks (format 3), whose changed ones are stored together as one
+// object.
 type blockJob struct {
 	file  int
-	index int
+	index int // of the run's first block
 	src   *sourceFile
 	off   int64
 	len   int64
+	bs    int64 // block size of the file
+	// rf is the reference's entry of the file (nil if none): a block whose
+	// SHA-256 equals the reference's block at the same offset is reused.
+	rf *repo.File
 }
 
 type encodedBlock struct {
@@ -60,21 +81,43 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 	defer cancel(nil)
 	c.files = make([]repo.File, len(files))
 	c.blocks = make([][]repo.BlockRef, len(files))
-	c.hashes = make([][][32]byte, len(files))
+	c.hashes = make([][][]byte, len(files))
+	c.foreign = make([][]string, len(files))
 	c.vanish = make([]bool, len(files))
 	var total int64
 	var jobs []blockJob
 	for i := range files {
 		f := &files[i]
+		c.files[i] = repo.File{Path: f.Rel, Mode: uint32(f.Mode), MTime: f.MTime}
+		rf := c.refFiles[f.Rel]
+		if c.takeUnread(f, rf) {
+			if err := c.reuseFile(i, f, rf); err != nil {
+				return err
+			}
+			continue
+		}
 		total += f.Size
-		c.files[i] = repo.File{Path: f.Rel, Mode: uint32(f.Mode)}
-		n := int((f.Size + c.o.BlockSize - 1) / c.o.BlockSize)
+		bs, run := c.o.BlockSize, int64(1)
+		small := fileBlockSize(f.Size, c.o.BlockSize)
+		if rf != nil && rf.BlockSize > 0 && rf.BlockSize < c.o.BlockSize && small > 0 {
+			// Keep the reference's cut: a file growing past a size step
+			// must not be stored again whole.
+			small = rf.BlockSize
+		}
+		if small > 0 && !c.o.wholeBlocks {
+			bs, run = small, max(1, min(chunkPlainSize, c.o.BlockSize)/small)
+			c.files[i].BlockSize = small
+		}
+		n := int((f.Size + bs - 1) / bs)
 		c.blocks[i] = make([]repo.BlockRef, n)
-		c.hashes[i] = make([][32]byte, n)
-		for b := 0; b < n; b++ {
-			jobs = append(jobs, blockJob{file: i, index: b, src: f, off: int64(b) * c.o.BlockSize, len: min(c.o.BlockSize, f.Size-int64(b)*c.o.BlockSize)})
+		c.hashes[i] = make([][]byte, n)
+		c.foreign[i] = make([]string, n)
+		for b := 0; b < n; b += int(run) {
+			off := int64(b) * bs
+			jobs = append(jobs, blockJob{file: i, index: b, src: f, off: off, len: min(run*bs, f.Size-off), bs: bs, rf: rf})
 		}
 	}
+	c.stats.read.Store(total)
 	if c.o.Progress != nil {
 		c.o.Progress.Start(total)
 		defer c.o.Progress.Finish()
@@ -156,24 +199,64 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 			c.log.Warn("checksum failure", "err", err)
 		}
 	}
+	// Blocks unchanged since the reference list the reference's block; the
+	// others are stored, together, as one object (a chunk when small).
+	type stored struct {
+		index       int
+		off, size   int64
+		chunkOffset int64
+		sum         []byte
+	}
+	small := c.files[j.file].BlockSize > 0
+	var changed []stored
+	var chunkLen int64
+	for k := 0; int64(k)*j.bs < int64(n); k++ {
+		sub := buf[int64(k)*j.bs : min(int64(k+1)*j.bs, int64(n))]
+		idx, off := j.index+k, j.off+int64(k)*j.bs
+		sum := repo.BlockDigest(small, sub)
+		if ref, refPack := c.refBlock(j.rf, idx, off); ref != nil && ref.Size == int64(len(sub)) && hex.EncodeToString(sum) == ref.Digest() {
+			c.mu.Lock()
+			c.blocks[j.file][idx] = *ref
+			c.foreign[j.file][idx] = refPack
+			c.hashes[j.file][idx] = sum
+			c.mu.Unlock()
+			continue
+		}
+		changed = append(changed, stored{index: idx, off: off, size: int64(len(sub)), chunkOffset: chunkLen, sum: sum})
+		chunkLen += int64(len(sub))
+	}
+	if c.o.Progress != nil {
+		c.o.Progress.Add(j.len)
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	plain := buf[:n]
+	if chunkLen != int64(n) {
+		// Only some blocks changed: the chunk is their concatenation.
+		plain = make([]byte, 0, chunkLen)
+		for _, s := range changed {
+			plain = append(plain, buf[s.off-j.off:s.off-j.off+s.size]...)
+		}
+	}
 	var dst []byte
 	select {
 	case dst = <-c.free:
 	default:
 	}
-	enc, sum, err := c.r.EncodeBlock(dst[:0], buf)
+	enc, _, err := c.r.EncodeBlock(dst[:0], plain)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", j.src.Rel, err)
 	}
-	plainLen := int64(n)
 	done := func(pack int, offset int64) {
 		c.mu.Lock()
-		c.blocks[j.file][j.index] = repo.BlockRef{Pack: pack, Offset: offset, Length: int64(len(enc)), FileOffset: j.off, Size: plainLen}
-		c.hashes[j.file][j.index] = sum
+		for _, s := range changed {
+			c.blocks[j.file][s.index] = repo.BlockRef{Pack: pack, Offset: offset, Length: int64(len(enc)), FileOffset: s.off, Size: s.size,
+				ChunkOffset: s.chunkOffset}
+			c.blocks[j.file][s.index].SetDigest(small, s.sum)
+			c.hashes[j.file][s.index] = s.sum
+		}
 		c.mu.Unlock()
-	}
-	if c.o.Progress != nil {
-		c.o.Progress.Add(j.len)
 	}
 	select {
 	case out <- encodedBlock{data: enc, done: done}:
@@ -187,7 +270,7 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 // small file's) are left to the GC; the others keep the size the content
 // needed, so they stay small for compressible data.
 func (c *copier) release(b []byte) {
-	if int64(cap(b)) < c.o.BlockSize/4 {
+	if cap(b) < 64<<10 {
 		return
 	}
 	select {
@@ -288,11 +371,42 @@ func (c *copier) writePacks(ctx context.Context, in <-chan encodedBlock) error {
 	return closePack()
 }
 
-// result assembles the manifest's file and pack lists.
-func (c *copier) result() ([]repo.File, []repo.Pack) {
+// sameAsReference is the reference's file map of file i when the file was
+// read but every block of it is the reference's, in the same order: the
+// map is named again instead of copied (--type checksum, a file whose
+// mtime moved without a change). c.mu is held.
+func (c *copier) sameAsReference(i int, f repo.File) *repo.MapRef {
+	if c.ref == nil {
+		return nil
+	}
+	rf := c.refFiles[f.Path]
+	if rf == nil || rf.Map == nil || rf.BlockSize != f.BlockSize || len(rf.Blocks) != len(c.blocks[i]) {
+		return nil
+	}
+	for b, ref := range c.blocks[i] {
+		if c.foreign[i][b] == "" || ref != rf.Blocks[b] {
+			return nil
+		}
+	}
+	return rf.Map
+}
+
+// result assembles the manifest's file, pack and file map lists (the
+// maps are those of the reference that files taken unread name).
+func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var files []repo.File
+	packs := append([]repo.Pack(nil), c.packs...)
+	var maps []repo.Pack
+	foreignIdx := map[string]int{}
+	mapSeen := map[string]bool{}
+	refMaps := map[string]repo.Pack{}
+	if c.ref != nil {
+		for _, p := range c.ref.Maps {
+			refMaps[p.Name] = p
+		}
+	}
 	for i, f := range c.files {
 		if c.vanish[i] {
 			continue
@@ -304,14 +418,60 @@ func (c *copier) result() ([]repo.File, []repo.Pack) {
 			if ref.Size == 0 {
 				continue
 			}
+			if name := c.foreign[i][b]; name != "" {
+				// A reused block: renumber its pack into this manifest's table.
+				n, ok := foreignIdx[name]
+				if !ok {
+					n = len(packs)
+					foreignIdx[name] = n
+					packs = append(packs, c.ref.Packs[ref.Pack])
+				}
+				ref.Pack = n
+			}
 			refs = append(refs, ref)
-			h.Write(c.hashes[i][b][:])
+			h.Write(c.hashes[i][b])
 			size = ref.FileOffset + ref.Size
+		}
+		if f.Map == nil {
+			f.Map = c.sameAsReference(i, f)
 		}
 		f.Blocks = refs
 		f.Size = size
+		if f.Map != nil && !mapSeen[f.Map.Object] {
+			mapSeen[f.Map.Object] = true
+			maps = append(maps, refMaps[f.Map.Object])
+		}
 		f.SHA256 = hex.EncodeToString(h.Sum(nil))
 		files = append(files, f)
 	}
-	return files, c.packs
+	return files, packs, maps
+}
+
+// chunkPlainSize is about how many plain bytes of small blocks are
+// compressed and encrypted together as one object (a chunk): big enough
+// for zstd's ratio and few objects, small enough that a restore of a few
+// changed pages decodes little.
+const chunkPlainSize = 1 << 20
+
+// fileBlockSize is the small block size a file of size bytes is cut into
+// (format 3), so a changed page re-stores about one block, not megabytes;
+// 0 keeps whole blocks of max bytes (small files: one block each). Block
+// sizes grow with the file, like pgBackRest's 8-88 KiB, to bound the
+// number of block references a big file costs in the manifest.
+func fileBlockSize(size, max int64) int64 {
+	var bs int64
+	switch {
+	case size <= 1<<20:
+		return 0
+	case size < 16<<20:
+		bs = 8 << 10
+	case size < 128<<20:
+		bs = 16 << 10
+	default:
+		bs = 32 << 10
+	}
+	if bs >= max {
+		return 0
+	}
+	return bs
 }

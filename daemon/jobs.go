@@ -29,10 +29,10 @@ type kind struct {
 // kinds is the one table of job kinds: a new kind (e.g. drill) is one
 // entry here (its scheduler.JobKind constant beside the others).
 var kinds = []kind{
-	{name: scheduler.JobBackup, check: noRetention, run: (*runner).backup, find: (*runner).findBackup},
-	{name: scheduler.JobRetention, check: checkRetention, run: (*runner).retention},
-	{name: scheduler.JobVerify, check: noRetention, run: (*runner).verify},
-	{name: scheduler.JobDrill, check: noRetention, run: (*runner).drill},
+	{name: scheduler.JobBackup, check: checkBackup, run: (*runner).backup, find: (*runner).findBackup},
+	{name: scheduler.JobRetention, check: onlyBackupType(checkRetention), run: (*runner).retention},
+	{name: scheduler.JobVerify, check: onlyBackupType(noRetention), run: (*runner).verify},
+	{name: scheduler.JobDrill, check: onlyBackupType(noRetention), run: (*runner).drill},
 }
 
 // JobSettings are the kind-specific keys of a daemon.jobs entry; each
@@ -46,6 +46,27 @@ type JobSettings struct {
 	SpreadCheckpoint bool
 	// Drill is what drill jobs run (daemon/drill.go, docs/drill.md).
 	Drill drill.Options
+	// BackupType is a backup job's --type: full, incr or checksum ("" =
+	// incr once a backup exists), so a schedule can be "checksum weekly,
+	// incr daily".
+	BackupType string
+}
+
+func checkBackup(s JobSettings) error {
+	if err := archive.ValidType(s.BackupType); err != nil {
+		return err
+	}
+	return noRetention(s)
+}
+
+// onlyBackupType refuses a type on jobs that take no backup.
+func onlyBackupType(check func(JobSettings) error) func(JobSettings) error {
+	return func(s JobSettings) error {
+		if s.BackupType != "" {
+			return errors.New("type is for backup jobs")
+		}
+		return check(s)
+	}
 }
 
 func kindOf(k scheduler.JobKind) (kind, bool) {
@@ -146,6 +167,7 @@ func (d *runner) backup(ctx context.Context, job Job, scheduled time.Time) (sche
 		DSN:            b.DSN,
 		PGData:         b.PGData,
 		FastCheckpoint: !job.SpreadCheckpoint,
+		Type:           job.BackupType,
 		Workers:        b.Workers,
 		Writers:        b.Writers,
 		WALTimeout:     b.WALTimeout,

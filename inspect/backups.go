@@ -48,15 +48,15 @@ func ListBackups(ctx context.Context, r *repo.Repository, asJSON bool, out io.Wr
 		return human.JSON(out, rows)
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTART\tSTOP\tSTART LSN\tSTOP LSN\tTL\tDB SIZE\tSTORED\tSOURCE\tSTATUS\tANNOTATIONS")
+	fmt.Fprintln(tw, "ID\tSTART\tSTOP\tSTART LSN\tSTOP LSN\tTL\tDB SIZE\tSTORED\tSOURCE\tSTATUS\tANNOTATIONS\tTYPE")
 	for _, b := range backups {
 		status := "complete"
 		if k, _ := kept(b.ID); k {
 			status = "complete, kept"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s (%s)\t%s\t%s\n", b.ID,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s (%s)\t%s\t%s\t%s\n", b.ID,
 			b.StartTime.Format(time.RFC3339), b.StopTime.Format(time.RFC3339), b.StartLSN, b.StopLSN,
-			b.Timeline, human.Bytes(b.DataSize), human.Bytes(b.StoredSize), b.Host, b.Role, status, human.Annotations(b.Annotations))
+			b.Timeline, human.Bytes(b.DataSize), human.Bytes(b.StoredSize), b.Host, b.Role, status, human.Annotations(b.Annotations), backupType(b))
 	}
 	for _, id := range debris {
 		fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t-\tincomplete (running or failed)\n", id)
@@ -103,5 +103,21 @@ func ShowBackup(ctx context.Context, r *repo.Repository, id string, asJSON bool,
 	fmt.Fprintf(out, "id:                %s\nstatus:            complete\nstart:             %s  LSN %s  (WAL %s)\nstop:              %s  LSN %s  (WAL %s)\ntimeline:          %d\nsource:            %s (%s)\npostgresql:        %d\nsystem identifier: %s\ndata checksums:    %v\nsize in database:  %s (%d files)\nsize in repository: %s\n",
 		s.ID, s.StartTime.Format(time.RFC3339), s.StartLSN, s.StartWAL, s.StopTime.Format(time.RFC3339), s.StopLSN, s.StopWAL,
 		s.Timeline, s.Host, s.Role, s.PGVersion, s.SystemIdentifier, s.DataChecksums, human.Bytes(s.DataSize), s.Files, human.Bytes(s.StoredSize))
+	fmt.Fprintf(out, "type:              %s\n", backupType(s))
+	if s.BytesRead > 0 || s.Reference != "" {
+		fmt.Fprintf(out, "bytes read:        %s\n", human.Bytes(s.BytesRead))
+	}
 	return nil
+}
+
+// backupType is "full", or "incr of <reference>" (also for checksum).
+func backupType(s repo.Summary) string {
+	t := s.Type
+	if t == "" {
+		t = "full"
+	}
+	if s.Reference != "" {
+		t += " of " + s.Reference
+	}
+	return t
 }

@@ -59,6 +59,13 @@ type Summary struct {
 	StoredSize       int64     `json:"stored_size"`
 	Files            int       `json:"files"`
 	ManifestSHA256   string    `json:"manifest_sha256"`
+	// Type is full, incr or checksum (format 2; empty means full).
+	Type string `json:"type,omitempty"`
+	// Reference is the backup whose blocks an incremental reused.
+	Reference string `json:"reference,omitempty"`
+	// BytesRead is how much of the data directory the backup read (the
+	// rest it took unread from the reference); 0 when not recorded.
+	BytesRead int64 `json:"bytes_read,omitempty"`
 	// Annotations are the operator's key=value notes (backup --annotation),
 	// bounded by ValidateAnnotations.
 	Annotations map[string]string `json:"annotations,omitempty"`
@@ -96,8 +103,14 @@ type Manifest struct {
 	// checksums are computed over blocks of this size.
 	BlockSize int64  `json:"block_size"`
 	Packs     []Pack `json:"packs"`
-	Dirs      []Dir  `json:"dirs"`
-	Files     []File `json:"files"`
+	// Maps (format 4) are the file map objects the files name, with their
+	// sizes; Packs still lists every pack the maps name.
+	Maps []Pack `json:"maps,omitempty"`
+	// InlineBlocks makes CommitBackup keep every block list in the
+	// manifest, writing no file map (as pgkeep did before format 4).
+	InlineBlocks bool   `json:"-"`
+	Dirs         []Dir  `json:"dirs"`
+	Files        []File `json:"files"`
 }
 
 // Tablespace is a pg_tblspc/<OID> symlink and where it pointed.
@@ -120,11 +133,29 @@ type Dir struct {
 
 // File is one data-directory file: its blocks in order.
 type File struct {
-	Path   string     `json:"path"`
-	Size   int64      `json:"size"`
-	Mode   uint32     `json:"mode"`
-	SHA256 string     `json:"sha256"`
-	Blocks []BlockRef `json:"blocks,omitempty"`
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	Mode   uint32 `json:"mode"`
+	SHA256 string `json:"sha256"`
+	// MTime is the file's modification time in Unix nanoseconds when it
+	// was read (0 in manifests written before incrementals).
+	MTime int64 `json:"mtime,omitempty"`
+	// BlockSize (format 3) is the size of every block of this file but the
+	// last, when the file is cut into small blocks; 0 means the manifest's
+	// block_size. The file checksum is computed over blocks of this size.
+	BlockSize int64      `json:"block_size,omitempty"`
+	Blocks    []BlockRef `json:"blocks,omitempty"`
+	// Map (format 4) names the file map holding Blocks; the stored
+	// manifest then has no blocks for the file (ReadManifest fills them).
+	Map *MapRef `json:"map,omitempty"`
+}
+
+// FileBlockSize is the size f's blocks are cut to (its checksum's).
+func (m *Manifest) FileBlockSize(f *File) int64 {
+	if f.BlockSize > 0 {
+		return f.BlockSize
+	}
+	return m.BlockSize
 }
 
 // BlockRef locates one block: bytes [Offset, Offset+Length) of pack Pack
@@ -135,6 +166,17 @@ type BlockRef struct {
 	Length     int64 `json:"length"`
 	FileOffset int64 `json:"file_offset"`
 	Size       int64 `json:"size"`
+	// ChunkOffset (format 3) is where the block starts in the object's
+	// plain content: a chunk holds several small blocks, compressed and
+	// encrypted together. Before format 3 an object is exactly one block.
+	ChunkOffset int64 `json:"chunk_offset,omitempty"`
+	// SHA256 is the hex SHA-256 of the block's plain content (absent in
+	// manifests written before incrementals): a later backup compares the
+	// block at the same offset against it.
+	SHA256 string `json:"sha256,omitempty"`
+	// XXH3 (format 3) is the hex xxh3-128 of the block's plain content,
+	// instead of SHA256, for the blocks of a file with small blocks.
+	XXH3 string `json:"xxh3,omitempty"`
 }
 
 // NewBackupID makes a sortable, unique-enough ID from the start time.
@@ -157,6 +199,10 @@ type StartRecord struct {
 	StartLSN    string    `json:"start_lsn"`
 	SegmentSize int64     `json:"wal_segment_size"`
 	Time        time.Time `json:"time"`
+	// Reference is the committed backup whose packs this backup may reuse,
+	// named before its manifest is read: a concurrent delete keeps what it
+	// references (docs/format.md, "Retention by reference").
+	Reference string `json:"reference,omitempty"`
 }
 
 // MarkBackupStarted writes backup id's start record.
@@ -232,13 +278,52 @@ func ValidBackupID(id string) error {
 // uncommitted debris. A claim whose backup.json is missing (a crash
 // between the two writes) is completed by FindScheduled.
 func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
-	m.Summary.Format = FormatVersion
+	if err := r.writeMaps(ctx, m); err != nil {
+		return err
+	}
+	foreign := m.foreignPacks()
+	foreignMaps := m.foreignMaps()
+	m.Summary.Format = 1
+	if m.usesChunks() {
+		// Readers of format 2 would take a chunk for one block.
+		m.Summary.Format = 3
+	}
+	if m.usesMaps() {
+		// Readers of format 3 would find no blocks.
+		m.Summary.Format = 4
+	}
+	shares := len(foreign) > 0 || len(foreignMaps) > 0
+	if shares {
+		// Readers of format 1 would delete packs this backup needs.
+		m.Summary.Format = max(m.Summary.Format, 2)
+	}
+	// The repository's format says what its manifests may hold: pgkeeps of
+	// format 1 do not check a manifest's format, and would restore a chunk
+	// as one block or a file without blocks as empty; pgkeeps of format 2
+	// would delete file maps other backups name.
+	to := 0
+	switch {
+	case m.Summary.Format >= 3:
+		to = 3
+	case m.Summary.Format == 2:
+		to = 2
+	}
+	if to > 0 {
+		if err := r.upgradeFormat(ctx, to); err != nil {
+			return err
+		}
+	}
+	if shares {
+		if err := r.putRefs(ctx, m.ID, Refs{Packs: foreign, Maps: foreignMaps}); err != nil {
+			return err
+		}
+	}
 	m.Summary.Files = len(m.Files)
 	m.Summary.ManifestSHA256 = ""
 	if err := ValidateAnnotations(m.Annotations); err != nil {
 		return err
 	}
-	data, err := json.Marshal(m)
+	data, err := json.Marshal(m.storedForm())
 	if err != nil {
 		return err
 	}
@@ -409,7 +494,14 @@ func (r *Repository) BackupIDs(ctx context.Context) ([]string, error) {
 
 func (r *Repository) listBackupIDs(ctx context.Context) (committed, debris []string, err error) {
 	l, err := r.listBackupObjects(ctx)
-	return l.committed, l.debris, err
+	// What is left of a deleted backup whose packs others reference is
+	// not a failed backup: only delete deals with it.
+	for _, id := range l.debris {
+		if !l.retired[id] {
+			debris = append(debris, id)
+		}
+	}
+	return l.committed, debris, err
 }
 
 // backupListing is one listing of backups/.
@@ -418,11 +510,16 @@ type backupListing struct {
 	keep              map[string]bool
 	size              map[string]int64 // bytes stored under backups/<id>/
 	alive             map[string]storage.ObjectInfo
+	// retired are debris holding nothing but packs (and refs.json): what a
+	// deleted backup left because other backups still referenced it
+	// (format 2).
+	retired map[string]bool
 }
 
 func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, error) {
-	l := backupListing{keep: map[string]bool{}, size: map[string]int64{}, alive: map[string]storage.ObjectInfo{}}
+	l := backupListing{keep: map[string]bool{}, size: map[string]int64{}, alive: map[string]storage.ObjectInfo{}, retired: map[string]bool{}}
 	done := map[string]bool{}
+	notPack := map[string]bool{}
 	err := r.backend.List(ctx, backupsPrefix, func(o storage.ObjectInfo) error {
 		rest := strings.TrimPrefix(o.Name, backupsPrefix)
 		id, obj, ok := strings.Cut(rest, "/")
@@ -430,6 +527,9 @@ func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, erro
 			return nil
 		}
 		l.size[id] += o.Size
+		if !strings.HasPrefix(obj, "pack/") && !strings.HasPrefix(obj, "map/") && obj != "refs.json" {
+			notPack[id] = true
+		}
 		switch obj {
 		case "backup.json":
 			done[id] = true
@@ -448,6 +548,7 @@ func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, erro
 			l.committed = append(l.committed, id)
 		} else {
 			l.debris = append(l.debris, id)
+			l.retired[id] = !notPack[id]
 		}
 	}
 	sort.Strings(l.committed)
@@ -566,6 +667,14 @@ func (r *Repository) ReadManifest(ctx context.Context, id string) (*Manifest, er
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
+	if m.usesMaps() {
+		if err := r.resolveMaps(ctx, m); err != nil {
+			return nil, fmt.Errorf("backup %s: %w", id, err)
+		}
+		if err := m.check(); err != nil {
+			return nil, fmt.Errorf("backup %s: manifest: %w: %v", id, ErrCorrupt, err)
+		}
+	}
 	return m, nil
 }
 
@@ -596,8 +705,18 @@ func (m *Manifest) check() error {
 	if len(m.Files) > 0 && (m.BlockSize <= 0 || m.BlockSize > 1<<30) {
 		return fmt.Errorf("block_size %d", m.BlockSize)
 	}
+	if m.Format > 4 {
+		return fmt.Errorf("backup format %d is newer than this pgkeep (1..4)", m.Format)
+	}
+	for _, p := range m.Maps {
+		own := strings.HasPrefix(p.Name, BackupPrefix(m.ID)+"map/")
+		if m.Format < 4 || !(own || isMapName(p.Name)) || strings.Contains(p.Name, "..") || p.Size < 0 {
+			return fmt.Errorf("file map %q is not one this backup can name", p.Name)
+		}
+	}
 	for _, p := range m.Packs {
-		if !strings.HasPrefix(p.Name, BackupPrefix(m.ID)+"pack/") || strings.Contains(p.Name, "..") || p.Size < 0 {
+		own := strings.HasPrefix(p.Name, BackupPrefix(m.ID)+"pack/")
+		if !(own || m.Format >= 2 && isPackName(p.Name)) || strings.Contains(p.Name, "..") || p.Size < 0 {
 			return fmt.Errorf("pack %q is not one of this backup's", p.Name)
 		}
 	}
@@ -615,12 +734,17 @@ func (m *Manifest) check() error {
 		if !localPath(f.Path) {
 			return fmt.Errorf("file %q is not a path inside the data directory", f.Path)
 		}
-		if f.Size < 0 {
-			return fmt.Errorf("%s: size %d", f.Path, f.Size)
+		if f.Size < 0 || f.BlockSize < 0 || f.BlockSize > m.BlockSize || f.BlockSize > 0 && m.Format < 3 {
+			return fmt.Errorf("%s: size %d, block size %d", f.Path, f.Size, f.BlockSize)
 		}
+		if f.Map != nil && m.Format < 4 {
+			return fmt.Errorf("%s: a file map in a format %d manifest", f.Path, m.Format)
+		}
+		bs := m.FileBlockSize(&f)
 		for _, b := range f.Blocks {
 			if b.Pack < 0 || b.Pack >= len(m.Packs) || b.Offset < 0 || b.Length <= 0 || b.FileOffset < 0 || b.Size < 0 ||
-				b.Size > m.BlockSize || b.FileOffset > f.Size || b.Size > f.Size-b.FileOffset {
+				b.Size > bs || b.FileOffset > f.Size || b.Size > f.Size-b.FileOffset ||
+				b.ChunkOffset < 0 || b.ChunkOffset > 0 && m.Format < 3 {
 				return fmt.Errorf("%s: block %+v does not fit the file or the packs", f.Path, b)
 			}
 		}
@@ -680,10 +804,27 @@ func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("delete backup %s: %w", id, err)
 	}
+	// Packs another backup references stay (retention by reference); the
+	// set is taken after the summary is gone, so a backup that starts now
+	// can no longer choose this one as its reference.
+	refs, err := r.readRefs(ctx, id)
+	if err != nil {
+		return fmt.Errorf("delete backup %s: %w", id, err)
+	}
+	inUse, l, err := r.packsInUse(ctx, id)
+	if err != nil {
+		return fmt.Errorf("delete backup %s: %w", id, err)
+	}
 	for _, n := range names {
+		if inUse[n] {
+			continue
+		}
 		if err := r.backend.Delete(ctx, n); err != nil {
 			return fmt.Errorf("delete backup %s: %w", id, err)
 		}
+	}
+	if err := r.dropUnreferenced(ctx, refs, inUse, l); err != nil {
+		return fmt.Errorf("delete backup %s: %w", id, err)
 	}
 	return nil
 }

@@ -274,6 +274,9 @@ func (r *Repository) Info(ctx context.Context, now time.Time) (*Info, error) {
 	inf.RecoveryWindow = recoveryWindow(inf.Backups, latest, path, segs, seg)
 
 	for _, id := range l.debris {
+		if l.retired[id] {
+			continue // a deleted backup's packs others still reference
+		}
 		a, ok := l.alive[id]
 		if !ok || now.Sub(a.ModTime) >= RunningGrace {
 			inf.Incomplete = append(inf.Incomplete, id)

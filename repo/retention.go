@@ -179,7 +179,35 @@ func (r *Repository) planFrom(ctx context.Context, plan RetentionPlan, backups [
 		}
 	}
 	minAge := max(debrisMinAge, RunningGrace)
+	var inUse map[string]bool // packs other backups reference, once needed
 	for _, id := range l.debris {
+		if l.retired[id] {
+			// A deleted backup's packs kept for others: only the ones no
+			// one references any more go (DeleteBackup keeps the rest).
+			if !withDebris {
+				continue
+			}
+			if inUse == nil {
+				if inUse, err = r.referencedPacks(ctx, ""); err != nil {
+					return plan, err
+				}
+			}
+			var free int64
+			err := r.backend.List(ctx, BackupPrefix(id), func(o storage.ObjectInfo) error {
+				if !inUse[o.Name] {
+					free += o.Size
+				}
+				return nil
+			})
+			if err != nil {
+				return plan, fmt.Errorf("backup %s: %w", id, err)
+			}
+			if free > 0 {
+				plan.Debris = append(plan.Debris, id)
+				plan.DebrisBytes += free
+			}
+			continue
+		}
 		last, err := r.lastSign(ctx, id)
 		if err != nil {
 			return plan, fmt.Errorf("backup %s: %w", id, err)

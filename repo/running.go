@@ -182,14 +182,21 @@ func (r *Repository) lastSign(ctx context.Context, id string) (time.Time, error)
 // checkPacks makes sure every pack m references is stored at its size.
 func (r *Repository) checkPacks(ctx context.Context, m *Manifest) error {
 	stored := map[string]int64{}
-	err := r.backend.List(ctx, BackupPrefix(m.ID)+"pack/", func(o storage.ObjectInfo) error {
-		stored[o.Name] = o.Size
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("list packs: %w", err)
+	prefixes := map[string]bool{BackupPrefix(m.ID) + "pack/": true}
+	objs := append(append([]Pack(nil), m.Packs...), m.Maps...)
+	for _, p := range objs {
+		prefixes[p.Name[:strings.LastIndexByte(p.Name, '/')+1]] = true
 	}
-	for _, p := range m.Packs {
+	for prefix := range prefixes {
+		err := r.backend.List(ctx, prefix, func(o storage.ObjectInfo) error {
+			stored[o.Name] = o.Size
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("list packs: %w", err)
+		}
+	}
+	for _, p := range objs {
 		size, ok := stored[p.Name]
 		if !ok {
 			return fmt.Errorf("pack %s is gone (removed by a concurrent delete?); the backup is not committed", p.Name)

@@ -82,6 +82,7 @@ func (r *Repository) Verify(ctx context.Context, o VerifyOptions) (VerifyReport,
 		}
 	}
 	var sums []Summary
+	seen := newVerifySeen()
 	for _, id := range ids {
 		rep.Backups = append(rep.Backups, id)
 		s, err := r.ReadSummary(ctx, id)
@@ -90,7 +91,7 @@ func (r *Repository) Verify(ctx context.Context, o VerifyOptions) (VerifyReport,
 			continue
 		}
 		sums = append(sums, s)
-		rep.Problems = append(rep.Problems, r.VerifyBackup(ctx, id)...)
+		rep.Problems = append(rep.Problems, r.verifyBackup(ctx, id, seen)...)
 	}
 	a, err := r.ReadWALArchive(ctx)
 	if err != nil {
@@ -138,6 +139,29 @@ func trimBackupPrefix(err error, id string) string {
 // VerifyBackup re-reads every block of a backup and checks it decodes to
 // the bytes its checksum names.
 func (r *Repository) VerifyBackup(ctx context.Context, id string) []Problem {
+	return r.verifyBackup(ctx, id, newVerifySeen())
+}
+
+// verifySeen remembers what one verify run found of each pack and block,
+// so a block that several backups reference (format 2) is read once, and
+// a bad one is reported for every backup that references it.
+type verifySeen struct {
+	packs  map[string]string         // pack name -> problem with the pack itself ("" = none)
+	blocks map[verifyBlockKey]string // -> problem ("" = good)
+}
+
+type verifyBlockKey struct {
+	pack   string
+	offset int64
+	// chunkOffset and size tell apart the blocks of one chunk (format 3).
+	chunkOffset, size int64
+}
+
+func newVerifySeen() *verifySeen {
+	return &verifySeen{packs: map[string]string{}, blocks: map[verifyBlockKey]string{}}
+}
+
+func (r *Repository) verifyBackup(ctx context.Context, id string, seen *verifySeen) []Problem {
 	var probs []Problem
 	add := func(format string, args ...any) {
 		probs = append(probs, Problem{Backup: id, What: fmt.Sprintf(format, args...)})
@@ -168,14 +192,42 @@ func (r *Repository) VerifyBackup(ctx context.Context, id string) []Problem {
 	}
 	for i, p := range m.Packs {
 		refs := byPack[i]
-		sort.Slice(refs, func(a, b int) bool { return refs[a].b.Offset < refs[b].b.Offset })
-		info, err := r.backend.Stat(ctx, p.Name)
-		if err != nil {
-			add("%s: %v", p.Name, err)
-			continue
+		sort.Slice(refs, func(a, b int) bool {
+			if refs[a].b.Offset != refs[b].b.Offset {
+				return refs[a].b.Offset < refs[b].b.Offset
+			}
+			return refs[a].b.ChunkOffset < refs[b].b.ChunkOffset
+		})
+		packProblem, checked := seen.packs[p.Name]
+		if !checked {
+			info, err := r.backend.Stat(ctx, p.Name)
+			switch {
+			case err != nil:
+				packProblem = fmt.Sprintf("%s: %v", p.Name, err)
+			case info.Size != p.Size:
+				packProblem = fmt.Sprintf("%s: %d bytes stored, manifest says %d (truncated?)", p.Name, info.Size, p.Size)
+			}
+			seen.packs[p.Name] = packProblem
 		}
-		if info.Size != p.Size {
-			add("%s: %d bytes stored, manifest says %d (truncated?)", p.Name, info.Size, p.Size)
+		if packProblem != "" {
+			add("%s", packProblem)
+			if !strings.Contains(packProblem, "truncated") {
+				continue
+			}
+		}
+		// Blocks another backup of this run referenced were read then.
+		var todo []ref
+		for _, x := range refs {
+			res, done := seen.blocks[verifyBlockKey{p.Name, x.b.Offset, x.b.ChunkOffset, x.b.Size}]
+			switch {
+			case !done:
+				todo = append(todo, x)
+			case res != "":
+				add("%s", res)
+			}
+		}
+		if len(todo) == 0 {
+			continue
 		}
 		rc, err := r.backend.Get(ctx, p.Name)
 		if err != nil {
@@ -184,22 +236,36 @@ func (r *Repository) VerifyBackup(ctx context.Context, id string) []Problem {
 		}
 		br := bufio.NewReaderSize(rc, 1<<20)
 		var pos int64
-		for _, x := range refs {
-			if skip := x.b.Offset - pos; skip > 0 {
-				io.CopyN(io.Discard, br, skip)
+		// The object last read: blocks of one chunk share it.
+		objAt, objRes := int64(-1), ""
+		var obj []byte
+		for _, x := range todo {
+			if x.b.Offset != objAt {
+				objAt, objRes, obj = x.b.Offset, "", nil
+				if skip := x.b.Offset - pos; skip > 0 {
+					io.CopyN(io.Discard, br, skip)
+				}
+				buf := make([]byte, x.b.Length)
+				n, err := io.ReadFull(br, buf)
+				pos = x.b.Offset + int64(n)
+				if err != nil {
+					objRes = fmt.Sprintf("%s: block at %d in %s: %v: missing bytes", x.file, x.b.FileOffset, p.Name, ErrCorrupt)
+				} else if obj, _, err = r.codec.DecodeBlock(buf); err != nil {
+					objRes = fmt.Sprintf("%s: block at %d in %s: %v", x.file, x.b.FileOffset, p.Name, err)
+				}
 			}
-			buf := make([]byte, x.b.Length)
-			n, err := io.ReadFull(br, buf)
-			pos = x.b.Offset + int64(n)
-			if err != nil {
-				add("%s: block at %d in %s: %v: missing bytes", x.file, x.b.FileOffset, p.Name, ErrCorrupt)
-				continue
+			res := objRes
+			end := x.b.ChunkOffset + x.b.Size
+			switch {
+			case res != "":
+			case end > int64(len(obj)) || m.Format < 3 && end != int64(len(obj)):
+				res = fmt.Sprintf("%s: block at %d in %s: %d bytes, manifest says %d at %d", x.file, x.b.FileOffset, p.Name, len(obj), x.b.Size, x.b.ChunkOffset)
+			case x.b.Digest() != "" && !x.b.DigestIs(obj[x.b.ChunkOffset:end]):
+				res = fmt.Sprintf("%s: block at %d in %s: content does not match the manifest's sha256", x.file, x.b.FileOffset, p.Name)
 			}
-			plain, _, err := r.codec.DecodeBlock(buf)
-			if err != nil {
-				add("%s: block at %d in %s: %v", x.file, x.b.FileOffset, p.Name, err)
-			} else if int64(len(plain)) != x.b.Size {
-				add("%s: block at %d in %s: %d bytes, manifest says %d", x.file, x.b.FileOffset, p.Name, len(plain), x.b.Size)
+			seen.blocks[verifyBlockKey{p.Name, x.b.Offset, x.b.ChunkOffset, x.b.Size}] = res
+			if res != "" {
+				add("%s", res)
 			}
 		}
 		rc.Close()

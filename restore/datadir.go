@@ -25,6 +25,9 @@ type dataDirPlan struct {
 	todo          []*repo.File
 	total         int64
 	kept, removed int
+	// partial are files a delta restore rewrites in part: copies whose
+	// Blocks are only those that differ locally (also in todo).
+	partial []*repo.File
 }
 
 // prepareDataDir empties (--force) or prunes (--delta) the data directory,
@@ -64,8 +67,22 @@ func prepareDataDir(o BackupOptions, m *repo.Manifest, running []pg.RunningClust
 	for i := range m.Files {
 		f := &m.Files[i]
 		want[f.Path] = true
-		if o.Delta {
-			if sum, size, err := repo.FileChecksum(filepath.Join(o.PGData, filepath.FromSlash(f.Path)), m.BlockSize); err == nil && size == f.Size && sum == f.SHA256 {
+		if o.Delta && f.Path != controlFile && hasBlockSums(f) {
+			// Rewrite only the blocks whose content differs locally.
+			diff, localSize, err := differingBlocks(filepath.Join(o.PGData, filepath.FromSlash(f.Path)), f, m.FileBlockSize(f))
+			if err == nil && diff != nil {
+				if len(diff.Blocks) == 0 && localSize == f.Size {
+					d.kept++
+					continue
+				}
+				d.partial = append(d.partial, diff)
+				for _, b := range diff.Blocks {
+					d.total += b.Size
+				}
+				continue
+			}
+		} else if o.Delta {
+			if sum, size, err := m.LocalFileChecksum(filepath.Join(o.PGData, filepath.FromSlash(f.Path)), f); err == nil && size == f.Size && sum == f.SHA256 {
 				d.kept++
 				continue
 			}
@@ -107,6 +124,12 @@ func prepareDataDir(o BackupOptions, m *repo.Manifest, running []pg.RunningClust
 			return d, fmt.Errorf("create %s: %w", f.Path, err)
 		}
 	}
+	for _, f := range d.partial {
+		if err := truncateTo(filepath.Join(o.PGData, filepath.FromSlash(f.Path)), f.Size); err != nil {
+			return d, err
+		}
+	}
+	d.todo = append(d.todo, d.partial...)
 	return d, nil
 }
 

@@ -60,7 +60,14 @@ func fetchBlocks(ctx context.Context, r *repo.Repository, m *repo.Manifest, file
 		if p < 0 || p >= len(m.Packs) {
 			return 0, 0, fmt.Errorf("manifest names pack %d of %d", p, len(m.Packs))
 		}
-		sort.Slice(bl, func(i, j int) bool { return bl[i].ref.Offset < bl[j].ref.Offset })
+		// Blocks of one chunk (format 3) share its offset: keep them
+		// together, so the chunk is read and decoded once.
+		sort.Slice(bl, func(i, j int) bool {
+			if bl[i].ref.Offset != bl[j].ref.Offset {
+				return bl[i].ref.Offset < bl[j].ref.Offset
+			}
+			return bl[i].ref.ChunkOffset < bl[j].ref.ChunkOffset
+		})
 		// Split into runs of adjacent blocks (gaps under 1 MiB are read
 		// through), and runs into jobs of at most jobPlainSize restored
 		// bytes: a pack of well-compressed data holds a GiB or more, and
@@ -68,7 +75,8 @@ func fetchBlocks(ctx context.Context, r *repo.Repository, m *repo.Manifest, file
 		start, plain := 0, int64(0)
 		for i := 1; i <= len(bl); i++ {
 			plain += bl[i-1].ref.Size
-			if i == len(bl) || bl[i].ref.Offset-(bl[i-1].ref.Offset+bl[i-1].ref.Length) > 1<<20 || plain >= jobPlainSize {
+			sameChunk := i < len(bl) && bl[i].ref.Offset == bl[i-1].ref.Offset
+			if i == len(bl) || !sameChunk && (bl[i].ref.Offset-(bl[i-1].ref.Offset+bl[i-1].ref.Length) > 1<<20 || plain >= jobPlainSize) {
 				jobs = append(jobs, job{p, bl[start:i]})
 				start, plain = i, 0
 			}
@@ -100,7 +108,7 @@ func fetchBlocks(ctx context.Context, r *repo.Repository, m *repo.Manifest, file
 				first := j.blocks[0].ref.Offset
 				last := j.blocks[len(j.blocks)-1].ref
 				length := last.Offset + last.Length - first
-				err := fetchRun(ctx, r, pack.Name, first, length, pack.Size, j.blocks, pgdata, &downloaded, &written, prog)
+				err := fetchRun(ctx, r, pack.Name, first, length, pack.Size, j.blocks, m.Format < 3, pgdata, &downloaded, &written, prog)
 				lanes.done(lane)
 				if err != nil {
 					cancel(err)
@@ -185,7 +193,7 @@ func (l *lanes) done(lane string) {
 	l.mu.Unlock()
 }
 
-func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, length, packSize int64, blocks []fileBlock,
+func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, length, packSize int64, blocks []fileBlock, exact bool,
 	pgdata string, downloaded, written *atomic.Int64, prog Progress) error {
 	rc, err := r.ReadPack(ctx, packName, first, length, packSize)
 	if err != nil {
@@ -213,7 +221,47 @@ func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, l
 		return nil
 	}
 	defer closeOpen()
+	// writeBlock writes block b, bytes [ChunkOffset, ChunkOffset+Size) of
+	// the decoded object obj (all of it before format 3), into its file.
+	writeBlock := func(b fileBlock, obj []byte) error {
+		end := b.ref.ChunkOffset + b.ref.Size
+		if end > int64(len(obj)) || exact && end != int64(len(obj)) {
+			return fmt.Errorf("%s: block at %d (%s): %w: size %d, manifest says %d at %d", b.file.Path, b.ref.FileOffset, packName, repo.ErrCorrupt, len(obj), b.ref.Size, b.ref.ChunkOffset)
+		}
+		plain := obj[b.ref.ChunkOffset:end]
+		if open == nil || openPath != b.file.Path {
+			if err := closeOpen(); err != nil {
+				return err
+			}
+			f, err := os.OpenFile(filepath.Join(pgdata, filepath.FromSlash(b.file.Path)), os.O_WRONLY, 0)
+			if err != nil {
+				return fmt.Errorf("write %s: %w", b.file.Path, err)
+			}
+			open, openPath = f, b.file.Path
+		}
+		if err := writeChunked(open, plain, b.ref.FileOffset); err != nil {
+			return fmt.Errorf("write %s: %w", b.file.Path, err)
+		}
+		// Start writeback now, so the final syncfs does not wait for the
+		// whole restore's dirty pages at once (PostgreSQL's *_flush_after
+		// does the same); advisory: errors show at syncfs.
+		unix.SyncFileRange(int(open.Fd()), b.ref.FileOffset, int64(len(plain)), unix.SYNC_FILE_RANGE_WRITE)
+		written.Add(int64(len(plain)))
+		if prog != nil {
+			prog.Add(int64(len(plain)))
+		}
+		return nil
+	}
+	var plain []byte
+	chunkAt := int64(-1) // pack offset of the object decoded into plain
 	for _, b := range blocks {
+		if b.ref.Offset == chunkAt {
+			// Another block of the chunk just decoded.
+			if err := writeBlock(b, plain); err != nil {
+				return err
+			}
+			continue
+		}
 		if skip := b.ref.Offset - pos; skip > 0 {
 			if _, err := io.CopyN(io.Discard, br, skip); err != nil {
 				return fmt.Errorf("read %s: %w: %v", packName, repo.ErrCorrupt, err)
@@ -231,34 +279,14 @@ func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, l
 		pos = b.ref.Offset + b.ref.Length
 		// Trust the zstd frames' own checksums (verify re-checks SHA-256);
 		// decode into one buffer reused across the run's blocks.
-		plain, _, err := r.DecodeBlock(plainBuf, buf)
+		plain, _, err = r.DecodeBlock(plainBuf, buf)
 		if err != nil {
 			return fmt.Errorf("%s: block at %d (%s): %w", b.file.Path, b.ref.FileOffset, packName, err)
 		}
-		if int64(len(plain)) != b.ref.Size {
-			return fmt.Errorf("%s: block at %d (%s): %w: size %d, manifest says %d", b.file.Path, b.ref.FileOffset, packName, repo.ErrCorrupt, len(plain), b.ref.Size)
-		}
-		if open == nil || openPath != b.file.Path {
-			if err := closeOpen(); err != nil {
-				return err
-			}
-			f, err := os.OpenFile(filepath.Join(pgdata, filepath.FromSlash(b.file.Path)), os.O_WRONLY, 0)
-			if err != nil {
-				return fmt.Errorf("write %s: %w", b.file.Path, err)
-			}
-			open, openPath = f, b.file.Path
-		}
-		if err := writeChunked(open, plain, b.ref.FileOffset); err != nil {
-			return fmt.Errorf("write %s: %w", b.file.Path, err)
-		}
 		plainBuf = plain[:0]
-		// Start writeback now, so the final syncfs does not wait for the
-		// whole restore's dirty pages at once (PostgreSQL's *_flush_after
-		// does the same); advisory: errors show at syncfs.
-		unix.SyncFileRange(int(open.Fd()), b.ref.FileOffset, int64(len(plain)), unix.SYNC_FILE_RANGE_WRITE)
-		written.Add(int64(len(plain)))
-		if prog != nil {
-			prog.Add(int64(len(plain)))
+		chunkAt = b.ref.Offset
+		if err := writeBlock(b, plain); err != nil {
+			return err
 		}
 	}
 	return closeOpen()

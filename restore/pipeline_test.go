@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -74,6 +75,10 @@ func testFiles() map[string][]byte {
 // putBackup stores files as backup id the way a base backup does (blocks
 // in packs, then the manifest and the summary) with the WAL that makes it
 // consistent, and returns the manifest.
+// putBlockSums makes putBackup record block hashes, as manifests written
+// since incremental backups do (delta restore then compares blocks).
+var putBlockSums bool
+
 func putBackup(t *testing.T, r *repo.Repository, id string, files map[string][]byte, tbs []repo.Tablespace) *repo.Manifest {
 	t.Helper()
 	ctx := context.Background()
@@ -110,6 +115,9 @@ func putBackup(t *testing.T, r *repo.Repository, id string, files map[string][]b
 				t.Fatal(err)
 			}
 			ref := repo.BlockRef{Pack: n, Offset: pw.Size(), Length: int64(len(enc)), FileOffset: int64(off), Size: int64(len(chunk))}
+			if putBlockSums {
+				ref.SHA256 = hex.EncodeToString(sum[:])
+			}
 			if _, err := pw.Write(enc); err != nil {
 				t.Fatal(err)
 			}
@@ -367,6 +375,16 @@ func TestRestoreCancelled(t *testing.T) {
 }
 
 func TestRestoreDelta(t *testing.T) {
+	for _, sums := range []bool{false, true} {
+		t.Run(fmt.Sprintf("block_sums=%v", sums), func(t *testing.T) {
+			putBlockSums = sums
+			defer func() { putBlockSums = false }()
+			testRestoreDelta(t)
+		})
+	}
+}
+
+func testRestoreDelta(t *testing.T) {
 	ctx := context.Background()
 	r, _ := newMemRepo(t)
 	files := testFiles()
@@ -410,6 +428,26 @@ func TestRestoreDelta(t *testing.T) {
 		if _, ok := got[p]; ok {
 			t.Errorf("delta restore kept %s, which the backup does not have", p)
 		}
+	}
+	if !putBlockSums {
+		return
+	}
+	// With block hashes, one changed page of a large file rewrites one
+	// block, and a local file longer than the backup's is cut to size.
+	big := files["base/1/1259"]
+	p := filepath.Join(pgdata, "base/1/1259")
+	local := append([]byte(nil), big...)
+	local[len(local)-1] ^= 0xff
+	os.WriteFile(p, append(local, "tail"...), 0o600)
+	res, err = Backup(ctx, r, BackupOptions{PGData: pgdata, Delta: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readTree(t, pgdata)["base/1/1259"]; !bytes.Equal(got, big) {
+		t.Errorf("block delta: base/1/1259 is %d bytes, differs from the backup's %d", len(got), len(big))
+	}
+	if max := int64(testBlockSize) * 4; res.BytesWritten > max+int64(len(files["global/pg_control"]))+int64(len(files["postgresql.auto.conf"]))+8192 {
+		t.Errorf("block delta wrote %d bytes; want about one block of base/1/1259", res.BytesWritten)
 	}
 }
 

@@ -18,16 +18,20 @@ import (
 func newBackupCmd(a *app) *cobra.Command {
 	var (
 		pgdata, checkpoint, checksumFailures string
+		backupType, reference                string
 		walTimeout                           time.Duration
 		annotations                          []string
 	)
 	cmd := withConfig(&cobra.Command{
 		Use:   "backup",
-		Short: "Take a full online base backup of the local cluster",
+		Short: "Take an online base backup of the local cluster (full or incremental)",
 		Long: `backup takes a full base backup of the PostgreSQL cluster on this host (primary or
 standby) into the repository: files are read straight from the data directory and
 tablespaces, checked against their data checksums when the cluster has them,
-compressed, encrypted and uploaded in parallel. The backup waits until the WAL it
+compressed, encrypted and uploaded in parallel. Every backup is whole: an incremental
+(--type incr, the default once a backup exists) stores only blocks that changed since
+its reference and names the reference's blocks for the rest, so it restores and can be
+deleted on its own. The backup waits until the WAL it
 needs is archived, and becomes visible only once its manifest is written.
 
 The connection comes from postgres.dsn or the libpq PG* variables and needs a
@@ -46,6 +50,9 @@ superuser or a role with pg_backup_start/pg_backup_stop and pg_read_all_settings
 			}
 			if pgdata != "" && !filepath.IsAbs(pgdata) {
 				return &configError{fmt.Sprintf("--pgdata %q must be an absolute path", pgdata)}
+			}
+			if err := archive.ValidType(backupType); err != nil {
+				return &configError{err.Error()}
 			}
 			notes, err := repo.ParseAnnotations(annotations)
 			if err != nil {
@@ -71,6 +78,8 @@ superuser or a role with pg_backup_start/pg_backup_stop and pg_read_all_settings
 					Progress:         newProgress("backup", a.log),
 					Annotations:      notes,
 					Logger:           a.log,
+					Type:             backupType,
+					Reference:        reference,
 				},
 				RetainFull: a.cfg.Retention.Full,
 				RetainDays: a.cfg.Retention.Days,
@@ -83,6 +92,8 @@ superuser or a role with pg_backup_start/pg_backup_stop and pg_read_all_settings
 	cmd.Flags().StringVar(&checkpoint, "checkpoint", "fast", "checkpoint at start: fast (start now) or spread (gentler on I/O)")
 	cmd.Flags().StringVar(&checksumFailures, "checksum-failures", "error", "a data page failing its checksum: error (fail the backup) or warn")
 	cmd.Flags().DurationVar(&walTimeout, "wal-timeout", 5*time.Minute, "how long to wait for the backup's WAL to be archived")
+	cmd.Flags().StringVar(&backupType, "type", "", "full (store everything), incr (reuse files unchanged by size and mtime, and unchanged blocks, of the reference) or checksum (read every file, reuse unchanged blocks); default incr when a backup of this system exists, else full")
+	cmd.Flags().StringVar(&reference, "reference", "", "backup ID an incr or checksum backup reuses blocks of (default: the newest)")
 	cmd.Flags().StringArrayVar(&annotations, "annotation", nil, "key=value stored with the backup (repeatable; shown by list, show and info)")
 	cmd.AddCommand(newBackupListCmd(a), newBackupShowCmd(a), newBackupKeepCmd(a), newBackupUnkeepCmd(a))
 	return cmd

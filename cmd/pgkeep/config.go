@@ -191,6 +191,9 @@ type DaemonJob struct {
 	RetainDays int `yaml:"retain_days"`
 	// Checkpoint is fast or spread (backup jobs; default fast).
 	Checkpoint string `yaml:"checkpoint"`
+	// Type is full, incr or checksum (backup jobs; default incr once a
+	// backup exists).
+	Type string `yaml:"type"`
 	// Drill jobs (docs/drill.md): where the copy goes, its size limit
 	// (bytes, "0": none), the recovery target (default: the end of the
 	// archive), the tables pg_amcheck checks (-1: none) and a SQL check.
@@ -684,7 +687,7 @@ func (c *Config) validateDaemon(bad func(key, format string, args ...any) error)
 		if err != nil {
 			return bad(key+".kind", "%v", err)
 		}
-		if err := daemon.CheckJob(kind, daemon.JobSettings{RetainFull: j.RetainFull, RetainDays: j.RetainDays, SpreadCheckpoint: j.Checkpoint == "spread"}); err != nil {
+		if err := daemon.CheckJob(kind, daemon.JobSettings{RetainFull: j.RetainFull, RetainDays: j.RetainDays, SpreadCheckpoint: j.Checkpoint == "spread", BackupType: j.Type}); err != nil {
 			return bad(key, "%v", err)
 		}
 		if kind == scheduler.JobDrill {

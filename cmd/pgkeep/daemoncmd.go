@@ -74,7 +74,7 @@ func runDaemon(ctx context.Context, a *app) error {
 		lag, _ := parseBytes(maxLag) // validated
 		dj := daemon.Job{Job: scheduler.Job{Name: j.Name, Kind: scheduler.JobKind(j.Kind), Schedule: jobSchedule(d, j),
 			RunOn: scheduler.Policy(j.RunOn), MaxLag: lag, Window: j.Window},
-			JobSettings: daemon.JobSettings{RetainFull: j.RetainFull, RetainDays: j.RetainDays, SpreadCheckpoint: j.Checkpoint == "spread"}}
+			JobSettings: daemon.JobSettings{RetainFull: j.RetainFull, RetainDays: j.RetainDays, SpreadCheckpoint: j.Checkpoint == "spread", BackupType: j.Type}}
 		if dj.Kind == scheduler.JobDrill {
 			dj.Drill, _ = drillJobOptions(j) // validated
 			a.drillDefaults(&dj.Drill)

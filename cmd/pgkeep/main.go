@@ -289,7 +289,7 @@ platform, and the repository format version this binary writes and reads
 			fmt.Fprintf(out, "pgkeep %s\n", version)
 			fmt.Fprintf(out, "commit: %s\n", buildCommit())
 			fmt.Fprintf(out, "go: %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
-			fmt.Fprintf(out, "repository format: %d\n", repo.FormatVersion)
+			fmt.Fprintf(out, "repository format: 1..%d\n", repo.FormatVersion)
 			return nil
 		},
 	}

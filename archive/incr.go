@@ -1,0 +1,234 @@
+package archive
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgkeep/pgkeep/pg"
+	"github.com/pgkeep/pgkeep/repo"
+)
+
+// Backup types (backup --type).
+const (
+	TypeFull     = "full"     // store every block afresh
+	TypeIncr     = "incr"     // take files unchanged by size and mtime unread from the reference
+	TypeChecksum = "checksum" // read every file, reuse blocks whose SHA-256 matches the reference's
+)
+
+// MTimeMargin is how much older than the reference backup's start a file's
+// mtime must be for an incremental to take it unread: a write within the
+// margin of the reference's start could share the mtime the reference
+// recorded (coarse file system timestamps).
+const MTimeMargin = 10 * time.Second
+
+// ValidType checks a --type value ("" is the default: incr when there is
+// a reference, else full).
+func ValidType(t string) error {
+	switch t {
+	case "", TypeFull, TypeIncr, TypeChecksum:
+		return nil
+	}
+	return fmt.Errorf("backup type %q: must be full, incr or checksum", t)
+}
+
+// captureStats counts what change capture did.
+type captureStats struct {
+	read     atomic.Int64 // bytes of the data directory read
+	unread   atomic.Int64 // bytes taken unread from the reference
+	lsnProbe atomic.Int64 // page headers read for the LSN cross-check
+}
+
+// pickReference chooses the reference of a backup of type typ (after
+// defaults): the backup named by want, else the newest committed backup
+// of the same system. "" means the backup is full.
+func pickReference(ctx context.Context, r *repo.Repository, typ, want string, systemID uint64) (string, error) {
+	if typ == TypeFull {
+		if want != "" {
+			return "", errors.New("--reference makes no sense with --type full")
+		}
+		return "", nil
+	}
+	if want != "" {
+		s, err := r.ReadSummary(ctx, want)
+		if err != nil {
+			return "", fmt.Errorf("reference backup: %w", err)
+		}
+		if s.SystemIdentifier != fmt.Sprint(systemID) {
+			return "", fmt.Errorf("reference backup %s is of system %s, this server is %d", want, s.SystemIdentifier, systemID)
+		}
+		return want, nil
+	}
+	backups, _, err := r.ListBackups(ctx)
+	if err != nil {
+		return "", err
+	}
+	for i := len(backups) - 1; i >= 0; i-- {
+		if backups[i].SystemIdentifier == fmt.Sprint(systemID) {
+			return backups[i].ID, nil
+		}
+	}
+	return "", nil
+}
+
+// loadReference reads the reference's manifest (after the start record
+// named it, so a concurrent delete keeps its packs or this read fails) and
+// decides how far it can be trusted: another timeline or a clock that went
+// backwards since the reference turns incr into checksum.
+func loadReference(ctx context.Context, r *repo.Repository, c *copier, id string, typ string, run backupRun, log *slog.Logger) (string, error) {
+	m, err := r.ReadManifest(ctx, id)
+	if err != nil && !errors.Is(err, repo.ErrBackupNotFound) {
+		// A delete may have removed the summary and then the manifest
+		// between the two reads.
+		if _, serr := r.ReadSummary(ctx, id); errors.Is(serr, repo.ErrBackupNotFound) {
+			err = serr
+		}
+	}
+	if errors.Is(err, repo.ErrBackupNotFound) && typ != TypeChecksum {
+		log.Warn("reference backup is gone (deleted meanwhile); taking a full backup", "reference", id)
+		return TypeFull, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("reference backup %s: %w", id, err)
+	}
+	if !hasBlockHashes(m) {
+		log.Info("reference backup was written before incremental backups (no block hashes); taking a full backup", "reference", id)
+		return TypeFull, nil
+	}
+	if m.BlockSize != c.o.BlockSize {
+		log.Warn("reference backup has another block size; taking a full backup", "reference", id, "its_block_size", m.BlockSize)
+		return TypeFull, nil
+	}
+	if typ == TypeIncr {
+		switch {
+		case run.timeline == 0 || m.Timeline != run.timeline:
+			log.Info("timeline changed since the reference backup: reading every file (checksum mode)", "reference", id, "reference_timeline", m.Timeline, "timeline", run.timeline)
+			typ = TypeChecksum
+		case run.start.Before(m.StartTime):
+			log.Info("clock is behind the reference backup's start: reading every file (checksum mode)", "reference", id, "reference_start", m.StartTime)
+			typ = TypeChecksum
+		}
+	}
+	c.ref = m
+	c.refFiles = make(map[string]*repo.File, len(m.Files))
+	for i := range m.Files {
+		c.refFiles[m.Files[i].Path] = &m.Files[i]
+	}
+	c.skipUnread = typ == TypeIncr
+	c.refCutoff = m.StartTime.Add(-MTimeMargin).UnixNano()
+	if lsn, err := pg.ParseLSN(m.StartLSN); err == nil {
+		c.refStartLSN = lsn
+	}
+	return typ, nil
+}
+
+// hasBlockHashes reports whether m records block hashes (a manifest
+// written by a pgkeep with incremental backups).
+func hasBlockHashes(m *repo.Manifest) bool {
+	for _, f := range m.Files {
+		for _, b := range f.Blocks {
+			return b.Digest() != ""
+		}
+	}
+	return false
+}
+
+// takeUnread reports whether f can be listed with the reference's blocks
+// without reading it: same size and mtime as when the reference read it,
+// and that mtime older than the reference's start by MTimeMargin, and
+// every block of it has a recorded hash.
+func (c *copier) takeUnread(f *sourceFile, rf *repo.File) bool {
+	if !c.skipUnread || rf == nil || rf.MTime == 0 || rf.Size != f.Size || rf.MTime != f.MTime || f.MTime >= c.refCutoff {
+		return false
+	}
+	var covered int64
+	for _, b := range rf.Blocks {
+		if b.Digest() == "" || b.FileOffset != covered {
+			return false
+		}
+		covered += b.Size
+	}
+	return covered == f.Size
+}
+
+// reuseFile lists file i with the reference's blocks, after the LSN
+// cross-check.
+func (c *copier) reuseFile(i int, f *sourceFile, rf *repo.File) error {
+	if err := c.crossCheckLSN(f); err != nil {
+		return err
+	}
+	n := len(rf.Blocks)
+	c.files[i].BlockSize = rf.BlockSize // the blocks' cut is the reference's
+	c.files[i].Map = rf.Map             // and its file map (format 4), not a copy
+	c.blocks[i] = make([]repo.BlockRef, n)
+	c.hashes[i] = make([][]byte, n)
+	c.foreign[i] = make([]string, n)
+	for b, ref := range rf.Blocks {
+		sum, err := hex.DecodeString(ref.Digest())
+		if want := map[bool]int{true: 16, false: 32}[ref.XXH3 != ""]; err != nil || len(sum) != want {
+			return fmt.Errorf("reference backup %s: %s: block hash %q", c.ref.ID, f.Rel, ref.Digest())
+		}
+		c.blocks[i][b] = ref
+		c.foreign[i][b] = c.ref.Packs[ref.Pack].Name
+		c.hashes[i][b] = sum
+	}
+	c.stats.unread.Add(f.Size)
+	return nil
+}
+
+// refBlock is the reference's block b of rf if it can stand for the block
+// at off when the content matches.
+func (c *copier) refBlock(rf *repo.File, b int, off int64) (*repo.BlockRef, string) {
+	if rf == nil || b >= len(rf.Blocks) {
+		return nil, ""
+	}
+	ref := &rf.Blocks[b]
+	if ref.FileOffset != off || ref.Digest() == "" {
+		return nil, ""
+	}
+	return ref, c.ref.Packs[ref.Pack].Name
+}
+
+// crossCheckLSN makes a missed change loud: a relation file taken unread
+// because its mtime says it did not change must not hold a page written
+// after the reference started. It samples the first and the last page (two
+// 8-byte reads a file); a hit means mtimes cannot be trusted here, and
+// --type checksum is the way out.
+func (c *copier) crossCheckLSN(f *sourceFile) error {
+	if c.refStartLSN == 0 || f.Size < pg.BlockSize {
+		return nil
+	}
+	if _, ok := pg.ChecksummedFile(f.Rel); !ok {
+		return nil
+	}
+	fh, err := os.Open(f.Abs)
+	if os.IsNotExist(err) {
+		return nil // dropped meanwhile; WAL replay removes it
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", f.Rel, err)
+	}
+	defer fh.Close()
+	var hdr [24]byte
+	for _, off := range []int64{0, (f.Size/pg.BlockSize - 1) * pg.BlockSize} {
+		if _, err := fh.ReadAt(hdr[:], off); err != nil && err != io.EOF {
+			return fmt.Errorf("read %s: %w", f.Rel, err)
+		}
+		c.stats.lsnProbe.Add(1)
+		if pg.IsNewPage(hdr[:]) {
+			continue
+		}
+		lsn := pg.ParsePageHeader(hdr[:]).LSN
+		if lsn >= c.refStartLSN {
+			return fmt.Errorf("%s: page at offset %d has LSN %s, newer than reference backup %s's start %s, but the file's size and mtime say it did not change; mtimes cannot be trusted here: use --type checksum",
+				f.Rel, off, lsn, c.ref.ID, c.refStartLSN)
+		}
+	}
+	return nil
+}

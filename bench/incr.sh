@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# bench/incr.sh: pgkeep incremental backups vs pgBackRest --type=incr, in
+# the same run, on the same cluster (issue 15).
+#
+# One throwaway PostgreSQL 15 (127.0.0.1 only, data checksums on):
+# pgbench -i -s SCALE plus an append-only table (APPEND_MB), frozen, with
+# autovacuum off so each row shows its own change. A full backup of each
+# tool, then for each change below an incremental of each tool:
+#   updates100   100 random row updates of pgbench_accounts
+#   updates1pct  1 % of pgbench_accounts' rows updated, spread over the table
+#   append2pct   2 % more rows appended to the append-only table
+#   nothing      no change
+# Per row: the backup's wall time and the bytes it added to the repository
+# (WAL excluded: pgkeep's stored_size, which counts its packs and manifest;
+# pgBackRest's growth of backup/), and pgkeep's bytes read. Then a restore
+# of the last backup of each tool into an empty directory (not started).
+# Settings: zstd level 3, 2 processes each; pgBackRest is whatever
+# `pgbackrest` is on PATH (Debian's 2.45 has no block incremental: it
+# re-stores every changed file whole). Both push WAL from one
+# archive_command. One repetition: numbers on a shared machine are noisy.
+#
+# Usage: sudo bash bench/incr.sh          (needs: make build; pgbackrest installed)
+#        SCALE=10 APPEND_MB=32 sudo bash bench/incr.sh     (a quick look)
+set -euo pipefail
+
+SCALE=${SCALE:-100}
+APPEND_MB=${APPEND_MB:-650}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PGKEEP_SRC=${PK_BIN:-$ROOT/bin/pgkeep}
+
+if [ "$(id -u)" = 0 ]; then
+	[ -x "$PGKEEP_SRC" ] || { echo "no pgkeep binary at $PGKEEP_SRC (make build)" >&2; exit 1; }
+	WORK=$(mktemp -d "${TMPDIR:-/tmp}"/pgkeep-bench-incr.XXXXXX)
+	chmod 755 "$WORK"
+	cp "$PGKEEP_SRC" "$WORK/pgkeep"
+	cp "$0" "$WORK/incr.sh"
+	chown -R postgres:postgres "$WORK"
+	rc=0
+	runuser -u postgres -- env WORK="$WORK" SCALE="$SCALE" APPEND_MB="$APPEND_MB" PGBIN="$PGBIN" \
+		PK_BIN="$WORK/pgkeep" bash "$WORK/incr.sh" || rc=$?
+	rm -rf "$WORK"
+	exit "$rc"
+fi
+
+WORK=${WORK:?run as root, or set WORK}
+PGKEEP=$PK_BIN
+command -v pgbackrest >/dev/null || { echo "pgbackrest is not installed (apt-get install pgbackrest)" >&2; exit 1; }
+LOGS=$WORK/logs
+mkdir -p "$LOGS" "$WORK/sock" "$WORK/br-lock" "$WORK/br-spool"
+PGDATA=$WORK/pgdata
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
+free_port() {
+	local p
+	while :; do
+		p=$(( 20000 + RANDOM % 20000 ))
+		(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+	done
+}
+PORT=$(free_port)
+cleanup() {
+	local rc=$?
+	set +e
+	"$PGBIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1
+	if [ $rc -ne 0 ]; then
+		echo "bench failed (exit $rc):" >&2
+		tail -n 5 "$LOGS"/pk.log "$LOGS"/br.log >&2
+	fi
+}
+trap cleanup EXIT
+psqlc() { "$PGBIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -qAtX -v ON_ERROR_STOP=1 "$@"; }
+secs() { local t0=$1; awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'; }
+mb() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1048576 }'; }
+
+cat >"$WORK/pk.yml" <<EOF
+repository: file://$WORK/pk-repo
+compression:
+  level: 3
+upload_concurrency: 2
+download_concurrency: 2
+backup:
+  concurrency: 2
+postgres:
+  dsn: host=127.0.0.1 port=$PORT user=postgres dbname=postgres
+pgdata: $PGDATA
+EOF
+cat >"$WORK/br.conf" <<EOF
+[global]
+repo1-path=$WORK/br-repo
+repo1-retention-full=99
+compress-type=zst
+compress-level=3
+process-max=2
+start-fast=y
+lock-path=$WORK/br-lock
+spool-path=$WORK/br-spool
+log-path=$LOGS
+log-level-console=warn
+log-level-file=off
+[bench]
+pg1-path=$PGDATA
+pg1-port=$PORT
+pg1-host-user=postgres
+pg1-socket-path=$WORK/sock
+EOF
+cat >"$WORK/archive-pgkeep-and-pgbackrest" <<EOF
+"$PGKEEP" wal-push --config "$WORK/pk.yml" "\$1" && pgbackrest --config="$WORK/br.conf" --stanza=bench archive-push "\$1"
+EOF
+chmod 755 "$WORK/archive-pgkeep-and-pgbackrest"
+
+"$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust --data-checksums --no-sync >/dev/null
+cat >>"$PGDATA/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$WORK/sock'
+max_wal_size = '4GB'
+autovacuum = off
+archive_mode = on
+archive_command = '$WORK/archive-pgkeep-and-pgbackrest %p'
+EOF
+"$PGBIN/pg_ctl" -D "$PGDATA" -l "$LOGS/pg.log" -w start >/dev/null
+"$PGKEEP" repo init --config "$WORK/pk.yml" >/dev/null
+pgbackrest --config="$WORK/br.conf" --stanza=bench stanza-create >/dev/null
+log "generating pgbench scale $SCALE and a $APPEND_MB MB append-only table"
+"$PGBIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -i -s "$SCALE" -q postgres >"$LOGS/pgbench-init.log" 2>&1
+APPEND_ROWS=$(( APPEND_MB * 1048576 / 250 ))
+psqlc -c "CREATE TABLE appendonly (id bigint, payload text)" \
+	-c "INSERT INTO appendonly SELECT g, md5(g::text) || repeat('x', 180) FROM generate_series(1, $APPEND_ROWS) g" \
+	-c "VACUUM (FREEZE, ANALYZE)" -c "CHECKPOINT"
+ACCOUNTS=$(( SCALE * 100000 ))
+log "cluster: $(( $(du -sb --exclude=pg_wal "$PGDATA" | cut -f1) / 1048576 )) MiB; waiting 11 s (pgkeep's mtime margin)"
+sleep 11
+
+br_size() { du -sb "$WORK/br-repo/backup" | cut -f1; }
+printf '%-12s %10s %12s %12s %12s %10s %12s\n' row pk_s pk_read_MB pk_added_MB pk_logical_MB br_s br_added_MB >"$WORK/table"
+backup_row() {
+	local row=$1 pktype=$2 brtype=$3 t0 id js brbefore pk_s br_s
+	t0=$(date +%s.%N)
+	id=$("$PGKEEP" backup --config "$WORK/pk.yml" --type "$pktype" 2>>"$LOGS/pk.log")
+	pk_s=$(secs "$t0")
+	js=$("$PGKEEP" backup show "$id" --json --config "$WORK/pk.yml")
+	brbefore=$(br_size 2>/dev/null || echo 0)
+	t0=$(date +%s.%N)
+	pgbackrest --config="$WORK/br.conf" --stanza=bench --type="$brtype" backup >>"$LOGS/br.log" 2>&1
+	br_s=$(secs "$t0")
+	printf '%-12s %10s %12s %12s %12s %10s %12s\n' "$row" "$pk_s" \
+		"$(mb "$(jq -r '.bytes_read // .data_size' <<<"$js")")" "$(mb "$(jq -r .stored_size <<<"$js")")" \
+		"$(mb "$(jq -r .data_size <<<"$js")")" "$br_s" "$(mb $(( $(br_size) - brbefore )))" >>"$WORK/table"
+	log "$row done"
+}
+backup_row full full full
+psqlc -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN (SELECT 1 + (random() * ($ACCOUNTS - 1))::int FROM generate_series(1, 100))"
+backup_row updates100 incr incr
+psqlc -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0"
+backup_row updates1pct incr incr
+psqlc -c "INSERT INTO appendonly SELECT g, md5(g::text) || repeat('x', 180) FROM generate_series($APPEND_ROWS + 1, $APPEND_ROWS + $APPEND_ROWS / 50) g"
+backup_row append2pct incr incr
+backup_row nothing incr incr
+
+CHECK=$(psqlc -c "SELECT sum(abalance) || ':' || (SELECT count(*) FROM appendonly) FROM pgbench_accounts")
+restore_row() {
+	local tool=$1 t0 dir=$WORK/restore
+	rm -rf "$dir"; mkdir -m 700 "$dir"
+	t0=$(date +%s.%N)
+	if [ "$tool" = pgkeep ]; then
+		"$PGKEEP" restore --config "$WORK/pk.yml" --pgdata "$dir" >>"$LOGS/pk.log" 2>&1
+	else
+		pgbackrest --config="$WORK/br.conf" --stanza=bench --pg1-path="$dir" restore >>"$LOGS/br.log" 2>&1
+	fi
+	echo "restore of the newest backup, $tool: $(secs "$t0") s"
+}
+echo
+echo "pgbench scale $SCALE + ${APPEND_MB} MB append-only; pgBackRest $(pgbackrest version | awk '{print $2}'); one run, noisy"
+cat "$WORK/table"
+restore_row pgkeep
+restore_row pgbackrest
+echo "pgkeep repository: $(mb "$(du -sb --exclude=wal "$WORK/pk-repo" | cut -f1)") MB without WAL; pgBackRest: $(mb "$(br_size)") MB"
+echo "(check value $CHECK)"
