@@ -153,25 +153,28 @@ func pushFile(ctx context.Context, r *repo.Repository, path string, o PushOption
 			return rec, err
 		}
 		// The map is built from the very bytes being stored, beside their
-		// hashing and compression; it is stored after the segment (so a
-		// map never names WAL that is not archived), also when an identical
-		// copy was archived already (a push killed between the two).
-		var m *walmap.Map
-		var buildErr error
-		sum, err := r.PutWALSegment(ctx, wf, f, fi.Size(), func(data []byte) {
+		// hashing and compression, and stored beside the segment's upload.
+		sum, mapErr, err := r.PutWALSegment(ctx, wf, f, fi.Size(), func(data []byte) (m *walmap.Map, err error) {
 			defer func() {
 				// A walker bug must cost the map, never the archiving.
 				if p := recover(); p != nil {
-					m, buildErr = nil, fmt.Errorf("walker failed: %v", p)
+					m, err = nil, fmt.Errorf("walker failed: %v", p)
 				}
 			}()
-			m, buildErr = walmap.Build(data, wf.Name, uint32(fi.Size()))
+			return walmap.Build(data, wf.Name, uint32(fi.Size()))
 		})
 		rec.SHA256 = hex.EncodeToString(sum[:])
 		if err != nil {
 			return rec, err
 		}
-		storeBlockMap(ctx, r, wf, m, sum, buildErr, log)
+		// A map is an optimisation for later backups: failing to build or
+		// store one is a warning, never a failed archive_command.
+		var notBuilt *repo.MapNotBuiltError
+		if errors.As(mapErr, &notBuilt) {
+			log.Warn("block map not built; backups over this segment read by hashes", "file", wf.Name, "err", notBuilt.Err)
+		} else if mapErr != nil {
+			log.Warn("block map not stored; backups over this segment read by hashes", "file", wf.Name, "err", mapErr)
+		}
 		return rec, nil
 	}
 	// Only the very same file, archived before the fork was known, is
@@ -187,24 +190,6 @@ func pushFile(ctx context.Context, r *repo.Repository, path string, o PushOption
 		return rec, err
 	}
 	return rec, nil
-}
-
-// storeBlockMap stores a segment's block map. A map is an optimisation for
-// later backups, so failing to build or store one is a warning, never a
-// failed archive_command: a segment without a map only makes a backup
-// over its range read by hashes.
-func storeBlockMap(ctx context.Context, r *repo.Repository, wf pg.WALFile, m *walmap.Map, sum [32]byte, buildErr error, log *slog.Logger) {
-	if buildErr == nil && m == nil {
-		buildErr = errors.New("the walker did not run")
-	}
-	if buildErr != nil {
-		log.Warn("block map not built; backups over this segment read by hashes", "file", wf.Name, "err", buildErr)
-		return
-	}
-	m.SegmentSHA256 = sum // the stored object's hash: the map is valid only with those bytes
-	if err := r.PutWALMap(ctx, wf, m); err != nil {
-		log.Warn("block map not stored; backups over this segment read by hashes", "file", wf.Name, "err", err)
-	}
 }
 
 // openRegular opens path for reading only if it is a regular file: a FIFO

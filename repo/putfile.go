@@ -36,13 +36,14 @@ var (
 // ring of reused buffers: the header as soon as the hash is known, then
 // each frame as it is ready. putFileInspect's non-nil inspect is handed the mapped bytes
 // on a goroutine of its own, beside hashing and compression (wal-push
-// builds a segment's block map from them), and has returned by the time
-// putFile does; a fault while it reads (the file shrank) ends it early.
+// builds a segment's block map from them), with a call that waits for
+// their hash; it has returned by the time putFile does, and a fault while
+// it reads (the file shrank) ends it early.
 func (r *Repository) putFile(name string, f *os.File, size int64, put func(io.Reader) error) ([32]byte, error) {
 	return r.putFileInspect(name, f, size, put, nil)
 }
 
-func (r *Repository) putFileInspect(name string, f *os.File, size int64, put func(io.Reader) error, inspect func([]byte)) ([32]byte, error) {
+func (r *Repository) putFileInspect(name string, f *os.File, size int64, put func(io.Reader) error, inspect func(data []byte, hashed func() ([32]byte, bool))) ([32]byte, error) {
 	c := r.codec
 	data, err := syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED|syscall.MAP_POPULATE)
 	if err != nil {
@@ -61,7 +62,11 @@ func (r *Repository) putFileInspect(name string, f *os.File, size int64, put fun
 	go func() {
 		defer close(inspectDone)
 		if inspect != nil {
-			guardFault(func() { inspect(data) })
+			hashed := func() ([32]byte, bool) {
+				<-sumDone
+				return sum, sumErr == nil
+			}
+			guardFault(func() { inspect(data, hashed) })
 		}
 	}()
 	defer func() { <-inspectDone }() // before the unmap

@@ -76,37 +76,78 @@ func IsWALMapName(name string) bool {
 }
 
 // PutWALSegment is PutWAL for a segment or .partial file f (freshly
-// opened) that also hands its bytes, read once, to inspect while they are
-// hashed, compressed and uploaded: wal-push builds the segment's block map
-// from them. inspect runs whether or not the name was already taken (an
-// identical archived copy still needs its map) and has returned when
-// PutWALSegment does; it may see a short or faulting file when the put
-// fails.
-func (r *Repository) PutWALSegment(ctx context.Context, wf pg.WALFile, f *os.File, size int64, inspect func(data []byte)) ([32]byte, error) {
+// opened) that, when buildMap is not nil, also builds the segment's block
+// map from the same bytes, read once, beside their hashing and
+// compression, and stores it as soon as it is built and the bytes are
+// hashed: the map's small put runs while the segment is still being
+// compressed and uploaded, so it adds little to wal-push. A map may so
+// become visible before its segment, which is safe: every reader finds a
+// map from its archived segment (WALMapsCovering, verify) and takes it only
+// for the bytes of its SegmentSHA256; a map stored for a put that then
+// fails is removed again (best effort). The map is put also when an
+// identical copy was archived already (a push killed between the two).
+// mapErr says why no map was stored (not built, or its put failed); it
+// never fails the segment's put.
+func (r *Repository) PutWALSegment(ctx context.Context, wf pg.WALFile, f *os.File, size int64, buildMap func(data []byte) (*walmap.Map, error)) (sum [32]byte, mapErr error, err error) {
 	if err := r.CheckWritable(ctx); err != nil {
-		return [32]byte{}, err
+		return [32]byte{}, nil, err
 	}
 	name := WALObjectName(wf)
 	opts := storage.PutOptions{IfAbsent: true}
+	var created bool
+	storeMap := func(data []byte, hashed func() ([32]byte, bool)) {
+		if buildMap == nil {
+			return
+		}
+		m, err := buildMap(data)
+		if err == nil && m == nil {
+			err = errors.New("the walker did not run")
+		}
+		if err != nil {
+			mapErr = &MapNotBuiltError{Err: err}
+			return
+		}
+		s, ok := hashed()
+		if !ok {
+			mapErr = &MapNotBuiltError{Err: errors.New("the segment could not be read")}
+			return
+		}
+		m.SegmentSHA256 = s // the stored object's hash: the map is valid only with those bytes
+		created, mapErr = r.putWALMap(ctx, wf, m)
+	}
+	defer func() {
+		if err != nil && created {
+			r.backend.Delete(context.WithoutCancel(ctx), WALMapObjectName(wf))
+		}
+	}()
 	if r.codec.Level > 0 && size > 0 && size <= 1<<30 {
 		sum, err := r.putFileInspect(name, f, size, func(body io.Reader) error {
 			return r.backend.Put(ctx, name, body, opts)
-		}, inspect)
+		}, storeMap)
 		if !errors.Is(err, errNotMapped) {
-			return r.settleWALPut(ctx, wf, sum, size, err)
+			sum, err = r.settleWALPut(ctx, wf, sum, size, err)
+			return sum, mapErr, err
 		}
 	}
 	// Not mapped (compression off, a filesystem without mmap): one buffer.
 	data := make([]byte, size)
 	if _, err := io.ReadFull(io.NewSectionReader(f, 0, size), data); err != nil {
-		return [32]byte{}, fmt.Errorf("read %s: %w", name, err)
+		return [32]byte{}, nil, fmt.Errorf("read %s: %w", name, err)
 	}
-	if inspect != nil {
-		inspect(data)
+	sum = sha256.Sum256(data)
+	sum, err = r.settleWALPut(ctx, wf, sum, size, r.PutBytes(ctx, name, data, sum, opts))
+	if err == nil {
+		storeMap(data, func() ([32]byte, bool) { return sum, true })
 	}
-	sum := sha256.Sum256(data)
-	return r.settleWALPut(ctx, wf, sum, size, r.PutBytes(ctx, name, data, sum, opts))
+	return sum, mapErr, err
 }
+
+// MapNotBuiltError is PutWALSegment's mapErr when the map could not be
+// built (as opposed to built but not stored).
+type MapNotBuiltError struct{ Err error }
+
+func (e *MapNotBuiltError) Error() string { return e.Err.Error() }
+func (e *MapNotBuiltError) Unwrap() error { return e.Err }
 
 // settleWALPut turns a create-if-absent that found the name taken into
 // success when the archived copy is the same content (see PutWAL).
@@ -124,11 +165,17 @@ func (r *Repository) settleWALPut(ctx context.Context, wf pg.WALFile, sum [32]by
 // PutWALMap stores m as the block map of wf, create-if-absent: a map
 // already there stays (verify judges it against the segment).
 func (r *Repository) PutWALMap(ctx context.Context, wf pg.WALFile, m *walmap.Map) error {
-	err := r.PutObject(ctx, WALMapObjectName(wf), m.Marshal(), storage.PutOptions{IfAbsent: true})
-	if errors.Is(err, ErrExists) {
-		return nil
-	}
+	_, err := r.putWALMap(ctx, wf, m)
 	return err
+}
+
+// putWALMap is PutWALMap that also says whether this call created the map.
+func (r *Repository) putWALMap(ctx context.Context, wf pg.WALFile, m *walmap.Map) (created bool, err error) {
+	err = r.PutObject(ctx, WALMapObjectName(wf), m.Marshal(), storage.PutOptions{IfAbsent: true})
+	if errors.Is(err, ErrExists) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // HasWALMap reports whether wf has a stored block map.

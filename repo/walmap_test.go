@@ -70,19 +70,16 @@ func putSegment(t *testing.T, r *Repository, dir, name string, data []byte, with
 	}
 	defer f.Close()
 	wf, _ := pg.ParseWALFileName(name)
-	var m *walmap.Map
-	sum, err := r.PutWALSegment(ctx, wf, f, int64(len(data)), func(b []byte) {
-		m, err = walmap.Build(b, name, uint32(len(b)))
-	})
-	if err != nil || m == nil {
-		t.Fatalf("%s: %v (map %v)", name, err, m != nil)
+	var build func([]byte) (*walmap.Map, error)
+	if withMap {
+		build = func(b []byte) (*walmap.Map, error) { return walmap.Build(b, name, uint32(len(b))) }
 	}
-	if !withMap {
-		return
+	_, mapErr, err := r.PutWALSegment(ctx, wf, f, int64(len(data)), build)
+	if err != nil || mapErr != nil {
+		t.Fatalf("%s: %v (map: %v)", name, err, mapErr)
 	}
-	m.SegmentSHA256 = sum
-	if err := r.PutWALMap(ctx, wf, m); err != nil {
-		t.Fatal(err)
+	if has, err := r.HasWALMap(ctx, wf); err != nil || has != withMap {
+		t.Fatalf("%s: map stored %v (%v), want %v", name, has, err, withMap)
 	}
 }
 
@@ -351,4 +348,43 @@ func TestWrongRollup(t *testing.T) {
 	if p := problemsFor(rep, name); len(p) != 1 || len(rep.Problems) != 1 {
 		t.Fatalf("problems %v", rep.Problems)
 	}
+}
+
+// A map is stored beside its segment's upload; when that put fails (here:
+// another segment of the same name is archived) the map it stored is
+// removed again, so no map ever names bytes that are not archived.
+func TestWALMapRemovedWhenSegmentPutFails(t *testing.T) {
+	ctx := context.Background()
+	r, _, _ := mapRepo(t, 1, false)
+	names, segs := walmaptest.Segments(vSysid, 1, vSegSize, 1, 3)
+	dir := t.TempDir()
+	putSegment(t, r, dir, names[1], segs[1], false)
+	// Other bytes under the name of segment 2: a different, valid segment
+	// is taken for it (its own page header is not checked here).
+	p := filepath.Join(dir, "other")
+	if err := os.WriteFile(p, segs[2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	wf, _ := pg.ParseWALFileName(names[1])
+	built := false
+	_, mapErr, err := r.PutWALSegment(ctx, wf, f, int64(len(segs[2])), func(b []byte) (*walmap.Map, error) {
+		built = true
+		return walmap.Build(b, names[2], uint32(len(b)))
+	})
+	if !errors.Is(err, ErrWALConflict) {
+		t.Fatalf("put of other bytes: %v (map: %v), want a WAL conflict", err, mapErr)
+	}
+	if !built {
+		t.Fatal("the map was not built")
+	}
+	if has, err := r.HasWALMap(ctx, wf); err != nil || has {
+		t.Fatalf("a map is left for the refused segment (%v, %v)", has, err)
+	}
+	// The archived segment with its own map still pushes cleanly.
+	putSegment(t, r, dir, names[1], segs[1], true)
 }
