@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -128,7 +129,11 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 		return nil, fmt.Errorf("backup: %s is not the data directory of the server pgkeep connected to (run pgkeep on the database host, and set pgdata)", pgdata)
 	}
 
-	run := backupRun{start: time.Now(), server: si, pgdata: pgdata}
+	if abs, err := filepath.Abs(pgdata); err == nil {
+		pgdata = abs
+	}
+	host, _ := os.Hostname()
+	run := backupRun{start: time.Now(), server: si, pgdata: pgdata, host: host}
 	var suffix [2]byte
 	rand.Read(suffix[:])
 	run.id = repo.NewBackupID(run.start, hex.EncodeToString(suffix[:]))
@@ -174,6 +179,7 @@ type backupRun struct {
 	timeline uint32
 	server   pg.ServerInfo
 	pgdata   string
+	host     string // os.Hostname: with pgdata, which data directory this is
 }
 
 func (b backupRun) role() string {
@@ -249,12 +255,11 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	for _, l := range followed {
 		log.Warn("data directory entry is a symlink; backing up what it points to (the restore has a copy, not a link)", "link", l)
 	}
-	host, _ := os.Hostname()
 	si := run.server
 	m := &repo.Manifest{Summary: repo.Summary{
 		ID: id, StartTime: run.start.UTC(), StartLSN: run.startLSN.String(),
 		SystemIdentifier: fmt.Sprint(si.SystemID), PGVersion: si.Version, SegmentSize: si.SegmentSize,
-		DataChecksums: si.Checksums, Host: host, Role: run.role(), Schedule: o.Schedule, Annotations: o.Annotations,
+		DataChecksums: si.Checksums, Host: run.host, PGData: run.pgdata, Role: run.role(), Schedule: o.Schedule, Annotations: o.Annotations,
 	}, Dirs: dirs, Tablespaces: tbs, BlockSize: o.BlockSize}
 
 	c := &copier{r: r, o: o, id: id, log: log, startLSN: run.startLSN, checksums: si.Checksums}

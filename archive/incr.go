@@ -113,6 +113,12 @@ func loadReference(ctx context.Context, r *repo.Repository, c *copier, id string
 		case run.start.Before(m.StartTime):
 			log.Info("clock is behind the reference backup's start: reading every file (checksum mode)", "reference", id, "reference_start", m.StartTime)
 			typ = TypeChecksum
+		case m.Host != run.host || m.PGData == "" || m.PGData != run.pgdata:
+			// Another member's files (or this host's at another path) have
+			// their own mtimes: one that happens to match says nothing.
+			log.Info("reference backup was taken from another data directory: reading every file (checksum mode)", "reference", id,
+				"reference_host", m.Host, "reference_pgdata", m.PGData, "host", run.host, "pgdata", run.pgdata)
+			typ = TypeChecksum
 		}
 	}
 	c.ref = m
@@ -122,8 +128,8 @@ func loadReference(ctx context.Context, r *repo.Repository, c *copier, id string
 	}
 	c.skipUnread = typ == TypeIncr
 	c.refCutoff = m.StartTime.Add(-MTimeMargin).UnixNano()
-	if lsn, err := pg.ParseLSN(m.StartLSN); err == nil {
-		c.refStartLSN = lsn
+	if lsn, err := pg.ParseLSN(m.StopLSN); err == nil {
+		c.refStopLSN = lsn
 	}
 	return typ, nil
 }
@@ -197,11 +203,19 @@ func (c *copier) refBlock(rf *repo.File, b int, off int64) (*repo.BlockRef, stri
 
 // crossCheckLSN makes a missed change loud: a relation file taken unread
 // because its mtime says it did not change must not hold a page written
-// after the reference started. It samples the first and the last page (two
+// after the reference read it. Such a page has an LSN past the reference's
+// stop (every page on disk while the reference read the file is older,
+// on a standby too, whose replay had not gone further); and one written
+// before this backup's start would have been on disk before the file was
+// looked at, so its mtime should have moved. A page at or past this
+// backup's start proves nothing (written after the look, WAL replay
+// redoes it), nor does one between the reference's start and stop (a
+// standby's backup starts at its last restartpoint, often well before
+// pages already on disk). It samples the first and the last page (two
 // 8-byte reads a file); a hit means mtimes cannot be trusted here, and
 // --type checksum is the way out.
 func (c *copier) crossCheckLSN(f *sourceFile) error {
-	if c.refStartLSN == 0 || f.Size < pg.BlockSize {
+	if c.refStopLSN == 0 || c.refStopLSN >= c.startLSN || f.Size < pg.BlockSize {
 		return nil
 	}
 	if _, ok := pg.ChecksummedFile(f.Rel); !ok {
@@ -225,9 +239,9 @@ func (c *copier) crossCheckLSN(f *sourceFile) error {
 			continue
 		}
 		lsn := pg.ParsePageHeader(hdr[:]).LSN
-		if lsn >= c.refStartLSN {
-			return fmt.Errorf("%s: page at offset %d has LSN %s, newer than reference backup %s's start %s, but the file's size and mtime say it did not change; mtimes cannot be trusted here: use --type checksum",
-				f.Rel, off, lsn, c.ref.ID, c.refStartLSN)
+		if lsn > c.refStopLSN && lsn < c.startLSN {
+			return fmt.Errorf("%s: page at offset %d has LSN %s, newer than reference backup %s's stop %s, but the file's size and mtime say it did not change; mtimes cannot be trusted here: use --type checksum",
+				f.Rel, off, lsn, c.ref.ID, c.refStopLSN)
 		}
 	}
 	return nil

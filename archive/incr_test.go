@@ -3,6 +3,7 @@ package archive
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -11,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/storage"
 )
@@ -74,12 +74,13 @@ func ageFiles(t *testing.T, dir string) {
 	})
 }
 
-// incrRun is testRun on timeline 1, starting past every LSN the random
-// synthetic pages hold (so the LSN cross-check passes them).
+// incrRun is testRun on timeline 1, starting just past stopAt's stop: the
+// LSN cross-check's window (the reference's stop, this start) then holds
+// none of the LSNs the random synthetic pages have.
 func incrRun(id, dir string) backupRun {
 	run := testRun(id, dir)
 	run.timeline = 1
-	run.startLSN = ^pg.LSN(0)
+	run.startLSN = 0x2000200
 	return run
 }
 
@@ -262,8 +263,50 @@ func TestTimelineSwitchForcesChecksum(t *testing.T) {
 	}
 }
 
-// A relation page newer than the reference's start in a file taken unread
-// is an error, not a silent stale copy.
+// A reference taken from another data directory (another Patroni member,
+// or this host's directory at another path) is not trusted by mtime:
+// another member's file can carry the very mtime a restore gave it. The
+// same directory again is.
+func TestOtherDataDirectoryForcesChecksum(t *testing.T) {
+	ctx := context.Background()
+	r, _, _ := newMemRepo(t)
+	dir, _ := syntheticDataDir(t)
+	ageFiles(t, dir)
+	o := smallBlocks()
+	run := incrRun("20261201T000000Z-aaaa", dir)
+	run.host = "member-1"
+	if _, err := writeBackup(ctx, r, o, run, stopAt, discard()); err != nil {
+		t.Fatal(err)
+	}
+	// The same files under another path: a symlink to dir.
+	link := filepath.Join(t.TempDir(), "pgdata")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	for i, tc := range []struct {
+		host, pgdata, want string
+	}{
+		{"member-2", dir, TypeChecksum},
+		{"member-2", dir, TypeIncr}, // its reference is now member-2's own backup
+		{"member-2", link, TypeChecksum},
+		{"member-2", link, TypeIncr},
+	} {
+		run := incrRun(fmt.Sprintf("20261201T00%02d00Z-bbbb", i+1), tc.pgdata)
+		run.host = tc.host
+		inc, err := writeBackup(ctx, r, o, run, stopAt, discard())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inc.Type != tc.want {
+			t.Errorf("backup %d on %s:%s after one of %s: type %q, want %q", i+1, tc.host, tc.pgdata, inc.Reference, inc.Type, tc.want)
+		}
+	}
+}
+
+// A relation page newer than the reference's stop and older than this
+// backup's start in a file taken unread is an error, not a silent stale
+// copy; one at or past this backup's start (written after the file was
+// looked at) is not.
 func TestLSNCrossCheck(t *testing.T) {
 	ctx := context.Background()
 	r, _, _ := newMemRepo(t)
@@ -283,6 +326,11 @@ func TestLSNCrossCheck(t *testing.T) {
 	writeFile(t, rel, append(page(0x1000000, 0, true), page(0x3000000, 1, true)...))
 	os.Chtimes(rel, info.ModTime(), info.ModTime())
 	run = incrRun("20261201T000100Z-bbbb", dir)
+	run.startLSN = 0x3000000
+	if _, err := writeBackup(ctx, r, o, run, stopAt, discard()); err != nil {
+		t.Fatalf("incr over a page as new as its own start: %v; want no error (WAL replay redoes it)", err)
+	}
+	run = incrRun("20261201T000100Z-bbbc", dir)
 	run.startLSN = 0x4000028
 	_, err := writeBackup(ctx, r, o, run, stopAt, discard())
 	if err == nil || !strings.Contains(err.Error(), "base/1/30000") || !strings.Contains(err.Error(), "--type checksum") {

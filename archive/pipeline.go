@@ -32,10 +32,11 @@ type copier struct {
 	refFiles   map[string]*repo.File
 	skipUnread bool
 	refCutoff  int64 // Unix ns: only files older than this are taken unread
-	// refStartLSN is the reference's start: no page of a file taken unread
-	// may be newer (crossCheckLSN).
-	refStartLSN pg.LSN
-	stats       captureStats
+	// refStopLSN is the reference's stop: no page of a file taken unread
+	// may be newer than it and older than this backup's start
+	// (crossCheckLSN).
+	refStopLSN pg.LSN
+	stats      captureStats
 
 	mu      sync.Mutex
 	files   []repo.File

@@ -54,6 +54,9 @@ type Summary struct {
 	SegmentSize      int64     `json:"wal_segment_size"`
 	DataChecksums    bool      `json:"data_checksums"`
 	Host             string    `json:"host"`
+	// PGData is the data directory's absolute path on Host: an
+	// incremental trusts mtimes only against a reference of the same one.
+	PGData string `json:"pgdata,omitempty"`
 	Role             string    `json:"role"` // primary or standby
 	DataSize         int64     `json:"data_size"`
 	StoredSize       int64     `json:"stored_size"`
