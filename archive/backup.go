@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -251,6 +252,10 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	files, dirs, tbs, followed, err := dataDirContents(run.pgdata)
 	if err != nil {
 		return nil, err
+	}
+	if !slices.ContainsFunc(files, func(f sourceFile) bool { return f.Rel == "global/pg_control" }) {
+		// Never commit a backup that could not restore a cluster.
+		return nil, fmt.Errorf("%s has no global/pg_control: not a data directory, nothing was backed up", run.pgdata)
 	}
 	for _, l := range followed {
 		log.Warn("data directory entry is a symlink; backing up what it points to (the restore has a copy, not a link)", "link", l)

@@ -36,6 +36,14 @@ func dataDirContents(pgdata string) (files []sourceFile, dirs []repo.Dir, tbs []
 	seen := map[string]bool{}
 	var walk func(root, prefix string) error
 	walk = func(root, prefix string) error {
+		// WalkDir does not descend into a root that is a symlink: a data
+		// directory (or tablespace location) reached through one would be
+		// backed up empty.
+		if resolved, err := filepath.EvalSymlinks(root); err == nil {
+			root = resolved
+		} else if !os.IsNotExist(err) || prefix == "" {
+			return fmt.Errorf("resolve %s: %w", root, err)
+		}
 		return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
 				if os.IsNotExist(err) {

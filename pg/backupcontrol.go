@@ -108,17 +108,14 @@ type ArchiverState struct {
 	FailedRuns int64
 }
 
-// QueryArchiver reads pg_stat_archiver.
+// QueryArchiver reads pg_stat_archiver (through QueryArchiverStatus: one
+// query of the archiver for every caller).
 func QueryArchiver(ctx context.Context, conn *pgx.Conn) (ArchiverState, error) {
-	var st ArchiverState
-	var failedAt *time.Time
-	err := conn.QueryRow(ctx, `SELECT coalesce(last_failed_wal, ''), last_failed_time, failed_count,
-		coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) FROM pg_stat_archiver`).
-		Scan(&st.FailedWAL, &failedAt, &st.FailedRuns, &st.Failing)
-	if failedAt != nil {
-		st.FailedAt = *failedAt
+	s, err := QueryArchiverStatus(ctx, conn)
+	if err != nil {
+		return ArchiverState{}, err
 	}
-	return st, err
+	return s.State(), nil
 }
 
 // ArchiveSettings returns archive_mode and archive_command.

@@ -48,6 +48,17 @@ func QueryArchiverStatus(ctx context.Context, conn *pgx.Conn) (ArchiverStatus, e
 	return ar, nil
 }
 
+// State is what s says about the server's own archiving: failing when
+// the last failure is newer than the last success.
+func (s ArchiverStatus) State() ArchiverState {
+	st := ArchiverState{FailedWAL: s.LastFailedWAL, FailedRuns: s.FailedCount}
+	if s.LastFailedTime != nil {
+		st.FailedAt = *s.LastFailedTime
+		st.Failing = s.LastArchivedTime == nil || s.LastFailedTime.After(*s.LastArchivedTime)
+	}
+	return st
+}
+
 // ReplayStatus is a recovering server's replay position.
 type ReplayStatus struct {
 	InRecovery bool   // pg_is_in_recovery()

@@ -14,8 +14,7 @@ import (
 func newDrillCmd(a *app) *cobra.Command {
 	var (
 		o        drill.Options
-		spec     restore.TargetSpec
-		target   string
+		tf       *targetFlags
 		maxBytes string
 		asJSON   bool
 	)
@@ -43,16 +42,9 @@ user. See docs/drill.md.`,
 			if err := a.load(); err != nil {
 				return err
 			}
-			switch target {
-			case "":
-			case "immediate":
-				spec.Immediate = true
-			default:
-				return &configError{fmt.Sprintf("--target %q: only immediate is supported (use --target-time, --target-lsn, --target-xid or --target-name)", target)}
-			}
-			t, err := restore.ParseTarget(spec)
+			t, err := tf.parse()
 			if err != nil {
-				return &configError{err.Error()}
+				return err
 			}
 			o.Target = t
 			if o.ScratchDir != "" && !filepath.IsAbs(o.ScratchDir) {
@@ -93,12 +85,7 @@ user. See docs/drill.md.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.BackupID, "backup", "", "backup ID or latest (default: newest backup before the target)")
-	f.StringVar(&spec.Time, "target-time", "", "recover to this time (RFC 3339 or PostgreSQL timestamptz, with zone)")
-	f.StringVar(&spec.LSN, "target-lsn", "", "recover to this WAL location")
-	f.StringVar(&spec.XID, "target-xid", "", "recover to this transaction ID")
-	f.StringVar(&spec.Name, "target-name", "", "recover to this named restore point")
-	f.StringVar(&target, "target", "", "immediate: stop as soon as the backup is consistent")
-	f.StringVar(&spec.Timeline, "target-timeline", "", "latest (default), current or a timeline number")
+	tf = addTargetFlags(f, false)
 	f.StringVar(&o.SQL, "sql", "", "query run on the promoted copy; it must return one row of one column, true")
 	f.StringVar(&o.Database, "database", "postgres", "database the --sql check runs in")
 	f.StringVar(&o.User, "user", "", "role the checks connect as (default: the OS user)")

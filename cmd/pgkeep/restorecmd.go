@@ -15,8 +15,7 @@ import (
 func newRestoreCmd(a *app) *cobra.Command {
 	var (
 		o           restore.BackupOptions
-		spec        restore.TargetSpec
-		target      string
+		tf          *targetFlags
 		archiveMode string
 		tblspace    []string
 	)
@@ -50,13 +49,6 @@ files that match the backup, rewrite the rest, delete extras) or --force (empty 
 			default:
 				return &configError{fmt.Sprintf("--archive-mode %q: use off or preserve", archiveMode)}
 			}
-			switch target {
-			case "":
-			case "immediate":
-				spec.Immediate = true
-			default:
-				return &configError{fmt.Sprintf("--target %q: only immediate is supported (use --target-time, --target-lsn, --target-xid or --target-name)", target)}
-			}
 			o.TablespaceMap = map[string]string{}
 			for _, kv := range tblspace {
 				k, v, ok := strings.Cut(kv, "=")
@@ -71,9 +63,9 @@ files that match the backup, rewrite the rest, delete extras) or --force (empty 
 			if !filepath.IsAbs(o.PGData) {
 				return &configError{fmt.Sprintf("--pgdata %q must be an absolute path", o.PGData)}
 			}
-			t, err := restore.ParseTarget(spec)
+			t, err := tf.parse()
 			if err != nil {
-				return &configError{err.Error()}
+				return err
 			}
 			o.Target = t
 			ctx := cmd.Context()
@@ -114,14 +106,7 @@ files that match the backup, rewrite the rest, delete extras) or --force (empty 
 	f := cmd.Flags()
 	f.StringVar(&o.PGData, "pgdata", "", "data directory to restore into (absolute path)")
 	f.StringVar(&o.BackupID, "backup", "", "backup ID or latest (default: newest backup before the target)")
-	f.StringVar(&spec.Time, "target-time", "", "recover to this time (RFC 3339 or PostgreSQL timestamptz, with zone)")
-	f.StringVar(&spec.LSN, "target-lsn", "", "recover to this WAL location")
-	f.StringVar(&spec.XID, "target-xid", "", "recover to this transaction ID")
-	f.StringVar(&spec.Name, "target-name", "", "recover to this named restore point (pg_create_restore_point)")
-	f.StringVar(&target, "target", "", "immediate: stop as soon as the backup is consistent")
-	f.StringVar(&spec.Action, "target-action", "", "at the target: promote, pause or shutdown (PostgreSQL's default: pause)")
-	f.StringVar(&spec.Timeline, "target-timeline", "", "latest (default), current or a timeline number")
-	f.BoolVar(&spec.Exclusive, "target-exclusive", false, "stop just before the target instead of just after it")
+	tf = addTargetFlags(f, true)
 	f.BoolVar(&o.Standby, "standby", false, "write standby.signal: start as a standby")
 	f.StringVar(&archiveMode, "archive-mode", "preserve", "preserve: keep the backup's archive_mode (a restore that replaces the cluster); off: write archive_mode = off (a test copy that must never archive into this repository)")
 	f.BoolVar(&o.Delta, "delta", false, "reuse files that match the backup; rewrite the rest, delete extras")
