@@ -77,7 +77,7 @@ lint:
 	cd tools/packaging && $(GO) vet ./...
 
 test: deps lint
-	$(GO) test -count=1 -timeout 50m ./...
+	GO=$(GO) bash scripts/test.sh
 	FUZZTIME=3s GO=$(GO) bash scripts/fuzz.sh
 
 # Every fuzz target (scripts/fuzz.sh) for FUZZTIME each.
