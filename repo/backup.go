@@ -56,12 +56,12 @@ type Summary struct {
 	Host             string    `json:"host"`
 	// PGData is the data directory's absolute path on Host: an
 	// incremental trusts mtimes only against a reference of the same one.
-	PGData string `json:"pgdata,omitempty"`
-	Role             string    `json:"role"` // primary or standby
-	DataSize         int64     `json:"data_size"`
-	StoredSize       int64     `json:"stored_size"`
-	Files            int       `json:"files"`
-	ManifestSHA256   string    `json:"manifest_sha256"`
+	PGData         string `json:"pgdata,omitempty"`
+	Role           string `json:"role"` // primary or standby
+	DataSize       int64  `json:"data_size"`
+	StoredSize     int64  `json:"stored_size"`
+	Files          int    `json:"files"`
+	ManifestSHA256 string `json:"manifest_sha256"`
 	// Type is full, incr or checksum (format 2; empty means full).
 	Type string `json:"type,omitempty"`
 	// Reference is the backup whose blocks an incremental reused.
