@@ -43,6 +43,7 @@ type captureStats struct {
 	read     atomic.Int64 // bytes of the data directory read
 	unread   atomic.Int64 // bytes taken unread from the reference
 	lsnProbe atomic.Int64 // page headers read for the LSN cross-check
+	resumed  atomic.Int64 // bytes of blocks reused from interrupted backups
 }
 
 // pickReference chooses the reference of a backup of type typ (after

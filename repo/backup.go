@@ -66,6 +66,10 @@ type Summary struct {
 	// BytesRead is how much of the data directory the backup read (the
 	// rest it took unread from the reference); 0 when not recorded.
 	BytesRead int64 `json:"bytes_read,omitempty"`
+	// Resumed are the interrupted backups whose stored blocks this backup
+	// reused, and BytesResumed how many bytes of blocks that was.
+	Resumed      []string `json:"resumed,omitempty"`
+	BytesResumed int64    `json:"bytes_resumed,omitempty"`
 	// Annotations are the operator's key=value notes (backup --annotation),
 	// bounded by ValidateAnnotations.
 	Annotations map[string]string `json:"annotations,omitempty"`
@@ -203,6 +207,13 @@ type StartRecord struct {
 	// named before its manifest is read: a concurrent delete keeps what it
 	// references (docs/format.md, "Retention by reference").
 	Reference string `json:"reference,omitempty"`
+	// SystemIdentifier is the system the backup is of: only a backup of
+	// the same system resumes it.
+	SystemIdentifier string `json:"system_identifier,omitempty"`
+	// Resume names the interrupted backups whose packs this backup may
+	// reuse (docs/format.md "Resume"), named before their indexes are
+	// read: a concurrent delete of one keeps its packs.
+	Resume []string `json:"resume,omitempty"`
 }
 
 // MarkBackupStarted writes backup id's start record.
@@ -795,6 +806,13 @@ func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
 				}
 			}
 		}
+	}
+	// The start record goes before the in-use set is computed: a backup
+	// that finds it still there after naming this one in its own start
+	// record to resume it is then seen by that computation
+	// (ReadResumeBlocks).
+	if err := r.backend.Delete(ctx, startedName(id)); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("delete backup %s: %w", id, err)
 	}
 	var names []string
 	err := r.backend.List(ctx, BackupPrefix(id), func(o storage.ObjectInfo) error {
