@@ -323,9 +323,13 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 		return nil, err
 	}
 	committed = true
-	// Only an uncommitted backup is ever resumed.
-	if n, err := r.DropPackIndexes(ctx, id); err != nil {
-		log.Warn("could not remove the committed backup's pack indexes; they are removed with the backup", "id", id, "left", n, "err", err)
+	// Only an uncommitted backup is ever resumed, and an interrupted one
+	// only once: what this backup did not reuse of it is stale (the rest of
+	// its debris waits for delete).
+	for _, b := range append([]string{id}, resume...) {
+		if n, err := r.DropPackIndexes(ctx, b); err != nil {
+			log.Warn("could not remove pack indexes; they are removed with their backup", "id", b, "left", n, "err", err)
+		}
 	}
 	return m, nil
 }
