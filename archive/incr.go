@@ -167,6 +167,7 @@ func (c *copier) reuseFile(i int, f *sourceFile, rf *repo.File) error {
 	n := len(rf.Blocks)
 	c.files[i].BlockSize = rf.BlockSize // the blocks' cut is the reference's
 	c.files[i].Map = rf.Map             // and its file map (format 4), not a copy
+	c.files[i].MapChain = rf.MapChain   // with the objects that map is resolved from
 	c.blocks[i] = make([]repo.BlockRef, n)
 	c.hashes[i] = make([][]byte, n)
 	c.foreign[i] = make([]string, n)

@@ -451,14 +451,27 @@ func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 			h.Write(c.hashes[i][b])
 			size = ref.FileOffset + ref.Size
 		}
+		rf := c.refFiles[f.Path]
 		if f.Map == nil {
-			f.Map = c.sameAsReference(i, f)
+			if f.Map = c.sameAsReference(i, f); f.Map != nil {
+				f.MapChain = rf.MapChain
+			}
+		}
+		if f.Map == nil && rf != nil && rf.Map != nil && rf.BlockSize == f.BlockSize {
+			// Read and changed: its new map may be a patch of the reference's.
+			chain := make([]repo.Pack, len(rf.MapChain))
+			for k, name := range rf.MapChain {
+				chain[k] = refMaps[name]
+			}
+			f.Base = &repo.MapBase{Map: *rf.Map, Depth: rf.MapDepth, Blocks: rf.Blocks, Packs: c.ref.Packs, Chain: chain}
 		}
 		f.Blocks = refs
 		f.Size = size
-		if f.Map != nil && !mapSeen[f.Map.Object] {
-			mapSeen[f.Map.Object] = true
-			maps = append(maps, refMaps[f.Map.Object])
+		for _, name := range f.MapChain {
+			if !mapSeen[name] {
+				mapSeen[name] = true
+				maps = append(maps, refMaps[name])
+			}
 		}
 		f.SHA256 = hex.EncodeToString(h.Sum(nil))
 		files = append(files, f)

@@ -152,6 +152,14 @@ type File struct {
 	// Map (format 4) names the file map holding Blocks; the stored
 	// manifest then has no blocks for the file (ReadManifest fills them).
 	Map *MapRef `json:"map,omitempty"`
+	// MapChain is, once the manifest is read or committed, the map
+	// objects Map is resolved from (its own first, then a patch's bases'),
+	// and MapDepth how many patches deep Map is (0: a full list).
+	MapChain []string `json:"-"`
+	MapDepth int      `json:"-"`
+	// Base, when set before the commit, is the reference's map of this
+	// file, which its new map may patch (format 5).
+	Base *MapBase `json:"-"`
 }
 
 // FileBlockSize is the size f's blocks are cut to (its checksum's).
@@ -302,6 +310,10 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 	if m.usesMaps() {
 		// Readers of format 3 would find no blocks.
 		m.Summary.Format = 4
+	}
+	if m.usesPatches() {
+		// Readers of format 4 know no patches.
+		m.Summary.Format = 5
 	}
 	shares := len(foreign) > 0 || len(foreignMaps) > 0
 	if shares {
@@ -716,8 +728,8 @@ func (m *Manifest) check() error {
 	if len(m.Files) > 0 && (m.BlockSize <= 0 || m.BlockSize > 1<<30) {
 		return fmt.Errorf("block_size %d", m.BlockSize)
 	}
-	if m.Format > 4 {
-		return fmt.Errorf("backup format %d is newer than this pgkeep (1..4)", m.Format)
+	if m.Format > 5 {
+		return fmt.Errorf("backup format %d is newer than this pgkeep (1..5)", m.Format)
 	}
 	for _, p := range m.Maps {
 		own := strings.HasPrefix(p.Name, BackupPrefix(m.ID)+"map/")
