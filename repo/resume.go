@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -64,18 +65,40 @@ func (r *Repository) DropPackIndexes(ctx context.Context, id string) (int, error
 	}); err != nil {
 		return 0, err
 	}
-	var firstErr error
-	failed := 0
-	for _, n := range names {
-		if err := r.backend.Delete(ctx, n); err != nil && !errors.Is(err, storage.ErrNotFound) {
-			failed++
-			if firstErr == nil {
-				firstErr = err
+	// One request each, a few at a time: a large backup has thousands.
+	var (
+		mu       sync.Mutex
+		firstErr error
+		failed   int
+		wg       sync.WaitGroup
+	)
+	next := make(chan string)
+	for range min(indexDeleters, len(names)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range next {
+				if err := r.backend.Delete(ctx, n); err != nil && !errors.Is(err, storage.ErrNotFound) {
+					mu.Lock()
+					failed++
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
 			}
-		}
+		}()
 	}
+	for _, n := range names {
+		next <- n
+	}
+	close(next)
+	wg.Wait()
 	return failed, firstErr
 }
+
+// indexDeleters bounds the pack index deletes in flight at a commit.
+const indexDeleters = 8
 
 // maxResumeSources bounds how many interrupted backups one backup reuses
 // blocks of (each costs reading its indexes).
