@@ -97,7 +97,8 @@ func (r *Repository) DropPackIndexes(ctx context.Context, id string) (int, error
 	return failed, firstErr
 }
 
-// indexDeleters bounds the pack index deletes in flight at a commit.
+// indexDeleters bounds the pack index requests in flight (deletes at a
+// commit, reads at a resume).
 const indexDeleters = 8
 
 // maxResumeSources bounds how many interrupted backups one backup reuses
@@ -231,15 +232,36 @@ func (r *Repository) ReadResumeBlocks(ctx context.Context, id string) (*ResumeBl
 	}
 	sort.Strings(indexes)
 	out := &ResumeBlocks{Files: map[string][]BlockRef{}}
-	for _, name := range indexes {
-		var buf bytes.Buffer
-		if _, err := r.GetObject(ctx, name, &buf); err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
+	// Read a few at a time (one request each; a large backup has
+	// thousands), then used in order.
+	read := make([]PackIndex, len(indexes))
+	errs := make([]error, len(indexes))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(indexDeleters, len(indexes)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				var buf bytes.Buffer
+				if _, err := r.GetObject(ctx, indexes[i], &buf); err != nil {
+					errs[i] = fmt.Errorf("%s: %w", indexes[i], err)
+				} else if err := json.Unmarshal(buf.Bytes(), &read[i]); err != nil {
+					errs[i] = fmt.Errorf("%s: %w: %v", indexes[i], ErrCorrupt, err)
+				}
+			}
+		}()
+	}
+	for i := range indexes {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for i, name := range indexes {
+		if errs[i] != nil {
+			return nil, errs[i]
 		}
-		var idx PackIndex
-		if err := json.Unmarshal(buf.Bytes(), &idx); err != nil {
-			return nil, fmt.Errorf("%s: %w: %v", name, ErrCorrupt, err)
-		}
+		idx := read[i]
 		want := strings.Replace(name, "/index/", "/pack/", 1)
 		if idx.Pack.Name != want || !isPackName(want) {
 			return nil, fmt.Errorf("%s: %w: it describes %q", name, ErrCorrupt, idx.Pack.Name)
