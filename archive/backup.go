@@ -268,9 +268,13 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 		}
 	}
 	m.Type = typ
+	if err := planCapture(ctx, r, c, typ, run, files, log); err != nil {
+		return nil, err
+	}
 	if err := c.run(ctx, files); err != nil {
 		return nil, err
 	}
+	m.Capture = c.finishCapture(log)
 	m.Files, m.Packs, m.Maps = c.result()
 	m.InlineBlocks = o.wholeBlocks
 	m.BytesRead = c.stats.read.Load()
@@ -284,6 +288,9 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	}
 
 	if err := stop(m); err != nil {
+		return nil, err
+	}
+	if err := c.plan.checkLocal(ctx, r); err != nil {
 		return nil, err
 	}
 	if c.skipUnread && m.Timeline != c.ref.Timeline {

@@ -66,6 +66,8 @@ type Summary struct {
 	// BytesRead is how much of the data directory the backup read (the
 	// rest it took unread from the reference); 0 when not recorded.
 	BytesRead int64 `json:"bytes_read,omitempty"`
+	// Capture says how an incremental found what changed (repo/walmap.go).
+	Capture *ChangeCapture `json:"capture,omitempty"`
 	// Annotations are the operator's key=value notes (backup --annotation),
 	// bounded by ValidateAnnotations.
 	Annotations map[string]string `json:"annotations,omitempty"`
