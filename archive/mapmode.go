@@ -559,7 +559,8 @@ func (p *mapPlan) checkFile(c *copier, f *sourceFile, fr *fileReads, byMTime boo
 			unread = append(unread, pgn)
 		}
 	}
-	k := min(len(unread), 16+len(unread)*64/pg.RelSegBlocks)
+	// 64 pages a file (all of a small file's) plus 64 per GiB.
+	k := min(len(unread), 64+len(unread)*64/pg.RelSegBlocks)
 	for s := 0; s < k; s++ {
 		j := s + rand.IntN(len(unread)-s)
 		unread[s], unread[j] = unread[j], unread[s]
