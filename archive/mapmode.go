@@ -355,6 +355,13 @@ func buildMapPlan(ctx context.Context, r *repo.Repository, ref *repo.Manifest, r
 	if why != "" {
 		return nil, why
 	}
+	if local != nil && uint64(to)/uint64(si.SegmentSize) > uint64(from)/uint64(si.SegmentSize) {
+		// pg_backup_start switched segments: the archiver is still on the
+		// one before (and wal-push stores its map just after it).
+		if err := awaitSegmentMap(ctx, r, path, (uint64(to)-1)/uint64(si.SegmentSize)-1); err != nil {
+			return nil, err.Error()
+		}
+	}
 	path.Local = lm
 	m, err := r.WALMapsCovering(ctx, path, from, to)
 	if err != nil {
@@ -399,6 +406,53 @@ func readLocalSegment(ctx context.Context, r *repo.Repository, path repo.WALPath
 	}
 	size := int64(uint64(to) - n*seg)
 	return &localSegment{wf: wf, size: size, sum: sha256.Sum256(data[:size])}, m, ""
+}
+
+// Bounds of the wait for the segment before the backup's start.
+var (
+	segmentWait = time.Minute
+	mapWait     = 10 * time.Second
+	pollEvery   = 200 * time.Millisecond
+)
+
+// awaitSegmentMap waits (bounded) until segment n along path is archived
+// and, when wal-push writes maps (segment n-1 has one), its map is stored.
+func awaitSegmentMap(ctx context.Context, r *repo.Repository, path repo.WALPath, n uint64) error {
+	per := uint64(pg.SegmentsPerLog(path.SegmentSize))
+	name := func(n uint64) pg.WALFile {
+		wf, _ := pg.ParseWALFileName(pg.SegmentName(pg.TimelineForSegment(path.Timeline, path.History, n, path.SegmentSize), uint32(n/per), uint32(n%per)))
+		return wf
+	}
+	wf := name(n)
+	wait := func(what string, d time.Duration, has func(context.Context, pg.WALFile) (bool, error)) error {
+		deadline := time.Now().Add(d)
+		for {
+			ok, err := has(ctx, wf)
+			if err != nil || ok {
+				return err
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s of segment %s not archived after %s", what, wf.Name, d)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(pollEvery):
+			}
+		}
+	}
+	if err := wait("the WAL", segmentWait, r.HasWAL); err != nil {
+		return err
+	}
+	if ok, err := r.HasWALMap(ctx, wf); err != nil || ok {
+		return err
+	}
+	if n > 0 {
+		if ok, _ := r.HasWALMap(ctx, name(n-1)); !ok {
+			return nil // no maps written before it either: WALMapsCovering says so
+		}
+	}
+	return wait("the block map", mapWait, r.HasWALMap)
 }
 
 // checkLocal makes sure the segment the plan read from pg_wal is, up to
