@@ -123,7 +123,7 @@ type mapPlan struct {
 	from, to pg.LSN
 	dbEvent  map[[2]uint32]bool // (spc, db) under a database-level event
 	spcEvent map[uint32]bool    // tablespaces created or dropped
-	local    *localSegment
+	local    []localSegment
 	// files are the relation files map mode reads in part, by index into
 	// the backup's file list.
 	files map[int]*fileReads
@@ -137,9 +137,9 @@ type mapPlan struct {
 	examples []string
 }
 
-// localSegment is the segment the backup starts in, read from pg_wal
-// because it was not archived yet: the bytes before the start must equal
-// the archived segment's (checked at commit).
+// localSegment is a segment at the end of the range read from pg_wal
+// because it was not archived with a map yet: its bytes before the
+// backup's start must equal the archived segment's (checked at commit).
 type localSegment struct {
 	wf   pg.WALFile
 	size int64 // bytes before the backup's start
@@ -351,16 +351,9 @@ func buildMapPlan(ctx context.Context, r *repo.Repository, ref *repo.Manifest, r
 		return nil, fmt.Sprintf("timeline %d's history: %v", run.timeline, err)
 	}
 	path := repo.WALPath{Timeline: run.timeline, History: history, SegmentSize: si.SegmentSize}
-	local, lm, why := readLocalSegment(ctx, r, path, to, run.pgdata)
+	local, lm, why := readLocalSegments(ctx, r, path, from, to, run.pgdata)
 	if why != "" {
 		return nil, why
-	}
-	if local != nil && uint64(to)/uint64(si.SegmentSize) > uint64(from)/uint64(si.SegmentSize) {
-		// pg_backup_start switched segments: the archiver is still on the
-		// one before (and wal-push stores its map just after it).
-		if err := awaitSegmentMap(ctx, r, path, (uint64(to)-1)/uint64(si.SegmentSize)-1); err != nil {
-			return nil, err.Error()
-		}
 	}
 	path.Local = lm
 	m, err := r.WALMapsCovering(ctx, path, from, to)
@@ -375,105 +368,119 @@ func buildMapPlan(ctx context.Context, r *repo.Repository, ref *repo.Manifest, r
 	return p, ""
 }
 
-// readLocalSegment builds the map of the segment holding the backup's
-// start from pg_wal when it is not archived yet (pg_backup_start switched
-// to it: the archiver has it only after the backup's end). Its bytes up
-// to the start are flushed, as the checkpoint record behind them is.
-func readLocalSegment(ctx context.Context, r *repo.Repository, path repo.WALPath, to pg.LSN, pgdata string) (*localSegment, *walmap.Map, string) {
-	seg := uint64(path.SegmentSize)
-	n := (uint64(to) - 1) / seg
-	per := uint64(pg.SegmentsPerLog(path.SegmentSize))
-	tli := pg.TimelineForSegment(path.Timeline, path.History, n, path.SegmentSize)
-	wf, err := pg.ParseWALFileName(pg.SegmentName(tli, uint32(n/per), uint32(n%per)))
-	if err != nil {
-		return nil, nil, err.Error()
-	}
-	if ok, err := r.HasWAL(ctx, wf); err != nil {
-		return nil, nil, fmt.Sprintf("segment %s: %v", wf.Name, err)
-	} else if ok {
-		return nil, nil, ""
-	}
-	data, err := os.ReadFile(filepath.Join(pgdata, "pg_wal", wf.Name))
-	if err != nil {
-		return nil, nil, fmt.Sprintf("segment %s is not archived yet and pg_wal's copy cannot be read: %v", wf.Name, err)
-	}
-	if int64(len(data)) != path.SegmentSize {
-		return nil, nil, fmt.Sprintf("pg_wal/%s has %d bytes, not %d", wf.Name, len(data), path.SegmentSize)
-	}
-	m, err := walmap.Build(data, wf.Name, uint32(seg))
-	if err != nil {
-		return nil, nil, fmt.Sprintf("block map of pg_wal/%s: %v", wf.Name, err)
-	}
-	size := int64(uint64(to) - n*seg)
-	return &localSegment{wf: wf, size: size, sum: sha256.Sum256(data[:size])}, m, ""
-}
-
-// Bounds of the wait for the segment before the backup's start.
-var (
-	segmentWait = time.Minute
-	mapWait     = 10 * time.Second
-	pollEvery   = 200 * time.Millisecond
+// maxLocalSegments bounds how many segments at the end of the range map
+// mode reads from pg_wal; mapGrace is how long it waits for the map of a
+// segment just archived.
+const (
+	maxLocalSegments = 64
+	mapGrace         = 3 * time.Second
 )
 
-// awaitSegmentMap waits (bounded) until segment n along path is archived
-// and, when wal-push writes maps (segment n-1 has one), its map is stored.
-func awaitSegmentMap(ctx context.Context, r *repo.Repository, path repo.WALPath, n uint64) error {
+// readLocalSegments builds the maps of the segments at the end of the
+// range that are not archived with a map yet, from pg_wal: the one holding
+// the backup's start (pg_backup_start switched to it; the archiver has it
+// only after the backup's end), and those the archiver is still on (not
+// archived yet). Their
+// bytes up to the start are flushed (the checkpoint record behind them
+// is), and checkLocal compares them with the archived ones at commit.
+func readLocalSegments(ctx context.Context, r *repo.Repository, path repo.WALPath, from, to pg.LSN, pgdata string) ([]localSegment, []*walmap.Map, string) {
+	seg := uint64(path.SegmentSize)
 	per := uint64(pg.SegmentsPerLog(path.SegmentSize))
-	name := func(n uint64) pg.WALFile {
-		wf, _ := pg.ParseWALFileName(pg.SegmentName(pg.TimelineForSegment(path.Timeline, path.History, n, path.SegmentSize), uint32(n/per), uint32(n%per)))
-		return wf
+	var locals []localSegment
+	var maps []*walmap.Map
+	for n := (uint64(to) - 1) / seg; n >= uint64(from)/seg; n-- {
+		tli := pg.TimelineForSegment(path.Timeline, path.History, n, path.SegmentSize)
+		wf, err := pg.ParseWALFileName(pg.SegmentName(tli, uint32(n/per), uint32(n%per)))
+		if err != nil {
+			return nil, nil, err.Error()
+		}
+		archived, err := r.HasWAL(ctx, wf)
+		if err != nil {
+			return nil, nil, fmt.Sprintf("segment %s: %v", wf.Name, err)
+		}
+		if archived {
+			// wal-push stores a segment's map just after the segment: give
+			// a push under way a moment. A segment archived without a map
+			// is not mapped from pg_wal (WALMapsCovering says why).
+			for deadline := time.Now().Add(mapGrace); ; {
+				ok, err := r.HasWALMap(ctx, wf)
+				if err != nil {
+					return nil, nil, fmt.Sprintf("segment %s: %v", wf.Name, err)
+				}
+				if ok || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			break
+		}
+		if len(locals) == maxLocalSegments {
+			return nil, nil, fmt.Sprintf("more than %d segments before %s are not archived with block maps yet", maxLocalSegments, to)
+		}
+		data, err := os.ReadFile(filepath.Join(pgdata, "pg_wal", wf.Name))
+		if err != nil {
+			return nil, nil, fmt.Sprintf("segment %s is not archived with a block map yet and pg_wal's copy cannot be read: %v", wf.Name, err)
+		}
+		if int64(len(data)) != path.SegmentSize {
+			return nil, nil, fmt.Sprintf("pg_wal/%s has %d bytes, not %d", wf.Name, len(data), path.SegmentSize)
+		}
+		m, err := walmap.Build(data, wf.Name, uint32(seg))
+		if err != nil {
+			return nil, nil, fmt.Sprintf("block map of pg_wal/%s: %v", wf.Name, err)
+		}
+		size := min(int64(uint64(to)-n*seg), path.SegmentSize)
+		locals = append(locals, localSegment{wf: wf, size: size, sum: sha256.Sum256(data[:size])})
+		maps = append(maps, m)
+		if n == 0 {
+			break
+		}
 	}
-	wf := name(n)
-	wait := func(what string, d time.Duration, has func(context.Context, pg.WALFile) (bool, error)) error {
-		deadline := time.Now().Add(d)
+	return locals, maps, ""
+}
+
+// localWait bounds checkLocal's wait for a segment to be archived.
+var localWait = 2 * time.Minute
+
+// checkLocal makes sure the segments the plan read from pg_wal are, up to
+// the backup's start, the ones archived since (waiting a while for any
+// the archiver is still on): else the map the backup used was of other
+// WAL, and the backup must not be committed.
+func (p *mapPlan) checkLocal(ctx context.Context, r *repo.Repository) error {
+	if p == nil {
+		return nil
+	}
+	for _, l := range p.local {
+		deadline := time.Now().Add(localWait)
 		for {
-			ok, err := has(ctx, wf)
-			if err != nil || ok {
-				return err
+			ok, err := r.HasWAL(ctx, l.wf)
+			if err != nil {
+				return fmt.Errorf("map mode: archived %s: %w", l.wf.Name, err)
+			}
+			if ok {
+				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("%s of segment %s not archived after %s", what, wf.Name, d)
+				return fmt.Errorf("map mode: %s, whose block map the backup built from pg_wal, is not archived after %s", l.wf.Name, localWait)
 			}
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(pollEvery):
+			case <-time.After(200 * time.Millisecond):
 			}
 		}
-	}
-	if err := wait("the WAL", segmentWait, r.HasWAL); err != nil {
-		return err
-	}
-	if ok, err := r.HasWALMap(ctx, wf); err != nil || ok {
-		return err
-	}
-	if n > 0 {
-		if ok, _ := r.HasWALMap(ctx, name(n-1)); !ok {
-			return nil // no maps written before it either: WALMapsCovering says so
+		w, err := r.FetchWAL(ctx, l.wf)
+		if err != nil {
+			return fmt.Errorf("map mode: archived %s: %w", l.wf.Name, err)
 		}
-	}
-	return wait("the block map", mapWait, r.HasWALMap)
-}
-
-// checkLocal makes sure the segment the plan read from pg_wal is, up to
-// the backup's start, the one archived since: else the map the backup
-// used was of other WAL, and the backup must not be committed.
-func (p *mapPlan) checkLocal(ctx context.Context, r *repo.Repository) error {
-	if p == nil || p.local == nil {
-		return nil
-	}
-	l := p.local
-	w, err := r.FetchWAL(ctx, l.wf)
-	if err != nil {
-		return fmt.Errorf("map mode: archived %s: %w", l.wf.Name, err)
-	}
-	defer w.Close()
-	var buf bytes.Buffer
-	if _, err := w.Decode(&buf); err != nil {
-		return fmt.Errorf("map mode: archived %s: %w", l.wf.Name, err)
-	}
-	if int64(buf.Len()) < l.size || sha256.Sum256(buf.Bytes()[:l.size]) != l.sum {
-		return fmt.Errorf("map mode: the first %d bytes of the archived %s differ from pg_wal's copy the block map was built from; run the backup again", l.size, l.wf.Name)
+		var buf bytes.Buffer
+		_, err = w.Decode(&buf)
+		w.Close()
+		if err != nil {
+			return fmt.Errorf("map mode: archived %s: %w", l.wf.Name, err)
+		}
+		if int64(buf.Len()) < l.size || sha256.Sum256(buf.Bytes()[:l.size]) != l.sum {
+			return fmt.Errorf("map mode: the first %d bytes of the archived %s differ from pg_wal's copy the block map was built from; run the backup again", l.size, l.wf.Name)
+		}
 	}
 	return nil
 }

@@ -464,44 +464,61 @@ func TestMapModeMTimeContradiction(t *testing.T) {
 	}
 }
 
-// The segment holding the backup's start is not archived yet: its map is
-// built from pg_wal, and the commit checks those bytes against the
-// archived segment (a mismatch fails the backup).
-func TestMapModeLocalSegment(t *testing.T) {
-	for _, same := range []bool{true, false} {
-		e := newMapEnv(t, false)
-		e.changes()
-		seg := randomBytes(50, 1<<20)
-		m := e.fullMap(seg)
-		e.archive(seg, m)
-		names, segs := walmaptest.Segments(7, 1, 1<<20, 2, 1)
-		writeFile(t, e.path("pg_wal/"+names[0]), segs[0])
-		wf2, _ := pg.ParseWALFileName(names[0])
-		archived := segs[0]
-		if !same {
-			archived = bytes.Clone(segs[0])
-			archived[0x80] ^= 1
-		}
-		stop := func(m *repo.Manifest) error {
-			stopAt(m)
-			_, err := e.r.PutWAL(context.Background(), wf2, bytes.NewReader(archived), int64(len(archived)))
-			return err
-		}
-		inc, err := writeBackup(context.Background(), e.r, e.o, e.run("20261201T000100Z-bbbb", 0x200100), stop, discard())
-		if !same {
-			if err == nil || !strings.Contains(err.Error(), "differ from pg_wal's copy") {
-				t.Fatalf("archived start segment differing from pg_wal's: %v; want the backup refused", err)
+// The segments at the end of the range not archived yet (the one holding
+// the backup's start, and one the archiver is still on) are mapped from
+// pg_wal, and the commit checks those bytes against the archived segments
+// (a mismatch fails the backup).
+func TestMapModeLocalSegments(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		first   uint64 // the first segment read from pg_wal
+		corrupt bool
+	}{{"start segment", 2, false}, {"start segment differs", 2, true}, {"two segments", 1, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newMapEnv(t, false)
+			if c.first == 2 {
+				e.changes()
+				seg := randomBytes(50, 1<<20)
+				e.archive(seg, e.fullMap(seg))
+			} else {
+				// Only what the generated WAL maps (16384..16386) changes.
+				e.setPage("base/5/16384", 3, lsnPage(inLSN, 100))
 			}
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if c := inc.Capture; c == nil || c.Mode != CaptureMap || c.MapTo != "0/200100" {
-			t.Fatalf("capture %+v; want map mode up to 0/200100 with pg_wal's segment", inc.Capture)
-		}
-		// pg_wal's segment maps every page of 16384..16386: all are read.
-		sameFiles(t, "map-mode incremental", readBack(t, e.r, inc.ID), e.expected(nil))
+			names, segs := walmaptest.Segments(7, 1, 1<<20, c.first, int(3-c.first))
+			for i := range names {
+				writeFile(t, e.path("pg_wal/"+names[i]), segs[i])
+			}
+			stop := func(m *repo.Manifest) error {
+				stopAt(m)
+				for i := range names {
+					wf, _ := pg.ParseWALFileName(names[i])
+					data := segs[i]
+					if c.corrupt {
+						data = bytes.Clone(data)
+						data[0x80] ^= 1
+					}
+					if _, err := e.r.PutWAL(context.Background(), wf, bytes.NewReader(data), int64(len(data))); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			inc, err := writeBackup(context.Background(), e.r, e.o, e.run("20261201T000100Z-bbbb", 0x200100), stop, discard())
+			if c.corrupt {
+				if err == nil || !strings.Contains(err.Error(), "differ from pg_wal's copy") {
+					t.Fatalf("archived start segment differing from pg_wal's: %v; want the backup refused", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c := inc.Capture; c == nil || c.Mode != CaptureMap || c.MapTo != "0/200100" {
+				t.Fatalf("capture %+v; want map mode up to 0/200100 with pg_wal's segments", inc.Capture)
+			}
+			// pg_wal's segments map every page of 16384..16386: all are read.
+			sameFiles(t, "map-mode incremental", readBack(t, e.r, inc.ID), e.expected(nil))
+		})
 	}
 }
 

@@ -185,12 +185,12 @@ type WALPath struct {
 	Timeline    uint32
 	History     []pg.TimelineSwitch
 	SegmentSize int64
-	// Local is the map of one segment that may not be archived yet: the
-	// one a backup starts in, built from the server's pg_wal (the caller
-	// checks those bytes against the archived segment later). It stands
-	// in for that segment's stored map only while the segment is not
-	// archived.
-	Local *walmap.Map
+	// Local are maps of segments that may not be archived with a map
+	// yet (the one a backup starts in, those the archiver is still on),
+	// built from the server's pg_wal; the caller checks those bytes
+	// against the archived segments later. One stands in for its
+	// segment's stored map only while there is none.
+	Local []*walmap.Map
 }
 
 // WALMapsCovering returns the merged block map of the WAL from from to to
@@ -285,7 +285,17 @@ type walListing struct {
 	// unusable roll-ups (or groups that cannot be rolled up): not tried
 	// again for every segment of their group.
 	noRollup map[string]bool
-	local    *walmap.Map // WALPath.Local
+	local    []*walmap.Map // WALPath.Local
+}
+
+// localMap is the WALPath.Local map of wf, or nil.
+func (l *walListing) localMap(wf pg.WALFile) *walmap.Map {
+	for _, m := range l.local {
+		if m.Timeline == wf.Timeline && m.SegmentSize > 0 && m.Start == pg.LSN(wf.SegNo(int64(m.SegmentSize))*uint64(m.SegmentSize)) {
+			return m
+		}
+	}
+	return nil
 }
 
 func (l *walListing) get(ctx context.Context, objectName string) (storage.ObjectInfo, bool, error) {
@@ -312,7 +322,7 @@ func (r *Repository) segmentMap(ctx context.Context, l *walListing, wf pg.WALFil
 	if _, ok, err := l.get(ctx, WALObjectName(wf)); err != nil {
 		return nil, "", err
 	} else if !ok {
-		if m := l.local; m != nil && m.Timeline == wf.Timeline && m.Start == pg.LSN(wf.SegNo(int64(m.SegmentSize))*uint64(m.SegmentSize)) {
+		if m := l.localMap(wf); m != nil {
 			return m, "", nil
 		}
 		return nil, fmt.Sprintf("segment %s is not archived", wf.Name), nil
@@ -320,6 +330,9 @@ func (r *Repository) segmentMap(ctx context.Context, l *walListing, wf pg.WALFil
 	if _, ok, err := l.get(ctx, WALMapObjectName(wf)); err != nil {
 		return nil, "", err
 	} else if !ok {
+		if m := l.localMap(wf); m != nil {
+			return m, "", nil
+		}
 		return nil, fmt.Sprintf("segment %s has no block map", wf.Name), nil
 	}
 	m, err := r.FetchWALMap(ctx, wf)
