@@ -139,7 +139,8 @@ func amcheck(t *testing.T, c *pgtest.Cluster) {
 // its restore equals a restore of a full backup of the same point, row
 // for row, and passes pg_amcheck. With one segment's map deleted, the
 // next backup falls back to hash mode, says why (log and backup show),
-// and still restores exactly.
+// and still restores exactly. A checksum backup then audits the maps
+// against what changed and finds nothing missed.
 func TestMapModeBackups(t *testing.T) {
 	ctx := context.Background()
 	r := newRepo(t, repoOpts{kind: "fs"})
@@ -281,5 +282,21 @@ func TestMapModeBackups(t *testing.T) {
 	c.Stop(t)
 	if got != live {
 		t.Errorf("hash-mode incremental restores to\n%s\nthe primary holds\n%s", got, live)
+	}
+
+	// A checksum backup reads everything and audits the maps of its range
+	// against what changed: nothing missed.
+	primary.Exec(t, conn, "UPDATE big SET v = v + 1000 WHERE id % 333 = 0")
+	primary.Exec(t, conn, "CREATE TABLE late AS SELECT generate_series(1, 100) AS id")
+	insertBatch(t, conn, 5)
+	chk, logc := backup("--type", "checksum")
+	if chk.Type != "checksum" || chk.Capture.Mode != "hash" || chk.Capture.Audit != "ok" || chk.Capture.AuditMisses != 0 {
+		t.Errorf("checksum backup: %+v capture %+v; want the maps audited ok\n%s", chk, chk.Capture, logc)
+	}
+	if !strings.Contains(logc, "block map audit: every page that changed in the range is one the maps named") {
+		t.Errorf("checksum backup log does not report the audit:\n%s", logc)
+	}
+	if out := r.mustRun(t, "backup", "show", chk.ID); !strings.Contains(out, "block map audit: ok") {
+		t.Errorf("backup show: %s; want the audit line", out)
 	}
 }
