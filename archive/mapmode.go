@@ -575,7 +575,7 @@ func (p *mapPlan) checkFile(c *copier, f *sourceFile, fr *fileReads, byMTime boo
 			if err != nil {
 				return "", err
 			}
-			if ok && lsn >= p.from {
+			if ok && lsn > p.from {
 				return "", fmt.Errorf("%s: block %d has LSN %s, newer than reference backup %s's start %s, and the WAL block maps name it, but the file's size and mtime say it did not change; mtimes cannot be trusted here: use --type checksum",
 					f.Rel, fr.first+page, lsn, c.ref.ID, p.from)
 			}
@@ -597,7 +597,7 @@ func (p *mapPlan) checkFile(c *copier, f *sourceFile, fr *fileReads, byMTime boo
 			continue
 		}
 		checked++
-		if lsn < p.m.Start {
+		if lsn <= p.m.Start {
 			old++
 		}
 	}
@@ -631,12 +631,18 @@ func (p *mapPlan) checkFile(c *copier, f *sourceFile, fr *fileReads, byMTime boo
 			return "", err
 		}
 		p.sampled.Add(1)
-		if ok && lsn >= p.from && lsn < p.to {
+		if ok && inRange(lsn, p.from, p.to) {
 			return fmt.Sprintf("check B: block %d of %s has LSN %s, inside the range %s..%s, but the block maps do not name it", fr.first+uint32(page), f.Rel, lsn, p.from, p.to), nil
 		}
 	}
 	return "", nil
 }
+
+// inRange reports whether a page LSN was set by a record starting in
+// [from, to): a page LSN is the end of the record that set it, and from
+// and to are backups' redo points, record boundaries, so a record starting
+// before from ends at or before it.
+func inRange(lsn, from, to pg.LSN) bool { return lsn > from && lsn <= to }
 
 // takeMapped lists file i's blocks: those fr reads as jobs, the others as
 // the reference's. It returns the bytes to read.
@@ -691,7 +697,7 @@ func (c *copier) auditChanged(j blockJob, idx int, sub []byte) {
 			continue
 		}
 		lsn := pg.ParsePageHeader(page).LSN
-		if lsn < a.from || lsn >= a.to {
+		if !inRange(lsn, a.from, a.to) {
 			continue
 		}
 		blk := fr.first + uint32((j.off+int64(idx-j.index)*j.bs+int64(p))/pg.BlockSize)
