@@ -162,7 +162,7 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 		return nil, fmt.Errorf("backup: %w", err)
 	}
 	log.Info("backup complete", "id", m.ID, "files", len(m.Files), "data_bytes", m.DataSize,
-		"stored_bytes", m.StoredSize, "start_lsn", m.StartLSN, "stop_lsn", m.StopLSN, "seconds", time.Since(run.start).Seconds())
+		"stored_bytes", m.StoredSize, "bytes_reused_from_interrupted", m.BytesResumed, "start_lsn", m.StartLSN, "stop_lsn", m.StopLSN, "seconds", time.Since(run.start).Seconds())
 	return m, nil
 }
 
@@ -209,13 +209,23 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	case typ == "":
 		typ = TypeIncr
 	}
+	// Interrupted backups of this system whose stored blocks may be reused
+	// (resume.go).
+	system := fmt.Sprint(run.server.SystemID)
+	resume, err := r.UnfinishedBackups(ctx, system)
+	if err != nil {
+		log.Warn("cannot look for interrupted backups to resume; storing every block", "err", err)
+		resume = nil
+	}
 	// Tells a concurrent delete to keep this backup's WAL, and names the
 	// reference before its manifest is read: a delete that runs meanwhile
 	// either sees it and keeps the reference's packs, or removed the
 	// reference's summary first, and then reading the manifest fails
-	// (docs/format.md, "Retention by reference").
+	// (docs/format.md, "Retention by reference"). Interrupted backups to
+	// resume are named likewise before their indexes are read.
 	if err := r.MarkBackupStarted(ctx, id, repo.StartRecord{
 		StartLSN: run.startLSN.String(), SegmentSize: run.server.SegmentSize, Time: run.start.UTC(), Reference: refID,
+		SystemIdentifier: system, Resume: resume,
 	}); err != nil {
 		return nil, err
 	}
@@ -271,6 +281,9 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	if err := planCapture(ctx, r, c, typ, run, files, log); err != nil {
 		return nil, err
 	}
+	if len(resume) > 0 {
+		loadResume(ctx, r, c, resume, log)
+	}
 	if err := c.run(ctx, files); err != nil {
 		return nil, err
 	}
@@ -278,6 +291,11 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	m.Files, m.Packs, m.Maps = c.result()
 	m.InlineBlocks = o.wholeBlocks
 	m.BytesRead = c.stats.read.Load()
+	m.BytesResumed = c.stats.resumed.Load()
+	if m.BytesResumed > 0 {
+		m.Resumed = resumedFrom(m.Packs, resume)
+		log.Info("reused blocks stored by interrupted backups", "backups", m.Resumed, "bytes_reused", m.BytesResumed)
+	}
 	for _, f := range m.Files {
 		m.DataSize += f.Size
 	}
@@ -312,7 +330,29 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 		return nil, err
 	}
 	committed = true
+	// Only an uncommitted backup is ever resumed, and an interrupted one
+	// only once: what this backup did not reuse of it is stale (the rest of
+	// its debris waits for delete).
+	for _, b := range append([]string{id}, resume...) {
+		if n, err := r.DropPackIndexes(ctx, b); err != nil {
+			log.Warn("could not remove pack indexes; they are removed with their backup", "id", b, "left", n, "err", err)
+		}
+	}
 	return m, nil
+}
+
+// resumedFrom is the interrupted backups among ids whose packs are in packs.
+func resumedFrom(packs []repo.Pack, ids []string) []string {
+	var out []string
+	for _, id := range ids {
+		for _, p := range packs {
+			if strings.HasPrefix(p.Name, repo.BackupPrefix(id)) {
+				out = append(out, id)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // countingProgress counts bytes for the heartbeat and passes them on.

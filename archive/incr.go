@@ -43,6 +43,7 @@ type captureStats struct {
 	read     atomic.Int64 // bytes of the data directory read
 	unread   atomic.Int64 // bytes taken unread from the reference
 	lsnProbe atomic.Int64 // page headers read for the LSN cross-check
+	resumed  atomic.Int64 // bytes of blocks reused from interrupted backups
 }
 
 // pickReference chooses the reference of a backup of type typ (after
@@ -166,6 +167,7 @@ func (c *copier) reuseFile(i int, f *sourceFile, rf *repo.File) error {
 	n := len(rf.Blocks)
 	c.files[i].BlockSize = rf.BlockSize // the blocks' cut is the reference's
 	c.files[i].Map = rf.Map             // and its file map (format 4), not a copy
+	c.files[i].MapChain = rf.MapChain   // with the objects that map is resolved from
 	c.blocks[i] = make([]repo.BlockRef, n)
 	c.hashes[i] = make([][]byte, n)
 	c.foreign[i] = make([]string, n)

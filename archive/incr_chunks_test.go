@@ -112,8 +112,11 @@ func TestSmallBlocksStoreAPageChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if inc1.Type != TypeIncr || inc1.Format != 4 || inc1.BytesRead != size {
-		t.Fatalf("incremental: type %q format %d read %d; want a format 4 incr that read the changed file", inc1.Type, inc1.Format, inc1.BytesRead)
+	if inc1.Type != TypeIncr || inc1.Format != 5 || inc1.BytesRead != size {
+		t.Fatalf("incremental: type %q format %d read %d; want a format 5 incr (a patch map) that read the changed file", inc1.Type, inc1.Format, inc1.BytesRead)
+	}
+	if f := fileOf(t, inc1, rel); f.Map == nil || !f.Map.Patch {
+		t.Errorf("the changed file's map is %+v; want a patch of the full's", f.Map)
 	}
 	if own := ownPackBytes(inc1); own == 0 || own > 64<<10+4096 {
 		t.Errorf("a one-page change stored %d bytes of packs; want about one 16 KiB block", own)

@@ -37,6 +37,8 @@ type copier struct {
 	refStartLSN pg.LSN
 	stats       captureStats
 	mapState    // map mode (mapmode.go)
+	// resume holds the blocks interrupted backups stored (resume.go).
+	resume resumeSet
 
 	mu      sync.Mutex
 	files   []repo.File
@@ -72,7 +74,10 @@ type blockJob struct {
 
 type encodedBlock struct {
 	data []byte
-	done func(pack int, offset int64)
+	path string
+	// done records where the block was stored and returns its block
+	// references for the pack's index.
+	done func(pack int, offset int64) []repo.BlockRef
 }
 
 var plainPool = sync.Pool{}
@@ -225,6 +230,9 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 		if c.audit != nil {
 			c.auditChanged(j, idx, sub)
 		}
+		if c.reuseInterrupted(j, idx, off, small, sum, int64(len(sub))) {
+			continue
+		}
 		changed = append(changed, stored{index: idx, off: off, size: int64(len(sub)), chunkOffset: chunkLen, sum: sum})
 		chunkLen += int64(len(sub))
 	}
@@ -251,18 +259,21 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", j.src.Rel, err)
 	}
-	done := func(pack int, offset int64) {
+	done := func(pack int, offset int64) []repo.BlockRef {
 		c.mu.Lock()
-		for _, s := range changed {
+		defer c.mu.Unlock()
+		refs := make([]repo.BlockRef, len(changed))
+		for k, s := range changed {
 			c.blocks[j.file][s.index] = repo.BlockRef{Pack: pack, Offset: offset, Length: int64(len(enc)), FileOffset: s.off, Size: s.size,
 				ChunkOffset: s.chunkOffset}
 			c.blocks[j.file][s.index].SetDigest(small, s.sum)
 			c.hashes[j.file][s.index] = s.sum
+			refs[k] = c.blocks[j.file][s.index]
 		}
-		c.mu.Unlock()
+		return refs
 	}
 	select {
-	case out <- encodedBlock{data: enc, done: done}:
+	case out <- encodedBlock{data: enc, path: j.src.Rel, done: done}:
 		return nil
 	case <-ctx.Done():
 		return nil
@@ -324,8 +335,9 @@ func (c *copier) checkPages(f *os.File, j blockJob, buf []byte) error {
 // once it reaches PackSize.
 func (c *copier) writePacks(ctx context.Context, in <-chan encodedBlock) error {
 	var (
-		pw *repo.PackWriter
-		n  int
+		pw  *repo.PackWriter
+		n   int
+		idx repo.PackIndex // what the pack holds, for a backup that resumes this one
 	)
 	closePack := func() error {
 		if pw == nil {
@@ -342,7 +354,10 @@ func (c *copier) writePacks(ctx context.Context, in <-chan encodedBlock) error {
 		}
 		c.packs[n] = p
 		c.mu.Unlock()
-		return nil
+		idx.Pack = p
+		err = c.r.WritePackIndex(ctx, c.id, n, idx)
+		idx = repo.PackIndex{}
+		return err
 	}
 	for b := range in {
 		if ctx.Err() != nil {
@@ -359,7 +374,7 @@ func (c *copier) writePacks(ctx context.Context, in <-chan encodedBlock) error {
 			pw = nil
 			return err
 		}
-		b.done(n, off)
+		idx.Add(b.path, b.done(n, off))
 		c.release(b.data) // the pipe's reader has consumed it
 		if pw.Size() >= c.o.PackSize {
 			if err := closePack(); err != nil {
@@ -427,7 +442,11 @@ func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 				if !ok {
 					n = len(packs)
 					foreignIdx[name] = n
-					packs = append(packs, c.ref.Packs[ref.Pack])
+					p, ok := c.resume.packs[name] // an interrupted backup's
+					if !ok {
+						p = c.ref.Packs[ref.Pack]
+					}
+					packs = append(packs, p)
 				}
 				ref.Pack = n
 			}
@@ -435,14 +454,27 @@ func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 			h.Write(c.hashes[i][b])
 			size = ref.FileOffset + ref.Size
 		}
+		rf := c.refFiles[f.Path]
 		if f.Map == nil {
-			f.Map = c.sameAsReference(i, f)
+			if f.Map = c.sameAsReference(i, f); f.Map != nil {
+				f.MapChain = rf.MapChain
+			}
+		}
+		if f.Map == nil && rf != nil && rf.Map != nil && rf.BlockSize == f.BlockSize {
+			// Read and changed: its new map may be a patch of the reference's.
+			chain := make([]repo.Pack, len(rf.MapChain))
+			for k, name := range rf.MapChain {
+				chain[k] = refMaps[name]
+			}
+			f.Base = &repo.MapBase{Map: *rf.Map, Depth: rf.MapDepth, Blocks: rf.Blocks, Packs: c.ref.Packs, Chain: chain}
 		}
 		f.Blocks = refs
 		f.Size = size
-		if f.Map != nil && !mapSeen[f.Map.Object] {
-			mapSeen[f.Map.Object] = true
-			maps = append(maps, refMaps[f.Map.Object])
+		for _, name := range f.MapChain {
+			if !mapSeen[name] {
+				mapSeen[name] = true
+				maps = append(maps, refMaps[name])
+			}
 		}
 		f.SHA256 = hex.EncodeToString(h.Sum(nil))
 		files = append(files, f)

@@ -267,10 +267,10 @@ func TestWriteBackupCommitPointIsLast(t *testing.T) {
 		}
 	}
 	if len(seq) < 5 || seq[0] != "started.json" || seq[len(seq)-1] != "backup.json" || seq[len(seq)-2] != "manifest" {
-		t.Fatalf("puts %q: want started.json first, then the packs, the manifest and backup.json last", seq)
+		t.Fatalf("puts %q: want started.json first, then the packs (and their indexes), the manifest and backup.json last", seq)
 	}
 	for _, n := range seq[1 : len(seq)-2] {
-		if !strings.HasPrefix(n, "pack/") && !strings.HasPrefix(n, "map/") {
+		if !strings.HasPrefix(n, "pack/") && !strings.HasPrefix(n, "map/") && !strings.HasPrefix(n, "index/") {
 			t.Fatalf("puts %q: %s between the start record and the manifest", seq, n)
 		}
 	}

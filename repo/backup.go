@@ -68,6 +68,10 @@ type Summary struct {
 	BytesRead int64 `json:"bytes_read,omitempty"`
 	// Capture says how an incremental found what changed (repo/walmap.go).
 	Capture *ChangeCapture `json:"capture,omitempty"`
+	// Resumed are the interrupted backups whose stored blocks this backup
+	// reused, and BytesResumed how many bytes of blocks that was.
+	Resumed      []string `json:"resumed,omitempty"`
+	BytesResumed int64    `json:"bytes_resumed,omitempty"`
 	// Annotations are the operator's key=value notes (backup --annotation),
 	// bounded by ValidateAnnotations.
 	Annotations map[string]string `json:"annotations,omitempty"`
@@ -150,6 +154,14 @@ type File struct {
 	// Map (format 4) names the file map holding Blocks; the stored
 	// manifest then has no blocks for the file (ReadManifest fills them).
 	Map *MapRef `json:"map,omitempty"`
+	// MapChain is, once the manifest is read or committed, the map
+	// objects Map is resolved from (its own first, then a patch's bases'),
+	// and MapDepth how many patches deep Map is (0: a full list).
+	MapChain []string `json:"-"`
+	MapDepth int      `json:"-"`
+	// Base, when set before the commit, is the reference's map of this
+	// file, which its new map may patch (format 5).
+	Base *MapBase `json:"-"`
 }
 
 // FileBlockSize is the size f's blocks are cut to (its checksum's).
@@ -205,6 +217,13 @@ type StartRecord struct {
 	// named before its manifest is read: a concurrent delete keeps what it
 	// references (docs/format.md, "Retention by reference").
 	Reference string `json:"reference,omitempty"`
+	// SystemIdentifier is the system the backup is of: only a backup of
+	// the same system resumes it.
+	SystemIdentifier string `json:"system_identifier,omitempty"`
+	// Resume names the interrupted backups whose packs this backup may
+	// reuse (docs/format.md "Resume"), named before their indexes are
+	// read: a concurrent delete of one keeps its packs.
+	Resume []string `json:"resume,omitempty"`
 }
 
 // MarkBackupStarted writes backup id's start record.
@@ -293,6 +312,10 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 	if m.usesMaps() {
 		// Readers of format 3 would find no blocks.
 		m.Summary.Format = 4
+	}
+	if m.usesPatches() {
+		// Readers of format 4 know no patches.
+		m.Summary.Format = 5
 	}
 	shares := len(foreign) > 0 || len(foreignMaps) > 0
 	if shares {
@@ -707,8 +730,8 @@ func (m *Manifest) check() error {
 	if len(m.Files) > 0 && (m.BlockSize <= 0 || m.BlockSize > 1<<30) {
 		return fmt.Errorf("block_size %d", m.BlockSize)
 	}
-	if m.Format > 4 {
-		return fmt.Errorf("backup format %d is newer than this pgkeep (1..4)", m.Format)
+	if m.Format > 5 {
+		return fmt.Errorf("backup format %d is newer than this pgkeep (1..5)", m.Format)
 	}
 	for _, p := range m.Maps {
 		own := strings.HasPrefix(p.Name, BackupPrefix(m.ID)+"map/")
@@ -797,6 +820,13 @@ func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
 				}
 			}
 		}
+	}
+	// The start record goes before the in-use set is computed: a backup
+	// that finds it still there after naming this one in its own start
+	// record to resume it is then seen by that computation
+	// (ReadResumeBlocks).
+	if err := r.backend.Delete(ctx, startedName(id)); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("delete backup %s: %w", id, err)
 	}
 	var names []string
 	err := r.backend.List(ctx, BackupPrefix(id), func(o storage.ObjectInfo) error {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/pgkeep/pgkeep/storage"
@@ -40,14 +41,87 @@ func isMapName(name string) bool {
 type MapRef struct {
 	Object string `json:"object"`
 	Entry  int    `json:"entry"`
+	// Patch (format 5): Entry indexes the object's patches, not its files.
+	Patch bool `json:"patch,omitempty"`
 }
 
 // mapObject is a map object's plain content: block lists whose pack
 // indexes refer to its own pack table (full names), so any manifest can
 // name it.
 type mapObject struct {
-	Packs []Pack       `json:"packs"`
-	Files [][]BlockRef `json:"files"`
+	Packs   []Pack       `json:"packs"`
+	Files   [][]BlockRef `json:"files"`
+	Patches []mapPatch   `json:"patches,omitempty"`
+}
+
+// Patch maps (manifest format 5): a file that is read and changed in a
+// few blocks gets, instead of a whole new block list, a patch of its
+// reference's list: the blocks that differ, by index. Chains are bounded
+// (maxPatchDepth patches on a full list, and a patch of more than
+// 1/maxPatchShare of its base's blocks is written whole), so resolving a
+// file reads at most maxPatchDepth+1 map objects, and every map object of
+// the chain is listed in the manifest's maps (and so in refs.json):
+// retention keeps them like packs.
+const (
+	maxPatchDepth = 8
+	maxPatchShare = 4
+	// maxResolveHops bounds how far a reader follows bases (a damaged or
+	// hostile map could name itself).
+	maxResolveHops = 64
+)
+
+// mapPatch is a block list made of the list Base names with the blocks
+// of Set put at their indexes, cut or extended to Blocks entries.
+type mapPatch struct {
+	Base   MapRef       `json:"base"`
+	Depth  int          `json:"depth"` // 1 + the base's (a full list's is 0)
+	Blocks int          `json:"blocks"`
+	Set    []patchBlock `json:"set"`
+}
+
+// patchBlock is block Index of the patched list.
+type patchBlock struct {
+	Index int `json:"i"`
+	BlockRef
+}
+
+// MapBase is the map of a file in the reference backup, which a changed
+// file's map may patch: its map entry, that entry's patch depth, its
+// resolved blocks (Pack indexing Packs) and the map objects resolving it
+// reads (Chain, with sizes).
+type MapBase struct {
+	Map    MapRef
+	Depth  int
+	Blocks []BlockRef
+	Packs  []Pack
+	Chain  []Pack
+}
+
+// patchOf is f's block list as a patch of f.Base, or nil when a full list
+// is due (no base, the chain is long enough, or too much changed).
+func patchOf(m *Manifest, f *File) *mapPatch {
+	b := f.Base
+	if b == nil || b.Depth+1 > maxPatchDepth || len(b.Blocks) == 0 {
+		return nil
+	}
+	limit := len(b.Blocks) / maxPatchShare
+	var set []patchBlock
+	for j, nb := range f.Blocks {
+		if j < len(b.Blocks) {
+			ob := b.Blocks[j]
+			same := m.Packs[nb.Pack].Name == b.Packs[ob.Pack].Name
+			nb2, ob2 := nb, ob
+			nb2.Pack, ob2.Pack = 0, 0
+			if same && nb2 == ob2 {
+				continue
+			}
+		}
+		if len(set) >= limit {
+			return nil
+		}
+		set = append(set, patchBlock{Index: j, BlockRef: nb})
+	}
+	return &mapPatch{Base: b.Map, Depth: b.Depth + 1, Blocks: len(f.Blocks), Set: set}
 }
 
 // writeMaps stores the block lists of m's files that have no map yet in
@@ -60,9 +134,14 @@ func (r *Repository) writeMaps(ctx context.Context, m *Manifest) error {
 		obj     *mapObject
 		packIdx map[string]int
 		pending []int
+		patched []int
 		blocks  int
 		n       int
 	)
+	listed := map[string]bool{}
+	for _, p := range m.Maps {
+		listed[p.Name] = true
+	}
 	flush := func() error {
 		if obj == nil {
 			return nil
@@ -80,11 +159,28 @@ func (r *Repository) writeMaps(ctx context.Context, m *Manifest) error {
 			return fmt.Errorf("write file map: %w", err)
 		}
 		m.Maps = append(m.Maps, Pack{Name: name, Size: info.Size})
+		listed[name] = true
 		m.Summary.StoredSize += info.Size
 		for k, i := range pending {
 			m.Files[i].Map = &MapRef{Object: name, Entry: k}
+			m.Files[i].MapChain = []string{name}
 		}
-		obj, pending, blocks = nil, nil, 0
+		for k, i := range patched {
+			f := &m.Files[i]
+			f.Map = &MapRef{Object: name, Entry: k, Patch: true}
+			f.MapChain = []string{name}
+			f.MapDepth = f.Base.Depth + 1
+			// The base's objects are read to resolve it: the manifest
+			// lists them, so refs.json keeps them.
+			for _, c := range f.Base.Chain {
+				f.MapChain = append(f.MapChain, c.Name)
+				if !listed[c.Name] {
+					listed[c.Name] = true
+					m.Maps = append(m.Maps, c)
+				}
+			}
+		}
+		obj, pending, patched, blocks = nil, nil, nil, 0
 		n++
 		return nil
 	}
@@ -96,8 +192,7 @@ func (r *Repository) writeMaps(ctx context.Context, m *Manifest) error {
 		if obj == nil {
 			obj, packIdx = &mapObject{}, map[string]int{}
 		}
-		refs := make([]BlockRef, len(f.Blocks))
-		for j, b := range f.Blocks {
+		own := func(b BlockRef) BlockRef {
 			p := m.Packs[b.Pack]
 			k, ok := packIdx[p.Name]
 			if !ok {
@@ -106,11 +201,26 @@ func (r *Repository) writeMaps(ctx context.Context, m *Manifest) error {
 				obj.Packs = append(obj.Packs, p)
 			}
 			b.Pack = k
-			refs[j] = b
+			return b
 		}
-		obj.Files = append(obj.Files, refs)
-		pending = append(pending, i)
-		if blocks += len(refs); blocks >= mapObjectBlocks {
+		var added int
+		if p := patchOf(m, f); p != nil {
+			for k := range p.Set {
+				p.Set[k].BlockRef = own(p.Set[k].BlockRef)
+			}
+			obj.Patches = append(obj.Patches, *p)
+			patched = append(patched, i)
+			added = len(p.Set) + 1
+		} else {
+			refs := make([]BlockRef, len(f.Blocks))
+			for j, b := range f.Blocks {
+				refs[j] = own(b)
+			}
+			obj.Files = append(obj.Files, refs)
+			pending = append(pending, i)
+			added = len(refs)
+		}
+		if blocks += added; blocks >= mapObjectBlocks {
 			if err := flush(); err != nil {
 				return err
 			}
@@ -131,6 +241,16 @@ func (m *Manifest) storedForm() *Manifest {
 		s.Files[i] = f
 	}
 	return &s
+}
+
+// usesPatches reports whether a file of m names a patch map (format 5).
+func (m *Manifest) usesPatches() bool {
+	for _, f := range m.Files {
+		if f.Map != nil && f.Map.Patch {
+			return true
+		}
+	}
+	return false
 }
 
 // usesMaps reports whether a file of m names a map (format 4).
@@ -155,9 +275,11 @@ func (m *Manifest) foreignMaps() []string {
 }
 
 // resolveMaps fills in the block lists of m's files from the map objects
-// they name, each read once, with pack indexes into m's pack table. A map
-// that names a pack the manifest does not list is refused: refs.json,
-// which retention trusts, is made from that table.
+// they name, each read once, with pack indexes into m's pack table; a
+// patch (format 5) is applied to its base's list, resolved the same way.
+// A map that names a pack the manifest does not list, or a map object
+// (the file's or one of its bases') not listed in the manifest's maps, is
+// refused: refs.json, which retention trusts, is made from those tables.
 func (r *Repository) resolveMaps(ctx context.Context, m *Manifest) error {
 	listed := map[string]bool{}
 	for _, p := range m.Maps {
@@ -167,7 +289,7 @@ func (r *Repository) resolveMaps(ctx context.Context, m *Manifest) error {
 	for i, p := range m.Packs {
 		packIdx[p.Name] = i
 	}
-	objs := map[string]*mapObject{}
+	res := &mapResolver{r: r, listed: listed, objs: map[string]*mapObject{}, done: map[MapRef]*resolvedMap{}}
 	for i := range m.Files {
 		f := &m.Files[i]
 		if f.Map == nil {
@@ -176,34 +298,135 @@ func (r *Repository) resolveMaps(ctx context.Context, m *Manifest) error {
 		if len(f.Blocks) > 0 || !listed[f.Map.Object] {
 			return fmt.Errorf("%s: map %s: %w: not listed in the manifest's maps, or blocks given too", f.Path, f.Map.Object, ErrCorrupt)
 		}
-		obj, ok := objs[f.Map.Object]
-		if !ok {
-			var buf bytes.Buffer
-			if _, err := r.GetObject(ctx, f.Map.Object, &buf); err != nil {
-				return fmt.Errorf("file map %s: %w", f.Map.Object, err)
-			}
-			obj = &mapObject{}
-			if err := json.Unmarshal(buf.Bytes(), obj); err != nil {
-				return fmt.Errorf("file map %s: %w: %v", f.Map.Object, ErrCorrupt, err)
-			}
-			objs[f.Map.Object] = obj
+		if f.Map.Patch && m.Format < 5 {
+			return fmt.Errorf("%s: a patch map in a format %d manifest: %w", f.Path, m.Format, ErrCorrupt)
 		}
-		if f.Map.Entry < 0 || f.Map.Entry >= len(obj.Files) {
-			return fmt.Errorf("%s: entry %d of map %s: %w", f.Path, f.Map.Entry, f.Map.Object, ErrCorrupt)
+		e, err := res.resolve(ctx, *f.Map, 0)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.Path, err)
 		}
-		src := obj.Files[f.Map.Entry]
-		f.Blocks = make([]BlockRef, len(src))
-		for j, b := range src {
-			if b.Pack < 0 || b.Pack >= len(obj.Packs) {
-				return fmt.Errorf("%s: map %s: %w: pack %d of %d", f.Path, f.Map.Object, ErrCorrupt, b.Pack, len(obj.Packs))
-			}
-			k, ok := packIdx[obj.Packs[b.Pack].Name]
+		f.Blocks = make([]BlockRef, len(e.blocks))
+		for j, b := range e.blocks {
+			k, ok := packIdx[b.pack]
 			if !ok {
-				return fmt.Errorf("%s: map %s names pack %s, which the manifest does not list: %w", f.Path, f.Map.Object, obj.Packs[b.Pack].Name, ErrCorrupt)
+				return fmt.Errorf("%s: map %s names pack %s, which the manifest does not list: %w", f.Path, f.Map.Object, b.pack, ErrCorrupt)
 			}
-			b.Pack = k
-			f.Blocks[j] = b
+			b.ref.Pack = k
+			f.Blocks[j] = b.ref
 		}
+		f.MapDepth, f.MapChain = e.depth, e.chain
 	}
 	return nil
+}
+
+// mapResolver resolves map entries, reading each map object once.
+type mapResolver struct {
+	r      *Repository
+	listed map[string]bool
+	objs   map[string]*mapObject
+	done   map[MapRef]*resolvedMap
+}
+
+// resolvedMap is a map entry's block list with full pack names, its patch
+// depth and the map objects it was resolved from (its own first).
+type resolvedMap struct {
+	blocks []namedBlock
+	depth  int
+	chain  []string
+}
+
+type namedBlock struct {
+	pack string
+	ref  BlockRef
+}
+
+func (mr *mapResolver) object(ctx context.Context, name string) (*mapObject, error) {
+	if obj, ok := mr.objs[name]; ok {
+		return obj, nil
+	}
+	if !mr.listed[name] {
+		return nil, fmt.Errorf("map %s: %w: not listed in the manifest's maps", name, ErrCorrupt)
+	}
+	var buf bytes.Buffer
+	if _, err := mr.r.GetObject(ctx, name, &buf); err != nil {
+		return nil, fmt.Errorf("file map %s: %w", name, err)
+	}
+	obj := &mapObject{}
+	if err := json.Unmarshal(buf.Bytes(), obj); err != nil {
+		return nil, fmt.Errorf("file map %s: %w: %v", name, ErrCorrupt, err)
+	}
+	mr.objs[name] = obj
+	return obj, nil
+}
+
+func (mr *mapResolver) resolve(ctx context.Context, ref MapRef, hops int) (*resolvedMap, error) {
+	if e, ok := mr.done[ref]; ok {
+		return e, nil
+	}
+	if hops > maxResolveHops {
+		return nil, fmt.Errorf("map %s: %w: a chain of more than %d patches", ref.Object, ErrCorrupt, maxResolveHops)
+	}
+	obj, err := mr.object(ctx, ref.Object)
+	if err != nil {
+		return nil, err
+	}
+	name := func(b BlockRef) (namedBlock, error) {
+		if b.Pack < 0 || b.Pack >= len(obj.Packs) {
+			return namedBlock{}, fmt.Errorf("map %s: %w: pack %d of %d", ref.Object, ErrCorrupt, b.Pack, len(obj.Packs))
+		}
+		return namedBlock{pack: obj.Packs[b.Pack].Name, ref: b}, nil
+	}
+	e := &resolvedMap{chain: []string{ref.Object}}
+	if !ref.Patch {
+		if ref.Entry < 0 || ref.Entry >= len(obj.Files) {
+			return nil, fmt.Errorf("entry %d of map %s: %w", ref.Entry, ref.Object, ErrCorrupt)
+		}
+		src := obj.Files[ref.Entry]
+		e.blocks = make([]namedBlock, len(src))
+		for j, b := range src {
+			if e.blocks[j], err = name(b); err != nil {
+				return nil, err
+			}
+		}
+	} else {
+		if ref.Entry < 0 || ref.Entry >= len(obj.Patches) {
+			return nil, fmt.Errorf("patch %d of map %s: %w", ref.Entry, ref.Object, ErrCorrupt)
+		}
+		p := obj.Patches[ref.Entry]
+		base, err := mr.resolve(ctx, p.Base, hops+1)
+		if err != nil {
+			return nil, err
+		}
+		if p.Depth != base.depth+1 || p.Blocks < 0 || p.Blocks > len(base.blocks)+len(p.Set) {
+			return nil, fmt.Errorf("patch %d of map %s: %w: depth %d on a base of depth %d, %d blocks", ref.Entry, ref.Object, ErrCorrupt, p.Depth, base.depth, p.Blocks)
+		}
+		e.depth = p.Depth
+		e.blocks = make([]namedBlock, p.Blocks)
+		copy(e.blocks, base.blocks)
+		inBase := min(p.Blocks, len(base.blocks))
+		past := make([]bool, p.Blocks-inBase) // every index past the base must be set
+		unset := len(past)
+		for _, pb := range p.Set {
+			if pb.Index < 0 || pb.Index >= p.Blocks {
+				return nil, fmt.Errorf("patch %d of map %s: %w: block index %d of %d", ref.Entry, ref.Object, ErrCorrupt, pb.Index, p.Blocks)
+			}
+			if e.blocks[pb.Index], err = name(pb.BlockRef); err != nil {
+				return nil, err
+			}
+			if k := pb.Index - inBase; k >= 0 && !past[k] {
+				past[k] = true
+				unset--
+			}
+		}
+		if unset != 0 {
+			return nil, fmt.Errorf("patch %d of map %s: %w: blocks past its base are not all set", ref.Entry, ref.Object, ErrCorrupt)
+		}
+		for _, c := range base.chain {
+			if !slices.Contains(e.chain, c) {
+				e.chain = append(e.chain, c)
+			}
+		}
+	}
+	mr.done[ref] = e
+	return e, nil
 }

@@ -157,12 +157,30 @@ func (r *Repository) packsInUse(ctx context.Context, except string) (map[string]
 			continue
 		}
 		rec, err := r.ReadStartRecord(ctx, id)
-		if errors.Is(err, storage.ErrNotFound) || err == nil && rec.Reference == "" {
+		if errors.Is(err, storage.ErrNotFound) || err == nil && rec.Reference == "" && len(rec.Resume) == 0 {
 			continue
 		}
 		if err != nil {
 			// A start record that does not parse could name anything.
 			return nil, l, fmt.Errorf("backup %s: %w", id, err)
+		}
+		// Interrupted backups it resumes: all their packs (and the
+		// indexes it reads) stay while it may still name them.
+		for _, src := range rec.Resume {
+			if ValidBackupID(src) != nil {
+				return nil, l, fmt.Errorf("backup %s: start record names interrupted backup %q", id, src)
+			}
+			for _, dir := range []string{"pack/", "index/"} {
+				if err := r.backend.List(ctx, BackupPrefix(src)+dir, func(o storage.ObjectInfo) error {
+					inUse[o.Name] = true
+					return nil
+				}); err != nil {
+					return nil, l, err
+				}
+			}
+		}
+		if rec.Reference == "" {
+			continue
 		}
 		if ValidBackupID(rec.Reference) != nil {
 			return nil, l, fmt.Errorf("backup %s: start record names reference %q", id, rec.Reference)
