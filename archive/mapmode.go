@@ -312,6 +312,9 @@ func planCapture(ctx context.Context, r *repo.Repository, c *copier, typ string,
 		}
 	case typ == TypeChecksum:
 		c.audit = p
+		if wantedMap {
+			c.capture.Fallback = "incr became checksum (the clock is behind the reference's start)"
+		}
 	default:
 		c.plan = p
 		c.capture.Mode = CaptureMap
