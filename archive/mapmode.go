@@ -405,12 +405,20 @@ func readLocalSegments(ctx context.Context, r *repo.Repository, path repo.WALPat
 			// wal-push stores a segment's map just after the segment: give
 			// a push under way a moment. A segment archived without a map
 			// is not mapped from pg_wal (WALMapsCovering says why).
-			for deadline := time.Now().Add(mapGrace); ; {
+			// (Only when the segment before has a map: with maps off, no wait.)
+			grace := time.Duration(0)
+			if n > 0 {
+				prev, _ := pg.ParseWALFileName(pg.SegmentName(pg.TimelineForSegment(path.Timeline, path.History, n-1, path.SegmentSize), uint32((n-1)/per), uint32((n-1)%per)))
+				if ok, _ := r.HasWALMap(ctx, prev); ok {
+					grace = mapGrace
+				}
+			}
+			for deadline := time.Now().Add(grace); ; {
 				ok, err := r.HasWALMap(ctx, wf)
 				if err != nil {
 					return nil, nil, fmt.Sprintf("segment %s: %v", wf.Name, err)
 				}
-				if ok || time.Now().After(deadline) {
+				if ok || !time.Now().Before(deadline) {
 					break
 				}
 				time.Sleep(100 * time.Millisecond)

@@ -202,6 +202,11 @@ func TestMapModeBackups(t *testing.T) {
 	insertBatch(t, conn, 2)
 	inc1, log1 := backup()
 	t.Logf("incremental 1: %s; read %d of %d bytes, stored %d", inc1.Capture.Mode, inc1.BytesRead, inc1.DataSize, inc1.StoredSize)
+	for _, l := range strings.Split(log1, "\n") {
+		if strings.Contains(l, "map mode:") {
+			t.Logf("plan: %s", l) // what the cross-checks cost
+		}
+	}
 	if inc1.Type != "incr" || inc1.Reference != full0.ID || inc1.Capture.Mode != "map" || inc1.Capture.Fallback != "" ||
 		inc1.Capture.MapFrom == "" || inc1.Capture.MappedPages == 0 {
 		t.Fatalf("incremental 1: %+v capture %+v; want map mode over the full\n%s", inc1, inc1.Capture, log1)
@@ -276,6 +281,7 @@ func TestMapModeBackups(t *testing.T) {
 	if out := r.mustRun(t, "backup", "show", inc3.ID); !strings.Contains(out, "change capture:    hash (map mode not used: ") {
 		t.Errorf("backup show: %s; want the fallback line", out)
 	}
+	t.Logf("incremental 3 (hash mode): read %d of %d bytes", inc3.BytesRead, inc3.DataSize)
 	live := clusterRows(t, primary)
 	time.Sleep(10 * time.Millisecond)
 	got, c = restored(inc3.ID)
