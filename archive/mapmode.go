@@ -301,7 +301,7 @@ func planCapture(ctx context.Context, r *repo.Repository, c *copier, typ string,
 		log.Info("block maps cannot be audited by this checksum backup", "reason", why)
 	case why != "":
 		c.capture.Fallback = why
-		if p != nil && p.sampled.Load() > 0 {
+		if strings.HasPrefix(why, "check ") {
 			log.Warn("block maps failed a cross-check: the whole backup runs in hash mode (reads every changed file)", "reason", why)
 		} else {
 			log.Info("block maps not used: reading every changed file (hash mode)", "reason", why)
