@@ -16,6 +16,7 @@ import (
 	"github.com/pgkeep/pgkeep/internal/testbin"
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
+	"github.com/pgkeep/pgkeep/storage/fs"
 )
 
 // mapShow is what backup show --json says of a backup's change capture.
@@ -140,7 +141,9 @@ func amcheck(t *testing.T, c *pgtest.Cluster) {
 // for row, and passes pg_amcheck. With one segment's map deleted, the
 // next backup falls back to hash mode, says why (log and backup show),
 // and still restores exactly. A checksum backup then audits the maps
-// against what changed and finds nothing missed.
+// against what changed and finds nothing missed. Maps rewritten without a
+// changed table's blocks: the next backup's check B fails map mode over
+// to hash mode (restores exactly), and a checksum backup reports the miss.
 func TestMapModeBackups(t *testing.T) {
 	ctx := context.Background()
 	r := newRepo(t, repoOpts{kind: "fs"})
@@ -304,5 +307,103 @@ func TestMapModeBackups(t *testing.T) {
 	}
 	if out := r.mustRun(t, "backup", "show", chk.ID); !strings.Contains(out, "block map audit: ok") {
 		t.Errorf("backup show: %s; want the audit line", out)
+	}
+
+	// A fault: maps that drop a change. A row of fresh (a few pages, all
+	// sampled by check B) is updated and that table's blocks are removed
+	// from every map since: the next backup's check B catches it and runs
+	// in hash mode; a checksum backup over the range reports the miss.
+	var freshPath string
+	var freshNode uint32
+	if err := conn.QueryRow(ctx, "SELECT pg_relation_filepath('fresh'), pg_relation_filenode('fresh')::int8").Scan(&freshPath, &freshNode); err != nil {
+		t.Fatal(err)
+	}
+	primary.Exec(t, conn, "UPDATE fresh SET id = id + 1000000 WHERE id = 500")
+	insertBatch(t, conn, 6)
+	waitArchived(t, primary, switchSegments(t, primary, 1, 0), 2*time.Minute)
+	dropFromMaps(t, r, chk.StartWAL, freshNode)
+	inc4, log4 := backup()
+	if inc4.Capture.Mode != "hash" || !strings.Contains(inc4.Capture.Fallback, "check B: ") || !strings.Contains(inc4.Capture.Fallback, freshPath) {
+		t.Fatalf("incremental over maps missing a change: capture %+v; want check B to fail map mode naming %s\n%s", inc4.Capture, freshPath, log4)
+	}
+	if !strings.Contains(log4, "block maps failed a cross-check") {
+		t.Errorf("backup log does not warn of the failed cross-check:\n%s", log4)
+	}
+	// Audited before anything reads fresh again: a read sets hint bits,
+	// and with checksums their full-page images put fresh's pages into the
+	// (intact) maps of later segments.
+	aud, loga := backup("--type", "checksum", "--reference", chk.ID)
+	if aud.Capture.Audit != "misses" || aud.Capture.AuditMisses == 0 {
+		t.Errorf("checksum backup over maps missing a change: capture %+v; want the miss reported\n%s", aud.Capture, loga)
+	}
+	if !strings.Contains(loga, "block map audit: pages changed in the range that the maps do not name") || !strings.Contains(loga, freshPath) {
+		t.Errorf("checksum backup log does not report the miss in %s:\n%s", freshPath, loga)
+	}
+	if out := r.mustRun(t, "backup", "show", aud.ID); !strings.Contains(out, "changed pages the maps missed, e.g. "+freshPath) {
+		t.Errorf("backup show: %s; want the audit's misses", out)
+	}
+	live = clusterRows(t, primary)
+	got, c = restored(inc4.ID)
+	c.Stop(t)
+	if got != live {
+		t.Errorf("incremental after a failed check B restores to\n%s\nthe primary holds\n%s", got, live)
+	}
+}
+
+// dropFromMaps rewrites every stored segment map from segment first on
+// without relation node's blocks (and removes roll-ups), as a walker bug
+// that missed them would have written them.
+func dropFromMaps(t *testing.T, r *testRepo, first string, node uint32) {
+	t.Helper()
+	ctx := context.Background()
+	b, err := fs.New(r.repoDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp, err := repo.Open(ctx, b, repo.OpenOptions{CompressionLevel: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths, _ := filepath.Glob(filepath.Join(r.repoDir, "wal", "*", "*"))
+	dropped := 0
+	for _, p := range paths {
+		name := filepath.Base(p)
+		if strings.HasSuffix(name, ".maps") {
+			os.Remove(p)
+			continue
+		}
+		seg, ok := strings.CutSuffix(name, ".map")
+		if !ok || seg < first {
+			continue
+		}
+		wf, err := pg.ParseWALFileName(seg)
+		if err != nil {
+			continue
+		}
+		m, err := rp.FetchWALMap(ctx, wf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		changed := false
+		for i := range m.Forks {
+			if m.Forks[i].Rel == node && len(m.Forks[i].Blocks) > 0 {
+				m.Forks[i].Blocks, changed = nil, true
+			}
+		}
+		if !changed {
+			continue
+		}
+		dropped++
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := rp.PutWALMap(ctx, wf, m); err != nil {
+			t.Fatal(err)
+		}
+		pgtest.Chown(t, p) // pgkeep runs as postgres
+		os.Chmod(p, 0o644)
+	}
+	if dropped == 0 {
+		t.Fatalf("no map since %s names relation %d", first, node)
 	}
 }
