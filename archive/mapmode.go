@@ -125,8 +125,9 @@ type mapPlan struct {
 	spcEvent map[uint32]bool    // tablespaces created or dropped
 	local    []localSegment
 	// files are the relation files map mode reads in part, by index into
-	// the backup's file list.
-	files map[int]*fileReads
+	// the backup's file list; byMTime those the mtime rule takes unread,
+	// whose mapped pages are checked to be older than the reference.
+	files, byMTime map[int]*fileReads
 
 	mapped, oldMapped, sampled atomic.Int64
 
@@ -175,7 +176,7 @@ func (p *mapPlan) file(i int) *fileReads {
 
 // newMapPlan indexes merged map m of [from, to).
 func newMapPlan(m *walmap.Map, from, to pg.LSN) *mapPlan {
-	p := &mapPlan{m: m, from: from, to: to, dbEvent: map[[2]uint32]bool{}, spcEvent: map[uint32]bool{}, files: map[int]*fileReads{}}
+	p := &mapPlan{m: m, from: from, to: to, dbEvent: map[[2]uint32]bool{}, spcEvent: map[uint32]bool{}, files: map[int]*fileReads{}, byMTime: map[int]*fileReads{}}
 	for _, e := range m.Events {
 		switch e.Kind {
 		case walmap.EventTablespaceCreate, walmap.EventTablespaceDrop:
@@ -284,7 +285,7 @@ func planCapture(ctx context.Context, r *repo.Repository, c *copier, typ string,
 	p, why := buildMapPlan(ctx, r, c.ref, run)
 	if why == "" {
 		c.capture.MapFrom, c.capture.MapTo = p.from.String(), p.to.String()
-		why = p.decideFiles(c, files, typ == TypeChecksum)
+		p.decideFiles(c, files, typ == TypeChecksum)
 	}
 	if why == "" && typ == TypeIncr {
 		var err error
@@ -499,8 +500,8 @@ func (p *mapPlan) checkLocal(ctx context.Context, r *repo.Repository) error {
 // decideFiles makes the per-file decisions (for every relation file when
 // auditing). A file an incremental takes unread by its size and mtime
 // whose mapped pages are newer than the reference's start means mtimes
-// lie here: that is reported like the LSN cross-check's finding.
-func (p *mapPlan) decideFiles(c *copier, files []sourceFile, audit bool) string {
+// lie here: crossCheck reports that like the LSN cross-check's finding.
+func (p *mapPlan) decideFiles(c *copier, files []sourceFile, audit bool) {
 	for i := range files {
 		f := &files[i]
 		rf := c.refFiles[f.Rel]
@@ -518,13 +519,12 @@ func (p *mapPlan) decideFiles(c *copier, files []sourceFile, audit bool) string 
 		}
 		if !audit && c.takeUnread(f, rf) {
 			// The mtime rule takes it unread; the map is a second witness,
-			// checked below (crossCheck).
-			p.files[-1-i] = fr
+			// checked by crossCheck.
+			p.byMTime[i] = fr
 			continue
 		}
 		p.files[i] = fr
 	}
-	return ""
 }
 
 // crossCheck runs checks A and B before anything is read: every page the
@@ -535,19 +535,16 @@ func (p *mapPlan) decideFiles(c *copier, files []sourceFile, audit bool) string 
 // run in hash mode; an error when a file taken unread by mtime holds a
 // mapped page newer than the reference's start.
 func (p *mapPlan) crossCheck(c *copier, files []sourceFile) (string, error) {
-	var failed string
-	for key, fr := range p.files {
-		i, byMTime := key, false
-		if key < 0 {
-			i, byMTime = -1-key, true
-		}
-		f := &files[i]
-		why, err := p.checkFile(c, f, fr, byMTime)
-		if err != nil {
+	for i, fr := range p.byMTime {
+		if _, err := p.checkFile(c, &files[i], fr, true); err != nil {
 			return "", err
 		}
-		if byMTime {
-			delete(p.files, key)
+	}
+	var failed string
+	for i, fr := range p.files {
+		why, err := p.checkFile(c, &files[i], fr, false)
+		if err != nil {
+			return "", err
 		}
 		if why != "" && failed == "" {
 			failed = why
