@@ -152,3 +152,71 @@ func TestResumeReusesAnInterruptedBackupsBlocks(t *testing.T) {
 		t.Errorf("debris %v listed after retention", debris)
 	}
 }
+
+// While a running backup's start record names an interrupted backup to
+// resume, deleting the interrupted one keeps all its packs (and indexes),
+// and removes its start record first: a backup starting after that does
+// not resume it (docs/format.md "Why this is safe with delete").
+func TestDeleteKeepsPacksOfABackupBeingResumed(t *testing.T) {
+	ctx := context.Background()
+	dir, _ := syntheticDataDir(t)
+	writeFile(t, filepath.Join(dir, "base/1/3000"), randomBytes(11, 200*8192))
+	o := smallBlocks()
+	r, fs, m := newMemRepo(t)
+	first := "20261201T000000Z-aaaa"
+	fs.failName, fs.readN = repo.PackName(first, 10), 1000
+	if _, err := writeBackup(ctx, r, o, testRun(first, dir), stopAt, discard()); !errors.Is(err, errInjected) {
+		t.Fatalf("first backup: %v, want the injected failure", err)
+	}
+	if got, err := r.UnfinishedBackups(ctx, "7"); err != nil || !slices.Equal(got, []string{first}) {
+		t.Fatalf("unfinished backups %v (%v); want the failed one", got, err)
+	}
+	if got, _ := r.UnfinishedBackups(ctx, "8"); len(got) != 0 {
+		t.Errorf("a backup of another system would resume %v", got)
+	}
+	packs := objectsUnder(t, m, repo.BackupPrefix(first)+"pack/")
+	indexes := objectsUnder(t, m, repo.BackupPrefix(first)+"index/")
+
+	// A running backup that resumes it.
+	running := "20261201T000100Z-bbbb"
+	if err := r.MarkBackupStarted(ctx, running, repo.StartRecord{StartLSN: "0/3000028", SegmentSize: 16 << 20, Time: time.Now().UTC(),
+		SystemIdentifier: "7", Resume: []string{first}}); err != nil {
+		t.Fatal(err)
+	}
+	hb, err := r.StartHeartbeat(ctx, running)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hb.Stop()
+	plan, err := r.PlanRetention(ctx, repo.RetentionOptions{RetainFull: 1, Now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(plan.Debris, first) || slices.Contains(plan.Debris, running) {
+		t.Fatalf("retention plan %+v: want the failed backup's debris, not the running one", plan)
+	}
+	if err := r.ApplyRetention(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	left := objectsUnder(t, m, repo.BackupPrefix(first))
+	for name := range packs {
+		if _, ok := left[name]; !ok {
+			t.Errorf("%s was deleted while a running backup resumes its backup", name)
+		}
+	}
+	for name := range indexes {
+		if _, ok := left[name]; !ok {
+			t.Errorf("%s was deleted while a running backup resumes its backup", name)
+		}
+	}
+	if _, ok := left[repo.BackupPrefix(first)+"started.json"]; ok {
+		t.Error("the deleted backup's start record is left")
+	}
+	// A backup starting now does not take it: it is being deleted.
+	if _, err := r.ReadResumeBlocks(ctx, first); err == nil {
+		t.Error("the blocks of a backup whose start record is gone can still be read for resume")
+	}
+	if got, _ := r.UnfinishedBackups(ctx, "7"); len(got) != 0 {
+		t.Errorf("unfinished backups %v after the delete; want none", got)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -64,18 +65,41 @@ func (r *Repository) DropPackIndexes(ctx context.Context, id string) (int, error
 	}); err != nil {
 		return 0, err
 	}
-	var firstErr error
-	failed := 0
-	for _, n := range names {
-		if err := r.backend.Delete(ctx, n); err != nil && !errors.Is(err, storage.ErrNotFound) {
-			failed++
-			if firstErr == nil {
-				firstErr = err
+	// One request each, a few at a time: a large backup has thousands.
+	var (
+		mu       sync.Mutex
+		firstErr error
+		failed   int
+		wg       sync.WaitGroup
+	)
+	next := make(chan string)
+	for range min(indexDeleters, len(names)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range next {
+				if err := r.backend.Delete(ctx, n); err != nil && !errors.Is(err, storage.ErrNotFound) {
+					mu.Lock()
+					failed++
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
 			}
-		}
+		}()
 	}
+	for _, n := range names {
+		next <- n
+	}
+	close(next)
+	wg.Wait()
 	return failed, firstErr
 }
+
+// indexDeleters bounds the pack index requests in flight (deletes at a
+// commit, reads at a resume).
+const indexDeleters = 8
 
 // maxResumeSources bounds how many interrupted backups one backup reuses
 // blocks of (each costs reading its indexes).
@@ -208,15 +232,36 @@ func (r *Repository) ReadResumeBlocks(ctx context.Context, id string) (*ResumeBl
 	}
 	sort.Strings(indexes)
 	out := &ResumeBlocks{Files: map[string][]BlockRef{}}
-	for _, name := range indexes {
-		var buf bytes.Buffer
-		if _, err := r.GetObject(ctx, name, &buf); err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
+	// Read a few at a time (one request each; a large backup has
+	// thousands), then used in order.
+	read := make([]PackIndex, len(indexes))
+	errs := make([]error, len(indexes))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(indexDeleters, len(indexes)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				var buf bytes.Buffer
+				if _, err := r.GetObject(ctx, indexes[i], &buf); err != nil {
+					errs[i] = fmt.Errorf("%s: %w", indexes[i], err)
+				} else if err := json.Unmarshal(buf.Bytes(), &read[i]); err != nil {
+					errs[i] = fmt.Errorf("%s: %w: %v", indexes[i], ErrCorrupt, err)
+				}
+			}
+		}()
+	}
+	for i := range indexes {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for i, name := range indexes {
+		if errs[i] != nil {
+			return nil, errs[i]
 		}
-		var idx PackIndex
-		if err := json.Unmarshal(buf.Bytes(), &idx); err != nil {
-			return nil, fmt.Errorf("%s: %w: %v", name, ErrCorrupt, err)
-		}
+		idx := read[i]
 		want := strings.Replace(name, "/index/", "/pack/", 1)
 		if idx.Pack.Name != want || !isPackName(want) {
 			return nil, fmt.Errorf("%s: %w: it describes %q", name, ErrCorrupt, idx.Pack.Name)
