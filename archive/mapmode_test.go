@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
+	"github.com/pgkeep/pgkeep/storage"
 	"github.com/pgkeep/pgkeep/walmap"
 	"github.com/pgkeep/pgkeep/walmap/walmaptest"
 )
@@ -385,6 +386,12 @@ func TestMapModeFallbacks(t *testing.T) {
 		{name: "map of other bytes", setup: func(e *mapEnv, seg []byte) {
 			e.archive(seg, e.fullMap(randomBytes(51, 1<<20)))
 		}, want: "is of other bytes"},
+		{name: "undecodable map", setup: func(e *mapEnv, seg []byte) {
+			e.archive(seg, nil)
+			if err := e.r.PutObject(context.Background(), repo.WALMapObjectName(walSeg1), []byte("PGKM garbage"), storage.PutOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}, want: "block map of 000000010000000000000001: "},
 		{name: "unknown marker", setup: func(e *mapEnv, seg []byte) {
 			m := e.fullMap(seg)
 			m.Unknown = []walmap.Unknown{{Start: 0x170000, End: 0x170100, Reason: walmap.UnknownSpecial, RmID: 130}}
