@@ -288,12 +288,16 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 		}
 	}
 	m.Type = typ
+	if err := planCapture(ctx, r, c, typ, run, files, log); err != nil {
+		return nil, err
+	}
 	if len(resume) > 0 {
 		loadResume(ctx, r, c, resume, log)
 	}
 	if err := c.run(ctx, files); err != nil {
 		return nil, err
 	}
+	m.Capture = c.finishCapture(log)
 	m.Files, m.Packs, m.Maps = c.result()
 	m.InlineBlocks = o.wholeBlocks
 	m.BytesRead = c.stats.read.Load()
@@ -312,6 +316,9 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	}
 
 	if err := stop(m); err != nil {
+		return nil, err
+	}
+	if err := c.plan.checkLocal(ctx, r); err != nil {
 		return nil, err
 	}
 	if c.skipUnread && m.Timeline != c.ref.Timeline {

@@ -37,6 +37,7 @@ type copier struct {
 	// (crossCheckLSN).
 	refStopLSN pg.LSN
 	stats      captureStats
+	mapState   // map mode (mapmode.go)
 	// resume holds the blocks interrupted backups stored (resume.go).
 	resume resumeSet
 
@@ -96,6 +97,14 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 		f := &files[i]
 		c.files[i] = repo.File{Path: f.Rel, Mode: uint32(f.Mode), MTime: f.MTime}
 		rf := c.refFiles[f.Rel]
+		if fr := c.plan.file(i); fr != nil {
+			n, err := c.takeMapped(i, f, rf, fr, &jobs)
+			if err != nil {
+				return err
+			}
+			total += n
+			continue
+		}
 		if c.takeUnread(f, rf) {
 			if err := c.reuseFile(i, f, rf); err != nil {
 				return err
@@ -103,17 +112,8 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 			continue
 		}
 		total += f.Size
-		bs, run := c.o.BlockSize, int64(1)
-		small := fileBlockSize(f.Size, c.o.BlockSize)
-		if rf != nil && rf.BlockSize > 0 && rf.BlockSize < c.o.BlockSize && small > 0 {
-			// Keep the reference's cut: a file growing past a size step
-			// must not be stored again whole.
-			small = rf.BlockSize
-		}
-		if small > 0 && !c.o.wholeBlocks {
-			bs, run = small, max(1, min(chunkPlainSize, c.o.BlockSize)/small)
-			c.files[i].BlockSize = small
-		}
+		bs, run, small := fileCut(f.Size, rf, c.o)
+		c.files[i].BlockSize = small
 		n := int((f.Size + bs - 1) / bs)
 		c.blocks[i] = make([]repo.BlockRef, n)
 		c.hashes[i] = make([][]byte, n)
@@ -227,6 +227,9 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 			c.hashes[j.file][idx] = sum
 			c.mu.Unlock()
 			continue
+		}
+		if c.audit != nil {
+			c.auditChanged(j, idx, sub)
 		}
 		if c.reuseInterrupted(j, idx, off, small, sum, int64(len(sub))) {
 			continue

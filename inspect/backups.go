@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -107,7 +108,31 @@ func ShowBackup(ctx context.Context, r *repo.Repository, id string, asJSON bool,
 	if s.BytesRead > 0 || s.Reference != "" {
 		fmt.Fprintf(out, "bytes read:        %s\n", human.Bytes(s.BytesRead))
 	}
+	if c := s.Capture; c != nil {
+		fmt.Fprintf(out, "change capture:    %s\n", captureLine(c))
+	}
 	return nil
+}
+
+// captureLine says how an incremental found what changed: "map (WAL
+// from..to)", "hash (map mode not used: why)", and a checksum backup's
+// audit of the block maps.
+func captureLine(c *repo.ChangeCapture) string {
+	line := c.Mode
+	switch {
+	case c.Mode == "map":
+		line += fmt.Sprintf(" (WAL block maps %s..%s; %d mapped pages, %d sampled unread pages checked)", c.MapFrom, c.MapTo, c.MappedPages, c.SampledPages)
+	case c.Fallback != "":
+		line += " (map mode not used: " + c.Fallback + ")"
+	}
+	switch c.Audit {
+	case "":
+	case "misses":
+		line += fmt.Sprintf("; block map audit: %d changed pages the maps missed, e.g. %s", c.AuditMisses, strings.Join(c.AuditExamples, "; "))
+	default:
+		line += "; block map audit: " + c.Audit
+	}
+	return line
 }
 
 // backupType is "full", or "incr of <reference>" (also for checksum).

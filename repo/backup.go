@@ -69,6 +69,8 @@ type Summary struct {
 	// BytesRead is how much of the data directory the backup read (the
 	// rest it took unread from the reference); 0 when not recorded.
 	BytesRead int64 `json:"bytes_read,omitempty"`
+	// Capture says how an incremental found what changed (repo/walmap.go).
+	Capture *ChangeCapture `json:"capture,omitempty"`
 	// Resumed are the interrupted backups whose stored blocks this backup
 	// reused, and BytesResumed how many bytes of blocks that was.
 	Resumed      []string `json:"resumed,omitempty"`

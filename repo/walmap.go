@@ -232,6 +232,12 @@ type WALPath struct {
 	Timeline    uint32
 	History     []pg.TimelineSwitch
 	SegmentSize int64
+	// Local are maps of segments that may not be archived with a map
+	// yet (the one a backup starts in, those the archiver is still on),
+	// built from the server's pg_wal; the caller checks those bytes
+	// against the archived segments later. One stands in for its
+	// segment's stored map only while there is none.
+	Local []*walmap.Map
 }
 
 // WALMapsCovering returns the merged block map of the WAL from from to to
@@ -258,7 +264,7 @@ func (r *Repository) WALMapsCovering(ctx context.Context, path WALPath, from, to
 	seg := uint64(size)
 	per := uint64(pg.SegmentsPerLog(size))
 	group := min(uint64(rollupSegments), per)
-	l := walListing{r: r, dirs: map[string]map[string]storage.ObjectInfo{}}
+	l := walListing{r: r, dirs: map[string]map[string]storage.ObjectInfo{}, local: path.Local}
 	name := func(tli uint32, n uint64) pg.WALFile {
 		wf, _ := pg.ParseWALFileName(pg.SegmentName(tli, uint32(n/per), uint32(n%per)))
 		return wf
@@ -326,6 +332,17 @@ type walListing struct {
 	// unusable roll-ups (or groups that cannot be rolled up): not tried
 	// again for every segment of their group.
 	noRollup map[string]bool
+	local    []*walmap.Map // WALPath.Local
+}
+
+// localMap is the WALPath.Local map of wf, or nil.
+func (l *walListing) localMap(wf pg.WALFile) *walmap.Map {
+	for _, m := range l.local {
+		if m.Timeline == wf.Timeline && m.SegmentSize > 0 && m.Start == pg.LSN(wf.SegNo(int64(m.SegmentSize))*uint64(m.SegmentSize)) {
+			return m
+		}
+	}
+	return nil
 }
 
 func (l *walListing) get(ctx context.Context, objectName string) (storage.ObjectInfo, bool, error) {
@@ -352,11 +369,17 @@ func (r *Repository) segmentMap(ctx context.Context, l *walListing, wf pg.WALFil
 	if _, ok, err := l.get(ctx, WALObjectName(wf)); err != nil {
 		return nil, "", err
 	} else if !ok {
+		if m := l.localMap(wf); m != nil {
+			return m, "", nil
+		}
 		return nil, fmt.Sprintf("segment %s is not archived", wf.Name), nil
 	}
 	if _, ok, err := l.get(ctx, WALMapObjectName(wf)); err != nil {
 		return nil, "", err
 	} else if !ok {
+		if m := l.localMap(wf); m != nil {
+			return m, "", nil
+		}
 		return nil, fmt.Sprintf("segment %s has no block map", wf.Name), nil
 	}
 	m, err := r.FetchWALMap(ctx, wf)
@@ -443,4 +466,35 @@ func (r *Repository) rollupOnce(ctx context.Context, l *walListing, name string,
 		r.PutObject(ctx, name, m.Marshal(), storage.PutOptions{IfAbsent: true})
 	}
 	return m, nil
+}
+
+// ChangeCapture says how an incremental or checksum backup found what
+// changed since its reference (summary field "capture", optional: older
+// readers ignore it; docs/format.md, "Change capture").
+type ChangeCapture struct {
+	// Mode is "map" (relation files: only the blocks the WAL block maps
+	// name were read, docs/format-walmap.md) or "hash" (every file whose
+	// size or mtime changed was read whole and compared block by block).
+	Mode string `json:"mode"`
+	// Fallback says why a backup that asked for map mode ran in hash mode.
+	Fallback string `json:"fallback,omitempty"`
+	// MapFrom and MapTo are the WAL range the maps covered (map mode, and
+	// the audit of a checksum backup).
+	MapFrom string `json:"map_from,omitempty"`
+	MapTo   string `json:"map_to,omitempty"`
+	// MappedPages is how many pages of the files read the map named;
+	// OldMappedPages how many of them had a page LSN before MapFrom (legal
+	// without data checksums: XLOG_HEAP2_VISIBLE does not set the LSN).
+	MappedPages    int64 `json:"mapped_pages,omitempty"`
+	OldMappedPages int64 `json:"old_mapped_pages,omitempty"`
+	// SampledPages is how many unread pages were checked to be older than
+	// MapFrom (cross-check B).
+	SampledPages int64 `json:"sampled_pages,omitempty"`
+	// Audit is set by --type checksum backups: "ok" when every page that
+	// changed in the range was one the maps named, "misses" when some
+	// were not (AuditMisses, the first few in AuditExamples), or why the
+	// maps could not be compared.
+	Audit         string   `json:"audit,omitempty"`
+	AuditMisses   int64    `json:"audit_misses,omitempty"`
+	AuditExamples []string `json:"audit_examples,omitempty"`
 }

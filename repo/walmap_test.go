@@ -388,3 +388,50 @@ func TestWALMapRemovedWhenSegmentPutFails(t *testing.T) {
 	// The archived segment with its own map still pushes cleanly.
 	putSegment(t, r, dir, names[1], segs[1], true)
 }
+
+// WALPath.Local stands in for a segment not archived yet, or archived
+// without its map yet, and only then: the merge equals the archived one.
+func TestWALMapsCoveringLocal(t *testing.T) {
+	ctx := context.Background()
+	r, _, segs := mapRepo(t, 3, true)
+	path := WALPath{Timeline: 1, SegmentSize: vSegSize}
+	from, to := pg.LSN(1*vSegSize+100), pg.LSN(3*vSegSize+100)
+	want, err := r.WALMapsCovering(ctx, path, from, to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f3, _ := pg.ParseWALFileName(vSegName(1, 3))
+	local, err := walmap.Build(segs[2], f3.Name, vSegSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.backend.Delete(ctx, WALMapObjectName(f3)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.WALMapsCovering(ctx, path, from, to); !errors.Is(err, ErrNotCovered) {
+		t.Fatalf("segment 3 without its map: %v, want not covered", err)
+	}
+	withLocal := path
+	withLocal.Local = []*walmap.Map{local}
+	got, err := r.WALMapsCovering(ctx, withLocal, from, to)
+	if err != nil || !bytes.Equal(got.Marshal(), want.Marshal()) {
+		t.Fatalf("segment 3 archived without a map, given locally: %v (equal %v)", err, err == nil && bytes.Equal(got.Marshal(), want.Marshal()))
+	}
+	if err := r.backend.Delete(ctx, WALObjectName(f3)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.WALMapsCovering(ctx, path, from, to); !errors.Is(err, ErrNotCovered) {
+		t.Fatalf("segment 3 not archived: %v, want not covered", err)
+	}
+	got, err = r.WALMapsCovering(ctx, withLocal, from, to)
+	if err != nil || !bytes.Equal(got.Marshal(), want.Marshal()) {
+		t.Fatalf("segment 3 not archived, given locally: %v", err)
+	}
+	// A local map of another segment stands in for nothing.
+	f2, _ := pg.ParseWALFileName(vSegName(1, 2))
+	other, _ := walmap.Build(segs[1], f2.Name, vSegSize)
+	withLocal.Local = []*walmap.Map{other}
+	if _, err := r.WALMapsCovering(ctx, withLocal, from, to); !errors.Is(err, ErrNotCovered) {
+		t.Fatalf("a local map of segment 2 for a missing segment 3: %v, want not covered", err)
+	}
+}
