@@ -132,7 +132,7 @@ log "cluster: $(( $(du -sb --exclude=pg_wal "$PGDATA" | cut -f1) / 1048576 )) Mi
 sleep 11
 
 br_size() { du -sb "$WORK/br-repo/backup" | cut -f1; }
-printf '%-12s %10s %12s %12s %12s %10s %12s\n' row pk_s pk_read_MB pk_added_MB pk_logical_MB br_s br_added_MB >"$WORK/table"
+printf '%-12s %10s %12s %12s %12s %10s %12s  %s\n' row pk_s pk_read_MB pk_added_MB pk_logical_MB br_s br_added_MB pk_mode >"$WORK/table"
 backup_row() {
 	local row=$1 pktype=$2 brtype=$3 t0 id js brbefore pk_s br_s
 	t0=$(date +%s.%N)
@@ -143,9 +143,13 @@ backup_row() {
 	t0=$(date +%s.%N)
 	pgbackrest --config="$WORK/br.conf" --stanza=bench --type="$brtype" backup >>"$LOGS/br.log" 2>&1
 	br_s=$(secs "$t0")
-	printf '%-12s %10s %12s %12s %12s %10s %12s\n' "$row" "$pk_s" \
+	printf '%-12s %10s %12s %12s %12s %10s %12s  %s\n' "$row" "$pk_s" \
 		"$(mb "$(jq -r '.bytes_read // .data_size' <<<"$js")")" "$(mb "$(jq -r .stored_size <<<"$js")")" \
-		"$(mb "$(jq -r .data_size <<<"$js")")" "$br_s" "$(mb $(( $(br_size) - brbefore )))" >>"$WORK/table"
+		"$(mb "$(jq -r .data_size <<<"$js")")" "$br_s" "$(mb $(( $(br_size) - brbefore )))" \
+		"$(jq -r '(.type // "full") + "/" + (.capture.mode // "-")' <<<"$js")" >>"$WORK/table"
+	# How pgkeep found the change (map or hash mode, and why it fell back).
+	jq -c '{row: "'"$row"'", type, capture}' <<<"$js" >>"$WORK/captures"
+	[ "$row" = full ] && FULL_ID=$id
 	log "$row done"
 }
 backup_row full full full
@@ -158,21 +162,27 @@ backup_row append2pct incr incr
 backup_row nothing incr incr
 
 CHECK=$(psqlc -c "SELECT sum(abalance) || ':' || (SELECT count(*) FROM appendonly) FROM pgbench_accounts")
+# restore_row TOOL [BACKUP]: restore the newest backup (or pgkeep's BACKUP)
+# into an empty directory.
 restore_row() {
-	local tool=$1 t0 dir=$WORK/restore
+	local tool=$1 backup=${2:-} t0 dir=$WORK/restore what="the newest backup"
 	rm -rf "$dir"; mkdir -m 700 "$dir"
+	sync
 	t0=$(date +%s.%N)
 	if [ "$tool" = pgkeep ]; then
-		"$PGKEEP" restore --config "$WORK/pk.yml" --pgdata "$dir" >>"$LOGS/pk.log" 2>&1
+		"$PGKEEP" restore --config "$WORK/pk.yml" --pgdata "$dir" ${backup:+--backup "$backup"} >>"$LOGS/pk.log" 2>&1
+		[ -n "$backup" ] && what="the full backup"
 	else
 		pgbackrest --config="$WORK/br.conf" --stanza=bench --pg1-path="$dir" restore >>"$LOGS/br.log" 2>&1
 	fi
-	echo "restore of the newest backup, $tool: $(secs "$t0") s"
+	echo "restore of $what, $tool: $(secs "$t0") s"
 }
 echo
 echo "pgbench scale $SCALE + ${APPEND_MB} MB append-only; pgBackRest $(pgbackrest version | awk '{print $2}'); one run, noisy"
 cat "$WORK/table"
+cat "$WORK/captures"
 restore_row pgkeep
+restore_row pgkeep "$FULL_ID"
 restore_row pgbackrest
 echo "pgkeep repository: $(mb "$(du -sb --exclude=wal "$WORK/pk-repo" | cut -f1)") MB without WAL; pgBackRest: $(mb "$(br_size)") MB"
 echo "(check value $CHECK)"
