@@ -215,6 +215,10 @@ export AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=us-
 export AWS_CA_BUNDLE=$TLS/ca.crt AWS_EC2_METADATA_DISABLED=true
 
 RECIPIENT=$("$PGKEEP" keygen --output "$WORK/identity.txt")
+# Full backups on both sides: a pgkeep with incremental backups would take
+# an incremental once a backup exists (an older binary has no --type).
+PK_FULL=()
+"$PGKEEP" backup --help 2>&1 | grep -q -- '--type' && PK_FULL=(--type full)
 BR_CIPHER_PASS=$(openssl rand -base64 36 | tr -d '\n')
 
 # archive_command: pushes with the tool and into the repository being
@@ -418,7 +422,7 @@ backup_pair() {
 	for tool in $(pair_order "$rep"); do
 		if [ "$tool" = pgkeep ]; then
 			set_archive_target "pk-$v"
-			measure "$key" pgkeep "$LOGS/$key.pk.$rep.log" "$PGKEEP" backup --config "$WORK/pk-$v.yml"
+			measure "$key" pgkeep "$LOGS/$key.pk.$rep.log" "$PGKEEP" backup --config "$WORK/pk-$v.yml" "${PK_FULL[@]}"
 		else
 			set_archive_target "br-$v"
 			measure "$key" pgbackrest "$LOGS/$key.br.$rep.log" pgbackrest --config="$WORK/br-$v.conf" --stanza=bench --type=full backup
@@ -438,7 +442,7 @@ restore_pair() {
 	if [ -z "${HAVE_BACKUP[$v]:-}" ]; then
 		log "$ds: untimed backups into the $v repositories for restore-$v"
 		set_archive_target "pk-$v"
-		"$PGKEEP" backup --config "$WORK/pk-$v.yml" >"$LOGS/$ds.prep-pk-$v.log" 2>&1 || { cat "$LOGS/$ds.prep-pk-$v.log" >&2; exit 1; }
+		"$PGKEEP" backup --config "$WORK/pk-$v.yml" "${PK_FULL[@]}" >"$LOGS/$ds.prep-pk-$v.log" 2>&1 || { cat "$LOGS/$ds.prep-pk-$v.log" >&2; exit 1; }
 		set_archive_target "br-$v"
 		pgbackrest --config="$WORK/br-$v.conf" --stanza=bench --type=full backup >"$LOGS/$ds.prep-br-$v.log" 2>&1 || { cat "$LOGS/$ds.prep-br-$v.log" >&2; exit 1; }
 		set_archive_target discard
