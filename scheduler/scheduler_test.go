@@ -196,7 +196,17 @@ func startDaemon(t *testing.T, s *etcdtest.Server, scope, member string, r *reco
 
 func finalRecords(t *testing.T, c *ha.Client, job string) map[int64]scheduler.Run {
 	t.Helper()
-	es, err := c.List(tctx(t, 10*time.Second), "runs/"+job+"/")
+	// The client's own timeout per request is short (a daemon's): on a
+	// loaded machine one read can miss it, which says nothing about the
+	// records. Retried a few times before it fails the test.
+	var es []ha.Entry
+	var err error
+	for range 5 {
+		if es, err = c.List(tctx(t, 10*time.Second), "runs/"+job+"/"); err == nil {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
