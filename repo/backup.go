@@ -540,6 +540,8 @@ type backupListing struct {
 	// deleted backup left because other backups still referenced it
 	// (format 2).
 	retired map[string]bool
+	// moved are the relocation objects (backups/<id>/moved/NNNNNN).
+	moved []string
 }
 
 func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, error) {
@@ -553,7 +555,9 @@ func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, erro
 			return nil
 		}
 		l.size[id] += o.Size
-		if !strings.HasPrefix(obj, "pack/") && !strings.HasPrefix(obj, "map/") && obj != "refs.json" {
+		if strings.HasPrefix(obj, "moved/") && isMovedName(o.Name) {
+			l.moved = append(l.moved, o.Name)
+		} else if !strings.HasPrefix(obj, "pack/") && !strings.HasPrefix(obj, "map/") && obj != "refs.json" {
 			notPack[id] = true
 		}
 		switch obj {
@@ -693,13 +697,18 @@ func (r *Repository) ReadManifest(ctx context.Context, id string) (*Manifest, er
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
+	// Blocks of packs that a repack moved are read where they are now.
+	t := r.newRelocator()
 	if m.usesMaps() {
-		if err := r.resolveMaps(ctx, m); err != nil {
+		if err := r.resolveMaps(ctx, m, t); err != nil {
 			return nil, fmt.Errorf("backup %s: %w", id, err)
 		}
-		if err := m.check(); err != nil {
-			return nil, fmt.Errorf("backup %s: manifest: %w: %v", id, ErrCorrupt, err)
-		}
+	}
+	if err := r.applyRelocations(ctx, m, t); err != nil {
+		return nil, fmt.Errorf("backup %s: %w", id, err)
+	}
+	if err := m.check(); err != nil {
+		return nil, fmt.Errorf("backup %s: manifest: %w: %v", id, ErrCorrupt, err)
 	}
 	return m, nil
 }
