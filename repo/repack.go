@@ -294,9 +294,9 @@ type RepackOptions struct {
 	Grace time.Duration
 	// Log, when set, gets a line per repacked and per removed pack.
 	Log *slog.Logger
-	// beforeRelocate, in tests, runs after the live blocks are known and
+	// BeforeRelocate, a test hook, runs after the live blocks are known and
 	// before the first relocation is written.
-	beforeRelocate func()
+	BeforeRelocate func()
 }
 
 // Repacking thresholds: a pack whose live fraction is below repackAlways
@@ -417,10 +417,16 @@ func (r *Repository) Repack(ctx context.Context, o RepackOptions) (RepackResult,
 			}
 			return cands[i].name < cands[j].name
 		})
-		if o.beforeRelocate != nil {
-			o.beforeRelocate()
+		if o.BeforeRelocate != nil {
+			o.BeforeRelocate()
 		}
+		// What the repository will hold once relocated packs are gone.
 		data := res.DataBytes
+		for name, size := range packSize {
+			if movedSet[movedName(name)] {
+				data -= size
+			}
+		}
 		for _, c := range cands {
 			if float64(c.live)/float64(c.size) >= repackAlways && float64(data) <= repackTarget*float64(res.LiveBytes) {
 				break

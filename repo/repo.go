@@ -98,7 +98,9 @@ func Init(ctx context.Context, b storage.Backend, o InitOptions) (Config, error)
 		}
 	}
 	cfg := Config{
-		Format:           FormatVersion,
+		// 4 only once a repack relocates blocks: until then pgkeeps of
+		// format 3 read the repository.
+		Format:           3,
 		Created:          o.Now.UTC(),
 		Compression:      "zstd",
 		CompressionLevel: o.CompressionLevel,
