@@ -35,8 +35,7 @@ func repackSeries(t *testing.T, r *repo.Repository, n int) (string, []string, []
 		writeFile(t, filepath.Join(dir, filepath.FromSlash(repackFile(i))), want[repackFile(i)])
 	}
 	ageFiles(t, dir)
-	o := smallBlocks()
-	o.PackSize = 128 << 10 // several objects a pack, so a pack can be partly dead
+	o := repackOptions()
 	var ids []string
 	var states []map[string][]byte
 	for b := range n {
@@ -58,6 +57,15 @@ func repackSeries(t *testing.T, r *repo.Repository, n int) (string, []string, []
 		states = append(states, maps.Clone(want))
 	}
 	return dir, ids, states
+}
+
+// repackOptions: several objects a pack, so a pack can be partly dead,
+// and one worker and writer, so the packs' layout (and so which of them a
+// repack picks) is the same in every run.
+func repackOptions() BackupOptions {
+	o := smallBlocks()
+	o.PackSize, o.Workers, o.Writers = 128<<10, 1, 1
+	return o
 }
 
 // packBytes is every pack byte stored; liveBytes the bytes of the objects
@@ -177,7 +185,7 @@ func TestRepackAfterRetention(t *testing.T) {
 	f := repackFile(0)
 	want[f] = randomBytes(777, 2*8192)
 	writeFile(t, filepath.Join(dir, filepath.FromSlash(f)), want[f])
-	inc, err := writeBackup(ctx, r, smallBlocks(), incrRun(repackID(12), dir), stopAt, discard())
+	inc, err := writeBackup(ctx, r, repackOptions(), incrRun(repackID(12), dir), stopAt, discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,10 +310,16 @@ func TestRepackWhileABackupReadsTheOldPack(t *testing.T) {
 	if err := r.ApplyRetention(ctx, plan); err != nil {
 		t.Fatal(err)
 	}
-	want := maps.Clone(states[11])
-	f := repackFile(5) // B reuses the rest, blocks of the full among them
-	want[f] = randomBytes(4242, 2*8192)
-	writeFile(t, filepath.Join(dir, filepath.FromSlash(f)), want[f])
+	// B backs up the data of the oldest kept backup, with it as its
+	// reference: it reuses the full's blocks that only the older kept
+	// backups still name, those of the packs the repack picks.
+	want := maps.Clone(states[6])
+	want[repackFile(5)] = randomBytes(4242, 2*8192)
+	for rel, data := range want {
+		writeFile(t, filepath.Join(dir, filepath.FromSlash(rel)), data)
+	}
+	bo := repackOptions()
+	bo.Reference = ids[6]
 
 	type result struct {
 		m   *repo.Manifest
@@ -317,7 +331,7 @@ func TestRepackWhileABackupReadsTheOldPack(t *testing.T) {
 	var oldNamed []string
 	res, err := r.Repack(ctx, repo.RepackOptions{MaxBytes: 1 << 30, Grace: 0, BeforeRelocate: func() {
 		go func() {
-			mf, err := writeBackup(ctx, r, smallBlocks(), incrRun(repackID(12), dir), func(mf *repo.Manifest) error {
+			mf, err := writeBackup(ctx, r, bo, incrRun(repackID(12), dir), func(mf *repo.Manifest) error {
 				atStop <- mf
 				<-resume
 				return stopAt(mf)
