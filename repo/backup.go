@@ -838,13 +838,30 @@ func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
 	if err := r.backend.Delete(ctx, startedName(id)); err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return fmt.Errorf("delete backup %s: %w", id, err)
 	}
-	var names []string
+	var objs []storage.ObjectInfo
 	err := r.backend.List(ctx, BackupPrefix(id), func(o storage.ObjectInfo) error {
-		names = append(names, o.Name)
+		objs = append(objs, o)
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("delete backup %s: %w", id, err)
+	}
+	var names []string
+	var now time.Time
+	for _, o := range objs {
+		if isRepackTarget(o.Name) {
+			// A repack's new pack: while young, its relocation may be
+			// about to name it (repack.go).
+			if now.IsZero() {
+				if now, err = r.storeNow(ctx); err != nil {
+					return fmt.Errorf("delete backup %s: %w", id, err)
+				}
+			}
+			if isFreshRepackTarget(o, now) {
+				continue
+			}
+		}
+		names = append(names, o.Name)
 	}
 	// Packs another backup references stay (retention by reference); the
 	// set is taken after the summary is gone, so a backup that starts now

@@ -307,6 +307,14 @@ const (
 	repackAlways = 0.5
 	repackAtMost = 0.9
 	repackTarget = 1.15
+	// repackFirstNumber is the first pack number of a repack's new packs
+	// (a backup writes far fewer packs), so delete tells them apart.
+	repackFirstNumber = 500000
+	// repackTargetMaxAge: a delete leaves a new pack of a repack that no
+	// relocation names yet alone for this long (the relocation naming it
+	// may be about to be written); a repack writes its relocation within
+	// half of it or gives up.
+	repackTargetMaxAge = time.Hour
 	// DefaultRepackGrace keeps a relocated pack for in-flight restores.
 	DefaultRepackGrace = 6 * time.Hour
 	// DefaultMaxRepackBytes is retention.max_repack_bytes' default.
@@ -465,7 +473,7 @@ func (r *Repository) Repack(ctx context.Context, o RepackOptions) (RepackResult,
 // relocated it first.
 func (r *Repository) relocate(ctx context.Context, pack string, size int64, ranges map[liveRange]bool, packSize map[string]int64) (bool, error) {
 	owner := packOwner(pack)
-	next := 0
+	next := repackFirstNumber
 	for name := range packSize {
 		if packOwner(name) == owner {
 			var n int
@@ -473,6 +481,7 @@ func (r *Repository) relocate(ctx context.Context, pack string, size int64, rang
 			next = max(next, n+1)
 		}
 	}
+	started := time.Now()
 	objs := make([]liveRange, 0, len(ranges))
 	for x := range ranges {
 		objs = append(objs, x)
@@ -494,6 +503,11 @@ func (r *Repository) relocate(ctx context.Context, pack string, size int64, rang
 		var werr error
 		for _, x := range objs {
 			rc, err := r.ReadPack(ctx, pack, x.off, x.length, size)
+			if errors.Is(err, storage.ErrNotFound) {
+				// Another delete removed it: no one names it any more.
+				w.Abort(err)
+				return false, nil
+			}
 			if err != nil {
 				werr = fmt.Errorf("repack %s: %w", pack, err)
 				break
@@ -525,6 +539,13 @@ func (r *Repository) relocate(ctx context.Context, pack string, size int64, rang
 		target = p
 		packSize[p.Name] = p.Size
 		break
+	}
+	if time.Since(started) > repackTargetMaxAge/2 {
+		// A delete may take the new pack for unused soon: give up on it.
+		if derr := r.backend.Delete(ctx, target.Name); derr != nil {
+			return false, fmt.Errorf("repack %s: too slow, and removing its copy %s failed: %w", pack, target.Name, derr)
+		}
+		return false, nil
 	}
 	rl := Relocation{Pack: pack, Size: size, Time: time.Now().UTC(), Targets: []Pack{target}, Blocks: blocks}
 	data, err := json.Marshal(rl)
@@ -619,4 +640,21 @@ func (r *Repository) removeRelocated(ctx context.Context, grace time.Duration, r
 		}
 	}
 	return nil
+}
+
+// isRepackTarget reports whether name is a pack a repack wrote.
+func isRepackTarget(name string) bool {
+	if !isPackName(name) {
+		return false
+	}
+	var n int
+	fmt.Sscanf(name[len(name)-6:], "%d", &n)
+	return n >= repackFirstNumber
+}
+
+// isFreshRepackTarget reports whether o is a pack a repack may still be
+// about to name in a relocation (a repack's, younger than
+// repackTargetMaxAge by the store's clock now).
+func isFreshRepackTarget(o storage.ObjectInfo, now time.Time) bool {
+	return isRepackTarget(o.Name) && now.Sub(o.ModTime) < repackTargetMaxAge
 }
