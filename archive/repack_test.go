@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/storage"
+	fsstore "github.com/pgkeep/pgkeep/storage/fs"
 	"github.com/pgkeep/pgkeep/storage/mem"
 )
 
@@ -397,5 +399,62 @@ func TestRepackWhileABackupReadsTheOldPack(t *testing.T) {
 	})
 	if moved == 0 {
 		t.Error("no relocation objects left, though backups read through them")
+	}
+}
+
+// A delete leaves a young pack numbered like a repack's new pack alone
+// (a repack may be about to write the relocation naming it), and removes
+// it once it is an hour old and still named by nothing.
+func TestDeleteLeavesAYoungRepackTarget(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	b, err := fsstore.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.Init(ctx, b, repo.InitOptions{CompressionLevel: 1, Now: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.Open(ctx, b, repo.OpenOptions{CompressionLevel: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := syntheticDataDir(t)
+	ageFiles(t, dir)
+	full, err := writeBackup(ctx, r, smallBlocks(), incrRun(repackID(0), dir), stopAt, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writeBackup(ctx, r, smallBlocks(), incrRun(repackID(1), dir), stopAt, discard()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.DeleteBackup(ctx, full.ID); err != nil {
+		t.Fatal(err)
+	}
+	target := repo.BackupPrefix(full.ID) + "pack/500000"
+	if err := b.Put(ctx, target, strings.NewReader("a repack's copy"), storage.PutOptions{IfAbsent: true}); err != nil {
+		t.Fatal(err)
+	}
+	apply := func() {
+		t.Helper()
+		plan, err := r.PlanRetention(ctx, repo.RetentionOptions{RetainFull: 1, Now: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.ApplyRetention(ctx, plan); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply()
+	if _, err := b.Stat(ctx, target); err != nil {
+		t.Fatalf("a young repack target was removed: %v", err)
+	}
+	old := time.Now().Add(-2 * time.Hour)
+	if err := os.Chtimes(filepath.Join(root, filepath.FromSlash(target)), old, old); err != nil {
+		t.Fatal(err)
+	}
+	apply()
+	if _, err := b.Stat(ctx, target); err == nil {
+		t.Fatal("an hour-old repack target that nothing names is still stored")
 	}
 }

@@ -374,12 +374,12 @@ func (r *Repository) Repack(ctx context.Context, o RepackOptions) (RepackResult,
 	}
 	live := map[string]map[liveRange]bool{} // pack -> objects named
 	for _, id := range l.committed {
-		m, err := r.ReadManifest(ctx, id)
-		if errors.Is(err, storage.ErrNotFound) {
-			continue // deleted meanwhile
-		}
+		m, err := r.manifestIfCommitted(ctx, id)
 		if err != nil {
 			return res, fmt.Errorf("repack: %w", err)
+		}
+		if m == nil {
+			continue // deleted meanwhile
 		}
 		for _, f := range m.Files {
 			for _, b := range f.Blocks {
@@ -609,12 +609,12 @@ func (r *Repository) removeRelocated(ctx context.Context, grace time.Duration, r
 	}
 	named := map[string]bool{}
 	for _, id := range l.committed {
-		m, err := r.ReadManifest(ctx, id)
-		if errors.Is(err, storage.ErrNotFound) {
-			continue
-		}
+		m, err := r.manifestIfCommitted(ctx, id)
 		if err != nil {
 			return fmt.Errorf("repack: %w", err)
+		}
+		if m == nil {
+			continue // deleted meanwhile
 		}
 		for _, f := range m.Files {
 			for _, b := range f.Blocks {
@@ -657,4 +657,19 @@ func isRepackTarget(name string) bool {
 // repackTargetMaxAge by the store's clock now).
 func isFreshRepackTarget(o storage.ObjectInfo, now time.Time) bool {
 	return isRepackTarget(o.Name) && now.Sub(o.ModTime) < repackTargetMaxAge
+}
+
+// manifestIfCommitted reads backup id's manifest; nil, nil when the
+// backup was deleted meanwhile (its summary is gone). Any other failure
+// is an error: a repack must not take a backup it cannot read for one
+// that names nothing.
+func (r *Repository) manifestIfCommitted(ctx context.Context, id string) (*Manifest, error) {
+	m, err := r.ReadManifest(ctx, id)
+	if err == nil {
+		return m, nil
+	}
+	if _, serr := r.backend.Stat(ctx, summaryName(id)); errors.Is(serr, storage.ErrNotFound) {
+		return nil, nil
+	}
+	return nil, err
 }
