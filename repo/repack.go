@@ -361,6 +361,11 @@ func (r *Repository) Repack(ctx context.Context, o RepackOptions) (RepackResult,
 	if err != nil {
 		return res, err
 	}
+	// A running backup may read its reference through a relocation: the
+	// packs the held ones moved to are held too.
+	if err := r.relocationsInUse(ctx, l, held); err != nil {
+		return res, err
+	}
 	packSize := map[string]int64{}
 	err = r.backend.List(ctx, backupsPrefix, func(o storage.ObjectInfo) error {
 		if isPackName(o.Name) {
@@ -605,6 +610,9 @@ func (r *Repository) removeRelocated(ctx context.Context, grace time.Duration, r
 	}
 	held, err := r.runningHolds(ctx, l, "")
 	if err != nil {
+		return err
+	}
+	if err := r.relocationsInUse(ctx, l, held); err != nil {
 		return err
 	}
 	named := map[string]bool{}
