@@ -2,6 +2,7 @@ package maintain
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path"
@@ -21,7 +22,13 @@ type DeleteOptions struct {
 	BackupID string
 	// DryRun prints what would go and deletes nothing.
 	DryRun bool
-	Out    io.Writer
+	// MaxRepackBytes bounds the live bytes of mostly dead packs copied
+	// into new packs after the deletion (repo.Repack); 0: no repack.
+	MaxRepackBytes int64
+	// RepackGrace keeps a repacked pack that long for in-flight restores
+	// (the CLI's default is repo.DefaultRepackGrace; 0: at once).
+	RepackGrace time.Duration
+	Out         io.Writer
 }
 
 // Delete plans the deletion, prints it, and applies it unless DryRun.
@@ -45,7 +52,23 @@ func Delete(ctx context.Context, r *repo.Repository, o DeleteOptions) error {
 	if o.DryRun {
 		return nil
 	}
-	return r.ApplyRetention(ctx, plan)
+	if err := r.ApplyRetention(ctx, plan); err != nil {
+		return err
+	}
+	res, err := r.Repack(ctx, repo.RepackOptions{MaxBytes: o.MaxRepackBytes, Grace: o.RepackGrace})
+	if errors.Is(err, repo.ErrNoIdentity) {
+		// Which blocks are live is in the manifests: no key, no repack.
+		fmt.Fprintf(o.Out, "not repacked: reading the manifests needs the repository key\n")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("repack: %w", err)
+	}
+	if len(res.Repacked)+len(res.Removed) > 0 {
+		fmt.Fprintf(o.Out, "repacked %d pack(s) (%s copied), removed %d repacked pack(s) (%s)\n",
+			len(res.Repacked), human.Bytes(res.Copied), len(res.Removed), human.Bytes(res.Freed))
+	}
+	return nil
 }
 
 // PrintPlan prints one line per backup and, when anything goes, a line of

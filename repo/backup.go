@@ -542,6 +542,8 @@ type backupListing struct {
 	// deleted backup left because other backups still referenced it
 	// (format 2).
 	retired map[string]bool
+	// moved are the relocation objects (backups/<id>/moved/NNNNNN).
+	moved []string
 }
 
 func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, error) {
@@ -555,7 +557,9 @@ func (r *Repository) listBackupObjects(ctx context.Context) (backupListing, erro
 			return nil
 		}
 		l.size[id] += o.Size
-		if !strings.HasPrefix(obj, "pack/") && !strings.HasPrefix(obj, "map/") && obj != "refs.json" {
+		if strings.HasPrefix(obj, "moved/") && isMovedName(o.Name) {
+			l.moved = append(l.moved, o.Name)
+		} else if !strings.HasPrefix(obj, "pack/") && !strings.HasPrefix(obj, "map/") && obj != "refs.json" {
 			notPack[id] = true
 		}
 		switch obj {
@@ -695,13 +699,18 @@ func (r *Repository) ReadManifest(ctx context.Context, id string) (*Manifest, er
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
+	// Blocks of packs that a repack moved are read where they are now.
+	t := r.newRelocator()
 	if m.usesMaps() {
-		if err := r.resolveMaps(ctx, m); err != nil {
+		if err := r.resolveMaps(ctx, m, t); err != nil {
 			return nil, fmt.Errorf("backup %s: %w", id, err)
 		}
-		if err := m.check(); err != nil {
-			return nil, fmt.Errorf("backup %s: manifest: %w: %v", id, ErrCorrupt, err)
-		}
+	}
+	if err := r.applyRelocations(ctx, m, t); err != nil {
+		return nil, fmt.Errorf("backup %s: %w", id, err)
+	}
+	if err := m.check(); err != nil {
+		return nil, fmt.Errorf("backup %s: manifest: %w: %v", id, ErrCorrupt, err)
 	}
 	return m, nil
 }
@@ -831,13 +840,30 @@ func (r *Repository) DeleteBackup(ctx context.Context, id string) error {
 	if err := r.backend.Delete(ctx, startedName(id)); err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return fmt.Errorf("delete backup %s: %w", id, err)
 	}
-	var names []string
+	var objs []storage.ObjectInfo
 	err := r.backend.List(ctx, BackupPrefix(id), func(o storage.ObjectInfo) error {
-		names = append(names, o.Name)
+		objs = append(objs, o)
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("delete backup %s: %w", id, err)
+	}
+	var names []string
+	var now time.Time
+	for _, o := range objs {
+		if isRepackTarget(o.Name) {
+			// A repack's new pack: while young, its relocation may be
+			// about to name it (repack.go).
+			if now.IsZero() {
+				if now, err = r.storeNow(ctx); err != nil {
+					return fmt.Errorf("delete backup %s: %w", id, err)
+				}
+			}
+			if isFreshRepackTarget(o, now) {
+				continue
+			}
+		}
+		names = append(names, o.Name)
 	}
 	// Packs another backup references stay (retention by reference); the
 	// set is taken after the summary is gone, so a backup that starts now

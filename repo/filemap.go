@@ -280,7 +280,7 @@ func (m *Manifest) foreignMaps() []string {
 // A map that names a pack the manifest does not list, or a map object
 // (the file's or one of its bases') not listed in the manifest's maps, is
 // refused: refs.json, which retention trusts, is made from those tables.
-func (r *Repository) resolveMaps(ctx context.Context, m *Manifest) error {
+func (r *Repository) resolveMaps(ctx context.Context, m *Manifest, t *relocator) error {
 	listed := map[string]bool{}
 	for _, p := range m.Maps {
 		listed[p.Name] = true
@@ -308,6 +308,20 @@ func (r *Repository) resolveMaps(ctx context.Context, m *Manifest) error {
 		f.Blocks = make([]BlockRef, len(e.blocks))
 		for j, b := range e.blocks {
 			k, ok := packIdx[b.pack]
+			// A map naming a pack a repack moved: the manifest lists
+			// where its block went (a backup that named the map after
+			// the repack read it through the relocation).
+			for hops := 0; !ok && hops < maxRelocationHops; hops++ {
+				to, off, moved, err := t.step(ctx, b.pack, b.ref.Offset, b.ref.Length)
+				if err != nil {
+					return fmt.Errorf("%s: %w", f.Path, err)
+				}
+				if !moved {
+					break
+				}
+				b.pack, b.ref.Offset = to.Name, off
+				k, ok = packIdx[b.pack]
+			}
 			if !ok {
 				return fmt.Errorf("%s: map %s names pack %s, which the manifest does not list: %w", f.Path, f.Map.Object, b.pack, ErrCorrupt)
 			}

@@ -152,6 +152,35 @@ func (r *Repository) packsInUse(ctx context.Context, except string) (map[string]
 			return nil, l, err
 		}
 	}
+	held, err := r.runningHolds(ctx, l, except)
+	if err != nil {
+		return nil, l, err
+	}
+	for n := range held {
+		inUse[n] = true
+	}
+	if err := r.relocationsInUse(ctx, l, inUse); err != nil {
+		return nil, l, err
+	}
+	return inUse, l, nil
+}
+
+// runningHolds is what uncommitted backups that may still be running may
+// name: all packs and maps of their reference and what its refs.json names
+// (and that refs.json), and all packs and indexes of the interrupted
+// backups they resume. except is a backup being deleted.
+func (r *Repository) runningHolds(ctx context.Context, l backupListing, except string) (map[string]bool, error) {
+	inUse := map[string]bool{}
+	refsOf := func(id string) error {
+		packs, err := r.readRefs(ctx, id)
+		if err != nil {
+			return fmt.Errorf("backup %s: %w", id, err)
+		}
+		for _, p := range packs {
+			inUse[p] = true
+		}
+		return nil
+	}
 	for _, id := range l.debris {
 		if id == except {
 			continue
@@ -162,20 +191,20 @@ func (r *Repository) packsInUse(ctx context.Context, except string) (map[string]
 		}
 		if err != nil {
 			// A start record that does not parse could name anything.
-			return nil, l, fmt.Errorf("backup %s: %w", id, err)
+			return nil, fmt.Errorf("backup %s: %w", id, err)
 		}
 		// Interrupted backups it resumes: all their packs (and the
 		// indexes it reads) stay while it may still name them.
 		for _, src := range rec.Resume {
 			if ValidBackupID(src) != nil {
-				return nil, l, fmt.Errorf("backup %s: start record names interrupted backup %q", id, src)
+				return nil, fmt.Errorf("backup %s: start record names interrupted backup %q", id, src)
 			}
 			for _, dir := range []string{"pack/", "index/"} {
 				if err := r.backend.List(ctx, BackupPrefix(src)+dir, func(o storage.ObjectInfo) error {
 					inUse[o.Name] = true
 					return nil
 				}); err != nil {
-					return nil, l, err
+					return nil, err
 				}
 			}
 		}
@@ -183,24 +212,24 @@ func (r *Repository) packsInUse(ctx context.Context, except string) (map[string]
 			continue
 		}
 		if ValidBackupID(rec.Reference) != nil {
-			return nil, l, fmt.Errorf("backup %s: start record names reference %q", id, rec.Reference)
+			return nil, fmt.Errorf("backup %s: start record names reference %q", id, rec.Reference)
 		}
 		for _, dir := range []string{"pack/", "map/"} {
 			if err := r.backend.List(ctx, BackupPrefix(rec.Reference)+dir, func(o storage.ObjectInfo) error {
 				inUse[o.Name] = true
 				return nil
 			}); err != nil {
-				return nil, l, err
+				return nil, err
 			}
 		}
 		if err := refsOf(rec.Reference); err != nil {
-			return nil, l, err
+			return nil, err
 		}
 		// Its refs.json stays too while the reference is deleted: a later
 		// delete must still see what the running backup may reference.
 		inUse[refsName(rec.Reference)] = true
 	}
-	return inUse, l, nil
+	return inUse, nil
 }
 
 // dropUnreferenced removes the packs of deleted backups (retired: nothing

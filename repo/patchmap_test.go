@@ -52,7 +52,7 @@ func TestPatchMapResolution(t *testing.T) {
 	newBlk.XXH3 = strings.Repeat("b", 32)
 	good := mapPatch{Base: MapRef{Object: base.Name}, Depth: 1, Blocks: 4, Set: []patchBlock{{Index: 1, BlockRef: newBlk}, {Index: 3, BlockRef: newBlk}}}
 	m := mk(good, true)
-	if err := r.resolveMaps(ctx, m); err != nil {
+	if err := r.resolveMaps(ctx, m, r.newRelocator()); err != nil {
 		t.Fatal(err)
 	}
 	f := m.Files[0]
@@ -74,14 +74,14 @@ func TestPatchMapResolution(t *testing.T) {
 		{"index past the base unset", mapPatch{Base: good.Base, Depth: 1, Blocks: 5, Set: good.Set}, true, "not all set"},
 		{"itself as base", mapPatch{Base: MapRef{Object: MapName(inc, 0), Patch: true}, Depth: 1, Blocks: 3}, true, "patches"},
 	} {
-		err := r.resolveMaps(ctx, mk(c.p, c.listBase))
+		err := r.resolveMaps(ctx, mk(c.p, c.listBase), r.newRelocator())
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v; want an error saying %q", c.what, err, c.want)
 		}
 	}
 	m = mk(good, true)
 	m.Format = 4
-	if err := r.resolveMaps(ctx, m); err == nil {
+	if err := r.resolveMaps(ctx, m, r.newRelocator()); err == nil {
 		t.Error("a patch map in a format 4 manifest is accepted")
 	}
 }

@@ -26,9 +26,10 @@ import (
 // FormatVersion is the newest repository format this code reads and
 // writes (docs/format.md): 2 once a backup may reference another backup's
 // packs, 3 once a manifest may hold chunks or file maps (format 3 and 4
-// manifests), which pgkeeps of format 1 would misread. Older repositories
+// manifests), which pgkeeps of format 1 would misread, 4 once a repack
+// moved blocks (relocations, which older readers would not follow). Older repositories
 // are read as they are and upgraded by the first backup that needs it.
-const FormatVersion = 3
+const FormatVersion = 4
 
 // ConfigObject is the name of the repository's own config object.
 const ConfigObject = "config.json"
@@ -97,7 +98,9 @@ func Init(ctx context.Context, b storage.Backend, o InitOptions) (Config, error)
 		}
 	}
 	cfg := Config{
-		Format:           FormatVersion,
+		// 4 only once a repack relocates blocks: until then pgkeeps of
+		// format 3 read the repository.
+		Format:           3,
 		Created:          o.Now.UTC(),
 		Compression:      "zstd",
 		CompressionLevel: o.CompressionLevel,

@@ -194,7 +194,7 @@ func (r *Repository) planFrom(ctx context.Context, plan RetentionPlan, backups [
 			}
 			var free int64
 			err := r.backend.List(ctx, BackupPrefix(id), func(o storage.ObjectInfo) error {
-				if !inUse[o.Name] {
+				if !inUse[o.Name] && !isFreshRepackTarget(o, now) {
 					free += o.Size
 				}
 				return nil

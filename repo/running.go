@@ -196,13 +196,51 @@ func (r *Repository) checkPacks(ctx context.Context, m *Manifest) error {
 			return fmt.Errorf("list packs: %w", err)
 		}
 	}
-	for _, p := range objs {
+	for i, p := range objs {
 		size, ok := stored[p.Name]
+		if !ok && i < len(m.Packs) {
+			// A repack may have moved the blocks and removed the pack:
+			// fine if every block this backup names in it was moved.
+			if err := r.movedWhole(ctx, m, i); err != nil {
+				return fmt.Errorf("pack %s is gone (removed by a concurrent delete?) and %v; the backup is not committed", p.Name, err)
+			}
+			continue
+		}
 		if !ok {
 			return fmt.Errorf("pack %s is gone (removed by a concurrent delete?); the backup is not committed", p.Name)
 		}
 		if size != p.Size {
 			return fmt.Errorf("pack %s is %d bytes, %d were written; the backup is not committed", p.Name, size, p.Size)
+		}
+	}
+	return nil
+}
+
+// movedWhole checks that pack i of m, no longer stored, has a relocation
+// holding every block of m in it, and that the packs it moved them to are
+// stored at their sizes.
+func (r *Repository) movedWhole(ctx context.Context, m *Manifest, i int) error {
+	name := m.Packs[i].Name
+	if !isPackName(name) {
+		return errors.New("it is no pack name")
+	}
+	rl, err := r.readRelocation(ctx, movedName(name))
+	if err != nil {
+		return fmt.Errorf("no relocation of it: %w", err)
+	}
+	for _, f := range m.Files {
+		for _, b := range f.Blocks {
+			if b.Pack == i {
+				if _, ok := rl.find(b.Offset, b.Length); !ok {
+					return fmt.Errorf("its relocation lacks the block at %d of %s", b.FileOffset, f.Path)
+				}
+			}
+		}
+	}
+	for _, t := range rl.Targets {
+		info, err := r.backend.Stat(ctx, t.Name)
+		if err != nil || info.Size != t.Size {
+			return fmt.Errorf("the pack it moved to, %s, is not stored at its size (%v)", t.Name, err)
 		}
 	}
 	return nil

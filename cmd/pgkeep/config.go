@@ -269,6 +269,19 @@ func (s StorageConfig) RateLimitBytes() int64 {
 type RetentionConfig struct {
 	Full int `yaml:"full"`
 	Days int `yaml:"days"`
+	// MaxRepackBytes bounds what `pgkeep delete` copies out of mostly
+	// dead packs per run (a size, e.g. 1GB; "0" turns repacking off;
+	// empty: repo.DefaultMaxRepackBytes).
+	MaxRepackBytes string `yaml:"max_repack_bytes"`
+}
+
+// MaxRepackBytesValue is retention.max_repack_bytes in bytes.
+func (r RetentionConfig) MaxRepackBytesValue() int64 {
+	if r.MaxRepackBytes == "" {
+		return repo.DefaultMaxRepackBytes
+	}
+	n, _ := parseBytes(r.MaxRepackBytes)
+	return int64(n)
 }
 
 // MaxBackupConcurrency bounds backup.concurrency.
@@ -592,6 +605,11 @@ func (c *Config) validate(path string) error {
 	}
 	if r := c.Retention; r.Full < 0 || r.Full > repo.MaxRetainFull || r.Days < 0 || r.Days > repo.MaxRetainDays || (r.Full > 0 && r.Days > 0) {
 		return bad("retention", "set at most one of full (1..%d backups) and days (1..%d)", repo.MaxRetainFull, repo.MaxRetainDays)
+	}
+	if c.Retention.MaxRepackBytes != "" {
+		if _, err := parseBytes(c.Retention.MaxRepackBytes); err != nil {
+			return bad("retention.max_repack_bytes", "%v", err)
+		}
 	}
 	if err := c.validateEtcd(bad); err != nil {
 		return err

@@ -14,6 +14,8 @@ func newDeleteCmd(a *app) *cobra.Command {
 		o        repo.RetentionOptions
 		dryRun   bool
 		backupID string
+		repack   string
+		grace    time.Duration
 	)
 	cmd := withConfig(&cobra.Command{
 		Use:   "delete",
@@ -29,7 +31,14 @@ the oldest remaining backup's start.
 
 Every remaining backup stays restorable to any point up to the newest archived WAL.
 It prints a line per backup and the totals (backups, WAL files, bytes); --dry-run
-prints the same with "would delete". It is safe to run while wal-push and backup run.`,
+prints the same with "would delete". It is safe to run while wal-push and backup run.
+
+Afterwards it repacks packs of deleted backups that kept backups still name
+but that are mostly dead: their live blocks are copied into new packs, at most
+--max-repack-bytes per run (config retention.max_repack_bytes, default 1GB;
+0 turns it off), and the old packs are removed by a later run once
+--repack-grace has passed (in-flight restores may still read them). Repacking
+reads the manifests, so it needs the repository key.`,
 		Example: "  pgkeep delete --retain-full 7 --dry-run\n  pgkeep delete --retain-days 14\n  pgkeep delete --backup 20261122T180000Z-1a2b",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -48,7 +57,19 @@ prints the same with "would delete". It is safe to run while wal-push and backup
 			if err != nil {
 				return err
 			}
-			return maintain.Delete(ctx, r, maintain.DeleteOptions{Retention: o, BackupID: backupID, DryRun: dryRun, Out: cmd.OutOrStdout()})
+			maxRepack := a.cfg.Retention.MaxRepackBytesValue()
+			if cmd.Flags().Changed("max-repack-bytes") {
+				n, err := parseBytes(repack)
+				if err != nil {
+					return &configError{"--max-repack-bytes: " + err.Error()}
+				}
+				maxRepack = int64(n)
+			}
+			if grace < 0 {
+				return &configError{"--repack-grace must not be negative"}
+			}
+			return maintain.Delete(ctx, r, maintain.DeleteOptions{Retention: o, BackupID: backupID, DryRun: dryRun,
+				MaxRepackBytes: maxRepack, RepackGrace: grace, Out: cmd.OutOrStdout()})
 		},
 	})
 	cmd.Flags().IntVar(&o.RetainFull, "retain-full", 0, "keep the newest N backups")
@@ -56,5 +77,7 @@ prints the same with "would delete". It is safe to run while wal-push and backup
 	cmd.Flags().StringVar(&backupID, "backup", "", "delete this one backup (and the WAL no remaining backup needs)")
 	cmd.Flags().DurationVar(&o.DebrisMinAge, "debris-min-age", time.Hour, "remove uncommitted backups only when nothing was written to them for this long")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be deleted, delete nothing")
+	cmd.Flags().StringVar(&repack, "max-repack-bytes", "", "copy at most this many live bytes out of mostly dead packs (e.g. 1GB; 0: no repack; default retention.max_repack_bytes or 1GB)")
+	cmd.Flags().DurationVar(&grace, "repack-grace", repo.DefaultRepackGrace, "keep a repacked pack this long for restores that read it")
 	return cmd
 }
