@@ -142,13 +142,18 @@ func assertKept(t *testing.T, what string, before, after map[string]string, allo
 }
 
 // failedBackupDebris accepts what a backup that failed may leave behind:
-// its start record, heartbeat and packs, never a summary or manifest.
+// its start record, heartbeat, packs (and their indexes), file maps and
+// refs.json, never a summary or manifest.
 func failedBackupDebris(name string) bool {
 	if !strings.HasPrefix(name, "backups/") {
 		return false
 	}
+	// Packs, their indexes (resume) and file maps are stored as the copy
+	// goes; refs.json just before the manifest. None of them lists the
+	// backup: only backup.json, after the manifest, does.
 	base := filepath.Base(name)
-	return base == "started.json" || base == "alive" || strings.Contains(name, "/pack/")
+	return base == "started.json" || base == "alive" || base == "refs.json" ||
+		strings.Contains(name, "/pack/") || strings.Contains(name, "/index/") || strings.Contains(name, "/map/")
 }
 
 // s3Objects lists a bucket's objects with size and ETag: equal lists mean
