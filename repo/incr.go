@@ -137,16 +137,7 @@ func (r *Repository) packsInUse(ctx context.Context, except string) (map[string]
 		return nil, l, err
 	}
 	inUse := map[string]bool{}
-	refsOf := func(id string) error {
-		packs, err := r.readRefs(ctx, id)
-		if err != nil {
-			return fmt.Errorf("backup %s: %w", id, err)
-		}
-		for _, p := range packs {
-			inUse[p] = true
-		}
-		return nil
-	}
+	refsOf := func(id string) error { return r.addRefs(ctx, id, inUse) }
 	for _, id := range l.committed {
 		if err := refsOf(id); err != nil {
 			return nil, l, err
@@ -165,22 +156,25 @@ func (r *Repository) packsInUse(ctx context.Context, except string) (map[string]
 	return inUse, l, nil
 }
 
+// addRefs adds what backup id's refs.json names to inUse.
+func (r *Repository) addRefs(ctx context.Context, id string, inUse map[string]bool) error {
+	packs, err := r.readRefs(ctx, id)
+	if err != nil {
+		return fmt.Errorf("backup %s: %w", id, err)
+	}
+	for _, p := range packs {
+		inUse[p] = true
+	}
+	return nil
+}
+
 // runningHolds is what uncommitted backups that may still be running may
 // name: all packs and maps of their reference and what its refs.json names
 // (and that refs.json), and all packs and indexes of the interrupted
 // backups they resume. except is a backup being deleted.
 func (r *Repository) runningHolds(ctx context.Context, l backupListing, except string) (map[string]bool, error) {
 	inUse := map[string]bool{}
-	refsOf := func(id string) error {
-		packs, err := r.readRefs(ctx, id)
-		if err != nil {
-			return fmt.Errorf("backup %s: %w", id, err)
-		}
-		for _, p := range packs {
-			inUse[p] = true
-		}
-		return nil
-	}
+	refsOf := func(id string) error { return r.addRefs(ctx, id, inUse) }
 	for _, id := range l.debris {
 		if id == except {
 			continue
