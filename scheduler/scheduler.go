@@ -306,18 +306,17 @@ func (s *Scheduler) Run(ctx context.Context) error {
 }
 
 func (s *Scheduler) loop(ctx context.Context, wg *sync.WaitGroup, j scheduledJob) {
+	// A scheduled time that comes due while the clocks settle is still
+	// this daemon's to run or take over (tick never starts it early):
+	// skipping it would leave it to a member further down the ranking.
+	from := s.clusterNow()
 	// Not before the other daemons' clocks are known (a few heartbeats).
 	select {
 	case <-ctx.Done():
 		return
 	case <-s.clk.ready:
 	}
-	var last time.Time // the last scheduled time fired: the cluster's clock may step back
 	for ctx.Err() == nil {
-		from := s.clusterNow()
-		if from.Before(last) {
-			from = last
-		}
 		next := j.sched.Next(from)
 		if next.IsZero() {
 			s.log.Warn("schedule has no next time", "job", j.Name)
@@ -330,7 +329,11 @@ func (s *Scheduler) loop(ctx context.Context, wg *sync.WaitGroup, j scheduledJob
 			return
 		case <-t.C:
 		}
-		last = next
+		// The cluster's clock may step back: never fire a time twice.
+		from = s.clusterNow()
+		if from.Before(next) {
+			from = next
+		}
 		deadline := next.Add(j.Window)
 		if j.Window <= 0 {
 			deadline = j.sched.Next(next)

@@ -895,3 +895,27 @@ func TestFastClockDoesNotStartEarly(t *testing.T) {
 		t.Errorf("no daemon warned about pg2's clock:\n%s", logs.String())
 	}
 }
+
+// A scheduled time that comes due while a starting daemon waits for the
+// peers' clocks (three heartbeats, three poll intervals here) is still run
+// by it, the first in line, not skipped and left to a takeover.
+func TestScheduledTimeWhileSettlingIsRun(t *testing.T) {
+	s := etcdtest.Start(t, etcdtest.Options{})
+	writeCluster(t, s.Client(t), "settle", threeNodes())
+	r := newRecorder(100 * time.Millisecond)
+	o := scheduler.Options{
+		Jobs:         []scheduler.Job{{Name: "backup", Kind: "backup", Schedule: "*/2 * * * * *", RunOn: scheduler.PreferReplica, MaxLag: 1 << 20, Window: 20 * time.Second}},
+		LockTTL:      2 * time.Second,
+		PollInterval: time.Second,
+	}
+	begun := time.Now()
+	d := startDaemon(t, s, "settle", "pg2", r, nil, o)
+	first := begun.Truncate(2 * time.Second).Add(2 * time.Second) // before the clocks settle
+	pgtest.WaitFor(t, 30*time.Second, "the first scheduled time to be recorded", func() (bool, error) {
+		_, ok := finalRecords(t, d.ha, "backup")[first.Unix()]
+		return ok, nil
+	})
+	if rec := finalRecords(t, d.ha, "backup")[first.Unix()]; rec.Node != "pg2" || rec.Status != scheduler.StatusSucceeded {
+		t.Errorf("%s: %s on %s, want a success on pg2", first.Format(time.TimeOnly), rec.Status, rec.Node)
+	}
+}
