@@ -661,7 +661,12 @@ func (p *mapPlan) checkFile(c *copier, f *sourceFile, fr *fileReads, byMTime boo
 func inRange(lsn, from, to pg.LSN) bool { return lsn > from && lsn <= to }
 
 // takeMapped lists file i's blocks: those fr reads as jobs, the others as
-// the reference's. It returns the bytes to read.
+// the reference's. It returns the bytes to read. Jobs cover windows of
+// fr.run blocks (a chunk's worth), so the changed blocks of a window are
+// stored together as one chunk however scattered they are: a sparse window
+// reads only its mapped blocks; a dense one (at least half mapped) is read
+// whole and in order, its unmapped blocks taken from the reference by
+// hash as hash mode does, which costs less than many small reads.
 func (c *copier) takeMapped(i int, f *sourceFile, rf *repo.File, fr *fileReads, jobs *[]blockJob) (int64, error) {
 	n := len(fr.read)
 	c.files[i].BlockSize = fr.small
@@ -669,29 +674,60 @@ func (c *copier) takeMapped(i int, f *sourceFile, rf *repo.File, fr *fileReads, 
 	c.hashes[i] = make([][]byte, n)
 	c.foreign[i] = make([]string, n)
 	var read, unread int64
-	for b := 0; b < n; {
-		if !fr.read[b] {
-			ref := rf.Blocks[b]
-			sum, err := hex.DecodeString(ref.Digest())
-			if want := map[bool]int{true: 16, false: 32}[ref.XXH3 != ""]; err != nil || len(sum) != want {
-				return 0, fmt.Errorf("reference backup %s: %s: block hash %q", c.ref.ID, f.Rel, ref.Digest())
+	fromRef := func(b int) error {
+		ref := rf.Blocks[b]
+		sum, err := hex.DecodeString(ref.Digest())
+		if want := map[bool]int{true: 16, false: 32}[ref.XXH3 != ""]; err != nil || len(sum) != want {
+			return fmt.Errorf("reference backup %s: %s: block hash %q", c.ref.ID, f.Rel, ref.Digest())
+		}
+		c.blocks[i][b] = ref
+		c.foreign[i][b] = c.ref.Packs[ref.Pack].Name
+		c.hashes[i][b] = sum
+		unread += ref.Size
+		return nil
+	}
+	size := func(b int) int64 { return min(int64(b+1)*fr.bs, f.Size) - int64(b)*fr.bs }
+	for w := 0; w < n; w += int(fr.run) {
+		e := min(n, w+int(fr.run))
+		wanted := 0
+		for b := w; b < e; b++ {
+			if fr.read[b] {
+				wanted++
 			}
-			c.blocks[i][b] = ref
-			c.foreign[i][b] = c.ref.Packs[ref.Pack].Name
-			c.hashes[i][b] = sum
-			unread += ref.Size
-			b++
+		}
+		first, last := w, e-1
+		if 2*wanted < e-w {
+			for first <= last && !fr.read[first] {
+				if err := fromRef(first); err != nil {
+					return 0, err
+				}
+				first++
+			}
+			for last >= first && !fr.read[last] {
+				if err := fromRef(last); err != nil {
+					return 0, err
+				}
+				last--
+			}
+		}
+		if first > last {
 			continue
 		}
-		e := b + 1
-		for e < n && fr.read[e] && int64(e-b) < fr.run {
-			e++
+		off := int64(first) * fr.bs
+		j := blockJob{file: i, index: first, src: f, off: off, len: min(int64(last+1)*fr.bs, f.Size) - off, bs: fr.bs, rf: rf}
+		if 2*wanted < e-w {
+			j.want = append([]bool(nil), fr.read[first:last+1]...)
+			for b := first; b <= last; b++ {
+				if fr.read[b] {
+					read += size(b)
+				} else if err := fromRef(b); err != nil {
+					return 0, err
+				}
+			}
+		} else {
+			read += j.len
 		}
-		off := int64(b) * fr.bs
-		l := min(int64(e)*fr.bs, f.Size) - off
-		*jobs = append(*jobs, blockJob{file: i, index: b, src: f, off: off, len: l, bs: fr.bs, rf: rf})
-		read += l
-		b = e
+		*jobs = append(*jobs, j)
 	}
 	c.stats.unread.Add(unread)
 	return read, nil

@@ -611,3 +611,44 @@ func TestMapModeAudit(t *testing.T) {
 		sameFiles(t, "checksum backup", readChunked(t, e.r, inc.ID), e.expected(nil))
 	}
 }
+
+// Map mode reads by chunk-sized windows: a window at least half mapped is
+// read whole and in order (its unmapped blocks compared by hash, so a
+// change outside the map there is stored too); a sparse one reads only
+// its mapped blocks, and their changed blocks go into one chunk.
+func TestMapModeDenseAndSparseWindows(t *testing.T) {
+	e := newMapEnv(t, false)
+	const rel = "base/5/16389" // 160 pages: 8 KiB blocks, windows of 128
+	var mapped []uint32
+	for n := range 100 {
+		e.setPage(rel, n, lsnPage(inLSN, 300+uint64(n)))
+		mapped = append(mapped, uint32(n))
+	}
+	e.setPage(rel, 130, lsnPage(inLSN, 430))
+	e.setPage(rel, 150, lsnPage(inLSN, 450))
+	mapped = append(mapped, 130, 150)
+	e.setPage(rel, 110, lsnPage(oldLSN, 410)) // unmapped, in the dense window
+	e.setPage(rel, 140, lsnPage(oldLSN, 440)) // unmapped, in the sparse one
+	seg := randomBytes(52, 1<<20)
+	e.archive(seg, segmentMap(seg, []walmap.Fork{fork(16389, walmap.NoLimit, mapped...)}, nil))
+	inc, err := e.incr("20261201T000100Z-bbbb", toLSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := inc.Capture; c == nil || c.Mode != CaptureMap {
+		t.Fatalf("capture %+v; want map mode", c)
+	}
+	if want := int64(128*8192 + 2*8192); inc.BytesRead != want {
+		t.Errorf("bytes read %d, want %d (window 0 whole, 2 blocks of window 1)", inc.BytesRead, want)
+	}
+	sameFiles(t, "windows", readChunked(t, e.r, inc.ID), e.expected(map[string][]int{rel: {140}}))
+	for _, f := range inc.Files {
+		if f.Path != rel {
+			continue
+		}
+		a, b := f.Blocks[130], f.Blocks[150]
+		if a.Pack != b.Pack || a.Offset != b.Offset {
+			t.Errorf("blocks 130 and 150 stored apart (%d@%d, %d@%d); want one chunk", a.Pack, a.Offset, b.Pack, b.Offset)
+		}
+	}
+}

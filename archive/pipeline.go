@@ -71,6 +71,9 @@ type blockJob struct {
 	// rf is the reference's entry of the file (nil if none): a block whose
 	// SHA-256 equals the reference's block at the same offset is reused.
 	rf *repo.File
+	// want, when set (map mode), says which of the run's blocks to read;
+	// the others are the reference's already.
+	want []bool
 }
 
 type encodedBlock struct {
@@ -192,8 +195,8 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 	}
 	buf = buf[:j.len]
 	defer plainPool.Put(buf[:0]) //nolint:staticcheck // slices are fine in a pool here
-	n, err := f.ReadAt(buf, j.off)
-	if err != nil && err != io.EOF {
+	n, read, err := c.readJob(f, j, buf)
+	if err != nil {
 		return fmt.Errorf("read %s: %w", j.src.Rel, err)
 	}
 	buf = buf[:n] // the file may have shrunk; WAL replay restores it
@@ -218,6 +221,9 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 	var chunkLen int64
 	for k := 0; int64(k)*j.bs < int64(n); k++ {
 		sub := buf[int64(k)*j.bs : min(int64(k+1)*j.bs, int64(n))]
+		if j.want != nil && !j.want[k] {
+			continue
+		}
 		idx, off := j.index+k, j.off+int64(k)*j.bs
 		sum := repo.BlockDigest(small, sub)
 		if ref, refPack := c.refBlock(j.rf, idx, off); ref != nil && ref.Size == int64(len(sub)) && hex.EncodeToString(sum) == ref.Digest() {
@@ -238,7 +244,7 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 		chunkLen += int64(len(sub))
 	}
 	if c.o.Progress != nil {
-		c.o.Progress.Add(j.len)
+		c.o.Progress.Add(read)
 	}
 	if len(changed) == 0 {
 		return nil
@@ -298,6 +304,43 @@ func (c *copier) markVanished(i int) {
 	c.mu.Lock()
 	c.vanish[i] = true
 	c.mu.Unlock()
+}
+
+// readJob reads job j into buf (j.len bytes): all of it, or only the
+// blocks j.want names, the rest zeroed (new pages to checkPages). It
+// returns the bytes up to the end of the file or of the last block read,
+// and how many it read.
+func (c *copier) readJob(f *os.File, j blockJob, buf []byte) (n, read int64, err error) {
+	if j.want == nil {
+		m, err := f.ReadAt(buf, j.off)
+		if err != nil && err != io.EOF {
+			return 0, 0, err
+		}
+		return int64(m), int64(m), nil
+	}
+	for k := 0; k < len(j.want); {
+		lo := int64(k) * j.bs
+		if !j.want[k] {
+			clear(buf[lo:min(lo+j.bs, j.len)])
+			k++
+			continue
+		}
+		e := k + 1
+		for e < len(j.want) && j.want[e] {
+			e++
+		}
+		hi := min(int64(e)*j.bs, j.len)
+		m, err := f.ReadAt(buf[lo:hi], j.off+lo)
+		if err != nil && err != io.EOF {
+			return 0, 0, err
+		}
+		read += int64(m)
+		if n = lo + int64(m); n < hi {
+			return n, read, nil // shrunk
+		}
+		k = e
+	}
+	return n, read, nil
 }
 
 // checkPages verifies the data checksum of every page of a relation file
