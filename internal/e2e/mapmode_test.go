@@ -138,7 +138,8 @@ func amcheck(t *testing.T, c *pgtest.Cluster) {
 // extended and a truncated file runs in map mode and reads a fraction of
 // the cluster; the next one, over CREATE DATABASE (both strategies), too;
 // its restore equals a restore of a full backup of the same point, row
-// for row, and passes pg_amcheck. With one segment's map deleted, the
+// for row, and passes pg_amcheck, pg_visibility (no page the visibility
+// map calls all-visible or frozen that is not) and pg_checksums. With one segment's map deleted, the
 // next backup falls back to hash mode, says why (log and backup show),
 // and still restores exactly. A checksum backup then audits the maps
 // against what changed and finds nothing missed. Maps rewritten without a
@@ -247,9 +248,9 @@ func TestMapModeBackups(t *testing.T) {
 	}
 	got, c := restored(inc2.ID)
 	amcheck(t, c)
-	c.Stop(t)
+	pageChecks(t, c)
 	want, c := restored(fullB.ID)
-	c.Stop(t)
+	pageChecks(t, c)
 	if got != want {
 		t.Errorf("map-mode incremental restores to\n%s\nthe full of the same point to\n%s", got, want)
 	}
@@ -288,7 +289,7 @@ func TestMapModeBackups(t *testing.T) {
 	live := clusterRows(t, primary)
 	time.Sleep(10 * time.Millisecond)
 	got, c = restored(inc3.ID)
-	c.Stop(t)
+	pageChecks(t, c)
 	if got != live {
 		t.Errorf("hash-mode incremental restores to\n%s\nthe primary holds\n%s", got, live)
 	}
@@ -344,7 +345,7 @@ func TestMapModeBackups(t *testing.T) {
 	}
 	live = clusterRows(t, primary)
 	got, c = restored(inc4.ID)
-	c.Stop(t)
+	pageChecks(t, c)
 	if got != live {
 		t.Errorf("incremental after a failed check B restores to\n%s\nthe primary holds\n%s", got, live)
 	}
