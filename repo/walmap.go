@@ -247,9 +247,11 @@ type WALPath struct {
 // stitch in the range. It reads a roll-up for every group of
 // RollupSegments segments that is on one timeline of the path, and writes
 // a missing roll-up when every segment of its group is archived with a
-// map (so a later call reads one object instead of RollupSegments). The
-// merged map may start before from and end after to: blocks outside the
-// range only make a backup read more.
+// map (so a later call reads one object instead of RollupSegments), for
+// the groups wholly inside the range; the segments at its ends come from
+// their own maps. The merged map starts at the segment of from and ends
+// at the segment of to (or the one a record crossing to ends in): blocks
+// outside the range would only make a backup read more.
 func (r *Repository) WALMapsCovering(ctx context.Context, path WALPath, from, to pg.LSN) (*walmap.Map, error) {
 	size := path.SegmentSize
 	if !pg.ValidSegmentSize(size) {
@@ -274,7 +276,12 @@ func (r *Repository) WALMapsCovering(ctx context.Context, path WALPath, from, to
 	for n := first; n <= last; {
 		tli := pg.TimelineForSegment(path.Timeline, path.History, n, size)
 		g0, g1 := n-n%group, n-n%group+group-1
-		if pg.TimelineForSegment(path.Timeline, path.History, g0, size) == tli &&
+		// Only a group wholly inside the range: a roll-up reaching before
+		// from (or past to) brings in every block changed there, which
+		// map mode would read (a reference taken soon after a bulk load
+		// read the load's pages again, and the relations it created went
+		// by the hash rule).
+		if g0 >= first && g1 <= last && pg.TimelineForSegment(path.Timeline, path.History, g0, size) == tli &&
 			pg.TimelineForSegment(path.Timeline, path.History, g1, size) == tli {
 			m, err := r.rollup(ctx, &l, name(tli, g0), name(tli, g1), seg)
 			if err != nil {

@@ -296,11 +296,12 @@ func TestWALMapsCovering(t *testing.T) {
 		t.Fatal(err)
 	}
 	notCovered(from, to, vSegName(1, 9)+" has no block map")
-	// The roll-up still serves ranges inside it.
-	if _, err := r.WALMapsCovering(ctx, path, pg.LSN(5*vSegSize), pg.LSN(7*vSegSize)); err == nil {
-		t.Log("4..7 answered from the roll-up")
-	} else {
+	// A range inside the roll-up's group is answered from its segments'
+	// maps: the roll-up would bring in segment 4's and 7's blocks.
+	if part, err := r.WALMapsCovering(ctx, path, pg.LSN(5*vSegSize+100), pg.LSN(6*vSegSize+100)); err != nil {
 		t.Fatalf("range inside the roll-up: %v", err)
+	} else if part.Start != pg.LSN(5*vSegSize) || part.End != pg.LSN(7*vSegSize) {
+		t.Fatalf("range 5..6 merged as %s..%s, want exactly segments 5 and 6", part.Start, part.End)
 	}
 	// A map of other bytes is refused.
 	f8, _ := pg.ParseWALFileName(vSegName(1, 8))
