@@ -177,16 +177,25 @@ func (c *copier) reuseFile(i int, f *sourceFile, rf *repo.File) error {
 	c.blocks[i] = make([]repo.BlockRef, n)
 	c.hashes[i] = make([][]byte, n)
 	c.foreign[i] = make([]string, n)
-	for b, ref := range rf.Blocks {
-		sum, err := hex.DecodeString(ref.Digest())
-		if want := map[bool]int{true: 16, false: 32}[ref.XXH3 != ""]; err != nil || len(sum) != want {
-			return fmt.Errorf("reference backup %s: %s: block hash %q", c.ref.ID, f.Rel, ref.Digest())
+	for b := range rf.Blocks {
+		if err := c.takeRefBlock(i, f, rf, b); err != nil {
+			return err
 		}
-		c.blocks[i][b] = ref
-		c.foreign[i][b] = c.ref.Packs[ref.Pack].Name
-		c.hashes[i][b] = sum
 	}
 	c.stats.unread.Add(f.Size)
+	return nil
+}
+
+// takeRefBlock lists block b of file i as the reference's block b, unread.
+func (c *copier) takeRefBlock(i int, f *sourceFile, rf *repo.File, b int) error {
+	ref := rf.Blocks[b]
+	sum, err := hex.DecodeString(ref.Digest())
+	if want := map[bool]int{true: 16, false: 32}[ref.XXH3 != ""]; err != nil || len(sum) != want {
+		return fmt.Errorf("reference backup %s: %s: block hash %q", c.ref.ID, f.Rel, ref.Digest())
+	}
+	c.blocks[i][b] = ref
+	c.foreign[i][b] = c.ref.Packs[ref.Pack].Name
+	c.hashes[i][b] = sum
 	return nil
 }
 

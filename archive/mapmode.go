@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -675,16 +674,8 @@ func (c *copier) takeMapped(i int, f *sourceFile, rf *repo.File, fr *fileReads, 
 	c.foreign[i] = make([]string, n)
 	var read, unread int64
 	fromRef := func(b int) error {
-		ref := rf.Blocks[b]
-		sum, err := hex.DecodeString(ref.Digest())
-		if want := map[bool]int{true: 16, false: 32}[ref.XXH3 != ""]; err != nil || len(sum) != want {
-			return fmt.Errorf("reference backup %s: %s: block hash %q", c.ref.ID, f.Rel, ref.Digest())
-		}
-		c.blocks[i][b] = ref
-		c.foreign[i][b] = c.ref.Packs[ref.Pack].Name
-		c.hashes[i][b] = sum
-		unread += ref.Size
-		return nil
+		unread += rf.Blocks[b].Size
+		return c.takeRefBlock(i, f, rf, b)
 	}
 	size := func(b int) int64 { return min(int64(b+1)*fr.bs, f.Size) - int64(b)*fr.bs }
 	for w := 0; w < n; w += int(fr.run) {
