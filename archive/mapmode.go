@@ -379,41 +379,62 @@ const (
 	mapGrace         = 3 * time.Second
 )
 
-// readLocalSegments builds the maps of the segments at the end of the
-// range that are not archived with a map yet, from pg_wal: the one holding
-// the backup's start (pg_backup_start switched to it; the archiver has it
-// only after the backup's end), and those the archiver is still on (not
-// archived yet). Their
-// bytes up to the start are flushed (the checkpoint record behind them
-// is), and checkLocal compares them with the archived ones at commit.
+// readLocalSegments builds the maps of the segments of the range that are
+// not archived yet, from pg_wal: the one holding the backup's start
+// (pg_backup_start switched to it; the archiver has it only after the
+// backup's end), and those the archiver is still on. wal-push pushes
+// ahead, so an archived segment may follow one that is not: every
+// segment of the range is looked up (one listing), and those missing
+// within the last maxLocalSegments are read. Their bytes up to the start
+// are flushed (the checkpoint record behind them is), and checkLocal
+// compares them with the archived ones at commit.
 func readLocalSegments(ctx context.Context, r *repo.Repository, path repo.WALPath, from, to pg.LSN, pgdata string) ([]localSegment, []*walmap.Map, string) {
 	seg := uint64(path.SegmentSize)
-	per := uint64(pg.SegmentsPerLog(path.SegmentSize))
+	state, err := r.WALArchived(ctx, path, from, to)
+	if err != nil {
+		return nil, nil, err.Error()
+	}
 	var locals []localSegment
 	var maps []*walmap.Map
-	for n := (uint64(to) - 1) / seg; n >= uint64(from)/seg; n-- {
-		tli := pg.TimelineForSegment(path.Timeline, path.History, n, path.SegmentSize)
-		wf, err := pg.ParseWALFileName(pg.SegmentName(tli, uint32(n/per), uint32(n%per)))
-		if err != nil {
-			return nil, nil, err.Error()
-		}
-		archived, err := r.HasWAL(ctx, wf)
-		if err != nil {
-			return nil, nil, fmt.Sprintf("segment %s: %v", wf.Name, err)
-		}
-		if archived {
-			// wal-push stores a segment's map just after the segment: give
-			// a push under way a moment. A segment archived without a map
-			// is not mapped from pg_wal (WALMapsCovering says why).
-			// (Only when the segment before has a map: with maps off, no wait.)
-			grace := time.Duration(0)
-			if n > 0 {
-				prev, _ := pg.ParseWALFileName(pg.SegmentName(pg.TimelineForSegment(path.Timeline, path.History, n-1, path.SegmentSize), uint32((n-1)/per), uint32((n-1)%per)))
-				if ok, _ := r.HasWALMap(ctx, prev); ok {
-					grace = mapGrace
-				}
+	var noMap []pg.WALFile // archived, map not stored (yet)
+	anyMap := false
+	for i := len(state) - 1; i >= 0; i-- {
+		s := state[i]
+		anyMap = anyMap || s.HasMap
+		newest := len(state)-1-i < maxLocalSegments
+		if s.Archived {
+			if !s.HasMap && newest {
+				noMap = append(noMap, s.File)
 			}
-			for deadline := time.Now().Add(grace); ; {
+			continue
+		}
+		if !newest {
+			return nil, nil, fmt.Sprintf("segment %s is not archived yet, more than %d segments before %s", s.File.Name, maxLocalSegments, to)
+		}
+		data, err := os.ReadFile(filepath.Join(pgdata, "pg_wal", s.File.Name))
+		if err != nil {
+			return nil, nil, fmt.Sprintf("segment %s is not archived with a block map yet and pg_wal's copy cannot be read: %v", s.File.Name, err)
+		}
+		if int64(len(data)) != path.SegmentSize {
+			return nil, nil, fmt.Sprintf("pg_wal/%s has %d bytes, not %d", s.File.Name, len(data), path.SegmentSize)
+		}
+		m, err := walmap.Build(data, s.File.Name, uint32(seg))
+		if err != nil {
+			return nil, nil, fmt.Sprintf("block map of pg_wal/%s: %v", s.File.Name, err)
+		}
+		n := s.File.SegNo(path.SegmentSize)
+		size := min(int64(uint64(to)-n*seg), path.SegmentSize)
+		locals = append(locals, localSegment{wf: s.File, size: size, sum: sha256.Sum256(data[:size])})
+		maps = append(maps, m)
+	}
+	// wal-push stores a segment's map beside the segment: give pushes
+	// under way a moment (only when maps are being stored at all). A
+	// segment archived without a map is not mapped from pg_wal
+	// (WALMapsCovering says why).
+	if anyMap {
+		deadline := time.Now().Add(mapGrace)
+		for _, wf := range noMap {
+			for {
 				ok, err := r.HasWALMap(ctx, wf)
 				if err != nil {
 					return nil, nil, fmt.Sprintf("segment %s: %v", wf.Name, err)
@@ -421,29 +442,12 @@ func readLocalSegments(ctx context.Context, r *repo.Repository, path repo.WALPat
 				if ok || !time.Now().Before(deadline) {
 					break
 				}
-				time.Sleep(100 * time.Millisecond)
+				select {
+				case <-ctx.Done():
+					return nil, nil, ctx.Err().Error()
+				case <-time.After(100 * time.Millisecond):
+				}
 			}
-			break
-		}
-		if len(locals) == maxLocalSegments {
-			return nil, nil, fmt.Sprintf("more than %d segments before %s are not archived with block maps yet", maxLocalSegments, to)
-		}
-		data, err := os.ReadFile(filepath.Join(pgdata, "pg_wal", wf.Name))
-		if err != nil {
-			return nil, nil, fmt.Sprintf("segment %s is not archived with a block map yet and pg_wal's copy cannot be read: %v", wf.Name, err)
-		}
-		if int64(len(data)) != path.SegmentSize {
-			return nil, nil, fmt.Sprintf("pg_wal/%s has %d bytes, not %d", wf.Name, len(data), path.SegmentSize)
-		}
-		m, err := walmap.Build(data, wf.Name, uint32(seg))
-		if err != nil {
-			return nil, nil, fmt.Sprintf("block map of pg_wal/%s: %v", wf.Name, err)
-		}
-		size := min(int64(uint64(to)-n*seg), path.SegmentSize)
-		locals = append(locals, localSegment{wf: wf, size: size, sum: sha256.Sum256(data[:size])})
-		maps = append(maps, m)
-		if n == 0 {
-			break
 		}
 	}
 	return locals, maps, ""

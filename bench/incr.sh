@@ -18,6 +18,11 @@
 # `pgbackrest` is on PATH (Debian's 2.45 has no block incremental: it
 # re-stores every changed file whole). Both push WAL from one
 # archive_command. One repetition: numbers on a shared machine are noisy.
+# Each tool's backup starts right after a CHECKPOINT the script issues and
+# times (ckpt_s): otherwise the tool that runs first pays the start
+# checkpoint of the whole change (seconds after updates1pct) and the other
+# gets an empty one.
+# PROFILE_DIR=dir: pgkeep's backups write CPU profiles there (<row>.pprof).
 #
 # Usage: sudo bash bench/incr.sh          (needs: make build; pgbackrest installed)
 #        SCALE=10 APPEND_MB=32 sudo bash bench/incr.sh     (a quick look)
@@ -37,7 +42,8 @@ if [ "$(id -u)" = 0 ]; then
 	cp "$0" "$WORK/incr.sh"
 	chown -R postgres:postgres "$WORK"
 	rc=0
-	runuser -u postgres -- env WORK="$WORK" SCALE="$SCALE" APPEND_MB="$APPEND_MB" PGBIN="$PGBIN" \
+	[ -n "${PROFILE_DIR:-}" ] && mkdir -p "$PROFILE_DIR" && chown postgres "$PROFILE_DIR"
+	runuser -u postgres -- env WORK="$WORK" SCALE="$SCALE" APPEND_MB="$APPEND_MB" PGBIN="$PGBIN" PROFILE_DIR="${PROFILE_DIR:-}" \
 		PK_BIN="$WORK/pgkeep" bash "$WORK/incr.sh" || rc=$?
 	rm -rf "$WORK"
 	exit "$rc"
@@ -132,18 +138,22 @@ log "cluster: $(( $(du -sb --exclude=pg_wal "$PGDATA" | cut -f1) / 1048576 )) Mi
 sleep 11
 
 br_size() { du -sb "$WORK/br-repo/backup" | cut -f1; }
-printf '%-12s %10s %12s %12s %12s %10s %12s  %s\n' row pk_s pk_read_MB pk_added_MB pk_logical_MB br_s br_added_MB pk_mode >"$WORK/table"
+printf '%-12s %7s %10s %12s %12s %12s %10s %12s  %s\n' row ckpt_s pk_s pk_read_MB pk_added_MB pk_logical_MB br_s br_added_MB pk_mode >"$WORK/table"
 backup_row() {
-	local row=$1 pktype=$2 brtype=$3 t0 id js brbefore pk_s br_s
+	local row=$1 pktype=$2 brtype=$3 t0 id js brbefore pk_s br_s ckpt_s
 	t0=$(date +%s.%N)
-	id=$("$PGKEEP" backup --config "$WORK/pk.yml" --type "$pktype" 2>>"$LOGS/pk.log")
+	psqlc -c CHECKPOINT
+	ckpt_s=$(secs "$t0")
+	t0=$(date +%s.%N)
+	id=$(PGKEEP_CPUPROFILE=${PROFILE_DIR:+$PROFILE_DIR/$row.pprof} "$PGKEEP" backup --config "$WORK/pk.yml" --type "$pktype" 2>>"$LOGS/pk.log")
 	pk_s=$(secs "$t0")
 	js=$("$PGKEEP" backup show "$id" --json --config "$WORK/pk.yml")
 	brbefore=$(br_size 2>/dev/null || echo 0)
+	psqlc -c CHECKPOINT
 	t0=$(date +%s.%N)
 	pgbackrest --config="$WORK/br.conf" --stanza=bench --type="$brtype" backup >>"$LOGS/br.log" 2>&1
 	br_s=$(secs "$t0")
-	printf '%-12s %10s %12s %12s %12s %10s %12s  %s\n' "$row" "$pk_s" \
+	printf '%-12s %7s %10s %12s %12s %12s %10s %12s  %s\n' "$row" "$ckpt_s" "$pk_s" \
 		"$(mb "$(jq -r '.bytes_read // .data_size' <<<"$js")")" "$(mb "$(jq -r .stored_size <<<"$js")")" \
 		"$(mb "$(jq -r .data_size <<<"$js")")" "$br_s" "$(mb $(( $(br_size) - brbefore )))" \
 		"$(jq -r '(.type // "full") + "/" + (.capture.mode // "-")' <<<"$js")" >>"$WORK/table"

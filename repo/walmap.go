@@ -332,6 +332,49 @@ func (r *Repository) WALMapsCovering(ctx context.Context, path WALPath, from, to
 	return merged, nil
 }
 
+// ArchivedSegment is what the repository holds of one segment of a range.
+type ArchivedSegment struct {
+	File     pg.WALFile
+	Archived bool // the segment is stored
+	HasMap   bool // its block map is stored
+}
+
+// WALArchived says, for every segment of [from, to) along path (oldest
+// first), whether it is archived and whether its block map is, from one
+// listing of each log directory the range spans. Segments may be archived
+// out of order (wal-push pushes ahead), so a backup's map plan asks about
+// each one; a Stat each would be a request per segment.
+func (r *Repository) WALArchived(ctx context.Context, path WALPath, from, to pg.LSN) ([]ArchivedSegment, error) {
+	size := path.SegmentSize
+	if !pg.ValidSegmentSize(size) {
+		return nil, fmt.Errorf("WAL archived: invalid WAL segment size %d", size)
+	}
+	if from >= to {
+		return nil, nil
+	}
+	seg := uint64(size)
+	per := uint64(pg.SegmentsPerLog(size))
+	l := walListing{r: r, dirs: map[string]map[string]storage.ObjectInfo{}}
+	var out []ArchivedSegment
+	for n := uint64(from) / seg; n <= (uint64(to)-1)/seg; n++ {
+		tli := pg.TimelineForSegment(path.Timeline, path.History, n, size)
+		wf, err := pg.ParseWALFileName(pg.SegmentName(tli, uint32(n/per), uint32(n%per)))
+		if err != nil {
+			return nil, err
+		}
+		_, archived, err := l.get(ctx, WALObjectName(wf))
+		if err != nil {
+			return nil, err
+		}
+		_, hasMap, err := l.get(ctx, WALMapObjectName(wf))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ArchivedSegment{File: wf, Archived: archived, HasMap: hasMap})
+	}
+	return out, nil
+}
+
 // walListing lists each wal/<TL+log>/ directory once per call.
 type walListing struct {
 	r    *Repository
