@@ -82,8 +82,8 @@ func TestSmallBlocksStoreAPageChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if full.Format != 4 {
-		t.Fatalf("full with a 64 MiB file: format %d, want 4 (small blocks, file maps)", full.Format)
+	if full.Format != 6 {
+		t.Fatalf("full with a 64 MiB file: format %d, want 6 (small blocks, binary file maps)", full.Format)
 	}
 	big := fileOf(t, full, rel)
 	if big.BlockSize != 16<<10 || len(big.Blocks) != size/(16<<10) {
@@ -112,8 +112,8 @@ func TestSmallBlocksStoreAPageChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if inc1.Type != TypeIncr || inc1.Format != 5 || inc1.BytesRead != size {
-		t.Fatalf("incremental: type %q format %d read %d; want a format 5 incr (a patch map) that read the changed file", inc1.Type, inc1.Format, inc1.BytesRead)
+	if inc1.Type != TypeIncr || inc1.Format != 6 || inc1.BytesRead != size {
+		t.Fatalf("incremental: type %q format %d read %d; want a format 6 incr (a binary patch map) that read the changed file", inc1.Type, inc1.Format, inc1.BytesRead)
 	}
 	if f := fileOf(t, inc1, rel); f.Map == nil || !f.Map.Patch {
 		t.Errorf("the changed file's map is %+v; want a patch of the full's", f.Map)
@@ -235,8 +235,8 @@ func TestSmallBlocksOverAWholeBlockReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if inc.Format != 4 || inc.Type != TypeIncr {
-		t.Fatalf("incremental: format %d type %q; want a format 4 incr", inc.Format, inc.Type)
+	if inc.Format != 6 || inc.Type != TypeIncr {
+		t.Fatalf("incremental: format %d type %q; want a format 6 incr", inc.Format, inc.Type)
 	}
 	if f := fileOf(t, inc, "base/1/40000"); f.BlockSize != 0 || len(f.Blocks) != 1 {
 		t.Errorf("unchanged file: block size %d, %d blocks; want the reference's whole block", f.BlockSize, len(f.Blocks))
@@ -327,8 +327,8 @@ func TestFileMapsSharedByAnUnchangedIncremental(t *testing.T) {
 		t.Errorf("an incremental of an unchanged directory stored %d bytes; want a small manifest", inc.StoredSize)
 	}
 	cfg, err := repo.ReadConfig(ctx, mb)
-	if err != nil || cfg.Format != 3 {
-		t.Errorf("config format %d (%v) once a backup names another's file maps; want 3", cfg.Format, err)
+	if err != nil || cfg.Format != 5 {
+		t.Errorf("config format %d (%v) once a backup names another's file maps; want 5", cfg.Format, err)
 	}
 	restoreAndCompare(t, r, inc, want)
 

@@ -96,8 +96,8 @@ func TestIncrementalStoresOnlyChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if full.Type != TypeFull || full.Reference != "" || full.Format != 4 || len(full.Maps) == 0 {
-		t.Fatalf("first backup: type %q reference %q format %d maps %v; want a format 4 full with its file maps", full.Type, full.Reference, full.Format, full.Maps)
+	if full.Type != TypeFull || full.Reference != "" || full.Format != 6 || len(full.Maps) == 0 {
+		t.Fatalf("first backup: type %q reference %q format %d maps %v; want a format 6 full with its file maps", full.Type, full.Reference, full.Format, full.Maps)
 	}
 
 	// One block of a large file changes, a file is added, one dropped.
@@ -116,8 +116,8 @@ func TestIncrementalStoresOnlyChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if inc.Type != TypeIncr || inc.Reference != full.ID || inc.Format != 4 {
-		t.Fatalf("second backup: type %q reference %q format %d; want a format 4 incr of %s", inc.Type, inc.Reference, inc.Format, full.ID)
+	if inc.Type != TypeIncr || inc.Reference != full.ID || inc.Format != 6 {
+		t.Fatalf("second backup: type %q reference %q format %d; want a format 6 incr of %s", inc.Type, inc.Reference, inc.Format, full.ID)
 	}
 	// Read: the changed file and the new one; the rest was taken unread.
 	if wantRead := int64(len(want[rel]) + 8192); inc.BytesRead != wantRead {
@@ -144,8 +144,8 @@ func TestIncrementalStoresOnlyChanges(t *testing.T) {
 		t.Errorf("incremental wrote %v; want its refs.json", puts)
 	}
 	cfg, err := repo.ReadConfig(ctx, m)
-	if err != nil || cfg.Format != 3 {
-		t.Errorf("config format %d (%v) after an incremental naming the full's file maps; want 3", cfg.Format, err)
+	if err != nil || cfg.Format != 5 {
+		t.Errorf("config format %d (%v) after an incremental naming the full's file maps; want 5", cfg.Format, err)
 	}
 	sameFiles(t, "incremental", readBack(t, r, inc.ID), want)
 

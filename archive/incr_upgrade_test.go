@@ -51,8 +51,8 @@ func TestFormat1RepositoryUpgradedByTheFirstBackup(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg, err := repo.ReadConfig(ctx, m)
-	if err != nil || cfg.Format != 3 || cfg.ID != id || b.Format != 4 {
-		t.Errorf("after a format 4 backup: config format %d id %q (%v), backup format %d; want config 3 keeping id %q", cfg.Format, cfg.ID, err, b.Format, id)
+	if err != nil || cfg.Format != 5 || cfg.ID != id || b.Format != 6 {
+		t.Errorf("after a format 6 backup: config format %d id %q (%v), backup format %d; want config 5 keeping id %q", cfg.Format, cfg.ID, err, b.Format, id)
 	}
 	restoreAndCompare(t, r, b, want)
 }

@@ -100,7 +100,7 @@ func TestPatchMapOf100PagesIn1GiB(t *testing.T) {
 	packs, maps, manifest := sizeParts(inc)
 	t.Logf("full: %d bytes, of which maps %d; incremental after 100 changed pages of a 1 GiB file: %d bytes (data %d, maps %d, manifest %d)",
 		full.StoredSize, fullMaps, inc.StoredSize, packs, maps, manifest)
-	if f := fileOf(t, inc, rel); f.Map == nil || !f.Map.Patch || inc.Format != 5 {
+	if f := fileOf(t, inc, rel); f.Map == nil || !f.Map.Patch || inc.Format != 6 {
 		t.Fatalf("the changed file's map is %+v (format %d); want a patch of the full's", f.Map, inc.Format)
 	}
 	if inc.StoredSize >= 320_000 || maps+manifest > 32<<10 {

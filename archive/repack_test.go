@@ -207,8 +207,8 @@ func TestRepackAfterRetention(t *testing.T) {
 	restoreAndCompare(t, r, mustManifest(t, r, inc.ID), want)
 	verifyClean(t, r)
 	cfg, err := repo.ReadConfig(ctx, m)
-	if err != nil || cfg.Format != 4 {
-		t.Fatalf("repository format %d (%v) after a repack; want 4", cfg.Format, err)
+	if err != nil || cfg.Format != 5 {
+		t.Fatalf("repository format %d (%v) after a repack; want 5 (binary maps, relocations)", cfg.Format, err)
 	}
 }
 

@@ -18,10 +18,11 @@
 # `pgbackrest` is on PATH (Debian's 2.45 has no block incremental: it
 # re-stores every changed file whole). Both push WAL from one
 # archive_command. One repetition: numbers on a shared machine are noisy.
-# Each tool's backup starts right after a CHECKPOINT the script issues and
-# times (ckpt_s): otherwise the tool that runs first pays the start
-# checkpoint of the whole change (seconds after updates1pct) and the other
-# gets an empty one.
+# Each tool's backup starts once the archiver has caught up and right
+# after a CHECKPOINT the script issues and times (settle_s): otherwise the
+# tool that runs first pays the start checkpoint of the whole change
+# (seconds after updates1pct) and shares the 2 cores with the archiver
+# compressing that change's WAL, and the other gets neither.
 # PROFILE_DIR=dir: pgkeep's backups write CPU profiles there (<row>.pprof).
 #
 # Usage: sudo bash bench/incr.sh          (needs: make build; pgbackrest installed)
@@ -138,22 +139,33 @@ log "cluster: $(( $(du -sb --exclude=pg_wal "$PGDATA" | cut -f1) / 1048576 )) Mi
 sleep 11
 
 br_size() { du -sb "$WORK/br-repo/backup" | cut -f1; }
-printf '%-12s %7s %10s %12s %12s %12s %10s %12s  %s\n' row ckpt_s pk_s pk_read_MB pk_added_MB pk_logical_MB br_s br_added_MB pk_mode >"$WORK/table"
-backup_row() {
-	local row=$1 pktype=$2 brtype=$3 t0 id js brbefore pk_s br_s ckpt_s
-	t0=$(date +%s.%N)
+# settle: wait (bounded) until no WAL waits for the archiver, then checkpoint.
+settle() {
+	local i
+	for i in $(seq 600); do
+		compgen -G "$PGDATA/pg_wal/archive_status/*.ready" >/dev/null || break
+		sleep 0.5
+	done
 	psqlc -c CHECKPOINT
+}
+printf '%-12s %8s %7s %10s %12s %12s %12s %10s %12s  %s\n' row settle_s pk_s pk_rss_MiB pk_read_MB pk_added_MB pk_logical_MB br_s br_added_MB pk_mode >"$WORK/table"
+backup_row() {
+	local row=$1 pktype=$2 brtype=$3 t0 id js brbefore pk_s br_s ckpt_s pk_rss
+	t0=$(date +%s.%N)
+	settle
 	ckpt_s=$(secs "$t0")
 	t0=$(date +%s.%N)
-	id=$(PGKEEP_CPUPROFILE=${PROFILE_DIR:+$PROFILE_DIR/$row.pprof} "$PGKEEP" backup --config "$WORK/pk.yml" --type "$pktype" 2>>"$LOGS/pk.log")
+	id=$(PGKEEP_CPUPROFILE=${PROFILE_DIR:+$PROFILE_DIR/$row.pprof} /usr/bin/time -f %M -o "$WORK/rss" \
+		"$PGKEEP" backup --config "$WORK/pk.yml" --type "$pktype" 2>>"$LOGS/pk.log")
 	pk_s=$(secs "$t0")
+	pk_rss=$(( $(cat "$WORK/rss") / 1024 ))
 	js=$("$PGKEEP" backup show "$id" --json --config "$WORK/pk.yml")
 	brbefore=$(br_size 2>/dev/null || echo 0)
-	psqlc -c CHECKPOINT
+	settle
 	t0=$(date +%s.%N)
 	pgbackrest --config="$WORK/br.conf" --stanza=bench --type="$brtype" backup >>"$LOGS/br.log" 2>&1
 	br_s=$(secs "$t0")
-	printf '%-12s %7s %10s %12s %12s %12s %10s %12s  %s\n' "$row" "$ckpt_s" "$pk_s" \
+	printf '%-12s %8s %7s %10s %12s %12s %12s %10s %12s  %s\n' "$row" "$ckpt_s" "$pk_s" "$pk_rss" \
 		"$(mb "$(jq -r '.bytes_read // .data_size' <<<"$js")")" "$(mb "$(jq -r .stored_size <<<"$js")")" \
 		"$(mb "$(jq -r .data_size <<<"$js")")" "$br_s" "$(mb $(( $(br_size) - brbefore )))" \
 		"$(jq -r '(.type // "full") + "/" + (.capture.mode // "-")' <<<"$js")" >>"$WORK/table"
@@ -180,12 +192,14 @@ restore_row() {
 	sync
 	t0=$(date +%s.%N)
 	if [ "$tool" = pgkeep ]; then
-		"$PGKEEP" restore --config "$WORK/pk.yml" --pgdata "$dir" ${backup:+--backup "$backup"} >>"$LOGS/pk.log" 2>&1
+		/usr/bin/time -f %M -o "$WORK/rss" \
+			"$PGKEEP" restore --config "$WORK/pk.yml" --pgdata "$dir" ${backup:+--backup "$backup"} >>"$LOGS/pk.log" 2>&1
 		[ -n "$backup" ] && what="the full backup"
 	else
-		pgbackrest --config="$WORK/br.conf" --stanza=bench --pg1-path="$dir" restore >>"$LOGS/br.log" 2>&1
+		/usr/bin/time -f %M -o "$WORK/rss" \
+			pgbackrest --config="$WORK/br.conf" --stanza=bench --pg1-path="$dir" restore >>"$LOGS/br.log" 2>&1
 	fi
-	echo "restore of $what, $tool: $(secs "$t0") s"
+	echo "restore of $what, $tool: $(secs "$t0") s, max RSS $(( $(cat "$WORK/rss") / 1024 )) MiB"
 }
 echo
 echo "pgbench scale $SCALE + ${APPEND_MB} MB append-only; pgBackRest $(pgbackrest version | awk '{print $2}'); one run, noisy"

@@ -320,6 +320,11 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 		// Readers of format 4 know no patches.
 		m.Summary.Format = 5
 	}
+	if m.usesMaps() {
+		// Readers of format 5 know no binary maps, which this code
+		// writes (and a manifest naming maps may name its reference's).
+		m.Summary.Format = 6
+	}
 	shares := len(foreign) > 0 || len(foreignMaps) > 0
 	if shares {
 		// Readers of format 1 would delete packs this backup needs.
@@ -331,6 +336,9 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 	// would delete file maps other backups name.
 	to := 0
 	switch {
+	case m.Summary.Format >= 6:
+		// pgkeeps of repository format 4 would call binary maps corrupt.
+		to = 5
 	case m.Summary.Format >= 3:
 		to = 3
 	case m.Summary.Format == 2:
@@ -742,8 +750,8 @@ func (m *Manifest) check() error {
 	if len(m.Files) > 0 && (m.BlockSize <= 0 || m.BlockSize > 1<<30) {
 		return fmt.Errorf("block_size %d", m.BlockSize)
 	}
-	if m.Format > 5 {
-		return fmt.Errorf("backup format %d is newer than this pgkeep (1..5)", m.Format)
+	if m.Format > 6 {
+		return fmt.Errorf("backup format %d is newer than this pgkeep (1..6)", m.Format)
 	}
 	for _, p := range m.Maps {
 		own := strings.HasPrefix(p.Name, BackupPrefix(m.ID)+"map/")

@@ -146,7 +146,12 @@ func (r *Repository) writeMaps(ctx context.Context, m *Manifest) error {
 		if obj == nil {
 			return nil
 		}
-		data, err := json.Marshal(obj)
+		data, err := encodeMapObject(obj)
+		if err != nil {
+			// A hash that would not round-trip (none pgkeep writes):
+			// JSON keeps it as it is.
+			data, err = json.Marshal(obj)
+		}
 		if err != nil {
 			return err
 		}
@@ -365,8 +370,8 @@ func (mr *mapResolver) object(ctx context.Context, name string) (*mapObject, err
 	if _, err := mr.r.GetObject(ctx, name, &buf); err != nil {
 		return nil, fmt.Errorf("file map %s: %w", name, err)
 	}
-	obj := &mapObject{}
-	if err := json.Unmarshal(buf.Bytes(), obj); err != nil {
+	obj, err := parseMapObject(buf.Bytes())
+	if err != nil {
 		return nil, fmt.Errorf("file map %s: %w: %v", name, ErrCorrupt, err)
 	}
 	mr.objs[name] = obj
@@ -443,4 +448,17 @@ func (mr *mapResolver) resolve(ctx context.Context, ref MapRef, hops int) (*reso
 	}
 	mr.done[ref] = e
 	return e, nil
+}
+
+// parseMapObject decodes a map object: binary (format 6) or JSON (formats
+// 4 and 5).
+func parseMapObject(data []byte) (*mapObject, error) {
+	if bytes.HasPrefix(data, mapMagic) {
+		return decodeMapObject(data)
+	}
+	obj := &mapObject{}
+	if err := json.Unmarshal(data, obj); err != nil {
+		return nil, err
+	}
+	return obj, nil
 }

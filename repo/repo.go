@@ -27,9 +27,10 @@ import (
 // writes (docs/format.md): 2 once a backup may reference another backup's
 // packs, 3 once a manifest may hold chunks or file maps (format 3 and 4
 // manifests), which pgkeeps of format 1 would misread, 4 once a repack
-// moved blocks (relocations, which older readers would not follow). Older repositories
+// moved blocks (relocations, which older readers would not follow), 5 once
+// a file map may be binary (manifest format 6). Older repositories
 // are read as they are and upgraded by the first backup that needs it.
-const FormatVersion = 4
+const FormatVersion = 5
 
 // ConfigObject is the name of the repository's own config object.
 const ConfigObject = "config.json"
