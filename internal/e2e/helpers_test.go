@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgkeep/pgkeep/internal/pgtest"
 	"github.com/pgkeep/pgkeep/internal/s3test"
 	"github.com/pgkeep/pgkeep/internal/testbin"
@@ -164,6 +166,34 @@ func archivingCluster(t *testing.T, r *testRepo, conf ...string) *pgtest.Cluster
 	c := pgtest.New(t, pgtest.TempDir(t), pgtest.Options{Conf: append(base, conf...), Env: r.env})
 	c.Start(t)
 	return c
+}
+
+// forEachDatabase calls fn with a connection to each database of c that
+// accepts connections, in name order; the connection is closed when fn
+// returns (or fails the test).
+func forEachDatabase(t *testing.T, c *pgtest.Cluster, fn func(db string, conn *pgx.Conn)) {
+	t.Helper()
+	ctx := context.Background()
+	conn := c.Conn(t)
+	rows, err := conn.Query(ctx, "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	for _, db := range dbs {
+		func() {
+			dc, err := pgx.Connect(ctx, strings.Replace(c.DSN(), "dbname=postgres", "dbname="+db, 1))
+			if err != nil {
+				t.Fatalf("connect to %s: %v", db, err)
+			}
+			defer dc.Close(ctx)
+			fn(db, dc)
+		}()
+	}
 }
 
 // walFiles returns the archived-status names PostgreSQL marked .done.

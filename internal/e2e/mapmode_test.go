@@ -66,21 +66,8 @@ func showCapture(t *testing.T, r *testRepo, id string) mapShow {
 func clusterRows(t *testing.T, c *pgtest.Cluster) string {
 	t.Helper()
 	ctx := context.Background()
-	conn := c.Conn(t)
-	rows, err := conn.Query(ctx, "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dbs, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	for _, db := range dbs {
-		dc, err := pgx.Connect(ctx, strings.Replace(c.DSN(), "dbname=postgres", "dbname="+db, 1))
-		if err != nil {
-			t.Fatalf("connect to %s: %v", db, err)
-		}
+	forEachDatabase(t, c, func(db string, dc *pgx.Conn) {
 		rows, err := dc.Query(ctx, "SELECT oid::regclass::text FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace ORDER BY 1")
 		if err != nil {
 			t.Fatal(err)
@@ -116,8 +103,7 @@ func clusterRows(t *testing.T, c *pgtest.Cluster) string {
 			tx.Rollback(ctx)
 			out = append(out, fmt.Sprintf("%s.%s by index %d", db, tb, n))
 		}
-		dc.Close(ctx)
-	}
+	})
 	return strings.Join(out, "\n")
 }
 
