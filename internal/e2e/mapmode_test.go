@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgkeep/pgkeep/internal/pgtest"
-	"github.com/pgkeep/pgkeep/internal/testbin"
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/storage/fs"
@@ -134,12 +133,7 @@ func amcheck(t *testing.T, c *pgtest.Cluster) {
 func TestMapModeBackups(t *testing.T) {
 	ctx := context.Background()
 	r := newRepo(t, repoOpts{kind: "fs"})
-	primary := pgtest.New(t, pgtest.TempDir(t), pgtest.Options{Env: r.env, InitDBArgs: []string{"--data-checksums"}, Conf: []string{
-		"archive_mode = on",
-		fmt.Sprintf("archive_command = '%s wal-push %%p'", testbin.Pgkeep(t)),
-		"wal_keep_size = '2GB'", "max_wal_size = '4GB'", "checkpoint_timeout = '1h'",
-	}})
-	primary.Start(t)
+	primary := archivingClusterWith(t, r, withChecksums)
 	conn := primary.Conn(t)
 	for _, sql := range []string{
 		"CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text)",
