@@ -10,9 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pgkeep/pgkeep/internal/pgtest"
 	"github.com/pgkeep/pgkeep/internal/s3test"
@@ -151,19 +154,60 @@ func runPgkeep(t *testing.T, env []string, dir string, args ...string) result {
 	return res
 }
 
-// archivingCluster starts PostgreSQL with archive_command = pgkeep wal-push.
+// archivingCluster starts PostgreSQL with archive_command = pgkeep wal-push
+// to r; conf lines come after the archiving ones (later lines win).
 func archivingCluster(t *testing.T, r *testRepo, conf ...string) *pgtest.Cluster {
 	t.Helper()
-	base := []string{
+	return archivingClusterWith(t, r, pgtest.Options{Conf: conf})
+}
+
+// archivingClusterWith is archivingCluster initdb'd and configured as o
+// says: o.InitDBArgs (e.g. --data-checksums, for a primary whose restores
+// pageChecks checks), o.Conf after the archiving lines, o.Env after r's.
+func archivingClusterWith(t *testing.T, r *testRepo, o pgtest.Options) *pgtest.Cluster {
+	t.Helper()
+	o.Conf = slices.Concat([]string{
 		"archive_mode = on",
 		fmt.Sprintf("archive_command = '%s wal-push %%p'", testbin.Pgkeep(t)),
 		"wal_keep_size = '2GB'",
 		"max_wal_size = '4GB'",
 		"checkpoint_timeout = '1h'",
-	}
-	c := pgtest.New(t, pgtest.TempDir(t), pgtest.Options{Conf: append(base, conf...), Env: r.env})
+	}, o.Conf)
+	o.Env = slices.Concat(r.env, o.Env)
+	c := pgtest.New(t, pgtest.TempDir(t), o)
 	c.Start(t)
 	return c
+}
+
+// withChecksums is the pgtest.Options of a cluster with data checksums.
+var withChecksums = pgtest.Options{InitDBArgs: []string{"--data-checksums"}}
+
+// forEachDatabase calls fn with a connection to each database of c that
+// accepts connections, in name order; the connection is closed when fn
+// returns (or fails the test).
+func forEachDatabase(t *testing.T, c *pgtest.Cluster, fn func(db string, conn *pgx.Conn)) {
+	t.Helper()
+	ctx := context.Background()
+	conn := c.Conn(t)
+	rows, err := conn.Query(ctx, "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	for _, db := range dbs {
+		func() {
+			dc, err := pgx.Connect(ctx, strings.Replace(c.DSN(), "dbname=postgres", "dbname="+db, 1))
+			if err != nil {
+				t.Fatalf("connect to %s: %v", db, err)
+			}
+			defer dc.Close(ctx)
+			fn(db, dc)
+		}()
+	}
 }
 
 // walFiles returns the archived-status names PostgreSQL marked .done.

@@ -10,10 +10,11 @@ import (
 // TestIncrementalStoresChangedPages: after ten rows of a 70 MB table are
 // updated, an incremental stores about the changed pages (small blocks,
 // manifest format 3), not the 4 MiB blocks around them, and restores to
-// exactly the updated rows; verify passes.
+// exactly the updated rows; verify passes; the restore passes
+// pg_visibility and pg_checksums.
 func TestIncrementalStoresChangedPages(t *testing.T) {
 	r := newRepo(t, repoOpts{kind: "fs"})
-	primary := archivingCluster(t, r)
+	primary := archivingClusterWith(t, r, withChecksums)
 	conn := primary.Conn(t)
 	ctx := context.Background()
 	primary.Exec(t, conn, "CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text)")
@@ -50,7 +51,7 @@ func TestIncrementalStoresChangedPages(t *testing.T) {
 	}
 	cc.Close(ctx)
 	got := batches(t, c)
-	c.Stop(t)
+	pageChecks(t, c)
 	if n != 400000 || sum != 10 || !strings.HasPrefix(got, "1,2 ") {
 		t.Errorf("restored %d rows of wide, sum(v) %d, events %s; want 400000, 10, batches 1,2", n, sum, got)
 	}

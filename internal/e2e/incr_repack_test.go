@@ -39,7 +39,8 @@ func packBytesOnDisk(t *testing.T, r *testRepo) (n int64, moved int) {
 // 0 removes the old packs in the same run): the repository shrinks, the
 // newest and the oldest kept backup restore to exactly their rows, and
 // verify passes; a backup and a delete after the repack work as before.
-// On fs, and on the S3 server with encryption.
+// Every restore passes pg_visibility and pg_checksums. On fs, and on the
+// S3 server with encryption.
 func TestIncrementalRepack(t *testing.T) {
 	for _, kind := range []string{"fs", "s3"} {
 		t.Run(kind, func(t *testing.T) { testIncrementalRepack(t, kind) })
@@ -48,7 +49,7 @@ func TestIncrementalRepack(t *testing.T) {
 
 func testIncrementalRepack(t *testing.T, kind string) {
 	r := newRepo(t, repoOpts{kind: kind, encrypted: kind == "s3"})
-	primary := archivingCluster(t, r)
+	primary := archivingClusterWith(t, r, withChecksums)
 	conn := primary.Conn(t)
 	primary.Exec(t, conn, "CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text)")
 	primary.Exec(t, conn, "CREATE TABLE big (id int PRIMARY KEY, v int, pad text) WITH (autovacuum_enabled = off)")
@@ -96,7 +97,7 @@ func testIncrementalRepack(t *testing.T, kind string) {
 		c := restoreAndStart(t, r, "--backup", id, "--target", "immediate", "--target-action", "promote")
 		waitRecoveryDone(t, c, false)
 		got := incrState(t, c)
-		c.Stop(t)
+		pageChecks(t, c)
 		return got
 	}
 	for _, i := range []int{5, 3} {

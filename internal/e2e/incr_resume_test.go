@@ -66,10 +66,11 @@ func indexedPackBytes(t *testing.T, r *testRepo, id string) (int64, int) {
 // is stored; the next backup reuses those blocks (it stores far fewer
 // bytes than a full does), restores to exactly the rows, and verifies;
 // delete then removes the killed backup's debris but the packs the new
-// backup names, and the new backup still verifies and restores.
+// backup names, and the new backup still verifies and restores (and the
+// restore passes pg_visibility and pg_checksums).
 func TestIncrementalResumeAfterKill(t *testing.T) {
 	r := newRepo(t, repoOpts{kind: "fs", encrypted: true})
-	primary := archivingCluster(t, r)
+	primary := archivingClusterWith(t, r, withChecksums)
 	conn := primary.Conn(t)
 	ctx := context.Background()
 	primary.Exec(t, conn, "CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text)")
@@ -179,7 +180,7 @@ func TestIncrementalResumeAfterKill(t *testing.T) {
 	}
 	cc.Close(ctx)
 	got := batches(t, c)
-	c.Stop(t)
+	pageChecks(t, c)
 	if gotRows != wantRows || gotSum != wantSum || !strings.HasPrefix(got, "1,2 ") {
 		t.Errorf("restored rnd %s rows (md5 %s), events %s; want %s rows (md5 %s), batches 1,2", gotRows, gotSum, got, wantRows, wantSum)
 	}

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/pgkeep/pgkeep/internal/pgtest"
-	"github.com/pgkeep/pgkeep/internal/testbin"
 )
 
 // incrSummary is what backup show --json says of a backup's change capture.
@@ -51,19 +50,6 @@ func incrState(t *testing.T, c *pgtest.Cluster) string {
 	return fmt.Sprintf("events %s, big sum %d, tables %s, dbs %q", batches(t, c), sum, tables, dbs)
 }
 
-// checksumArchivingCluster is archivingCluster initdb'd with data
-// checksums, so that pg_checksums can check what a restore wrote.
-func checksumArchivingCluster(t *testing.T, r *testRepo) *pgtest.Cluster {
-	t.Helper()
-	c := pgtest.New(t, pgtest.TempDir(t), pgtest.Options{Env: r.env, InitDBArgs: []string{"--data-checksums"}, Conf: []string{
-		"archive_mode = on",
-		fmt.Sprintf("archive_command = '%s wal-push %%p'", testbin.Pgkeep(t)),
-		"wal_keep_size = '2GB'", "max_wal_size = '4GB'", "checkpoint_timeout = '1h'",
-	}})
-	c.Start(t)
-	return c
-}
-
 // TestIncrementalBackups: a full, then incrementals after updates, inserts,
 // a new table and database, a dropped table, TRUNCATE and VACUUM FULL; each
 // restores to exactly its rows; deleting the full and the first
@@ -74,7 +60,7 @@ func TestIncrementalBackups(t *testing.T) {
 	for _, kind := range []string{"fs", "s3"} {
 		t.Run(kind, func(t *testing.T) {
 			r := newRepo(t, repoOpts{kind: kind, encrypted: kind == "s3"})
-			primary := checksumArchivingCluster(t, r)
+			primary := archivingClusterWith(t, r, withChecksums)
 			conn := primary.Conn(t)
 			ctx := context.Background()
 			primary.Exec(t, conn, "CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text)")

@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgkeep/pgkeep/internal/pgtest"
-	"github.com/pgkeep/pgkeep/internal/testbin"
 	"github.com/pgkeep/pgkeep/pg"
 	"github.com/pgkeep/pgkeep/repo"
 	"github.com/pgkeep/pgkeep/storage/fs"
@@ -66,21 +65,8 @@ func showCapture(t *testing.T, r *testRepo, id string) mapShow {
 func clusterRows(t *testing.T, c *pgtest.Cluster) string {
 	t.Helper()
 	ctx := context.Background()
-	conn := c.Conn(t)
-	rows, err := conn.Query(ctx, "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dbs, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	for _, db := range dbs {
-		dc, err := pgx.Connect(ctx, strings.Replace(c.DSN(), "dbname=postgres", "dbname="+db, 1))
-		if err != nil {
-			t.Fatalf("connect to %s: %v", db, err)
-		}
+	forEachDatabase(t, c, func(db string, dc *pgx.Conn) {
 		rows, err := dc.Query(ctx, "SELECT oid::regclass::text FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace ORDER BY 1")
 		if err != nil {
 			t.Fatal(err)
@@ -116,8 +102,7 @@ func clusterRows(t *testing.T, c *pgtest.Cluster) string {
 			tx.Rollback(ctx)
 			out = append(out, fmt.Sprintf("%s.%s by index %d", db, tb, n))
 		}
-		dc.Close(ctx)
-	}
+	})
 	return strings.Join(out, "\n")
 }
 
@@ -148,12 +133,7 @@ func amcheck(t *testing.T, c *pgtest.Cluster) {
 func TestMapModeBackups(t *testing.T) {
 	ctx := context.Background()
 	r := newRepo(t, repoOpts{kind: "fs"})
-	primary := pgtest.New(t, pgtest.TempDir(t), pgtest.Options{Env: r.env, InitDBArgs: []string{"--data-checksums"}, Conf: []string{
-		"archive_mode = on",
-		fmt.Sprintf("archive_command = '%s wal-push %%p'", testbin.Pgkeep(t)),
-		"wal_keep_size = '2GB'", "max_wal_size = '4GB'", "checkpoint_timeout = '1h'",
-	}})
-	primary.Start(t)
+	primary := archivingClusterWith(t, r, withChecksums)
 	conn := primary.Conn(t)
 	for _, sql := range []string{
 		"CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text)",

@@ -46,21 +46,9 @@ func visibilityMisses(t *testing.T, c *pgtest.Cluster) []string {
 	if err := conn.QueryRow(ctx, "SHOW data_checksums").Scan(&sums); err != nil || sums != "on" {
 		t.Fatalf("restored cluster: data_checksums %q (%v); the page checks need them on", sums, err)
 	}
-	rows, err := conn.Query(ctx, "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dbs, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
 	conn.Close(ctx)
 	var bad []string
-	for _, db := range dbs {
-		dc, err := pgx.Connect(ctx, strings.Replace(c.DSN(), "dbname=postgres", "dbname="+db, 1))
-		if err != nil {
-			t.Fatalf("connect to %s: %v", db, err)
-		}
+	forEachDatabase(t, c, func(db string, dc *pgx.Conn) {
 		if _, err := dc.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_visibility"); err != nil {
 			t.Fatalf("%s: create extension pg_visibility: %v", db, err)
 		}
@@ -90,8 +78,7 @@ func visibilityMisses(t *testing.T, c *pgtest.Cluster) []string {
 				t.Fatalf("%s: %s: %v", db, fn, err)
 			}
 		}
-		dc.Close(ctx)
-	}
+	})
 	return bad
 }
 
