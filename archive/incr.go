@@ -175,7 +175,6 @@ func (c *copier) reuseFile(i int, f *sourceFile, rf *repo.File) error {
 	c.files[i].Map = rf.Map             // and its file map (format 4), not a copy
 	c.files[i].MapChain = rf.MapChain   // with the objects that map is resolved from
 	c.blocks[i] = make([]repo.BlockRef, n)
-	c.hashes[i] = make([][]byte, n)
 	c.foreign[i] = make([]string, n)
 	for b := range rf.Blocks {
 		if err := c.takeRefBlock(i, f, rf, b); err != nil {
@@ -190,12 +189,11 @@ func (c *copier) reuseFile(i int, f *sourceFile, rf *repo.File) error {
 func (c *copier) takeRefBlock(i int, f *sourceFile, rf *repo.File, b int) error {
 	ref := rf.Blocks[b]
 	sum, err := hex.DecodeString(ref.Digest())
-	if want := map[bool]int{true: 16, false: 32}[ref.XXH3 != ""]; err != nil || len(sum) != want {
+	if want := map[bool]int{true: 16, false: 32}[ref.XXH3 != ""]; err != nil || len(sum) != want || hex.EncodeToString(sum) != ref.Digest() {
 		return fmt.Errorf("reference backup %s: %s: block hash %q", c.ref.ID, f.Rel, ref.Digest())
 	}
 	c.blocks[i][b] = ref
 	c.foreign[i][b] = c.ref.Packs[ref.Pack].Name
-	c.hashes[i][b] = sum
 	return nil
 }
 

@@ -674,7 +674,6 @@ func (c *copier) takeMapped(i int, f *sourceFile, rf *repo.File, fr *fileReads, 
 	n := len(fr.read)
 	c.files[i].BlockSize = fr.small
 	c.blocks[i] = make([]repo.BlockRef, n)
-	c.hashes[i] = make([][]byte, n)
 	c.foreign[i] = make([]string, n)
 	var read, unread int64
 	fromRef := func(b int) error {

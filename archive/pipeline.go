@@ -45,7 +45,6 @@ type copier struct {
 	files   []repo.File
 	blocks  [][]repo.BlockRef // per file, by block index
 	foreign [][]string        // per file and block: the reference's pack name of a reused block, "" if stored here
-	hashes  [][][]byte        // per file and block: repo.BlockDigest
 	vanish  []bool
 	packs   []repo.Pack
 	packSeq atomic.Int64
@@ -91,7 +90,6 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 	defer cancel(nil)
 	c.files = make([]repo.File, len(files))
 	c.blocks = make([][]repo.BlockRef, len(files))
-	c.hashes = make([][][]byte, len(files))
 	c.foreign = make([][]string, len(files))
 	c.vanish = make([]bool, len(files))
 	var total int64
@@ -119,7 +117,6 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 		c.files[i].BlockSize = small
 		n := int((f.Size + bs - 1) / bs)
 		c.blocks[i] = make([]repo.BlockRef, n)
-		c.hashes[i] = make([][]byte, n)
 		c.foreign[i] = make([]string, n)
 		for b := 0; b < n; b += int(run) {
 			off := int64(b) * bs
@@ -230,7 +227,6 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 			c.mu.Lock()
 			c.blocks[j.file][idx] = *ref
 			c.foreign[j.file][idx] = refPack
-			c.hashes[j.file][idx] = sum
 			c.mu.Unlock()
 			continue
 		}
@@ -274,7 +270,6 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 			c.blocks[j.file][s.index] = repo.BlockRef{Pack: pack, Offset: offset, Length: int64(len(enc)), FileOffset: s.off, Size: s.size,
 				ChunkOffset: s.chunkOffset}
 			c.blocks[j.file][s.index].SetDigest(small, s.sum)
-			c.hashes[j.file][s.index] = s.sum
 			refs[k] = c.blocks[j.file][s.index]
 		}
 		return refs
@@ -495,7 +490,11 @@ func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 				ref.Pack = n
 			}
 			refs = append(refs, ref)
-			h.Write(c.hashes[i][b])
+			// The file checksum is over the blocks' digests (each block
+			// has one: stored, reused or the reference's, checked).
+			var d [32]byte
+			n, _ := hex.Decode(d[:], []byte(ref.Digest()))
+			h.Write(d[:n])
 			size = ref.FileOffset + ref.Size
 		}
 		rf := c.refFiles[f.Path]

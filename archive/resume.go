@@ -70,7 +70,6 @@ func (c *copier) reuseInterrupted(j blockJob, idx int, off int64, small bool, su
 	c.mu.Lock()
 	c.blocks[j.file][idx] = rb.ref
 	c.foreign[j.file][idx] = rb.pack
-	c.hashes[j.file][idx] = sum
 	c.mu.Unlock()
 	c.stats.resumed.Add(size)
 	return true
