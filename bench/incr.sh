@@ -23,7 +23,8 @@
 # tool that runs first pays the start checkpoint of the whole change
 # (seconds after updates1pct) and shares the 2 cores with the archiver
 # compressing that change's WAL, and the other gets neither.
-# PROFILE_DIR=dir: pgkeep's backups write CPU profiles there (<row>.pprof).
+# PROFILE_DIR=dir: pgkeep's backups and restores write CPU profiles there
+# (<row>.pprof, restore-newest.pprof, restore-<full's ID>.pprof).
 #
 # Usage: sudo bash bench/incr.sh          (needs: make build; pgbackrest installed)
 #        SCALE=10 APPEND_MB=32 sudo bash bench/incr.sh     (a quick look)
@@ -192,7 +193,7 @@ restore_row() {
 	sync
 	t0=$(date +%s.%N)
 	if [ "$tool" = pgkeep ]; then
-		/usr/bin/time -f %M -o "$WORK/rss" \
+		PGKEEP_CPUPROFILE=${PROFILE_DIR:+$PROFILE_DIR/restore-${backup:-newest}.pprof} /usr/bin/time -f %M -o "$WORK/rss" \
 			"$PGKEEP" restore --config "$WORK/pk.yml" --pgdata "$dir" ${backup:+--backup "$backup"} >>"$LOGS/pk.log" 2>&1
 		[ -n "$backup" ] && what="the full backup"
 	else
