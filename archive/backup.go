@@ -149,12 +149,20 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	if err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
+	// Phase times say where a slow backup waits: the start checkpoint,
+	// or the archiver at the stop.
+	log.Info("backup started", "start_lsn", run.startLSN, "checkpoint_seconds", time.Since(run.start).Seconds())
 	// Closing the connection (deferred) aborts the non-exclusive backup
 	// when writeBackup fails.
 	stop := func(m *repo.Manifest) error {
+		t0 := time.Now()
 		if err := stopBackup(ctx, conn, si, m, run.startLSN); err != nil {
 			return err
 		}
+		t1 := time.Now()
+		defer func() {
+			log.Info("backup stopped", "stop_lsn", m.StopLSN, "stop_seconds", t1.Sub(t0).Seconds(), "archive_wait_seconds", time.Since(t1).Seconds())
+		}()
 		if si.Standby {
 			// A standby does not switch WAL at backup stop: ask the primary's
 			// archiver to be patient, and wait below.

@@ -88,6 +88,11 @@ upload_concurrency: 2
 download_concurrency: 2
 backup:
   concurrency: 2
+# The restore rows time base files, as pgBackRest's do: no background WAL
+# download (it would also compete with the next row and hold files in the
+# directory the next row empties).
+restore:
+  wal_prefetch_bytes: 0
 postgres:
   dsn: host=127.0.0.1 port=$PORT user=postgres dbname=postgres
 pgdata: $PGDATA
