@@ -216,3 +216,19 @@ restore_row pgkeep "$FULL_ID"
 restore_row pgbackrest
 echo "pgkeep repository: $(mb "$(du -sb --exclude=wal "$WORK/pk-repo" | cut -f1)") MB without WAL; pgBackRest: $(mb "$(br_size)") MB"
 echo "(check value $CHECK)"
+
+# Retention by reference (issue 15): 12 backups (7 more, each after 1000
+# row updates), delete the oldest half (the full among them), repack with
+# no grace; then what the repository stores against what the kept
+# backups name (target <= 1.2x). delete runs three times: the second
+# removes the packs the first relocated, the third reports the result.
+for k in $(seq 7); do
+	psqlc -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN (SELECT 1 + (random() * ($ACCOUNTS - 1))::int FROM generate_series(1, 1000))"
+	psqlc -c CHECKPOINT
+	"$PGKEEP" backup --config "$WORK/pk.yml" --type incr >/dev/null 2>>"$LOGS/pk.log"
+done
+for k in 1 2 3; do
+	out=$("$PGKEEP" delete --config "$WORK/pk.yml" --retain-full 6 --repack-grace 0s 2>>"$LOGS/pk.log")
+	printf '%s\n' "$out" >>"$LOGS/pk.log"
+done
+echo "after deleting the oldest 6 of 12 backups: $(grep '^repository: ' <<<"$out"); backups/ holds $(mb "$(du -sb "$WORK/pk-repo/backups" | cut -f1)") MB"

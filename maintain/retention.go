@@ -68,8 +68,18 @@ func Delete(ctx context.Context, r *repo.Repository, o DeleteOptions) error {
 		fmt.Fprintf(o.Out, "repacked %d pack(s) (%s copied), removed %d repacked pack(s) (%s)\n",
 			len(res.Repacked), human.Bytes(res.Copied), len(res.Removed), human.Bytes(res.Freed))
 	}
+	if res.LiveBytes > 0 {
+		// How much of what the repository stores is dead weight, as the
+		// repack found it (before the packs it relocated are removed).
+		fmt.Fprintf(o.Out, "%s%s of packs, %s named by kept backups (%.2fx)\n", PackSummaryPrefix,
+			human.Bytes(res.DataBytes), human.Bytes(res.LiveBytes), float64(res.DataBytes)/float64(res.LiveBytes))
+	}
 	return nil
 }
+
+// PackSummaryPrefix starts delete's last line: the packs stored and the
+// bytes of them kept backups name.
+const PackSummaryPrefix = "repository: "
 
 // PrintPlan prints one line per backup and, when anything goes, a line of
 // totals (not one per WAL file: there may be thousands).
