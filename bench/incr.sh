@@ -23,6 +23,7 @@
 # tool that runs first pays the start checkpoint of the whole change
 # (seconds after updates1pct) and shares the 2 cores with the archiver
 # compressing that change's WAL, and the other gets neither.
+# KEEP_LOGS=dir: the logs (pk.log, br.log, pg.log) are copied there at the end.
 # PROFILE_DIR=dir: pgkeep's backups and restores write CPU profiles there
 # (<row>.pprof, restore-newest.pprof, restore-<full's ID>.pprof).
 #
@@ -47,6 +48,7 @@ if [ "$(id -u)" = 0 ]; then
 	[ -n "${PROFILE_DIR:-}" ] && mkdir -p "$PROFILE_DIR" && chown postgres "$PROFILE_DIR"
 	runuser -u postgres -- env WORK="$WORK" SCALE="$SCALE" APPEND_MB="$APPEND_MB" PGBIN="$PGBIN" PROFILE_DIR="${PROFILE_DIR:-}" \
 		PK_BIN="$WORK/pgkeep" bash "$WORK/incr.sh" || rc=$?
+	[ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp -r "$WORK/logs/." "$KEEP_LOGS/"
 	rm -rf "$WORK"
 	exit "$rc"
 fi
