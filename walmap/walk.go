@@ -400,7 +400,7 @@ func (wk *walker) records(pos int) error {
 			wk.stop(pos, EndTruncated, "segment ends at %d bytes inside the record at %s", len(wk.data), lsn)
 			return nil
 		}
-		if got, want := crc32.Update(crc32c(rec[recordHeaderSize:tot]), castagnoli, rec[:20]), le.Uint32(rec[20:]); got != want {
+		if got, want := recordCRC(rec[:tot]), le.Uint32(rec[20:]); got != want {
 			wk.stop(pos, EndInvalid, "record at %s: CRC-32C %08x, header says %08x", lsn, got, want)
 			return nil
 		}
