@@ -14,7 +14,7 @@ import (
 // benchSegments returns the segments to measure: the real ones in
 // $PGKEEP_WALMAP_SEGMENTS (e.g. kept by TestWalkerMatchesWaldump with
 // PGKEEP_WALMAP_KEEP), or one synthetic TPC-B-like 16 MiB segment.
-func benchSegments(b *testing.B) (names []string, segs [][]byte) {
+func benchSegments(b testing.TB) (names []string, segs [][]byte) {
 	if dir := os.Getenv("PGKEEP_WALMAP_SEGMENTS"); dir != "" {
 		ents, err := os.ReadDir(dir)
 		if err != nil {
@@ -37,13 +37,20 @@ func benchSegments(b *testing.B) (names []string, segs [][]byte) {
 	}
 	g := newGen(0xD110)
 	g.segSize = pg.DefaultSegmentSize
-	r := rand.New(rand.NewPCG(7, 8))
+	tpcb(g, rand.New(rand.NewPCG(7, 8)), g.segSize-64<<10)
+	g.add(switchRec())
+	d, n := g.seg(0)
+	return []string{n}, [][]byte{d}
+}
+
+// tpcb appends TPC-B-like transactions to g until it reaches offset until.
+func tpcb(g *walGen, r *rand.Rand, until int) {
 	accounts := RelFork{Spc: 1663, DB: 5, Rel: 16400}
 	accountsIdx := RelFork{Spc: 1663, DB: 5, Rel: 16410}
 	tellers := RelFork{Spc: 1663, DB: 5, Rel: 16401}
 	history := RelFork{Spc: 1663, DB: 5, Rel: 16403}
 	img := make([]byte, 8192-3000)
-	for g.pos < g.segSize-64<<10 {
+	for g.pos < until {
 		// One TPC-B transaction: update account (sometimes with a full-page
 		// image), index lookup-free HOT updates of teller and branch, a
 		// history insert, a commit.
@@ -58,9 +65,6 @@ func benchSegments(b *testing.B) (names []string, segs [][]byte) {
 		g.add(mkRecord(10, 0x00, []tBlock{{id: 0, rel: &history, blk: uint32(g.pos >> 16), data: make([]byte, 60)}}, make([]byte, 3), 1, nil))
 		g.add(mkRecord(RmXact, xactCommit, nil, make([]byte, 8), 1, nil))
 	}
-	g.add(switchRec())
-	d, n := g.seg(0)
-	return []string{n}, [][]byte{d}
 }
 
 // BenchmarkBuild: walk + CRC-32C of every record + map, per 16 MiB segment.

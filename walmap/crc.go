@@ -61,3 +61,8 @@ func gf2Square(square, mat *[32]uint32) {
 		square[n] = gf2Times(mat, mat[n])
 	}
 }
+
+// recordCRCGo is recordCRC with hash/crc32 alone.
+func recordCRCGo(rec []byte) uint32 {
+	return crc32.Update(crc32c(rec[recordHeaderSize:]), castagnoli, rec[:20])
+}

@@ -215,12 +215,12 @@ type forkAcc struct {
 type builder struct {
 	l     *layout
 	forks map[RelFork]*forkAcc
-	// recent caches the last few forks looked up: a workload touches a
-	// handful of relations in turn (pgbench: accounts, tellers, branches,
-	// history and their indexes), and a map lookup per block reference
-	// was a third of the walk.
-	recent  [8]recentFork
-	next    int
+	// recent caches forks looked up, direct-mapped by a hash of the
+	// relation: a workload touches a handful of relations in turn (pgbench:
+	// accounts, tellers, branches, history and their indexes), and a map
+	// lookup per block reference was a third of the walk; one compare per
+	// reference instead of a scan of the last few.
+	recent  [64]recentFork
 	events  []Event
 	unknown []Unknown
 }
@@ -235,18 +235,16 @@ type recentFork struct {
 }
 
 func (b *builder) fork(k RelFork) *forkAcc {
-	for i := range b.recent {
-		if r := &b.recent[i]; r.a != nil && r.k == k {
-			return r.a
-		}
+	r := &b.recent[(k.Rel*0x9E3779B1+k.DB*0x85EBCA77+uint32(k.Fork))>>26]
+	if r.a != nil && r.k == k {
+		return r.a
 	}
 	a := b.forks[k]
 	if a == nil {
 		a = &forkAcc{limit: NoLimit}
 		b.forks[k] = a
 	}
-	b.recent[b.next] = recentFork{k, a}
-	b.next = (b.next + 1) % len(b.recent)
+	*r = recentFork{k, a}
 	return a
 }
 

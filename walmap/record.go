@@ -98,7 +98,8 @@ var errShort = errors.New("record header continues past the bytes at hand")
 // decodeRecord decodes rec, the first len(rec) bytes of a record of tot
 // bytes, into r (DecodeXLogRecord's header walk). It returns errShort when
 // rec ends before the block headers do; any other error means the record
-// is malformed.
+// is malformed. It runs once per record: no closures, no copies of block
+// references (a third of the walk's time went here).
 func decodeRecord(l *layout, rec []byte, tot uint32, r *Record) error {
 	le := binary.LittleEndian
 	if len(rec) < recordHeaderSize {
@@ -118,27 +119,20 @@ func decodeRecord(l *layout, rec []byte, tot uint32, r *Record) error {
 	var datatotal uint32
 	p := recordHeaderSize
 	maxID := -1
-	var last *RelFork
-	need := func(n int) error {
-		if uint32(n) > remaining {
-			return fmt.Errorf("record header runs past the record's %d bytes", tot)
-		}
-		if p+n > len(rec) {
-			return errShort
-		}
-		return nil
-	}
+	n := len(rec)
+	// need(k) of DecodeXLogRecord: k more header bytes must be in the
+	// record (else it is malformed) and at hand (else errShort).
 	for remaining > datatotal {
-		if err := need(1); err != nil {
-			return err
+		if 1 > remaining || p+1 > n {
+			return needErr(1, remaining, p, n, tot)
 		}
 		id := rec[p]
 		p++
 		remaining--
 		switch {
 		case id == blockIDDataShort:
-			if err := need(1); err != nil {
-				return err
+			if 1 > remaining || p+1 > n {
+				return needErr(1, remaining, p, n, tot)
 			}
 			r.MainLen = uint32(rec[p])
 			p++
@@ -146,8 +140,8 @@ func decodeRecord(l *layout, rec []byte, tot uint32, r *Record) error {
 			datatotal += r.MainLen
 			goto done
 		case id == blockIDDataLong:
-			if err := need(4); err != nil {
-				return err
+			if 4 > remaining || p+4 > n {
+				return needErr(4, remaining, p, n, tot)
 			}
 			r.MainLen = le.Uint32(rec[p:])
 			p += 4
@@ -155,15 +149,15 @@ func decodeRecord(l *layout, rec []byte, tot uint32, r *Record) error {
 			datatotal += r.MainLen
 			goto done
 		case id == blockIDOrigin:
-			if err := need(2); err != nil {
-				return err
+			if 2 > remaining || p+2 > n {
+				return needErr(2, remaining, p, n, tot)
 			}
 			r.Origin, r.HasOrigin = le.Uint16(rec[p:]), true
 			p += 2
 			remaining -= 2
 		case id == blockIDTopXID && l.hasTopLevelXID:
-			if err := need(4); err != nil {
-				return err
+			if 4 > remaining || p+4 > n {
+				return needErr(4, remaining, p, n, tot)
 			}
 			r.TopXID, r.HasTopXID = le.Uint32(rec[p:]), true
 			p += 4
@@ -173,15 +167,18 @@ func decodeRecord(l *layout, rec []byte, tot uint32, r *Record) error {
 				return fmt.Errorf("out-of-order block id %d", id)
 			}
 			maxID = int(id)
-			if err := need(3); err != nil {
-				return err
+			if 3 > remaining || p+3 > n {
+				return needErr(3, remaining, p, n, tot)
 			}
-			b := BlockRef{ID: id, ForkFlags: rec[p]}
-			b.Fork = b.ForkFlags & bkpForkMask
-			b.HasImage = b.ForkFlags&bkpHasImage != 0
-			b.HasData = b.ForkFlags&bkpHasData != 0
-			b.WillInit = b.ForkFlags&bkpWillInit != 0
-			b.SameRel = b.ForkFlags&bkpSameRel != 0
+			r.Blocks = append(r.Blocks, BlockRef{})
+			b := &r.Blocks[len(r.Blocks)-1]
+			ff := rec[p]
+			b.ID, b.ForkFlags = id, ff
+			b.Fork = ff & bkpForkMask
+			b.HasImage = ff&bkpHasImage != 0
+			b.HasData = ff&bkpHasData != 0
+			b.WillInit = ff&bkpWillInit != 0
+			b.SameRel = ff&bkpSameRel != 0
 			b.DataLen = le.Uint16(rec[p+1:])
 			p += 3
 			remaining -= 3
@@ -193,40 +190,40 @@ func decodeRecord(l *layout, rec []byte, tot uint32, r *Record) error {
 			}
 			datatotal += uint32(b.DataLen)
 			if b.HasImage {
-				if err := need(5); err != nil {
-					return err
+				if 5 > remaining || p+5 > n {
+					return needErr(5, remaining, p, n, tot)
 				}
 				b.ImageLen = le.Uint16(rec[p:])
 				b.HoleOffset = le.Uint16(rec[p+2:])
 				b.BimgInfo = rec[p+4]
 				p += 5
 				remaining -= 5
-				if err := imageInfo(l, &b, &p, &remaining, rec, need); err != nil {
+				var err error
+				if p, remaining, err = imageInfo(l, b, p, remaining, rec, tot); err != nil {
 					return err
 				}
 				datatotal += uint32(b.ImageLen)
 			}
 			if !b.SameRel {
-				if err := need(12); err != nil {
-					return err
+				if 12 > remaining || p+12 > n {
+					return needErr(12, remaining, p, n, tot)
 				}
 				b.Spc, b.DB, b.Rel = le.Uint32(rec[p:]), le.Uint32(rec[p+4:]), le.Uint32(rec[p+8:])
 				p += 12
 				remaining -= 12
 			} else {
-				if last == nil {
+				if len(r.Blocks) == 1 {
 					return fmt.Errorf("block %d: BKPBLOCK_SAME_REL without a previous relation", id)
 				}
+				last := &r.Blocks[len(r.Blocks)-2]
 				b.Spc, b.DB, b.Rel = last.Spc, last.DB, last.Rel
 			}
-			if err := need(4); err != nil {
-				return err
+			if 4 > remaining || p+4 > n {
+				return needErr(4, remaining, p, n, tot)
 			}
 			b.Block = le.Uint32(rec[p:])
 			p += 4
 			remaining -= 4
-			r.Blocks = append(r.Blocks, b)
-			last = &r.Blocks[len(r.Blocks)-1].RelFork
 		default:
 			return fmt.Errorf("invalid block id %d", id)
 		}
@@ -241,9 +238,25 @@ done:
 	return nil
 }
 
-// imageInfo reads the rest of a block image header and checks it as
-// DecodeXLogRecord does; the flag numbering is per version.
-func imageInfo(l *layout, b *BlockRef, p *int, remaining *uint32, rec []byte, need func(int) error) error {
+// needErr is the error for k header bytes that are not in the record
+// (remaining bytes left of tot) or not at hand (p+k past n).
+//
+//go:noinline
+func needErr(k int, remaining uint32, p, n int, tot uint32) error {
+	if uint32(k) > remaining {
+		return fmt.Errorf("record header runs past the record's %d bytes", tot)
+	}
+	if p+k > n {
+		return errShort
+	}
+	return nil
+}
+
+// imageInfo reads the rest of a block image header from rec at p (with
+// remaining bytes of the record left) and checks it as DecodeXLogRecord
+// does; the flag numbering is per version. It returns the new p and
+// remaining.
+func imageInfo(l *layout, b *BlockRef, p int, remaining uint32, rec []byte, tot uint32) (int, uint32, error) {
 	// Images are of BLCKSZ pages. walmap assumes the default 8 KiB: with
 	// another BLCKSZ these checks fail, so the walk ends in an invalid
 	// marker, never in a wrong map.
@@ -262,32 +275,32 @@ func imageInfo(l *layout, b *BlockRef, p *int, remaining *uint32, rec []byte, ne
 		b.Compression = CompressZstd
 	}
 	if known := l.bimgHasHole | l.bimgApply | l.bimgCompressMask; b.BimgInfo&^known != 0 {
-		return fmt.Errorf("block %d: unknown image flags %#x", b.ID, b.BimgInfo)
+		return p, remaining, fmt.Errorf("block %d: unknown image flags %#x", b.ID, b.BimgInfo)
 	}
 	if compressed && l.major >= 15 && b.BimgInfo&l.bimgCompressMask&(b.BimgInfo&l.bimgCompressMask-1) != 0 {
-		return fmt.Errorf("block %d: more than one image compression flag %#x", b.ID, b.BimgInfo)
+		return p, remaining, fmt.Errorf("block %d: more than one image compression flag %#x", b.ID, b.BimgInfo)
 	}
 	if compressed {
 		if hasHole {
-			if err := need(2); err != nil {
-				return err
+			if 2 > remaining || p+2 > len(rec) {
+				return p, remaining, needErr(2, remaining, p, len(rec), tot)
 			}
-			b.HoleLen = binary.LittleEndian.Uint16(rec[*p:])
-			*p += 2
-			*remaining -= 2
+			b.HoleLen = binary.LittleEndian.Uint16(rec[p:])
+			p += 2
+			remaining -= 2
 		}
 	} else {
 		b.HoleLen = uint16(blcksz - int(b.ImageLen))
 	}
 	switch {
 	case hasHole && (b.HoleOffset == 0 || b.HoleLen == 0 || b.ImageLen == blcksz):
-		return fmt.Errorf("block %d: image with hole offset %d length %d image %d", b.ID, b.HoleOffset, b.HoleLen, b.ImageLen)
+		return p, remaining, fmt.Errorf("block %d: image with hole offset %d length %d image %d", b.ID, b.HoleOffset, b.HoleLen, b.ImageLen)
 	case !hasHole && (b.HoleOffset != 0 || b.HoleLen != 0):
-		return fmt.Errorf("block %d: image without hole flag has hole offset %d length %d", b.ID, b.HoleOffset, b.HoleLen)
+		return p, remaining, fmt.Errorf("block %d: image without hole flag has hole offset %d length %d", b.ID, b.HoleOffset, b.HoleLen)
 	case compressed && b.ImageLen == blcksz:
-		return fmt.Errorf("block %d: compressed image of %d bytes", b.ID, b.ImageLen)
+		return p, remaining, fmt.Errorf("block %d: compressed image of %d bytes", b.ID, b.ImageLen)
 	case !hasHole && !compressed && b.ImageLen != blcksz:
-		return fmt.Errorf("block %d: uncompressed image of %d bytes", b.ID, b.ImageLen)
+		return p, remaining, fmt.Errorf("block %d: uncompressed image of %d bytes", b.ID, b.ImageLen)
 	}
-	return nil
+	return p, remaining, nil
 }

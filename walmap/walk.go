@@ -123,14 +123,15 @@ func ReadSegment(r io.Reader, segmentSize uint32) ([]byte, error) {
 
 // walker holds one walk's state.
 type walker struct {
-	data    []byte
-	l       *layout
-	w       *Walked
-	page    int // XLOG_BLCKSZ
-	lastTLI uint32
-	buf     []byte // reassembly of records that span pages
-	rec     Record
-	fn      func(*Record) error
+	data     []byte
+	l        *layout
+	w        *Walked
+	page     int // XLOG_BLCKSZ
+	pageMask int // page-1: page offsets without a division
+	lastTLI  uint32
+	buf      []byte // reassembly of records that span pages
+	rec      Record
+	fn       func(*Record) error
 }
 
 // Walk walks one segment's records in LSN order and calls fn for each
@@ -260,7 +261,8 @@ func (wk *walker) run() error {
 		wk.stop(0, EndUnknownFormat, "WAL block size %d", h.BlockSize)
 		return nil
 	}
-	wk.page = int(h.BlockSize)
+	// A divisor of the (power of two) segment size: a power of two too.
+	wk.page, wk.pageMask = int(h.BlockSize), int(h.BlockSize)-1
 	info, rem, hsz, ok := wk.pageHeader(0)
 	if !ok {
 		return nil
@@ -285,7 +287,7 @@ func (wk *walker) head(rem uint32, pos int) (int, bool) {
 	var crc uint32
 	left := rem
 	for {
-		pageEnd := (pos/wk.page + 1) * wk.page
+		pageEnd := (pos | wk.pageMask) + 1
 		n := min(int(left), pageEnd-pos)
 		if pos+n > len(wk.data) {
 			wk.stop(pos, EndTruncated, "segment ends at %d bytes inside the continued record", len(wk.data))
@@ -337,7 +339,7 @@ func (wk *walker) records(pos int) error {
 			w.ValidEnd, w.Reason = w.End, EndComplete
 			return nil
 		}
-		if pos%wk.page == 0 {
+		if pos&wk.pageMask == 0 {
 			info, _, hsz, ok := wk.pageHeader(pos)
 			if !ok {
 				return nil
@@ -355,7 +357,7 @@ func (wk *walker) records(pos int) error {
 		lsn := w.Start + pg.LSN(pos)
 		tot := le.Uint32(wk.data[pos:])
 		if tot == 0 {
-			pageEnd := (pos/wk.page + 1) * wk.page
+			pageEnd := (pos | wk.pageMask) + 1
 			if allZero(wk.data[pos:min(pageEnd, len(wk.data))]) {
 				wk.stop(pos, EndOfWAL, "zeros at %s", lsn)
 			} else {
@@ -398,7 +400,7 @@ func (wk *walker) records(pos int) error {
 			wk.stop(pos, EndTruncated, "segment ends at %d bytes inside the record at %s", len(wk.data), lsn)
 			return nil
 		}
-		if got, want := crc32.Update(crc32c(rec[recordHeaderSize:tot]), castagnoli, rec[:20]), le.Uint32(rec[20:]); got != want {
+		if got, want := recordCRC(rec[:tot]), le.Uint32(rec[20:]); got != want {
 			wk.stop(pos, EndInvalid, "record at %s: CRC-32C %08x, header says %08x", lsn, got, want)
 			return nil
 		}
@@ -441,7 +443,7 @@ const (
 // one that spans pages is copied into wk.buf. For asmTail and asmTruncated
 // rec holds the bytes at hand; for asmOverwrite end is where to go on.
 func (wk *walker) assemble(pos int, tot uint32) (rec []byte, end int, st asmStatus) {
-	pageEnd := (pos/wk.page + 1) * wk.page
+	pageEnd := (pos | wk.pageMask) + 1
 	if pos+int(tot) <= pageEnd {
 		if pos+int(tot) > len(wk.data) {
 			return wk.data[pos:], 0, asmTruncated
