@@ -230,7 +230,7 @@ for k in $(seq 7); do
 	"$PGKEEP" backup --config "$WORK/pk.yml" --type incr >/dev/null 2>>"$LOGS/pk.log"
 done
 for k in 1 2 3; do
-	out=$("$PGKEEP" delete --config "$WORK/pk.yml" --retain-full 6 --repack-grace 0s 2>>"$LOGS/pk.log")
+	out=$("$PGKEEP" delete --config "$WORK/pk.yml" --retain-full 6 --repack-grace 0s 2>&1)
 	printf '%s\n' "$out" >>"$LOGS/pk.log"
 done
 echo "after deleting the oldest 6 of 12 backups: $(grep '^repository: ' <<<"$out"); backups/ holds $(mb "$(du -sb "$WORK/pk-repo/backups" | cut -f1)") MB"

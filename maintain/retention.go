@@ -29,6 +29,9 @@ type DeleteOptions struct {
 	// (the CLI's default is repo.DefaultRepackGrace; 0: at once).
 	RepackGrace time.Duration
 	Out         io.Writer
+	// Err, when set, gets the pack summary (stdout stays exactly what
+	// --dry-run prints, and empty when nothing happens).
+	Err io.Writer
 }
 
 // Delete plans the deletion, prints it, and applies it unless DryRun.
@@ -68,17 +71,17 @@ func Delete(ctx context.Context, r *repo.Repository, o DeleteOptions) error {
 		fmt.Fprintf(o.Out, "repacked %d pack(s) (%s copied), removed %d repacked pack(s) (%s)\n",
 			len(res.Repacked), human.Bytes(res.Copied), len(res.Removed), human.Bytes(res.Freed))
 	}
-	if res.LiveBytes > 0 {
+	if res.LiveBytes > 0 && o.Err != nil {
 		// How much of what the repository stores is dead weight, as the
 		// repack found it (before the packs it relocated are removed).
-		fmt.Fprintf(o.Out, "%s%s of packs, %s named by kept backups (%.2fx)\n", PackSummaryPrefix,
+		fmt.Fprintf(o.Err, "%s%s of packs, %s named by kept backups (%.2fx)\n", PackSummaryPrefix,
 			human.Bytes(res.DataBytes), human.Bytes(res.LiveBytes), float64(res.DataBytes)/float64(res.LiveBytes))
 	}
 	return nil
 }
 
-// PackSummaryPrefix starts delete's last line: the packs stored and the
-// bytes of them kept backups name.
+// PackSummaryPrefix starts delete's summary on stderr: the packs stored
+// and the bytes of them kept backups name.
 const PackSummaryPrefix = "repository: "
 
 // PrintPlan prints one line per backup and, when anything goes, a line of

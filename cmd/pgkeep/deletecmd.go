@@ -69,7 +69,7 @@ reads the manifests, so it needs the repository key.`,
 				return &configError{"--repack-grace must not be negative"}
 			}
 			return maintain.Delete(ctx, r, maintain.DeleteOptions{Retention: o, BackupID: backupID, DryRun: dryRun,
-				MaxRepackBytes: maxRepack, RepackGrace: grace, Out: cmd.OutOrStdout()})
+				MaxRepackBytes: maxRepack, RepackGrace: grace, Out: cmd.OutOrStdout(), Err: cmd.ErrOrStderr()})
 		},
 	})
 	cmd.Flags().IntVar(&o.RetainFull, "retain-full", 0, "keep the newest N backups")
