@@ -189,7 +189,7 @@ func (c *copier) reuseFile(i int, f *sourceFile, rf *repo.File) error {
 func (c *copier) takeRefBlock(i int, f *sourceFile, rf *repo.File, b int) error {
 	ref := rf.Blocks[b]
 	sum, err := hex.DecodeString(ref.Digest())
-	if want := map[bool]int{true: 16, false: 32}[ref.XXH3 != ""]; err != nil || len(sum) != want || hex.EncodeToString(sum) != ref.Digest() {
+	if want := map[bool]int{true: 16, false: 32}[ref.XXH3 != ""]; err != nil || len(sum) != want {
 		return fmt.Errorf("reference backup %s: %s: block hash %q", c.ref.ID, f.Rel, ref.Digest())
 	}
 	c.blocks[i][b] = ref
