@@ -30,6 +30,9 @@ func waitForWAL(ctx context.Context, r *repo.Repository, first, last string, seg
 	for seg := f; seg.SegNo(segSize) <= l.SegNo(segSize); {
 		ok, err := r.HasWAL(ctx, seg)
 		if err != nil {
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
 			return fmt.Errorf("check archived WAL %s: %w", seg.Name, err)
 		}
 		if ok {
@@ -45,6 +48,11 @@ func waitForWAL(ctx context.Context, r *repo.Repository, first, last string, seg
 			return fmt.Errorf("%s (is archive_command = 'pgkeep wal-push %%p' working?)", msg)
 		}
 		if st, err = probe(); err != nil {
+			if ctx.Err() != nil {
+				// The probe failed because the backup was cancelled
+				// (a signal): say that, not that PostgreSQL went away.
+				return context.Cause(ctx)
+			}
 			return fmt.Errorf("PostgreSQL went away before WAL segment %s needed by the backup was archived: %w", seg.Name, err)
 		}
 		if st.Failing && !warned {

@@ -309,13 +309,19 @@ func (s *Scheduler) loop(ctx context.Context, wg *sync.WaitGroup, j scheduledJob
 	// A scheduled time that comes due while the clocks settle is still
 	// this daemon's to run or take over (tick never starts it early):
 	// skipping it would leave it to a member further down the ranking.
-	from := s.clusterNow()
+	// That time is the cluster's clock at start, known only once the peers'
+	// clocks are: a node whose own clock runs ahead would otherwise start
+	// from its own time and skip the times the cluster has not reached yet,
+	// leaving each of them to a takeover.
+	start := s.now()
 	// Not before the other daemons' clocks are known (a few heartbeats).
 	select {
 	case <-ctx.Done():
 		return
 	case <-s.clk.ready:
 	}
+	now := s.now()
+	from := s.clusterNow().Add(-now.Sub(start))
 	for ctx.Err() == nil {
 		next := j.sched.Next(from)
 		if next.IsZero() {
