@@ -24,6 +24,8 @@
 # (seconds after updates1pct) and shares the 2 cores with the archiver
 # compressing that change's WAL, and the other gets neither.
 # KEEP_LOGS=dir: the logs (pk.log, br.log, pg.log) are copied there at the end.
+# KEEP_WORK=1: the work directory (repositories, data directory) is left
+# in place for a look at what each backup stored.
 # PROFILE_DIR=dir: pgkeep's backups and restores write CPU profiles there
 # (<row>.pprof, restore-newest.pprof, restore-<full's ID>.pprof).
 #
@@ -49,7 +51,11 @@ if [ "$(id -u)" = 0 ]; then
 	runuser -u postgres -- env WORK="$WORK" SCALE="$SCALE" APPEND_MB="$APPEND_MB" PGBIN="$PGBIN" PROFILE_DIR="${PROFILE_DIR:-}" \
 		PK_BIN="$WORK/pgkeep" bash "$WORK/incr.sh" || rc=$?
 	[ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp -r "$WORK/logs/." "$KEEP_LOGS/"
-	rm -rf "$WORK"
+	if [ -n "${KEEP_WORK:-}" ]; then
+		echo "kept $WORK (both repositories, the cluster's data directory)" >&2
+	else
+		rm -rf "$WORK"
+	fi
 	exit "$rc"
 fi
 

@@ -240,6 +240,19 @@ type WALPath struct {
 	Local []*walmap.Map
 }
 
+// segment is the file of segment number n along the path: the timeline
+// the history puts n on.
+func (p WALPath) segment(n uint64) pg.WALFile {
+	return p.segmentOn(pg.TimelineForSegment(p.Timeline, p.History, n, p.SegmentSize), n)
+}
+
+// segmentOn is the file of segment number n on timeline tli.
+func (p WALPath) segmentOn(tli uint32, n uint64) pg.WALFile {
+	per := uint64(pg.SegmentsPerLog(p.SegmentSize))
+	wf, _ := pg.ParseWALFileName(pg.SegmentName(tli, uint32(n/per), uint32(n%per)))
+	return wf
+}
+
 // WALMapsCovering returns the merged block map of the WAL from from to to
 // along path, or an error wrapping ErrNotCovered (a *NotCoveredError) that
 // says why not: a segment not archived, a segment without a map, a map of
@@ -267,10 +280,7 @@ func (r *Repository) WALMapsCovering(ctx context.Context, path WALPath, from, to
 	per := uint64(pg.SegmentsPerLog(size))
 	group := min(uint64(rollupSegments), per)
 	l := walListing{r: r, dirs: map[string]map[string]storage.ObjectInfo{}, local: path.Local}
-	name := func(tli uint32, n uint64) pg.WALFile {
-		wf, _ := pg.ParseWALFileName(pg.SegmentName(tli, uint32(n/per), uint32(n%per)))
-		return wf
-	}
+	name := path.segmentOn
 	var parts []*walmap.Map
 	first, last := uint64(from)/seg, (uint64(to)-1)/seg
 	for n := first; n <= last; {
@@ -312,7 +322,7 @@ func (r *Repository) WALMapsCovering(ctx context.Context, path WALPath, from, to
 		if t == nil || t.LSN >= to {
 			break
 		}
-		wf := name(pg.TimelineForSegment(path.Timeline, path.History, n, size), n)
+		wf := path.segment(n)
 		m, why, err := r.segmentMap(ctx, &l, wf)
 		if err != nil {
 			return nil, err
@@ -353,15 +363,10 @@ func (r *Repository) WALArchived(ctx context.Context, path WALPath, from, to pg.
 		return nil, nil
 	}
 	seg := uint64(size)
-	per := uint64(pg.SegmentsPerLog(size))
 	l := walListing{r: r, dirs: map[string]map[string]storage.ObjectInfo{}}
 	var out []ArchivedSegment
 	for n := uint64(from) / seg; n <= (uint64(to)-1)/seg; n++ {
-		tli := pg.TimelineForSegment(path.Timeline, path.History, n, size)
-		wf, err := pg.ParseWALFileName(pg.SegmentName(tli, uint32(n/per), uint32(n%per)))
-		if err != nil {
-			return nil, err
-		}
+		wf := path.segment(n)
 		_, archived, err := l.get(ctx, WALObjectName(wf))
 		if err != nil {
 			return nil, err
