@@ -17,7 +17,7 @@
 #                   into an empty directory (not started)
 #   restore-enc     the same from the encrypted repository
 #   restore-s3      the same from MinIO (not in the default ROWS)
-# Settings: pgkeep compression.level 3, upload_concurrency and
+# Settings: pgkeep compression.level PK_LEVEL (default 1, pgkeep's default), upload_concurrency and
 # download_concurrency 2; pgBackRest (the Debian package) compress-type=zst,
 # compress-level=3, process-max=2, start-fast=y; everything else at its
 # default (pgBackRest's repo-bundle is off by default). Both take a fast
@@ -45,6 +45,7 @@ REPS=${REPS:-3}
 DATASETS=${DATASETS:-pgbench random}
 ROWS=${ROWS:-backup-local backup-enc backup-s3 restore-local restore-enc}
 SCALE=${SCALE:-100}
+PK_LEVEL=${PK_LEVEL:-1}
 RANDOM_MB=${RANDOM_MB:-1024}
 VERIFY=${VERIFY:-1}
 PREWARM_MB=${PREWARM_MB:-2048}
@@ -111,7 +112,7 @@ if [ "$(id -u)" = 0 ]; then
 	# uses; in the background, so that INT or TERM reach the trap at once.
 	setsid -w bash -c 'echo $$ >"$0/sid"; exec "$@"' "$WORK" \
 		runuser -u postgres -- env WORK="$WORK" REPS="$REPS" DATASETS="$DATASETS" ROWS="$ROWS" SCALE="$SCALE" \
-		RANDOM_MB="$RANDOM_MB" VERIFY="$VERIFY" PGBIN="$PGBIN" PK_BIN="$WORK/bin/pgkeep" MINIO_BIN="$WORK/bin/minio" \
+		RANDOM_MB="$RANDOM_MB" PK_LEVEL="$PK_LEVEL" VERIFY="$VERIFY" PGBIN="$PGBIN" PK_BIN="$WORK/bin/pgkeep" MINIO_BIN="$WORK/bin/minio" \
 		PGBR_BUNDLE="${PGBR_BUNDLE:-n}" bash "$WORK/backup.sh" &
 	rc=0
 	wait $! || rc=$?
@@ -322,7 +323,7 @@ make_repos() {
 			esac
 			cat <<EOF
 compression:
-  level: 3
+  level: $PK_LEVEL
 upload_concurrency: 2
 download_concurrency: 2
 postgres:
@@ -531,7 +532,7 @@ done
 # --- the table
 echo
 echo "pgkeep $("$PGKEEP" version | cut -d' ' -f2) vs $(pgbackrest version); $(nproc) cores; $REPS runs each, medians; total $(( (SECONDS - T0) / 60 )) min"
-echo "pgkeep: compression.level 3, upload/download_concurrency 2. pgBackRest: zst level 3, process-max 2, repo-bundle=$PGBR_BUNDLE, start-fast."
+echo "pgkeep: compression.level $PK_LEVEL, upload/download_concurrency 2. pgBackRest: zst level 3, process-max 2, repo-bundle=$PGBR_BUNDLE, start-fast."
 echo "MB/s = database size (without pg_wal) / wall time. speedup = pgBackRest time / pgkeep time."
 echo "Targets: backup speedup >= 2.8, restore speedup >= 1.5, pgkeep max RSS < 128 MiB."
 echo "CPU-s = user+sys of the tool and the processes it waited for (not PostgreSQL's archiver or MinIO)."

@@ -14,7 +14,8 @@
 # (WAL excluded: pgkeep's stored_size, which counts its packs and manifest;
 # pgBackRest's growth of backup/), and pgkeep's bytes read. Then a restore
 # of the last backup of each tool into an empty directory (not started).
-# Settings: zstd level 3, 2 processes each; pgBackRest is whatever
+# Settings: 2 processes each; pgkeep compression.level PK_LEVEL (default 1,
+# pgkeep's default), pgBackRest zst level 3; pgBackRest is whatever
 # `pgbackrest` is on PATH (Debian's 2.45 has no block incremental: it
 # re-stores every changed file whole). Both push WAL from one
 # archive_command. One repetition: numbers on a shared machine are noisy.
@@ -34,6 +35,7 @@
 set -euo pipefail
 
 SCALE=${SCALE:-100}
+PK_LEVEL=${PK_LEVEL:-1}
 APPEND_MB=${APPEND_MB:-650}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,7 +50,7 @@ if [ "$(id -u)" = 0 ]; then
 	chown -R postgres:postgres "$WORK"
 	rc=0
 	[ -n "${PROFILE_DIR:-}" ] && mkdir -p "$PROFILE_DIR" && chown postgres "$PROFILE_DIR"
-	runuser -u postgres -- env WORK="$WORK" SCALE="$SCALE" APPEND_MB="$APPEND_MB" PGBIN="$PGBIN" PROFILE_DIR="${PROFILE_DIR:-}" \
+	runuser -u postgres -- env WORK="$WORK" SCALE="$SCALE" PK_LEVEL="$PK_LEVEL" APPEND_MB="$APPEND_MB" PGBIN="$PGBIN" PROFILE_DIR="${PROFILE_DIR:-}" \
 		PK_BIN="$WORK/pgkeep" bash "$WORK/incr.sh" || rc=$?
 	[ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp -r "$WORK/logs/." "$KEEP_LOGS/"
 	if [ -n "${KEEP_WORK:-}" ]; then
@@ -91,7 +93,7 @@ mb() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1048576 }'; }
 cat >"$WORK/pk.yml" <<EOF
 repository: file://$WORK/pk-repo
 compression:
-  level: 3
+  level: $PK_LEVEL
 upload_concurrency: 2
 download_concurrency: 2
 backup:

@@ -237,7 +237,7 @@ pk_repo() {
 	local) echo "repository: file://$WORK/repos/pk-local" ;;
 	s3) printf 'repository: s3://%s/pgkeep\ns3:\n  endpoint: https://127.0.0.1:%s\n  region: us-east-1\n  path_style: true\n' "$S3_BUCKET" "$MPORT" ;;
 	esac
-	printf 'compression:\n  level: 3\nupload_concurrency: 2\ndownload_concurrency: 2\n'
+	printf 'compression:\n  level: 1\nupload_concurrency: 2\ndownload_concurrency: 2\n'
 }
 br_repo() {
 	echo "[global]"

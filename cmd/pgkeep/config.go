@@ -296,7 +296,7 @@ func defaultConfig() Config {
 	return Config{
 		Repository:          DefaultRepository,
 		S3:                  S3Config{Timeout: 60 * time.Second, MaxAttempts: 3, PartSizeMB: 8},
-		Compression:         CompressionConfig{Level: 3},
+		Compression:         CompressionConfig{Level: 1}, // docs/backup.md "Compression level"
 		UploadConcurrency:   4,
 		DownloadConcurrency: 4,
 		WAL:                 WALConfig{PushAhead: 8, Prefetch: 8, CompressionLevel: 1, BlockMaps: true, FetchRetryTime: 5 * time.Minute},

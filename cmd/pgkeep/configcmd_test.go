@@ -29,7 +29,7 @@ func TestUnknownEnvWarnsOnce(t *testing.T) {
 		strings.Contains(out, "=7") {
 		t.Fatalf("warning: %q", out)
 	}
-	if cfg.WAL.Prefetch != 2 || cfg.Compression.Level != 3 {
+	if cfg.WAL.Prefetch != 2 || cfg.Compression.Level != 1 {
 		t.Fatalf("known variable not applied, or unknown one applied: %+v", cfg)
 	}
 	// A misspelt key in the file stays an error.
