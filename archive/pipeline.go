@@ -258,7 +258,7 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 	case dst = <-c.free:
 	default:
 	}
-	enc, _, err := c.r.EncodeBlock(dst[:0], plain)
+	enc, err := c.r.EncodeBlock(dst[:0], plain)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", j.src.Rel, err)
 	}

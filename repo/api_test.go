@@ -228,7 +228,7 @@ func TestPackRoundTrip(t *testing.T) {
 	var offs, lens []int64
 	for i := range 3 {
 		p := random(100<<10 + i)
-		enc, _, err := r.EncodeBlock(nil, p)
+		enc, err := r.EncodeBlock(nil, p)
 		if err != nil {
 			t.Fatal(err)
 		}

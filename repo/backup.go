@@ -196,6 +196,20 @@ type BlockRef struct {
 	XXH3 string `json:"xxh3,omitempty"`
 }
 
+// storesBlocks reports whether m names blocks stored by this code: packs
+// of its own, or of the interrupted backups it resumed.
+func (m *Manifest) storesBlocks() bool {
+	if len(m.Resumed) > 0 {
+		return true
+	}
+	for _, p := range m.Packs {
+		if strings.HasPrefix(p.Name, BackupPrefix(m.ID)) {
+			return true
+		}
+	}
+	return false
+}
+
 // NewBackupID makes a sortable, unique-enough ID from the start time.
 func NewBackupID(t time.Time, suffix string) string {
 	return t.UTC().Format("20060102T150405Z") + "-" + suffix
@@ -336,8 +350,10 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 	// would delete file maps other backups name.
 	to := 0
 	switch {
-	case m.Summary.Format >= 6:
-		// pgkeeps of repository format 4 would call binary maps corrupt.
+	case m.Summary.Format >= 6 || m.storesBlocks():
+		// pgkeeps of repository format 4 would call binary maps corrupt,
+		// and refuse the xxh3-128 sum in the header of every block this
+		// code stores (flagXXH3).
 		to = 5
 	case m.Summary.Format >= 3:
 		to = 3

@@ -44,19 +44,18 @@ func encoderPool(level int) *sync.Pool {
 	return actual.(*sync.Pool)
 }
 
-// EncodeBlock appends the object for plain to dst and returns it with the
-// plain content's SHA-256. The object is built in place, the header and
-// then the zstd frame (or the age stream) straight after it, so a reused
-// dst that is large enough costs no allocation and no copy of the body; a
-// smaller one grows. The bytes are those of encodePieces with one part.
-func (c *Codec) EncodeBlock(dst []byte, plain []byte) ([]byte, [32]byte, error) {
-	sum := sha256.Sum256(plain)
-	h := Header{Compressed: c.Level > 0, Encrypted: len(c.Recipients) > 0, Size: int64(len(plain)), SHA256: sum}
+// EncodeBlock appends the object for plain to dst and returns it. The
+// object is built in place, the header and then the zstd frame (or the age
+// stream) straight after it, so a reused dst that is large enough costs no
+// allocation and no copy of the body; a smaller one grows. Its header sum
+// is xxh3-128 (see flagXXH3).
+func (c *Codec) EncodeBlock(dst []byte, plain []byte) ([]byte, error) {
+	h := Header{Compressed: c.Level > 0, Encrypted: len(c.Recipients) > 0, Size: int64(len(plain)), SHA256: xxh3Sum(plain), XXH3: true}
 	if !h.Encrypted {
 		if !h.Compressed {
 			dst = slices.Grow(dst, headerSize+len(plain))
 			dst = append(dst, h.marshal()...)
-			return append(dst, plain...), sum, nil
+			return append(dst, plain...), nil
 		}
 		// Room for 3:1 up front; less compressible content grows it.
 		dst = slices.Grow(dst, headerSize+len(plain)/3+1024)
@@ -64,7 +63,7 @@ func (c *Codec) EncodeBlock(dst []byte, plain []byte) ([]byte, [32]byte, error) 
 		enc := encoderPool(c.Level).Get().(*zstd.Encoder)
 		dst = enc.EncodeAll(plain, dst)
 		encoderPool(c.Level).Put(enc)
-		return dst, sum, nil
+		return dst, nil
 	}
 	body := plain
 	if h.Compressed {
@@ -80,15 +79,15 @@ func (c *Codec) EncodeBlock(dst []byte, plain []byte) ([]byte, [32]byte, error) 
 	buf := bytes.NewBuffer(append(dst, h.marshal()...))
 	w, err := age.Encrypt(buf, c.Recipients...)
 	if err != nil {
-		return nil, sum, fmt.Errorf("encrypt: %w", err)
+		return nil, fmt.Errorf("encrypt: %w", err)
 	}
 	if _, err := w.Write(body); err != nil {
-		return nil, sum, err
+		return nil, err
 	}
 	if err := w.Close(); err != nil {
-		return nil, sum, err
+		return nil, err
 	}
-	return buf.Bytes(), sum, nil
+	return buf.Bytes(), nil
 }
 
 // scratchPool holds compressed bodies on their way into age.
@@ -225,8 +224,8 @@ func (c *Codec) DecodeBlock(obj []byte) ([]byte, Header, error) {
 // With fullCheck false a compressed body whose zstd frames all carry
 // content checksums (every frame pgkeep writes) is trusted on those
 // checksums, which the decoder verifies, and its size, instead of also
-// hashing the plain bytes with SHA-256: restore's hot path. verify always
-// checks SHA-256.
+// hashing the plain bytes with the header's sum: restore's hot path.
+// verify always checks the header's sum.
 func (c *Codec) DecodeBlockTo(dst, obj []byte, fullCheck bool) ([]byte, Header, error) {
 	h, err := ReadHeader(bytes.NewReader(obj))
 	if err != nil {
@@ -287,7 +286,7 @@ func (c *Codec) DecodeBlockTo(dst, obj []byte, fullCheck bool) ([]byte, Header, 
 	} else if !h.Encrypted {
 		plain = append(dst[:0], body...)
 	}
-	if int64(len(plain)) != h.Size || (!checked && sha256.Sum256(plain) != h.SHA256) {
+	if int64(len(plain)) != h.Size || (!checked && h.sumOf(plain) != h.SHA256) {
 		return nil, h, fmt.Errorf("%w: content does not match its checksum", ErrCorrupt)
 	}
 	return plain, h, nil

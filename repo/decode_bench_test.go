@@ -18,7 +18,7 @@ func BenchmarkDecodeBlock(b *testing.B) {
 		"zstd3age": {Level: 3, Recipients: []age.Recipient{id.Recipient()}, Identities: []age.Identity{id}},
 	} {
 		b.Run(name, func(b *testing.B) {
-			obj, _, err := c.EncodeBlock(nil, plain)
+			obj, err := c.EncodeBlock(nil, plain)
 			if err != nil {
 				b.Fatal(err)
 			}

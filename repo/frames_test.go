@@ -12,7 +12,7 @@ import (
 func TestFramesChecksummed(t *testing.T) {
 	plain := walLike(1<<20 + 5)
 	c := &Codec{Level: 3}
-	blk, _, err := c.EncodeBlock(nil, plain)
+	blk, err := c.EncodeBlock(nil, plain)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestFramesChecksummed(t *testing.T) {
 func TestDecodeWithoutSHACatchesCorruption(t *testing.T) {
 	plain := walLike(64 << 10)
 	c := &Codec{Level: 3}
-	blk, _, err := c.EncodeBlock(nil, plain)
+	blk, err := c.EncodeBlock(nil, plain)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,8 +15,8 @@ import (
 // (ReadPack).
 
 // EncodeBlock appends the object for plain to dst (reused when large
-// enough) and returns it with the plain content's SHA-256.
-func (r *Repository) EncodeBlock(dst, plain []byte) ([]byte, [32]byte, error) {
+// enough) and returns it.
+func (r *Repository) EncodeBlock(dst, plain []byte) ([]byte, error) {
 	return r.codec.EncodeBlock(dst, plain)
 }
 
