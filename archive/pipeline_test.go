@@ -312,6 +312,53 @@ func TestWriteBackupStopFailsNotListed(t *testing.T) {
 	}
 }
 
+// The manifest is written while the backup waits for its WAL; a wait that
+// fails leaves it as debris of a failed backup, never a listed one, and a
+// wait that succeeds only after the manifest is stored still commits.
+func TestWriteBackupWALWaitFailsNotListed(t *testing.T) {
+	ctx := context.Background()
+	dir, _ := syntheticDataDir(t)
+	r, _, m := newMemRepo(t)
+	run := testRun("20261201T000000Z-eeee", dir)
+	waitErr := errors.New("WAL segment 000000010000000000000002 needed by the backup was not archived within 1s")
+	run.awaitWAL = func(*repo.Manifest) error {
+		// Return only once the manifest is there: the two overlap.
+		waitFor(t, func() bool { return slices.Contains(m.Names(), repo.BackupPrefix(run.id)+"manifest") })
+		return waitErr
+	}
+	if _, err := writeBackup(ctx, r, smallBlocks(), run, stopAt, discard()); !errors.Is(err, waitErr) {
+		t.Fatalf("got %v, want the wait's error", err)
+	}
+	if backups, _, err := r.ListBackups(ctx); err != nil || len(backups) != 0 {
+		t.Fatalf("listed %+v (%v) after a failed WAL wait", backups, err)
+	}
+	if !slices.Contains(m.Names(), repo.BackupPrefix(run.id)+"failed") {
+		t.Errorf("the backup is not marked failed (objects %q)", m.Names())
+	}
+
+	run = testRun("20261201T000100Z-ffff", dir)
+	run.awaitWAL = func(*repo.Manifest) error {
+		waitFor(t, func() bool { return slices.Contains(m.Names(), repo.BackupPrefix(run.id)+"manifest") })
+		return nil
+	}
+	if _, err := writeBackup(ctx, r, smallBlocks(), run, stopAt, discard()); err != nil {
+		t.Fatal(err)
+	}
+	if backups, _, err := r.ListBackups(ctx); err != nil || len(backups) != 1 || backups[0].ID != run.id {
+		t.Fatalf("listed %+v (%v), want the backup whose wait succeeded", backups, err)
+	}
+}
+
+// waitFor polls cond for up to 10 s (an error, not a hang, if it never holds).
+func waitFor(t *testing.T, cond func() bool) {
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Error("condition not met within 10 s")
+			return
+		}
+	}
+}
+
 func TestPipelinePutFailsMidPack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -316,6 +316,16 @@ func ValidBackupID(id string) error {
 // uncommitted debris. A claim whose backup.json is missing (a crash
 // between the two writes) is completed by FindScheduled.
 func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
+	if err := r.PrepareCommit(ctx, m); err != nil {
+		return err
+	}
+	return r.PublishBackup(ctx, m)
+}
+
+// PrepareCommit is CommitBackup's first half: the file maps, the
+// repository format, the references and the manifest, none of which makes
+// the backup visible. A backup writes them while it waits for its WAL.
+func (r *Repository) PrepareCommit(ctx context.Context, m *Manifest) error {
 	if err := r.writeMaps(ctx, m); err != nil {
 		return err
 	}
@@ -392,6 +402,15 @@ func (r *Repository) CommitBackup(ctx context.Context, m *Manifest) error {
 		return fmt.Errorf("write manifest: %w", err)
 	}
 	m.Summary.StoredSize += info.Size
+	return nil
+}
+
+// PublishBackup is CommitBackup's second half, after PrepareCommit: the
+// schedule's claim and the summary, the commit point.
+func (r *Repository) PublishBackup(ctx context.Context, m *Manifest) error {
+	if m.Summary.ManifestSHA256 == "" {
+		return fmt.Errorf("publish backup %s: its manifest is not written", m.ID)
+	}
 	sdata, err := json.MarshalIndent(m.Summary, "", "  ")
 	if err != nil {
 		return err
