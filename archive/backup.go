@@ -340,13 +340,17 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	// backup's last segment (about a wal-push, ~75 ms here, on every
 	// backup); the summary, the commit point, waits for both. A wait that
 	// fails leaves them as the debris of a failed backup.
+	// Map mode's check that the segments it mapped from pg_wal are the
+	// ones archived (which decodes them) goes with the wait.
 	walDone := make(chan error, 1)
 	go func() {
-		if run.awaitWAL == nil {
-			walDone <- nil
-			return
+		if run.awaitWAL != nil {
+			if err := run.awaitWAL(m); err != nil {
+				walDone <- err
+				return
+			}
 		}
-		walDone <- run.awaitWAL(m)
+		walDone <- c.plan.checkLocal(ctx, r)
 	}()
 	prepErr := r.PrepareCommit(ctx, m)
 	if err := <-walDone; err != nil {
@@ -354,9 +358,6 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	}
 	if prepErr != nil {
 		return nil, prepErr
-	}
-	if err := c.plan.checkLocal(ctx, r); err != nil {
-		return nil, err
 	}
 	if c.skipUnread && m.Timeline != c.ref.Timeline {
 		return nil, fmt.Errorf("the timeline changed during the backup (%d, reference %s on %d): files were taken unread by mtime; run the backup again", m.Timeline, c.ref.ID, c.ref.Timeline)
