@@ -167,8 +167,9 @@ func parseMember(name string, v []byte) Member {
 	var d memberData
 	dec := json.NewDecoder(bytes.NewReader(v))
 	dec.UseNumber()
-	if err := dec.Decode(&d); err != nil || len(bytes.TrimSpace(v[dec.InputOffset():])) > 0 {
-		// Something after the object is not what Patroni writes either.
+	if err := dec.Decode(&d); err != nil || len(bytes.Trim(v[dec.InputOffset():], " \t\r\n")) > 0 {
+		// Something after the object is not what Patroni writes either
+		// (only JSON's own whitespace may follow: not \v, \f or U+0085).
 		m.Malformed = true
 		return m
 	}
