@@ -14,8 +14,10 @@
 # (WAL excluded: pgkeep's stored_size, which counts its packs and manifest;
 # pgBackRest's growth of backup/), and pgkeep's bytes read. Then a restore
 # of the last backup of each tool into an empty directory (not started).
-# Settings: 2 processes each; pgkeep compression.level PK_LEVEL (default 1,
-# pgkeep's default), pgBackRest zst level 3; pgBackRest is whatever
+# Settings: pgBackRest process-max 2 (a main process and 2 workers), pgkeep
+# its default backup.concurrency (CPUs + 1 workers) and 2 uploads;
+# pgkeep compression.level PK_LEVEL (default 1, pgkeep's default),
+# pgBackRest zst level 3; pgBackRest is whatever
 # `pgbackrest` is on PATH (Debian's 2.45 has no block incremental: it
 # re-stores every changed file whole). Both push WAL from one
 # archive_command. One repetition: numbers on a shared machine are noisy.
@@ -97,8 +99,6 @@ compression:
   level: $PK_LEVEL
 upload_concurrency: 2
 download_concurrency: 2
-backup:
-  concurrency: 2
 # The restore rows time base files, as pgBackRest's do: no background WAL
 # download (it would also compete with the next row and hold files in the
 # directory the next row empties).

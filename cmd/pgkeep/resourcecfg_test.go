@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// TestResourceAndRetentionKeys: backup.concurrency (default GOMAXPROCS),
+// TestResourceAndRetentionKeys: backup.concurrency (default GOMAXPROCS+1),
 // storage.rate_limit and retention.full/days parse, and bad values are
 // refused with the key named.
 func TestResourceAndRetentionKeys(t *testing.T) {
@@ -24,8 +24,8 @@ func TestResourceAndRetentionKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := backupWorkers(cfg); got != runtime.GOMAXPROCS(0) {
-		t.Errorf("default backup workers %d, want GOMAXPROCS %d", got, runtime.GOMAXPROCS(0))
+	if got := backupWorkers(cfg); got != runtime.GOMAXPROCS(0)+1 {
+		t.Errorf("default backup workers %d, want GOMAXPROCS+1 = %d", got, runtime.GOMAXPROCS(0)+1)
 	}
 	if cfg.Storage.RateLimitBytes() != 0 || cfg.Retention != (RetentionConfig{}) {
 		t.Errorf("defaults: %+v %+v", cfg.Storage, cfg.Retention)
