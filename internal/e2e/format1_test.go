@@ -20,17 +20,7 @@ import (
 // cluster's first push, backs up into it and applies retention across both
 // writers' backups.
 func TestReadsFormat1RepositoryOfD5c0a40(t *testing.T) {
-	dir := pgtest.TempDir(t)
-	r := &testRepo{kind: "fs", dir: dir, repoDir: filepath.Join(dir, "repo")}
-	if out, err := exec.Command("cp", "-a", filepath.Join("testdata", "repo-format1-d5c0a40"), r.repoDir).CombinedOutput(); err != nil {
-		t.Fatalf("copy the fixture: %v %s", err, out)
-	}
-	r.config = filepath.Join(dir, "pgkeep.yml")
-	if err := os.WriteFile(r.config, []byte("repository: file://"+r.repoDir+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r.env = []string{"PGKEEP_CONFIG=" + r.config}
-	pgtest.Chown(t, dir)
+	r := fixtureRepo(t, "repo-format1-d5c0a40")
 
 	if res := r.run(t, "verify"); res.code != 0 {
 		t.Fatalf("verify of the previous release's repository: exit %d\n%s%s", res.code, res.stdout, res.stderr)
@@ -62,4 +52,23 @@ func TestReadsFormat1RepositoryOfD5c0a40(t *testing.T) {
 	if res := r.run(t, "verify"); res.code != 0 {
 		t.Fatalf("verify after mixed writes: exit %d\n%s%s", res.code, res.stdout, res.stderr)
 	}
+}
+
+// fixtureRepo is a copy of testdata/<name>, a repository written by an
+// earlier release, with a config naming it (owned by postgres, as the
+// clusters restored from it run).
+func fixtureRepo(t *testing.T, name string) *testRepo {
+	t.Helper()
+	dir := pgtest.TempDir(t)
+	r := &testRepo{kind: "fs", dir: dir, repoDir: filepath.Join(dir, "repo")}
+	if out, err := exec.Command("cp", "-a", filepath.Join("testdata", name), r.repoDir).CombinedOutput(); err != nil {
+		t.Fatalf("copy the fixture: %v %s", err, out)
+	}
+	r.config = filepath.Join(dir, "pgkeep.yml")
+	if err := os.WriteFile(r.config, []byte("repository: file://"+r.repoDir+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.env = []string{"PGKEEP_CONFIG=" + r.config}
+	pgtest.Chown(t, dir)
+	return r
 }

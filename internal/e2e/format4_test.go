@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -66,17 +65,7 @@ const (
 //	q "SELECT pg_switch_wal()"; wait for its .done; pg_ctl -D $F/pg -m fast -w stop
 //	cp -a $F/repo internal/e2e/testdata/repo-format4-c3da783 (empty directories dropped)
 func TestReadsFormat4RepositoryOfC3da783(t *testing.T) {
-	dir := pgtest.TempDir(t)
-	r := &testRepo{kind: "fs", dir: dir, repoDir: filepath.Join(dir, "repo")}
-	if out, err := exec.Command("cp", "-a", filepath.Join("testdata", "repo-format4-c3da783"), r.repoDir).CombinedOutput(); err != nil {
-		t.Fatalf("copy the fixture: %v %s", err, out)
-	}
-	r.config = filepath.Join(dir, "pgkeep.yml")
-	if err := os.WriteFile(r.config, []byte("repository: file://"+r.repoDir+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r.env = []string{"PGKEEP_CONFIG=" + r.config}
-	pgtest.Chown(t, dir)
+	r := fixtureRepo(t, "repo-format4-c3da783")
 
 	// What the fixture is: if these fail, the fixture is not what this
 	// test is about.
