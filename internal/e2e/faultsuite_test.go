@@ -857,7 +857,12 @@ func (f *faultFixture) killBackup(t *testing.T) {
 				}
 			}
 			assertKept(t, "killed backup", before, objectSums(t, r.repoDir), func(n string) bool {
-				return strings.HasPrefix(n, "backups/"+id+"/") && failedBackupDebris(n)
+				if !strings.HasPrefix(n, "backups/"+id+"/") {
+					return false
+				}
+				// The manifest is written while the backup waits for its
+				// WAL; only backup.json, after the wait, lists it.
+				return failedBackupDebris(n) || stage == "wal-wait" && filepath.Base(n) == "manifest"
 			})
 			dry := r.run(t, "delete", "--retain-full", "10", "--debris-min-age", "0s", "--dry-run")
 			if dry.code != 0 || strings.Contains(dry.stdout, id) {
