@@ -140,7 +140,9 @@ func loadReference(ctx context.Context, r *repo.Repository, c *copier, id string
 func hasBlockHashes(m *repo.Manifest) bool {
 	for _, f := range m.Files {
 		for _, b := range f.Blocks {
-			return b.Digest() != ""
+			if !b.Composite() { // a composite has no hash of its own
+				return b.Digest() != ""
+			}
 		}
 	}
 	return false
@@ -156,7 +158,7 @@ func (c *copier) takeUnread(f *sourceFile, rf *repo.File) bool {
 	}
 	var covered int64
 	for _, b := range rf.Blocks {
-		if b.Digest() == "" || b.FileOffset != covered {
+		if b.Digest() == "" && !b.Composite() || b.FileOffset != covered {
 			return false
 		}
 		covered += b.Size
@@ -188,6 +190,10 @@ func (c *copier) reuseFile(i int, f *sourceFile, rf *repo.File) error {
 // takeRefBlock lists block b of file i as the reference's block b, unread.
 func (c *copier) takeRefBlock(i int, f *sourceFile, rf *repo.File, b int) error {
 	ref := rf.Blocks[b]
+	if ref.Composite() {
+		c.takeRefComposite(i, rf, b)
+		return nil
+	}
 	sum, err := hex.DecodeString(ref.Digest())
 	if want := map[bool]int{true: 16, false: 32}[ref.XXH3 != ""]; err != nil || len(sum) != want {
 		return fmt.Errorf("reference backup %s: %s: block hash %q", c.ref.ID, f.Rel, ref.Digest())

@@ -129,6 +129,10 @@ type mapPlan struct {
 	files, byMTime map[int]*fileReads
 
 	mapped, oldMapped, sampled atomic.Int64
+	// splitBlocks counts blocks stored as composites of their changed
+	// pages; unmappedNew pages in blocks read whose LSN is inside the
+	// range but which the maps did not name (stored, and a warning).
+	splitBlocks, unmappedNew atomic.Int64
 
 	// audit (--type checksum): pages that changed in the range outside
 	// the map.
@@ -249,7 +253,7 @@ func (p *mapPlan) decide(rel string, size int64, rf *repo.File, refBS, bs, run, 
 			continue
 		}
 		ref := &rf.Blocks[i]
-		if ref.FileOffset != off || ref.Size != min(bs, size-off) || ref.Digest() == "" {
+		if ref.FileOffset != off || ref.Size != min(bs, size-off) || ref.Digest() == "" && !ref.Composite() {
 			fr.read[i] = true
 		}
 	}
@@ -708,7 +712,7 @@ func (c *copier) takeMapped(i int, f *sourceFile, rf *repo.File, fr *fileReads, 
 			continue
 		}
 		off := int64(first) * fr.bs
-		j := blockJob{file: i, index: first, src: f, off: off, len: min(int64(last+1)*fr.bs, f.Size) - off, bs: fr.bs, rf: rf}
+		j := blockJob{file: i, index: first, src: f, off: off, len: min(int64(last+1)*fr.bs, f.Size) - off, bs: fr.bs, rf: rf, fr: fr}
 		if 2*wanted < e-w {
 			j.want = append([]bool(nil), fr.read[first:last+1]...)
 			for b := first; b <= last; b++ {
@@ -759,6 +763,13 @@ func (c *copier) auditChanged(j blockJob, idx int, sub []byte) {
 // finishCapture completes the backup's change capture record once every
 // file is read, and reports an audit's misses.
 func (c *copier) finishCapture(log *slog.Logger) *repo.ChangeCapture {
+	if p := c.plan; p != nil && c.capture != nil {
+		c.capture.SplitBlocks, c.capture.UnmappedNewPages = p.splitBlocks.Load(), p.unmappedNew.Load()
+		if n := c.capture.UnmappedNewPages; n > 0 {
+			log.Warn("map mode: pages changed inside the range that the block maps do not name were found in blocks read, and stored; the maps may be missing changes elsewhere: run a --type checksum backup to audit them",
+				"pages", n, "from", p.from, "to", p.to)
+		}
+	}
 	if c.capture == nil || c.audit == nil {
 		return c.capture
 	}

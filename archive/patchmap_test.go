@@ -130,9 +130,7 @@ func TestPatchMapOf100PagesIn1GiB(t *testing.T) {
 	for j, b := range ib {
 		name := im.Packs[b.Pack].Name
 		if !strings.HasPrefix(name, repo.BackupPrefix(inc.ID)) {
-			f := fb[j]
-			b.Pack, f.Pack = 0, 0
-			if name != fm.Packs[fb[j].Pack].Name || b != f {
+			if !repo.SameBlock(b, im.Packs, fb[j], fm.Packs) {
 				t.Fatalf("block %d of the patched list is %+v in %s; want the full's %+v", j, b, name, fb[j])
 			}
 			continue

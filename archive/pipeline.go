@@ -45,9 +45,12 @@ type copier struct {
 	files   []repo.File
 	blocks  [][]repo.BlockRef // per file, by block index
 	foreign [][]string        // per file and block: the reference's pack name of a reused block, "" if stored here
-	vanish  []bool
-	packs   []repo.Pack
-	packSeq atomic.Int64
+	// partNames are, for each composite block (by file and block index),
+	// its parts' pack names as foreign has them ("" for this backup's).
+	partNames map[[2]int][]string
+	vanish    []bool
+	packs     []repo.Pack
+	packSeq   atomic.Int64
 
 	// free holds encoded-block buffers for reuse: a block's object is built
 	// in one (repo.Codec.EncodeBlock) and the buffer comes back once a
@@ -73,6 +76,10 @@ type blockJob struct {
 	// want, when set (map mode), says which of the run's blocks to read;
 	// the others are the reference's already.
 	want []bool
+	// fr is map mode's decision for the file (nil in hash mode): the
+	// pages its maps name, so a block read for them can store only those
+	// (composite.go).
+	fr *fileReads
 }
 
 type encodedBlock struct {
@@ -92,6 +99,7 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 	c.blocks = make([][]repo.BlockRef, len(files))
 	c.foreign = make([][]string, len(files))
 	c.vanish = make([]bool, len(files))
+	c.partNames = map[[2]int][]string{}
 	var total int64
 	var jobs []blockJob
 	for i := range files {
@@ -207,33 +215,59 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 	}
 	// Blocks unchanged since the reference list the reference's block; the
 	// others are stored, together, as one object (a chunk when small).
+	// stored is a block to store: whole (pieces nil), or as a composite
+	// whose pieces with no ref are stored, in order, from chunkOffset on.
 	type stored struct {
 		index       int
 		off, size   int64
 		chunkOffset int64
 		sum         []byte
+		pieces      []piece
 	}
 	small := c.files[j.file].BlockSize > 0
 	var changed []stored
 	var chunkLen int64
+	whole := true // the chunk is buf[:n] as read
 	for k := 0; int64(k)*j.bs < int64(n); k++ {
 		sub := buf[int64(k)*j.bs : min(int64(k+1)*j.bs, int64(n))]
 		if j.want != nil && !j.want[k] {
 			continue
 		}
 		idx, off := j.index+k, j.off+int64(k)*j.bs
+		if j.fr != nil && idx < len(j.fr.read) && !j.fr.read[idx] && idx < len(j.rf.Blocks) && j.rf.Blocks[idx].Composite() {
+			// Read with its dense window, unnamed by the maps, and with no
+			// hash to compare: the reference's, as map mode takes it.
+			c.mu.Lock()
+			c.takeRefComposite(j.file, j.rf, idx)
+			c.mu.Unlock()
+			whole = false
+			continue
+		}
 		sum := repo.BlockDigest(small, sub)
 		if ref, refPack := c.refBlock(j.rf, idx, off); ref != nil && ref.Size == int64(len(sub)) && hex.EncodeToString(sum) == ref.Digest() {
 			c.mu.Lock()
 			c.blocks[j.file][idx] = *ref
 			c.foreign[j.file][idx] = refPack
 			c.mu.Unlock()
+			whole = false
 			continue
 		}
 		if c.audit != nil {
 			c.auditChanged(j, idx, sub)
 		}
+		if pieces := c.split(j, idx, off, sub); pieces != nil {
+			st := stored{index: idx, off: off, size: int64(len(sub)), chunkOffset: chunkLen, pieces: pieces}
+			for _, p := range pieces {
+				if p.ref == nil {
+					chunkLen += p.hi - p.lo
+				}
+			}
+			changed = append(changed, st)
+			whole = false
+			continue
+		}
 		if c.reuseInterrupted(j, idx, off, small, sum, int64(len(sub))) {
+			whole = false
 			continue
 		}
 		changed = append(changed, stored{index: idx, off: off, size: int64(len(sub)), chunkOffset: chunkLen, sum: sum})
@@ -246,11 +280,21 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 		return nil
 	}
 	plain := buf[:n]
-	if chunkLen != int64(n) {
-		// Only some blocks changed: the chunk is their concatenation.
+	if !whole || chunkLen != int64(n) {
+		// Only some blocks (or pages) changed: the chunk is their
+		// concatenation.
 		plain = make([]byte, 0, chunkLen)
 		for _, s := range changed {
-			plain = append(plain, buf[s.off-j.off:s.off-j.off+s.size]...)
+			at := s.off - j.off
+			if s.pieces == nil {
+				plain = append(plain, buf[at:at+s.size]...)
+				continue
+			}
+			for _, p := range s.pieces {
+				if p.ref == nil {
+					plain = append(plain, buf[at+p.lo:at+p.hi]...)
+				}
+			}
 		}
 	}
 	var dst []byte
@@ -265,12 +309,16 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 	done := func(pack int, offset int64) []repo.BlockRef {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		refs := make([]repo.BlockRef, len(changed))
-		for k, s := range changed {
+		refs := make([]repo.BlockRef, 0, len(changed))
+		for _, s := range changed {
+			if s.pieces != nil {
+				refs = append(refs, c.storeComposite(j, s.index, s.off, s.size, s.chunkOffset, s.pieces, pack, offset, int64(len(enc)))...)
+				continue
+			}
 			c.blocks[j.file][s.index] = repo.BlockRef{Pack: pack, Offset: offset, Length: int64(len(enc)), FileOffset: s.off, Size: s.size,
 				ChunkOffset: s.chunkOffset}
 			c.blocks[j.file][s.index].SetDigest(small, s.sum)
-			refs[k] = c.blocks[j.file][s.index]
+			refs = append(refs, c.blocks[j.file][s.index])
 		}
 		return refs
 	}
@@ -441,7 +489,7 @@ func (c *copier) sameAsReference(i int, f repo.File) *repo.MapRef {
 		return nil
 	}
 	for b, ref := range c.blocks[i] {
-		if c.foreign[i][b] == "" || ref != rf.Blocks[b] {
+		if !c.fromReference(i, b) || !repo.SameBlock(ref, c.ref.Packs, rf.Blocks[b], c.ref.Packs) {
 			return nil
 		}
 	}
@@ -464,6 +512,21 @@ func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 			refMaps[p.Name] = p
 		}
 	}
+	// renumber makes a reused block's (or part's) pack, named name, index
+	// this manifest's pack table.
+	renumber := func(ref *repo.BlockRef, name string) {
+		n, ok := foreignIdx[name]
+		if !ok {
+			n = len(packs)
+			foreignIdx[name] = n
+			p, ok := c.resume.packs[name] // an interrupted backup's
+			if !ok {
+				p = c.ref.Packs[ref.Pack]
+			}
+			packs = append(packs, p)
+		}
+		ref.Pack = n
+	}
 	for i, f := range c.files {
 		if c.vanish[i] {
 			continue
@@ -471,27 +534,25 @@ func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 		var size int64
 		var refs []repo.BlockRef
 		h := sha256.New()
+		summed := true
 		for b, ref := range c.blocks[i] {
 			if ref.Size == 0 {
 				continue
 			}
-			if name := c.foreign[i][b]; name != "" {
-				// A reused block: renumber its pack into this manifest's table.
-				n, ok := foreignIdx[name]
-				if !ok {
-					n = len(packs)
-					foreignIdx[name] = n
-					p, ok := c.resume.packs[name] // an interrupted backup's
-					if !ok {
-						p = c.ref.Packs[ref.Pack]
+			if ref.Composite() {
+				ref = ref.Clone()
+				for k, name := range c.partNames[[2]int{i, b}] {
+					if name != "" {
+						renumber(&ref.Parts[k], name)
 					}
-					packs = append(packs, p)
 				}
-				ref.Pack = n
+				summed = false // no hash of the whole block
+			} else if name := c.foreign[i][b]; name != "" {
+				renumber(&ref, name)
 			}
 			refs = append(refs, ref)
-			// The file checksum is over the blocks' digests (each block
-			// has one: stored, reused or the reference's, checked).
+			// The file checksum is over the blocks' digests (each plain
+			// block has one: stored, reused or the reference's, checked).
 			var d [32]byte
 			n, _ := hex.Decode(d[:], []byte(ref.Digest()))
 			h.Write(d[:n])
@@ -519,7 +580,10 @@ func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 				maps = append(maps, refMaps[name])
 			}
 		}
-		f.SHA256 = hex.EncodeToString(h.Sum(nil))
+		f.SHA256 = ""
+		if summed {
+			f.SHA256 = hex.EncodeToString(h.Sum(nil))
+		}
 		files = append(files, f)
 	}
 	return files, packs, maps

@@ -194,6 +194,10 @@ type BlockRef struct {
 	// XXH3 (format 3) is the hex xxh3-128 of the block's plain content,
 	// instead of SHA256, for the blocks of a file with small blocks.
 	XXH3 string `json:"xxh3,omitempty"`
+	// Parts (format 7), when set, make this a composite block
+	// (composite.go): its content is theirs, in order, and the block has
+	// no object or hash of its own.
+	Parts []BlockRef `json:"parts,omitempty"`
 }
 
 // storesBlocks reports whether m names blocks stored by this code: packs
@@ -349,6 +353,10 @@ func (r *Repository) PrepareCommit(ctx context.Context, m *Manifest) error {
 		// writes (and a manifest naming maps may name its reference's).
 		m.Summary.Format = 6
 	}
+	if m.usesComposites() {
+		// Readers of format 6 know no composite blocks.
+		m.Summary.Format = 7
+	}
 	shares := len(foreign) > 0 || len(foreignMaps) > 0
 	if shares {
 		// Readers of format 1 would delete packs this backup needs.
@@ -360,6 +368,10 @@ func (r *Repository) PrepareCommit(ctx context.Context, m *Manifest) error {
 	// would delete file maps other backups name.
 	to := 0
 	switch {
+	case m.Summary.Format >= 7:
+		// pgkeeps of repository format 5 would call a composite block's
+		// map entry corrupt, and their repack would not move its parts.
+		to = 6
 	case m.Summary.Format >= 6 || m.storesBlocks():
 		// pgkeeps of repository format 4 would call binary maps corrupt,
 		// and refuse the xxh3-128 sum in the header of every block this
@@ -785,8 +797,8 @@ func (m *Manifest) check() error {
 	if len(m.Files) > 0 && (m.BlockSize <= 0 || m.BlockSize > 1<<30) {
 		return fmt.Errorf("block_size %d", m.BlockSize)
 	}
-	if m.Format > 6 {
-		return fmt.Errorf("backup format %d is newer than this pgkeep (1..6)", m.Format)
+	if m.Format > 7 {
+		return fmt.Errorf("backup format %d is newer than this pgkeep (1..7)", m.Format)
 	}
 	for _, p := range m.Maps {
 		own := strings.HasPrefix(p.Name, BackupPrefix(m.ID)+"map/")
@@ -822,6 +834,13 @@ func (m *Manifest) check() error {
 		}
 		bs := m.FileBlockSize(&f)
 		for _, b := range f.Blocks {
+			if b.Composite() {
+				if err := b.checkComposite(); err != nil || m.Format < 7 || b.FileOffset < 0 || b.Size > bs || b.FileOffset > f.Size || b.Size > f.Size-b.FileOffset {
+					return fmt.Errorf("%s: composite block at %d of %d bytes in a format %d manifest: %v", f.Path, b.FileOffset, b.Size, m.Format, err)
+				}
+			}
+		}
+		for _, b := range f.Refs() {
 			if b.Pack < 0 || b.Pack >= len(m.Packs) || b.Offset < 0 || b.Length <= 0 || b.FileOffset < 0 || b.Size < 0 ||
 				b.Size > bs || b.FileOffset > f.Size || b.Size > f.Size-b.FileOffset ||
 				b.ChunkOffset < 0 || b.ChunkOffset > 0 && m.Format < 3 {

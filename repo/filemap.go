@@ -108,11 +108,7 @@ func patchOf(m *Manifest, f *File) *mapPatch {
 	var set []patchBlock
 	for j, nb := range f.Blocks {
 		if j < len(b.Blocks) {
-			ob := b.Blocks[j]
-			same := m.Packs[nb.Pack].Name == b.Packs[ob.Pack].Name
-			nb2, ob2 := nb, ob
-			nb2.Pack, ob2.Pack = 0, 0
-			if same && nb2 == ob2 {
+			if SameBlock(nb, m.Packs, b.Blocks[j], b.Packs) {
 				continue
 			}
 		}
@@ -198,15 +194,20 @@ func (r *Repository) writeMaps(ctx context.Context, m *Manifest) error {
 			obj, packIdx = &mapObject{}, map[string]int{}
 		}
 		own := func(b BlockRef) BlockRef {
-			p := m.Packs[b.Pack]
-			k, ok := packIdx[p.Name]
-			if !ok {
-				k = len(obj.Packs)
-				packIdx[p.Name] = k
-				obj.Packs = append(obj.Packs, p)
-			}
-			b.Pack = k
-			return b
+			b = b.Clone()
+			one := []BlockRef{b}
+			EachObjectRef(one, func(o *BlockRef) error {
+				p := m.Packs[o.Pack]
+				k, ok := packIdx[p.Name]
+				if !ok {
+					k = len(obj.Packs)
+					packIdx[p.Name] = k
+					obj.Packs = append(obj.Packs, p)
+				}
+				o.Pack = k
+				return nil
+			})
+			return one[0]
 		}
 		var added int
 		if p := patchOf(m, f); p != nil {
@@ -312,26 +313,36 @@ func (r *Repository) resolveMaps(ctx context.Context, m *Manifest, t *relocator)
 		}
 		f.Blocks = make([]BlockRef, len(e.blocks))
 		for j, b := range e.blocks {
-			k, ok := packIdx[b.pack]
-			// A map naming a pack a repack moved: the manifest lists
-			// where its block went (a backup that named the map after
-			// the repack read it through the relocation).
-			for hops := 0; !ok && hops < maxRelocationHops; hops++ {
-				to, off, moved, err := t.step(ctx, b.pack, b.ref.Offset, b.ref.Length)
-				if err != nil {
-					return fmt.Errorf("%s: %w", f.Path, err)
+			one := []BlockRef{b.ref.Clone()} // resolved maps are shared between files
+			n := 0
+			err := EachObjectRef(one, func(o *BlockRef) error {
+				pack := b.packs[n]
+				n++
+				k, ok := packIdx[pack]
+				// A map naming a pack a repack moved: the manifest lists
+				// where its block went (a backup that named the map after
+				// the repack read it through the relocation).
+				for hops := 0; !ok && hops < maxRelocationHops; hops++ {
+					to, off, moved, err := t.step(ctx, pack, o.Offset, o.Length)
+					if err != nil {
+						return fmt.Errorf("%s: %w", f.Path, err)
+					}
+					if !moved {
+						break
+					}
+					pack, o.Offset = to.Name, off
+					k, ok = packIdx[pack]
 				}
-				if !moved {
-					break
+				if !ok {
+					return fmt.Errorf("%s: map %s names pack %s, which the manifest does not list: %w", f.Path, f.Map.Object, pack, ErrCorrupt)
 				}
-				b.pack, b.ref.Offset = to.Name, off
-				k, ok = packIdx[b.pack]
+				o.Pack = k
+				return nil
+			})
+			if err != nil {
+				return err
 			}
-			if !ok {
-				return fmt.Errorf("%s: map %s names pack %s, which the manifest does not list: %w", f.Path, f.Map.Object, b.pack, ErrCorrupt)
-			}
-			b.ref.Pack = k
-			f.Blocks[j] = b.ref
+			f.Blocks[j] = one[0]
 		}
 		f.MapDepth, f.MapChain = e.depth, e.chain
 	}
@@ -354,9 +365,11 @@ type resolvedMap struct {
 	chain  []string
 }
 
+// namedBlock is a block with the full names of the packs it names: one,
+// or one per part of a composite block.
 type namedBlock struct {
-	pack string
-	ref  BlockRef
+	packs []string
+	ref   BlockRef
 }
 
 func (mr *mapResolver) object(ctx context.Context, name string) (*mapObject, error) {
@@ -390,10 +403,15 @@ func (mr *mapResolver) resolve(ctx context.Context, ref MapRef, hops int) (*reso
 		return nil, err
 	}
 	name := func(b BlockRef) (namedBlock, error) {
-		if b.Pack < 0 || b.Pack >= len(obj.Packs) {
-			return namedBlock{}, fmt.Errorf("map %s: %w: pack %d of %d", ref.Object, ErrCorrupt, b.Pack, len(obj.Packs))
-		}
-		return namedBlock{pack: obj.Packs[b.Pack].Name, ref: b}, nil
+		nb := namedBlock{ref: b}
+		err := EachObjectRef([]BlockRef{b}, func(o *BlockRef) error {
+			if o.Pack < 0 || o.Pack >= len(obj.Packs) {
+				return fmt.Errorf("map %s: %w: pack %d of %d", ref.Object, ErrCorrupt, o.Pack, len(obj.Packs))
+			}
+			nb.packs = append(nb.packs, obj.Packs[o.Pack].Name)
+			return nil
+		})
+		return nb, err
 	}
 	e := &resolvedMap{chain: []string{ref.Object}}
 	if !ref.Patch {

@@ -26,7 +26,7 @@ func TestManifestFormat3Checks(t *testing.T) {
 	}{
 		{"chunk offsets in format 2", mk(2, 0, 0), "does not fit"},
 		{"a file block size in format 2", mk(2, 8<<10, 0), "block size"},
-		{"format 7", mk(7, 8<<10, 0), "newer than this pgkeep"},
+		{"format 8", mk(8, 8<<10, 0), "newer than this pgkeep"},
 		{"a block larger than its file's block size", mk(3, 4<<10, 0), "does not fit"},
 		{"a negative chunk offset", mk(3, 8<<10, -1), "does not fit"},
 	} {

@@ -67,7 +67,7 @@ func (m *Manifest) usesChunks() bool {
 		if f.BlockSize > 0 {
 			return true
 		}
-		for _, b := range f.Blocks {
+		for _, b := range f.Refs() {
 			if b.ChunkOffset > 0 {
 				return true
 			}

@@ -29,6 +29,11 @@ const (
 	mapNextInChunk             // chunk_offset: the previous block's end if the same object, else 0
 	mapSHA256                  // a 32-byte SHA-256 follows
 	mapXXH3                    // a 16-byte xxh3-128 follows
+	// mapComposite (format 7): the block is composite; uvarint N and its
+	// N parts follow, each encoded as a block (relative to the part
+	// before, the first to the block before), and the next block is
+	// relative to the last part. No other flag goes with it.
+	mapComposite
 )
 
 var errMapNotEncodable = errors.New("block hash is not lowercase hex of its length")
@@ -51,7 +56,6 @@ func encodeMapObject(obj *mapObject) ([]byte, error) {
 			if b, err = appendBlock(b, &prev, br); err != nil {
 				return nil, err
 			}
-			prev = br
 		}
 	}
 	b = binary.AppendUvarint(b, uint64(len(obj.Patches)))
@@ -70,13 +74,29 @@ func encodeMapObject(obj *mapObject) ([]byte, error) {
 			if b, err = appendBlock(b, &prev, pb.BlockRef); err != nil {
 				return nil, err
 			}
-			prev = pb.BlockRef
 		}
 	}
 	return b, nil
 }
 
+// appendBlock appends br, relative to *prev, and makes *prev what the
+// next block is relative to.
 func appendBlock(b []byte, prev *BlockRef, br BlockRef) ([]byte, error) {
+	if br.Composite() {
+		b = append(b, mapComposite)
+		b = binary.AppendUvarint(b, uint64(len(br.Parts)))
+		var err error
+		for _, p := range br.Parts {
+			if p.Composite() {
+				return nil, errMapNotEncodable
+			}
+			if b, err = appendBlock(b, prev, p); err != nil {
+				return nil, err
+			}
+		}
+		return b, nil
+	}
+	defer func() { *prev = br }()
 	var flags byte
 	same := br.Pack == prev.Pack && br.Offset == prev.Offset && br.Length == prev.Length
 	if same {
@@ -207,6 +227,39 @@ func (d *mapDecoder) block(prev *BlockRef) BlockRef {
 		return BlockRef{}
 	}
 	flags := fl[0]
+	if flags == mapComposite {
+		// Each part takes at least 2 bytes (its flags and one field).
+		parts := make([]BlockRef, d.count(2))
+		for i := range parts {
+			if parts[i] = d.plainBlock(prev); d.err != nil {
+				return BlockRef{}
+			}
+		}
+		if len(parts) == 0 {
+			d.fail("composite block without parts")
+			return BlockRef{}
+		}
+		br := BlockRef{FileOffset: parts[0].FileOffset, Parts: parts}
+		for _, p := range parts {
+			br.Size += p.Size
+		}
+		return br
+	}
+	return d.finishPlain(flags, prev)
+}
+
+// plainBlock reads a block that must not be composite (a part).
+func (d *mapDecoder) plainBlock(prev *BlockRef) BlockRef {
+	fl := d.take(1)
+	if fl == nil {
+		return BlockRef{}
+	}
+	return d.finishPlain(fl[0], prev)
+}
+
+// finishPlain reads a plain block's fields after its flags and makes it
+// *prev.
+func (d *mapDecoder) finishPlain(flags byte, prev *BlockRef) BlockRef {
 	if flags&^(mapSameObject|mapContiguous|mapSameSize|mapNextInChunk|mapSHA256|mapXXH3) != 0 || flags&mapSHA256 != 0 && flags&mapXXH3 != 0 {
 		d.fail("bad block flags")
 		return BlockRef{}
@@ -240,6 +293,7 @@ func (d *mapDecoder) block(prev *BlockRef) BlockRef {
 	case flags&mapXXH3 != 0:
 		br.XXH3 = hex.EncodeToString(d.take(16))
 	}
+	*prev = br
 	return br
 }
 
@@ -262,7 +316,6 @@ func decodeMapObject(data []byte) (*mapObject, error) {
 		var prev BlockRef
 		for j := range list {
 			list[j] = d.block(&prev)
-			prev = list[j]
 		}
 		obj.Files[i] = list
 	}
@@ -292,7 +345,6 @@ func decodeMapObject(data []byte) (*mapObject, error) {
 			}
 			prevIndex = int(idx)
 			p.Set[j] = patchBlock{Index: prevIndex, BlockRef: d.block(&prev)}
-			prev = p.Set[j].BlockRef
 		}
 	}
 	if d.err == nil && len(d.b) != 0 {

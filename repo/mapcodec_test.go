@@ -45,6 +45,9 @@ func randomMapObject(rng *rand.Rand) *mapObject {
 				} else if rng.IntN(10) > 0 {
 					b.SHA256 = hash(32)
 				}
+				if k := 2 + rng.IntN(3); rng.IntN(15) == 0 && b.Size >= int64(k) {
+					b = randomComposite(rng, b, k, len(obj.Packs), hash)
+				}
 				out = append(out, b)
 				fileOff += b.Size
 				if rng.IntN(40) == 0 {
@@ -73,6 +76,27 @@ func randomMapObject(rng *rand.Rand) *mapObject {
 		obj.Patches = append(obj.Patches, p)
 	}
 	return obj
+}
+
+// randomComposite is b (plain) made a composite of k parts (format 7):
+// slices of random objects, some with a hash.
+func randomComposite(rng *rand.Rand, b BlockRef, k, packs int, hash func(int) string) BlockRef {
+	c := BlockRef{FileOffset: b.FileOffset, Size: b.Size}
+	at, left := b.FileOffset, b.Size
+	for i := range k {
+		size := left
+		if i < k-1 {
+			size = 1 + rng.Int64N(left-int64(k-1-i))
+		}
+		p := BlockRef{Pack: rng.IntN(packs), Offset: rng.Int64N(1 << 30), Length: 100 + rng.Int64N(1<<20), FileOffset: at, Size: size, ChunkOffset: rng.Int64N(1 << 20)}
+		if rng.IntN(2) == 0 {
+			p.XXH3 = hash(16)
+		}
+		c.Parts = append(c.Parts, p)
+		at += size
+		left -= size
+	}
+	return c
 }
 
 // A binary map decodes to exactly what its JSON would, and is several

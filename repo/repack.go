@@ -182,11 +182,13 @@ func (r *Repository) applyRelocations(ctx context.Context, m *Manifest, t *reloc
 	moved := false
 	for fi := range m.Files {
 		f := &m.Files[fi]
-		for bi := range f.Blocks {
-			b := &f.Blocks[bi]
+		err := EachObjectRef(f.Blocks, func(b *BlockRef) error {
+			if b.Pack < 0 || b.Pack >= len(m.Packs) {
+				return fmt.Errorf("%s: %w: pack %d of %d", f.Path, ErrCorrupt, b.Pack, len(m.Packs))
+			}
 			p := m.Packs[b.Pack]
 			if strings.HasPrefix(p.Name, own) {
-				continue
+				return nil
 			}
 			name, off, hops := p.Name, b.Offset, 0
 			for {
@@ -209,6 +211,10 @@ func (r *Repository) applyRelocations(ctx context.Context, m *Manifest, t *reloc
 			if hops > 0 {
 				b.Pack, b.Offset, moved = idx[name], off, true
 			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 	}
 	if !moved {
@@ -217,7 +223,7 @@ func (r *Repository) applyRelocations(ctx context.Context, m *Manifest, t *reloc
 	// Compact: a relocated pack no block names may be gone already.
 	used := make([]bool, len(m.Packs))
 	for _, f := range m.Files {
-		for _, b := range f.Blocks {
+		for _, b := range f.Refs() {
 			used[b.Pack] = true
 		}
 	}
@@ -236,9 +242,10 @@ func (r *Repository) applyRelocations(ctx context.Context, m *Manifest, t *reloc
 	}
 	m.Packs = packs
 	for fi := range m.Files {
-		for bi := range m.Files[fi].Blocks {
-			m.Files[fi].Blocks[bi].Pack = renum[m.Files[fi].Blocks[bi].Pack]
-		}
+		EachObjectRef(m.Files[fi].Blocks, func(b *BlockRef) error {
+			b.Pack = renum[b.Pack]
+			return nil
+		})
 	}
 	return nil
 }
@@ -387,7 +394,7 @@ func (r *Repository) Repack(ctx context.Context, o RepackOptions) (RepackResult,
 			continue // deleted meanwhile
 		}
 		for _, f := range m.Files {
-			for _, b := range f.Blocks {
+			for _, b := range f.Refs() {
 				name := m.Packs[b.Pack].Name
 				if live[name] == nil {
 					live[name] = map[liveRange]bool{}
@@ -625,7 +632,7 @@ func (r *Repository) removeRelocated(ctx context.Context, grace time.Duration, r
 			continue // deleted meanwhile
 		}
 		for _, f := range m.Files {
-			for _, b := range f.Blocks {
+			for _, b := range f.Refs() {
 				named[m.Packs[b.Pack].Name] = true
 			}
 		}

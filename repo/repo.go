@@ -28,9 +28,10 @@ import (
 // packs, 3 once a manifest may hold chunks or file maps (format 3 and 4
 // manifests), which pgkeeps of format 1 would misread, 4 once a repack
 // moved blocks (relocations, which older readers would not follow), 5 once
-// a file map may be binary (manifest format 6). Older repositories
+// a file map may be binary (manifest format 6), 6 once a block may be
+// composite (manifest format 7). Older repositories
 // are read as they are and upgraded by the first backup that needs it.
-const FormatVersion = 5
+const FormatVersion = 6
 
 // ConfigObject is the name of the repository's own config object.
 const ConfigObject = "config.json"

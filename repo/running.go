@@ -229,7 +229,7 @@ func (r *Repository) movedWhole(ctx context.Context, m *Manifest, i int) error {
 		return fmt.Errorf("no relocation of it: %w", err)
 	}
 	for _, f := range m.Files {
-		for _, b := range f.Blocks {
+		for _, b := range f.Refs() {
 			if b.Pack == i {
 				if _, ok := rl.find(b.Offset, b.Length); !ok {
 					return fmt.Errorf("its relocation lacks the block at %d of %s", b.FileOffset, f.Path)

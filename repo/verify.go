@@ -178,7 +178,7 @@ func (r *Repository) verifyBackup(ctx context.Context, id string, seen *verifySe
 	byPack := make([][]ref, len(m.Packs))
 	for _, f := range m.Files {
 		var size int64
-		for _, b := range f.Blocks {
+		for _, b := range f.Refs() {
 			if b.Pack < 0 || b.Pack >= len(m.Packs) {
 				add("%s: block refers to pack %d, manifest has %d", f.Path, b.Pack, len(m.Packs))
 				continue

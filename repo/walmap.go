@@ -545,6 +545,12 @@ type ChangeCapture struct {
 	// SampledPages is how many unread pages were checked to be older than
 	// MapFrom (cross-check B).
 	SampledPages int64 `json:"sampled_pages,omitempty"`
+	// SplitBlocks is how many blocks map mode stored as composites of
+	// their changed pages (docs/format.md "Composite blocks");
+	// UnmappedNewPages how many pages of blocks it read had an LSN inside
+	// the range though the maps did not name them (stored all the same).
+	SplitBlocks      int64 `json:"split_blocks,omitempty"`
+	UnmappedNewPages int64 `json:"unmapped_new_pages,omitempty"`
 	// Audit is set by --type checksum backups: "ok" when every page that
 	// changed in the range was one the maps named, "misses" when some
 	// were not (AuditMisses, the first few in AuditExamples), or why the

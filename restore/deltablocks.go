@@ -10,12 +10,13 @@ import (
 	"github.com/pgkeep/pgkeep/repo"
 )
 
-// hasBlockSums reports whether every block of f records its SHA-256
-// (manifests written since incremental backups), so a delta restore can
-// compare block by block.
+// hasBlockSums reports whether every block of f records its hash
+// (manifests written since incremental backups; a composite block has
+// none and is always rewritten), so a delta restore can compare block by
+// block.
 func hasBlockSums(f *repo.File) bool {
 	for _, b := range f.Blocks {
-		if b.Digest() == "" {
+		if b.Digest() == "" && !b.Composite() {
 			return false
 		}
 	}
@@ -43,6 +44,11 @@ func differingBlocks(path string, f *repo.File, blockSize int64) (*repo.File, in
 	out.Blocks = nil
 	buf := make([]byte, blockSize)
 	for _, b := range f.Blocks {
+		if b.Composite() {
+			// No hash of the whole block: rewrite it.
+			out.Blocks = append(out.Blocks, b)
+			continue
+		}
 		if b.Size > blockSize {
 			return nil, 0, fmt.Errorf("%s: block of %d bytes, block size %d", f.Path, b.Size, blockSize)
 		}

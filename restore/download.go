@@ -47,7 +47,7 @@ type fileBlock struct {
 func fetchBlocks(ctx context.Context, r *repo.Repository, m *repo.Manifest, files []*repo.File, pgdata string, workers int, prog Progress) (int64, int64, error) {
 	byPack := map[int][]fileBlock{}
 	for _, f := range files {
-		for _, b := range f.Blocks {
+		for _, b := range f.Refs() {
 			byPack[b.Pack] = append(byPack[b.Pack], fileBlock{f, b})
 		}
 	}
