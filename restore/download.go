@@ -209,10 +209,32 @@ func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, l
 		open     *os.File
 		openPath string
 	)
+	// Writeback is started (sync_file_range) per span of the file written,
+	// not per write: composite blocks (docs/format.md) make many small
+	// writes, and the call per write cost more than the write.
+	var spanLo, spanHi int64
+	startWriteback := func() {
+		if open != nil && spanHi > spanLo {
+			// Advisory: errors show at syncfs.
+			unix.SyncFileRange(int(open.Fd()), spanLo, spanHi-spanLo, unix.SYNC_FILE_RANGE_WRITE)
+		}
+		spanLo, spanHi = 0, 0
+	}
+	wrote := func(off, n int64) {
+		if spanHi > spanLo && (off < spanLo || off > spanHi+1<<20 || spanHi-spanLo >= 4<<20) {
+			startWriteback()
+		}
+		if spanHi == spanLo {
+			spanLo, spanHi = off, off+n
+			return
+		}
+		spanHi = max(spanHi, off+n)
+	}
 	closeOpen := func() error {
 		if open == nil {
 			return nil
 		}
+		startWriteback()
 		err := open.Close()
 		open = nil
 		if err != nil {
@@ -249,10 +271,10 @@ func fetchRun(ctx context.Context, r *repo.Repository, packName string, first, l
 		if err := writeChunked(open, plain, b.ref.FileOffset); err != nil {
 			return fmt.Errorf("write %s: %w", b.file.Path, err)
 		}
-		// Start writeback now, so the final syncfs does not wait for the
+		// Start writeback soon, so the final syncfs does not wait for the
 		// whole restore's dirty pages at once (PostgreSQL's *_flush_after
-		// does the same); advisory: errors show at syncfs.
-		unix.SyncFileRange(int(open.Fd()), b.ref.FileOffset, int64(len(plain)), unix.SYNC_FILE_RANGE_WRITE)
+		// does the same).
+		wrote(b.ref.FileOffset, int64(len(plain)))
 		written.Add(int64(len(plain)))
 		if prog != nil {
 			prog.Add(int64(len(plain)))
