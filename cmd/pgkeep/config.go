@@ -387,7 +387,7 @@ type envField struct {
 
 // envNotConfig are PGKEEP_* variables that are not config keys (nor is
 // PGKEEP_TEST_*, which pgkeep's own test suite uses).
-var envNotConfig = map[string]bool{"PGKEEP_CONFIG": true, "PGKEEP_CPUPROFILE": true}
+var envNotConfig = map[string]bool{"PGKEEP_CONFIG": true, "PGKEEP_CPUPROFILE": true, "PGKEEP_TRACE": true}
 
 func applyEnv(cfg *Config, env []string) error {
 	fields := map[string]envField{}
