@@ -577,6 +577,10 @@ func (p *mapPlan) crossCheck(c *copier, files []sourceFile) (string, error) {
 	return failed, nil
 }
 
+// checkASample bounds the mapped pages of one file whose headers check A
+// reads.
+const checkASample = 2048
+
 // checkFile runs the cross-checks on one file.
 func (p *mapPlan) checkFile(c *copier, f *sourceFile, fr *fileReads, byMTime bool) (string, error) {
 	fh, err := os.Open(f.Abs)
@@ -624,9 +628,13 @@ func (p *mapPlan) checkFile(c *copier, f *sourceFile, fr *fileReads, byMTime boo
 	}
 	// Check A: a mapped page older than the map's start was changed by no
 	// record of the map: the map's blocks are not this file's.
+	// A file with many mapped pages has a spread sample of them checked:
+	// the rule is a share, and reading every header cost 0.16 s of CPU
+	// before any copying in bench/incr.sh's updates1pct (129k pages).
 	var checked, old int64
-	for _, page := range fr.mapped {
-		if int64(page) >= fr.explainFrom {
+	stride := max(1, len(fr.mapped)/checkASample)
+	for k, page := range fr.mapped {
+		if k%stride != 0 || int64(page) >= fr.explainFrom {
 			continue
 		}
 		lsn, ok, err := lsnAt(int64(page))
