@@ -165,7 +165,7 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 	}
 	// The manifest is written while this waits (writeBackup); the
 	// connection is the wait's alone by then.
-	run.awaitWAL = func(m *repo.Manifest) error {
+	run.awaitWAL = func(ctx context.Context, m *repo.Manifest) error {
 		t1 := time.Now()
 		defer func() {
 			log.Info("backup stopped", "stop_lsn", m.StopLSN, "stop_seconds", stopTook.Seconds(), "archive_wait_seconds", time.Since(t1).Seconds())
@@ -191,7 +191,7 @@ func Backup(ctx context.Context, r *repo.Repository, o BackupOptions) (*repo.Man
 type backupRun struct {
 	// awaitWAL waits until the backup's WAL is archived (nil: nothing to
 	// wait for); writeBackup writes the manifest meanwhile.
-	awaitWAL func(*repo.Manifest) error
+	awaitWAL func(context.Context, *repo.Manifest) error
 	id       string
 	start    time.Time
 	startLSN pg.LSN
@@ -342,22 +342,27 @@ func writeBackup(ctx context.Context, r *repo.Repository, o BackupOptions, run b
 	// fails leaves them as the debris of a failed backup.
 	// Map mode's check that the segments it mapped from pg_wal are the
 	// ones archived (which decodes them) goes with the wait.
+	// A failed PrepareCommit ends the wait: the backup cannot commit, and
+	// waiting out wal.timeout for it would only delay the error.
+	walCtx, cancelWAL := context.WithCancel(ctx)
+	defer cancelWAL()
 	walDone := make(chan error, 1)
 	go func() {
 		if run.awaitWAL != nil {
-			if err := run.awaitWAL(m); err != nil {
+			if err := run.awaitWAL(walCtx, m); err != nil {
 				walDone <- err
 				return
 			}
 		}
-		walDone <- c.plan.checkLocal(ctx, r)
+		walDone <- c.plan.checkLocal(walCtx, r)
 	}()
-	prepErr := r.PrepareCommit(ctx, m)
-	if err := <-walDone; err != nil {
+	if err := r.PrepareCommit(ctx, m); err != nil {
+		cancelWAL()
+		<-walDone
 		return nil, err
 	}
-	if prepErr != nil {
-		return nil, prepErr
+	if err := <-walDone; err != nil {
+		return nil, err
 	}
 	if c.skipUnread && m.Timeline != c.ref.Timeline {
 		return nil, fmt.Errorf("the timeline changed during the backup (%d, reference %s on %d): files were taken unread by mtime; run the backup again", m.Timeline, c.ref.ID, c.ref.Timeline)

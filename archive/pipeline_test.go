@@ -321,7 +321,7 @@ func TestWriteBackupWALWaitFailsNotListed(t *testing.T) {
 	r, _, m := newMemRepo(t)
 	run := testRun("20261201T000000Z-eeee", dir)
 	waitErr := errors.New("WAL segment 000000010000000000000002 needed by the backup was not archived within 1s")
-	run.awaitWAL = func(*repo.Manifest) error {
+	run.awaitWAL = func(context.Context, *repo.Manifest) error {
 		// Return only once the manifest is there: the two overlap.
 		waitFor(t, func() bool { return slices.Contains(m.Names(), repo.BackupPrefix(run.id)+"manifest") })
 		return waitErr
@@ -337,7 +337,7 @@ func TestWriteBackupWALWaitFailsNotListed(t *testing.T) {
 	}
 
 	run = testRun("20261201T000100Z-ffff", dir)
-	run.awaitWAL = func(*repo.Manifest) error {
+	run.awaitWAL = func(context.Context, *repo.Manifest) error {
 		waitFor(t, func() bool { return slices.Contains(m.Names(), repo.BackupPrefix(run.id)+"manifest") })
 		return nil
 	}
@@ -546,5 +546,39 @@ func TestWriteBackupRestores(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(pgdata, filepath.FromSlash(rel))); err == nil {
 			t.Errorf("%s restored; the backup must leave it out", rel)
 		}
+	}
+}
+
+// TestWriteBackupPrepareFailureEndsWALWait: when the manifest cannot be
+// written the backup fails at once with that error, instead of waiting
+// for the WAL (up to wal.timeout) first.
+func TestWriteBackupPrepareFailureEndsWALWait(t *testing.T) {
+	ctx := context.Background()
+	dir, _ := syntheticDataDir(t)
+	r, fs, _ := newMemRepo(t)
+	run := testRun("20261201T000200Z-abab", dir)
+	fs.failIf = func(name string) bool { return name == repo.BackupPrefix(run.id)+"manifest" }
+	cancelled := make(chan struct{})
+	run.awaitWAL = func(ctx context.Context, _ *repo.Manifest) error {
+		select {
+		case <-ctx.Done():
+			close(cancelled)
+			return ctx.Err()
+		case <-time.After(time.Minute):
+			return errors.New("the wait was not cancelled")
+		}
+	}
+	t0 := time.Now()
+	_, err := writeBackup(ctx, r, smallBlocks(), run, stopAt, discard())
+	if !errors.Is(err, errInjected) {
+		t.Fatalf("got %v, want the manifest write's error", err)
+	}
+	select {
+	case <-cancelled:
+	default:
+		t.Error("the WAL wait was not cancelled")
+	}
+	if took := time.Since(t0); took > 30*time.Second {
+		t.Errorf("the failed backup took %s: it waited for the WAL", took)
 	}
 }

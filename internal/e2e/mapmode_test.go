@@ -28,6 +28,7 @@ type mapShow struct {
 		MapFrom      string `json:"map_from"`
 		MapTo        string `json:"map_to"`
 		MappedPages  int64  `json:"mapped_pages"`
+		SplitBlocks  int64  `json:"split_blocks"`
 		SampledPages int64  `json:"sampled_pages"`
 		Audit        string `json:"audit"`
 		AuditMisses  int64  `json:"audit_misses"`
@@ -51,6 +52,7 @@ func showCapture(t *testing.T, r *testRepo, id string) mapShow {
 			MapFrom      string `json:"map_from"`
 			MapTo        string `json:"map_to"`
 			MappedPages  int64  `json:"mapped_pages"`
+			SplitBlocks  int64  `json:"split_blocks"`
 			SampledPages int64  `json:"sampled_pages"`
 			Audit        string `json:"audit"`
 			AuditMisses  int64  `json:"audit_misses"`
@@ -120,8 +122,8 @@ func amcheck(t *testing.T, c *pgtest.Cluster) {
 // TestMapModeBackups: on PostgreSQL 15 with data checksums and WAL block
 // maps written by wal-push, an incremental after updates spread over a
 // table, inserts, a new table, TRUNCATE, VACUUM FULL, DROP TABLE, an
-// extended and a truncated file runs in map mode and reads a fraction of
-// the cluster; the next one, over CREATE DATABASE (both strategies), too;
+// extended and a truncated file runs in map mode, reads a fraction of
+// the cluster and stores composite blocks; the next one, over CREATE DATABASE (both strategies), too;
 // its restore equals a restore of a full backup of the same point, row
 // for row, and passes pg_amcheck, pg_visibility (no page the visibility
 // map calls all-visible or frozen that is not) and pg_checksums. With one segment's map deleted, the
@@ -194,6 +196,12 @@ func TestMapModeBackups(t *testing.T) {
 	if inc1.Type != "incr" || inc1.Reference != full0.ID || inc1.Capture.Mode != "map" || inc1.Capture.Fallback != "" ||
 		inc1.Capture.MapFrom == "" || inc1.Capture.MappedPages == 0 {
 		t.Fatalf("incremental 1: %+v capture %+v; want map mode over the full\n%s", inc1, inc1.Capture, log1)
+	}
+	// The spread updates change a page here and there of big's blocks:
+	// those are stored as composites (only the changed pages; the rest
+	// slices of the full's copy), which the restores below rebuild.
+	if inc1.Capture.SplitBlocks == 0 {
+		t.Errorf("incremental 1: capture %+v; want composite blocks (split_blocks) for big's sparse updates", inc1.Capture)
 	}
 	if inc1.BytesRead*4 > inc1.DataSize {
 		t.Errorf("incremental 1 in map mode read %d bytes of a %d-byte cluster; want under a quarter", inc1.BytesRead, inc1.DataSize)
