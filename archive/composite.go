@@ -137,7 +137,7 @@ func (c *copier) refSlices(ref *repo.BlockRef, off, lo, hi int64) []piece {
 // of own pack pack. It returns the stored pieces as blocks, for the
 // pack's index. c.mu is held.
 func (c *copier) storeComposite(j blockJob, idx int, off, size, chunkOffset int64, pieces []piece, pack int, offset, length int64) []repo.BlockRef {
-	b := repo.BlockRef{FileOffset: off, Size: size}
+	b := repo.BlockRef{FileOffset: off, Size: size, Parts: make([]repo.BlockRef, 0, len(pieces))}
 	names := make([]string, len(pieces))
 	var stored []repo.BlockRef
 	at := chunkOffset

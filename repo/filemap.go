@@ -295,7 +295,9 @@ func (r *Repository) resolveMaps(ctx context.Context, m *Manifest, t *relocator)
 	for i, p := range m.Packs {
 		packIdx[p.Name] = i
 	}
-	res := &mapResolver{r: r, listed: listed, objs: map[string]*mapObject{}, done: map[MapRef]*resolvedMap{}}
+	res := &mapResolver{r: r, listed: listed, objs: map[string]*mapObject{}, done: map[MapRef]*resolvedMap{},
+		packIdx: packIdx, t: t, trans: map[*mapObject][]int{}}
+	handedOut := map[*resolvedMap]bool{}
 	for i := range m.Files {
 		f := &m.Files[i]
 		if f.Map == nil {
@@ -311,65 +313,94 @@ func (r *Repository) resolveMaps(ctx context.Context, m *Manifest, t *relocator)
 		if err != nil {
 			return fmt.Errorf("%s: %w", f.Path, err)
 		}
-		f.Blocks = make([]BlockRef, len(e.blocks))
-		for j, b := range e.blocks {
-			one := []BlockRef{b.ref.Clone()} // resolved maps are shared between files
-			n := 0
-			err := EachObjectRef(one, func(o *BlockRef) error {
-				pack := b.packs[n]
-				n++
-				k, ok := packIdx[pack]
-				// A map naming a pack a repack moved: the manifest lists
-				// where its block went (a backup that named the map after
-				// the repack read it through the relocation).
-				for hops := 0; !ok && hops < maxRelocationHops; hops++ {
-					to, off, moved, err := t.step(ctx, pack, o.Offset, o.Length)
-					if err != nil {
-						return fmt.Errorf("%s: %w", f.Path, err)
-					}
-					if !moved {
-						break
-					}
-					pack, o.Offset = to.Name, off
-					k, ok = packIdx[pack]
-				}
-				if !ok {
-					return fmt.Errorf("%s: map %s names pack %s, which the manifest does not list: %w", f.Path, f.Map.Object, pack, ErrCorrupt)
-				}
-				o.Pack = k
-				return nil
-			})
-			if err != nil {
-				return err
+		// The list is the file's own unless another file named the same
+		// entry (nothing writes that, but nothing forbids it either).
+		f.Blocks = e.blocks
+		if handedOut[e] {
+			f.Blocks = make([]BlockRef, len(e.blocks))
+			for j, b := range e.blocks {
+				f.Blocks[j] = b.Clone()
 			}
-			f.Blocks[j] = one[0]
 		}
+		handedOut[e] = true
 		f.MapDepth, f.MapChain = e.depth, e.chain
 	}
 	return nil
 }
 
-// mapResolver resolves map entries, reading each map object once.
+// mapResolver resolves map entries, reading each map object once, into
+// block lists whose packs are numbered in the manifest's table.
 type mapResolver struct {
-	r      *Repository
-	listed map[string]bool
-	objs   map[string]*mapObject
-	done   map[MapRef]*resolvedMap
+	r       *Repository
+	listed  map[string]bool
+	objs    map[string]*mapObject
+	done    map[MapRef]*resolvedMap
+	packIdx map[string]int       // the manifest's pack table
+	t       *relocator           // for packs a repack moved
+	trans   map[*mapObject][]int // an object's pack number -> the manifest's (-1: not listed)
 }
 
-// resolvedMap is a map entry's block list with full pack names, its patch
-// depth and the map objects it was resolved from (its own first).
+// resolvedMap is a map entry's block list (packs numbered in the
+// manifest's table), its patch depth and the map objects it was resolved
+// from (its own first).
 type resolvedMap struct {
-	blocks []namedBlock
+	blocks []BlockRef
 	depth  int
 	chain  []string
 }
 
-// namedBlock is a block with the full names of the packs it names: one,
-// or one per part of a composite block (shared between blocks: read only).
-type namedBlock struct {
-	packs []string
-	ref   BlockRef
+// own is b, a block of map object obj (named object), with its packs
+// numbered in the manifest's table. A map naming a pack a repack moved:
+// the manifest lists where its block went (a backup that named the map
+// after the repack read it through the relocation).
+func (mr *mapResolver) own(ctx context.Context, obj *mapObject, object string, b BlockRef) (BlockRef, error) {
+	tr := mr.trans[obj]
+	if tr == nil {
+		tr = make([]int, len(obj.Packs))
+		for k, p := range obj.Packs {
+			tr[k] = -1
+			if idx, ok := mr.packIdx[p.Name]; ok {
+				tr[k] = idx
+			}
+		}
+		mr.trans[obj] = tr
+	}
+	one := func(o *BlockRef) error {
+		if o.Pack < 0 || o.Pack >= len(obj.Packs) {
+			return fmt.Errorf("map %s: %w: pack %d of %d", object, ErrCorrupt, o.Pack, len(obj.Packs))
+		}
+		if k := tr[o.Pack]; k >= 0 {
+			o.Pack = k
+			return nil
+		}
+		pack := obj.Packs[o.Pack].Name
+		for hops := 0; hops < maxRelocationHops; hops++ {
+			to, off, moved, err := mr.t.step(ctx, pack, o.Offset, o.Length)
+			if err != nil {
+				return err
+			}
+			if !moved {
+				break
+			}
+			pack, o.Offset = to.Name, off
+			if k, ok := mr.packIdx[pack]; ok {
+				o.Pack = k
+				return nil
+			}
+		}
+		return fmt.Errorf("map %s names pack %s, which the manifest does not list: %w", object, pack, ErrCorrupt)
+	}
+	if !b.Composite() {
+		err := one(&b)
+		return b, err
+	}
+	b = b.Clone() // the object's copy stays as it is
+	for j := range b.Parts {
+		if err := one(&b.Parts[j]); err != nil {
+			return b, err
+		}
+	}
+	return b, nil
 }
 
 func (mr *mapResolver) object(ctx context.Context, name string) (*mapObject, error) {
@@ -457,33 +488,7 @@ func (mr *mapResolver) resolve(ctx context.Context, ref MapRef, hops int) (*reso
 		}
 		baseLen, baseDepth = p.Blocks, p.Depth
 	}
-	// One shared one-name slice per pack: a plain block (nearly all) then
-	// costs no allocation of its own.
-	single := map[*mapObject][][]string{}
-	name := func(obj *mapObject, object string, b BlockRef) (namedBlock, error) {
-		nb := namedBlock{ref: b}
-		if !b.Composite() && b.Pack >= 0 && b.Pack < len(obj.Packs) {
-			names, ok := single[obj]
-			if !ok {
-				names = make([][]string, len(obj.Packs))
-				for k := range obj.Packs {
-					names[k] = []string{obj.Packs[k].Name}
-				}
-				single[obj] = names
-			}
-			nb.packs = names[b.Pack]
-			return nb, nil
-		}
-		err := EachObjectRef([]BlockRef{b}, func(o *BlockRef) error {
-			if o.Pack < 0 || o.Pack >= len(obj.Packs) {
-				return fmt.Errorf("map %s: %w: pack %d of %d", object, ErrCorrupt, o.Pack, len(obj.Packs))
-			}
-			nb.packs = append(nb.packs, obj.Packs[o.Pack].Name)
-			return nil
-		})
-		return nb, err
-	}
-	e := &resolvedMap{depth: baseDepth, blocks: make([]namedBlock, baseLen)}
+	e := &resolvedMap{depth: baseDepth, blocks: make([]BlockRef, baseLen)}
 	filled := make([]bool, baseLen)
 	limit := baseLen
 	var err error
@@ -495,7 +500,7 @@ func (mr *mapResolver) resolve(ctx context.Context, ref MapRef, hops int) (*reso
 			if pb.Index >= limit || filled[pb.Index] {
 				continue
 			}
-			if e.blocks[pb.Index], err = name(l.obj, l.ref.Object, pb.BlockRef); err != nil {
+			if e.blocks[pb.Index], err = mr.own(ctx, l.obj, l.ref.Object, pb.BlockRef); err != nil {
 				return nil, err
 			}
 			filled[pb.Index] = true
@@ -508,7 +513,7 @@ func (mr *mapResolver) resolve(ctx context.Context, ref MapRef, hops int) (*reso
 		if filled[j] {
 			continue
 		}
-		if e.blocks[j], err = name(root, cur.Object, src[j]); err != nil {
+		if e.blocks[j], err = mr.own(ctx, root, cur.Object, src[j]); err != nil {
 			return nil, err
 		}
 		filled[j] = true

@@ -55,7 +55,13 @@ func TestResolveMatchesNaive(t *testing.T) {
 			listed[name] = true
 			ref, length = MapRef{Object: name, Entry: 1, Patch: true}, blocks
 		}
-		mr := &mapResolver{listed: listed, objs: objs, done: map[MapRef]*resolvedMap{}}
+		// The manifest's pack table: p0 (the full list's) is pack 0, qm<d>
+		// (patch d's) pack d.
+		packIdx := map[string]int{"p0": 0}
+		for d := 1; d <= depth; d++ {
+			packIdx[fmt.Sprintf("qm%d", d)] = d
+		}
+		mr := &mapResolver{listed: listed, objs: objs, done: map[MapRef]*resolvedMap{}, packIdx: packIdx, trans: map[*mapObject][]int{}}
 		got, err := mr.resolve(context.Background(), ref, 0)
 		if err != nil {
 			t.Fatalf("trial %d: %v", trial, err)
@@ -65,8 +71,12 @@ func TestResolveMatchesNaive(t *testing.T) {
 			t.Fatalf("trial %d: %d blocks depth %d chain %v, want %d blocks depth %d", trial, len(got.blocks), got.depth, got.chain, len(want), depth)
 		}
 		for j := range want {
-			if got.blocks[j].ref.Offset != want[j].Offset {
-				t.Fatalf("trial %d: block %d is %d, want %d", trial, j, got.blocks[j].ref.Offset, want[j].Offset)
+			// Offsets say which level a block came from (1000*d + ...).
+			if wantPack := int(want[j].Offset / 1000); got.blocks[j].Pack != wantPack {
+				t.Fatalf("trial %d: block %d names pack %d, want %d", trial, j, got.blocks[j].Pack, wantPack)
+			}
+			if got.blocks[j].Offset != want[j].Offset {
+				t.Fatalf("trial %d: block %d is %d, want %d", trial, j, got.blocks[j].Offset, want[j].Offset)
 			}
 		}
 	}
