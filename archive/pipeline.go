@@ -532,7 +532,7 @@ func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 			continue
 		}
 		var size int64
-		var refs []repo.BlockRef
+		refs := make([]repo.BlockRef, 0, len(c.blocks[i]))
 		h := sha256.New()
 		summed := true
 		for b, ref := range c.blocks[i] {
