@@ -33,6 +33,12 @@
 # (<row>.pprof, restore-newest.pprof, restore-<full's ID>.pprof: the
 # second restore of each).
 #
+# ROWS="updates100 nothing": only those rows (the full always runs);
+# INIT=server: pgbench generates its data server side (faster at scale
+# 1000); RESTORES=0 and RETENTION=0 skip the restore rows and the
+# retention cycle. The 10x row of docs/benchmarks.md:
+#        SCALE=1000 INIT=server ROWS="updates100 nothing" RESTORES=0 RETENTION=0 sudo bash bench/incr.sh
+#
 # Usage: sudo bash bench/incr.sh          (needs: make build; pgbackrest installed)
 #        SCALE=10 APPEND_MB=32 sudo bash bench/incr.sh     (a quick look)
 set -euo pipefail
@@ -40,6 +46,8 @@ set -euo pipefail
 SCALE=${SCALE:-100}
 PK_LEVEL=${PK_LEVEL:-1}
 APPEND_MB=${APPEND_MB:-650}
+RESTORES=${RESTORES:-1}
+RETENTION=${RETENTION:-1}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PGKEEP_SRC=${PK_BIN:-$ROOT/bin/pgkeep}
@@ -53,7 +61,7 @@ if [ "$(id -u)" = 0 ]; then
 	chown -R postgres:postgres "$WORK"
 	rc=0
 	[ -n "${PROFILE_DIR:-}" ] && mkdir -p "$PROFILE_DIR" && chown postgres "$PROFILE_DIR"
-	runuser -u postgres -- env WORK="$WORK" SCALE="$SCALE" PK_LEVEL="$PK_LEVEL" APPEND_MB="$APPEND_MB" PGBIN="$PGBIN" PROFILE_DIR="${PROFILE_DIR:-}" \
+	runuser -u postgres -- env WORK="$WORK" SCALE="$SCALE" PK_LEVEL="$PK_LEVEL" ROWS="${ROWS:-}" INIT="${INIT:-}" RESTORES="$RESTORES" RETENTION="$RETENTION" APPEND_MB="$APPEND_MB" PGBIN="$PGBIN" PROFILE_DIR="${PROFILE_DIR:-}" \
 		PK_BIN="$WORK/pgkeep" bash "$WORK/incr.sh" || rc=$?
 	[ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp -r "$WORK/logs/." "$KEEP_LOGS/"
 	if [ -n "${KEEP_WORK:-}" ]; then
@@ -146,7 +154,7 @@ EOF
 "$PGKEEP" repo init --config "$WORK/pk.yml" >/dev/null
 pgbackrest --config="$WORK/br.conf" --stanza=bench stanza-create >/dev/null
 log "generating pgbench scale $SCALE and a $APPEND_MB MB append-only table"
-"$PGBIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -i -s "$SCALE" -q postgres >"$LOGS/pgbench-init.log" 2>&1
+"$PGBIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -i -s "$SCALE" ${INIT:+$([ "$INIT" = server ] && echo -I dtGvp)} -q postgres >"$LOGS/pgbench-init.log" 2>&1
 APPEND_ROWS=$(( APPEND_MB * 1048576 / 250 ))
 psqlc -c "CREATE TABLE appendonly (id bigint, payload text)" \
 	-c "INSERT INTO appendonly SELECT g, md5(g::text) || repeat('x', 180) FROM generate_series(1, $APPEND_ROWS) g" \
@@ -191,14 +199,22 @@ backup_row() {
 	[ "$row" = full ] && FULL_ID=$id
 	log "$row done"
 }
+ROWS=${ROWS:-updates100 updates1pct append2pct nothing}
+want() { [[ " $ROWS " == *" $1 "* ]]; }
 backup_row full full full
-psqlc -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN (SELECT 1 + (random() * ($ACCOUNTS - 1))::int FROM generate_series(1, 100))"
-backup_row updates100 incr incr
-psqlc -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0"
-backup_row updates1pct incr incr
-psqlc -c "INSERT INTO appendonly SELECT g, md5(g::text) || repeat('x', 180) FROM generate_series($APPEND_ROWS + 1, $APPEND_ROWS + $APPEND_ROWS / 50) g"
-backup_row append2pct incr incr
-backup_row nothing incr incr
+if want updates100; then
+	psqlc -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN (SELECT 1 + (random() * ($ACCOUNTS - 1))::int FROM generate_series(1, 100))"
+	backup_row updates100 incr incr
+fi
+if want updates1pct; then
+	psqlc -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0"
+	backup_row updates1pct incr incr
+fi
+if want append2pct; then
+	psqlc -c "INSERT INTO appendonly SELECT g, md5(g::text) || repeat('x', 180) FROM generate_series($APPEND_ROWS + 1, $APPEND_ROWS + $APPEND_ROWS / 50) g"
+	backup_row append2pct incr incr
+fi
+want nothing && backup_row nothing incr incr
 
 CHECK=$(psqlc -c "SELECT sum(abalance) || ':' || (SELECT count(*) FROM appendonly) FROM pgbench_accounts")
 # restore_row TOOL [BACKUP]: restore the newest backup (or pgkeep's BACKUP)
@@ -224,22 +240,30 @@ echo
 echo "pgbench scale $SCALE + ${APPEND_MB} MB append-only; pgBackRest $(pgbackrest version | awk '{print $2}'); one run, noisy"
 cat "$WORK/table"
 cat "$WORK/captures"
+# What each backup added besides packs (manifest, file maps, indexes),
+# and the WAL block maps: the sizes the 10x row is about.
+for id in $("$PGKEEP" backup list --json --config "$WORK/pk.yml" | jq -r '.[].id'); do
+	echo "$id: manifest, maps and indexes $(du -sb --exclude=pack "$WORK/pk-repo/backups/$id" | cut -f1) bytes"
+done
+echo "WAL block maps: $(find "$WORK/pk-repo/wal" -name '*.map*' -printf '%s\n' | awk '{s += $1; n++} END {print n " objects, " s " bytes"}')"
 # pgkeep's two restores run newest, full, full, newest: each restore frees
 # the page cache the one before filled, so the one that goes first pays for
 # the reclaim (about 15 % here), and a single pair favours the second.
 # An untimed restore goes before them all: the first restore after the
 # backups took 2.7-3.7 times a later restore of the same backup on
 # 2026-12-02 (Xeon, 2 cores).
-restore_row pgkeep "$FULL_ID" >/dev/null
-: >"$WORK/restores"
-restore_row pgkeep
-restore_row pgkeep "$FULL_ID"
-restore_row pgkeep "$FULL_ID"
-restore_row pgkeep
-restore_row pgbackrest
-awk -v full="$FULL_ID" '$1 == "pgkeep" { if ($2 == full) f += $3; else n += $3 }
-	END { printf "pgkeep restore, newest over full (sums of 2 each): %.2f\n", n / f }' "$WORK/restores"
-echo "pgkeep repository: $(mb "$(du -sb --exclude=wal "$WORK/pk-repo" | cut -f1)") MB without WAL; pgBackRest: $(mb "$(br_size)") MB"
+if [ "$RESTORES" != 0 ]; then
+	restore_row pgkeep "$FULL_ID" >/dev/null
+	: >"$WORK/restores"
+	restore_row pgkeep
+	restore_row pgkeep "$FULL_ID"
+	restore_row pgkeep "$FULL_ID"
+	restore_row pgkeep
+	restore_row pgbackrest
+	awk -v full="$FULL_ID" '$1 == "pgkeep" { if ($2 == full) f += $3; else n += $3 }
+		END { printf "pgkeep restore, newest over full (sums of 2 each): %.2f\n", n / f }' "$WORK/restores"
+	echo "pgkeep repository: $(mb "$(du -sb --exclude=wal "$WORK/pk-repo" | cut -f1)") MB without WAL; pgBackRest: $(mb "$(br_size)") MB"
+fi
 echo "(check value $CHECK)"
 
 # Retention by reference (issue 15): 12 backups (7 more, each after 1000
@@ -247,6 +271,7 @@ echo "(check value $CHECK)"
 # no grace; then what the repository stores against what the kept
 # backups name (target <= 1.2x). delete runs three times: the second
 # removes the packs the first relocated, the third reports the result.
+[ "$RETENTION" != 0 ] || exit 0
 for k in $(seq 7); do
 	psqlc -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN (SELECT 1 + (random() * ($ACCOUNTS - 1))::int FROM generate_series(1, 1000))"
 	psqlc -c CHECKPOINT
