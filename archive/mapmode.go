@@ -632,7 +632,7 @@ func (p *mapPlan) checkFile(c *copier, f *sourceFile, fr *fileReads, byMTime boo
 	// the rule is a share, and reading every header cost 0.16 s of CPU
 	// before any copying in bench/incr.sh's updates1pct (129k pages).
 	var checked, old int64
-	stride := max(1, len(fr.mapped)/checkASample)
+	stride := max(1, (len(fr.mapped)+checkASample-1)/checkASample) // at most checkASample checked
 	for k, page := range fr.mapped {
 		if k%stride != 0 || int64(page) >= fr.explainFrom {
 			continue
