@@ -20,7 +20,7 @@
 # pgBackRest zst level 3; pgBackRest is whatever
 # `pgbackrest` is on PATH (Debian's 2.45 has no block incremental: it
 # re-stores every changed file whole). Both push WAL from one
-# archive_command. One repetition: numbers on a shared machine are noisy.
+# archive_command, side by side. One repetition: numbers on a shared machine are noisy.
 # Each tool's backup starts once the archiver has caught up and right
 # after a CHECKPOINT the script issues and times (settle_s): otherwise the
 # tool that runs first pays the start checkpoint of the whole change
@@ -136,7 +136,12 @@ pg1-host-user=postgres
 pg1-socket-path=$WORK/sock
 EOF
 cat >"$WORK/archive-pgkeep-and-pgbackrest" <<EOF
-"$PGKEEP" wal-push --config "$WORK/pk.yml" "\$1" && pgbackrest --config="$WORK/br.conf" --stanza=bench archive-push "\$1"
+#!/bin/sh
+# Both pushes run side by side: one after the other, each tool's backup
+# would also wait for the other tool's push of its stop segment.
+"$PGKEEP" wal-push --config "$WORK/pk.yml" "\$1" & pk=\$!
+pgbackrest --config="$WORK/br.conf" --stanza=bench archive-push "\$1"; br=\$?
+wait \$pk && exit \$br
 EOF
 chmod 755 "$WORK/archive-pgkeep-and-pgbackrest"
 
