@@ -309,7 +309,7 @@ func (r *Repository) resolveMaps(ctx context.Context, m *Manifest, t *relocator)
 		if f.Map.Patch && m.Format < 5 {
 			return fmt.Errorf("%s: a patch map in a format %d manifest: %w", f.Path, m.Format, ErrCorrupt)
 		}
-		e, err := res.resolve(ctx, *f.Map, 0)
+		e, err := res.resolve(ctx, *f.Map)
 		if err != nil {
 			return fmt.Errorf("%s: %w", f.Path, err)
 		}
@@ -428,7 +428,7 @@ func (mr *mapResolver) object(ctx context.Context, name string) (*mapObject, err
 // length) gives its block. Copying each base's list into each patch's cost
 // more than all else in an incremental of a small change (70 ms of 120 in
 // bench/incr.sh's updates100 after a few backups).
-func (mr *mapResolver) resolve(ctx context.Context, ref MapRef, hops int) (*resolvedMap, error) {
+func (mr *mapResolver) resolve(ctx context.Context, ref MapRef) (*resolvedMap, error) {
 	if e, ok := mr.done[ref]; ok {
 		return e, nil
 	}
@@ -441,7 +441,7 @@ func (mr *mapResolver) resolve(ctx context.Context, ref MapRef, hops int) (*reso
 	cur := ref
 	var root *mapObject
 	for {
-		if hops+len(levels) > maxResolveHops {
+		if len(levels) > maxResolveHops {
 			return nil, fmt.Errorf("map %s: %w: a chain of more than %d patches", cur.Object, ErrCorrupt, maxResolveHops)
 		}
 		obj, err := mr.object(ctx, cur.Object)

@@ -62,7 +62,7 @@ func TestResolveMatchesNaive(t *testing.T) {
 			packIdx[fmt.Sprintf("qm%d", d)] = d
 		}
 		mr := &mapResolver{listed: listed, objs: objs, done: map[MapRef]*resolvedMap{}, packIdx: packIdx, trans: map[*mapObject][]int{}}
-		got, err := mr.resolve(context.Background(), ref, 0)
+		got, err := mr.resolve(context.Background(), ref)
 		if err != nil {
 			t.Fatalf("trial %d: %v", trial, err)
 		}
