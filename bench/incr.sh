@@ -20,7 +20,8 @@
 # pgBackRest zst level 3; pgBackRest is whatever
 # `pgbackrest` is on PATH (Debian's 2.45 has no block incremental: it
 # re-stores every changed file whole). Both push WAL from one
-# archive_command, side by side. One repetition: numbers on a shared machine are noisy.
+# archive_command, side by side. One repetition: numbers on a shared
+# machine are noisy.
 # Each tool's backup starts once the archiver has caught up and right
 # after a CHECKPOINT the script issues and times (settle_s): otherwise the
 # tool that runs first pays the start checkpoint of the whole change
