@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# bench/incr.sh: pgkeep incremental backups vs pgBackRest --type=incr, in
-# the same run, on the same cluster (issue 15).
+# bench/incr.sh: pgkeep incremental backups vs pgBackRest --type=incr, and
+# WAL-G deltas when a wal-g binary is found, in the same run, on the same
+# cluster (issue 15).
 #
 # One throwaway PostgreSQL 15 (127.0.0.1 only, data checksums on):
 # pgbench -i -s SCALE plus an append-only table (APPEND_MB), frozen, with
@@ -22,12 +23,20 @@
 # re-stores every changed file whole). Both push WAL from one
 # archive_command, side by side. One repetition: numbers on a shared
 # machine are noisy.
+# WAL-G (optional: $WALG_BIN, else `wal-g` on PATH; without it its columns
+# print "-"): a local repository, zstd (its fixed level), 2 uploads and 2
+# downloads, a full with --full, then a delta per row (WALG_DELTA_MAX_STEPS
+# 99); its wal-push runs beside the other two in the archive_command, and
+# its backup waits for no archiving of the stop segment. Bytes added:
+# growth of basebackups_005. Its restore is backup-fetch LATEST; it has no
+# retention row ("n/a"). Where the binary comes from is the operator's
+# business: the script only runs it.
 # Each tool's backup starts once the archiver has caught up and right
 # after a CHECKPOINT the script issues and times (settle_s): otherwise the
 # tool that runs first pays the start checkpoint of the whole change
 # (seconds after updates1pct) and shares the 2 cores with the archiver
 # compressing that change's WAL, and the other gets neither.
-# KEEP_LOGS=dir: the logs (pk.log, br.log, pg.log) are copied there at the end.
+# KEEP_LOGS=dir: the logs (pk.log, br.log, wg.log, pg.log) are copied there at the end.
 # KEEP_WORK=1: the work directory (repositories, data directory) is left
 # in place for a look at what each backup stored.
 # PROFILE_DIR=dir: pgkeep's backups and restores write CPU profiles there
@@ -42,6 +51,7 @@
 #
 # Usage: sudo bash bench/incr.sh          (needs: make build; pgbackrest installed)
 #        SCALE=10 APPEND_MB=32 sudo bash bench/incr.sh     (a quick look)
+#        sudo WALG_BIN=/path/to/wal-g bash bench/incr.sh   (with the WAL-G column)
 set -euo pipefail
 
 SCALE=${SCALE:-100}
@@ -55,18 +65,21 @@ PGKEEP_SRC=${PK_BIN:-$ROOT/bin/pgkeep}
 
 if [ "$(id -u)" = 0 ]; then
 	[ -x "$PGKEEP_SRC" ] || { echo "no pgkeep binary at $PGKEEP_SRC (make build)" >&2; exit 1; }
+	WALG_SRC=${WALG_BIN:-$(command -v wal-g || true)}
+	[ -z "$WALG_SRC" ] || [ -x "$WALG_SRC" ] || { echo "no wal-g binary at $WALG_SRC" >&2; exit 1; }
 	WORK=$(mktemp -d "${TMPDIR:-/tmp}"/pgkeep-bench-incr.XXXXXX)
 	chmod 755 "$WORK"
 	cp "$PGKEEP_SRC" "$WORK/pgkeep"
+	[ -z "$WALG_SRC" ] || cp "$WALG_SRC" "$WORK/wal-g"
 	cp "$0" "$WORK/incr.sh"
 	chown -R postgres:postgres "$WORK"
 	rc=0
 	[ -n "${PROFILE_DIR:-}" ] && mkdir -p "$PROFILE_DIR" && chown postgres "$PROFILE_DIR"
 	runuser -u postgres -- env WORK="$WORK" SCALE="$SCALE" PK_LEVEL="$PK_LEVEL" ROWS="${ROWS:-}" INIT="${INIT:-}" RESTORES="$RESTORES" RETENTION="$RETENTION" APPEND_MB="$APPEND_MB" PGBIN="$PGBIN" PROFILE_DIR="${PROFILE_DIR:-}" \
-		PK_BIN="$WORK/pgkeep" bash "$WORK/incr.sh" || rc=$?
+		PK_BIN="$WORK/pgkeep" WALG="${WALG_SRC:+$WORK/wal-g}" bash "$WORK/incr.sh" || rc=$?
 	[ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp -r "$WORK/logs/." "$KEEP_LOGS/"
 	if [ -n "${KEEP_WORK:-}" ]; then
-		echo "kept $WORK (both repositories, the cluster's data directory)" >&2
+		echo "kept $WORK (the repositories, the cluster's data directory)" >&2
 	else
 		rm -rf "$WORK"
 	fi
@@ -75,6 +88,8 @@ fi
 
 WORK=${WORK:?run as root, or set WORK}
 PGKEEP=$PK_BIN
+# WAL-G: set (maybe empty) by the root half; else $WALG_BIN or PATH's.
+WALG=${WALG-${WALG_BIN:-$(command -v wal-g || true)}}
 command -v pgbackrest >/dev/null || { echo "pgbackrest is not installed (apt-get install pgbackrest)" >&2; exit 1; }
 LOGS=$WORK/logs
 mkdir -p "$LOGS" "$WORK/sock" "$WORK/br-lock" "$WORK/br-spool"
@@ -94,7 +109,7 @@ cleanup() {
 	"$PGBIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1
 	if [ $rc -ne 0 ]; then
 		echo "bench failed (exit $rc):" >&2
-		tail -n 5 "$LOGS"/pk.log "$LOGS"/br.log >&2
+		tail -n 5 "$LOGS"/pk.log "$LOGS"/br.log ${WALG:+"$LOGS"/wg.log} >&2
 	fi
 }
 trap cleanup EXIT
@@ -136,13 +151,33 @@ pg1-port=$PORT
 pg1-host-user=postgres
 pg1-socket-path=$WORK/sock
 EOF
+cat >"$WORK/walg.json" <<EOF
+{
+  "WALG_FILE_PREFIX": "$WORK/walg-repo",
+  "WALG_COMPRESSION_METHOD": "zstd",
+  "WALG_DELTA_MAX_STEPS": "99",
+  "WALG_UPLOAD_CONCURRENCY": "2",
+  "WALG_DOWNLOAD_CONCURRENCY": "2",
+  "PGHOST": "127.0.0.1",
+  "PGPORT": "$PORT",
+  "PGUSER": "postgres",
+  "PGDATABASE": "postgres"
+}
+EOF
+walg() { "$WALG" --config "$WORK/walg.json" "$@"; }
+[ -z "$WALG" ] || mkdir -p "$WORK/walg-repo"
 cat >"$WORK/archive-pgkeep-and-pgbackrest" <<EOF
 #!/bin/sh
-# Both pushes run side by side: one after the other, each tool's backup
-# would also wait for the other tool's push of its stop segment.
+# The pushes run side by side: one after the other, each tool's backup
+# would also wait for the other tools' pushes of its stop segment. The
+# command fails if any push fails.
 "$PGKEEP" wal-push --config "$WORK/pk.yml" "\$1" & pk=\$!
-pgbackrest --config="$WORK/br.conf" --stanza=bench archive-push "\$1"; br=\$?
-wait \$pk && exit \$br
+wg=
+[ -z "$WALG" ] || { "$WALG" --config "$WORK/walg.json" wal-push "\$1" 2>>"$LOGS/wg.log" & wg=\$!; }
+pgbackrest --config="$WORK/br.conf" --stanza=bench archive-push "\$1"; rc=\$?
+wait \$pk || rc=1
+[ -z "\$wg" ] || wait \$wg || rc=1
+exit \$rc
 EOF
 chmod 755 "$WORK/archive-pgkeep-and-pgbackrest"
 
@@ -170,6 +205,7 @@ log "cluster: $(( $(du -sb --exclude=pg_wal "$PGDATA" | cut -f1) / 1048576 )) Mi
 sleep 11
 
 br_size() { du -sb "$WORK/br-repo/backup" | cut -f1; }
+wg_size() { if [ -d "$WORK/walg-repo/basebackups_005" ]; then du -sb "$WORK/walg-repo/basebackups_005" | cut -f1; else echo 0; fi; }
 # settle: wait (bounded) until no WAL waits for the archiver, then checkpoint.
 settle() {
 	local i
@@ -179,9 +215,9 @@ settle() {
 	done
 	psqlc -c CHECKPOINT
 }
-printf '%-12s %8s %7s %10s %12s %12s %12s %10s %12s  %s\n' row settle_s pk_s pk_rss_MiB pk_read_MB pk_added_MB pk_logical_MB br_s br_added_MB pk_mode >"$WORK/table"
+printf '%-12s %8s %7s %10s %12s %12s %12s %10s %12s %10s %12s  %s\n' row settle_s pk_s pk_rss_MiB pk_read_MB pk_added_MB pk_logical_MB br_s br_added_MB wg_s wg_added_MB pk_mode >"$WORK/table"
 backup_row() {
-	local row=$1 pktype=$2 brtype=$3 t0 id js brbefore pk_s br_s ckpt_s pk_rss
+	local row=$1 pktype=$2 brtype=$3 t0 id js brbefore pk_s br_s ckpt_s pk_rss wgbefore wgfull='' wg_s=- wg_added=-
 	t0=$(date +%s.%N)
 	settle
 	ckpt_s=$(secs "$t0")
@@ -196,9 +232,18 @@ backup_row() {
 	t0=$(date +%s.%N)
 	pgbackrest --config="$WORK/br.conf" --stanza=bench --type="$brtype" backup >>"$LOGS/br.log" 2>&1
 	br_s=$(secs "$t0")
-	printf '%-12s %8s %7s %10s %12s %12s %12s %10s %12s  %s\n' "$row" "$ckpt_s" "$pk_s" "$pk_rss" \
+	if [ -n "$WALG" ]; then
+		[ "$brtype" = full ] && wgfull=--full
+		wgbefore=$(wg_size)
+		settle
+		t0=$(date +%s.%N)
+		walg backup-push ${wgfull:+"$wgfull"} "$PGDATA" >>"$LOGS/wg.log" 2>&1
+		wg_s=$(secs "$t0")
+		wg_added=$(mb $(( $(wg_size) - wgbefore )))
+	fi
+	printf '%-12s %8s %7s %10s %12s %12s %12s %10s %12s %10s %12s  %s\n' "$row" "$ckpt_s" "$pk_s" "$pk_rss" \
 		"$(mb "$(jq -r '.bytes_read // .data_size' <<<"$js")")" "$(mb "$(jq -r .stored_size <<<"$js")")" \
-		"$(mb "$(jq -r .data_size <<<"$js")")" "$br_s" "$(mb $(( $(br_size) - brbefore )))" \
+		"$(mb "$(jq -r .data_size <<<"$js")")" "$br_s" "$(mb $(( $(br_size) - brbefore )))" "$wg_s" "$wg_added" \
 		"$(jq -r '(.type // "full") + "/" + (.capture.mode // "-")' <<<"$js")" >>"$WORK/table"
 	# How pgkeep found the change (map or hash mode, and why it fell back).
 	jq -c '{row: "'"$row"'", type, capture}' <<<"$js" >>"$WORK/captures"
@@ -234,6 +279,8 @@ restore_row() {
 		PGKEEP_CPUPROFILE=${PROFILE_DIR:+$PROFILE_DIR/restore-${backup:-newest}.pprof} /usr/bin/time -f %M -o "$WORK/rss" \
 			"$PGKEEP" restore --config "$WORK/pk.yml" --pgdata "$dir" ${backup:+--backup "$backup"} >>"$LOGS/pk.log" 2>&1
 		[ -n "$backup" ] && what="the full backup"
+	elif [ "$tool" = wal-g ]; then
+		/usr/bin/time -f %M -o "$WORK/rss" "$WALG" --config "$WORK/walg.json" backup-fetch "$dir" LATEST >>"$LOGS/wg.log" 2>&1
 	else
 		/usr/bin/time -f %M -o "$WORK/rss" \
 			pgbackrest --config="$WORK/br.conf" --stanza=bench --pg1-path="$dir" restore >>"$LOGS/br.log" 2>&1
@@ -243,9 +290,13 @@ restore_row() {
 	echo "$tool ${backup:-newest} $took" >>"$WORK/restores"
 }
 echo
-echo "pgbench scale $SCALE + ${APPEND_MB} MB append-only; pgBackRest $(pgbackrest version | awk '{print $2}'); one run, noisy"
+wg_version=-
+[ -z "$WALG" ] || wg_version=$(walg --version | awk '{print $3}')
+echo "pgbench scale $SCALE + ${APPEND_MB} MB append-only; pgBackRest $(pgbackrest version | awk '{print $2}'); WAL-G $wg_version; one run, noisy"
 cat "$WORK/table"
 cat "$WORK/captures"
+# WAL-G's backups (the deltas name their base: base_<wal>_D_<base's wal>).
+[ -z "$WALG" ] || walg backup-list --detail 2>>"$LOGS/wg.log"
 # What each backup added besides packs (manifest, file maps, indexes),
 # and the WAL block maps: the sizes the 10x row is about.
 for id in $("$PGKEEP" backup list --json --config "$WORK/pk.yml" | jq -r '.[].id'); do
@@ -266,9 +317,10 @@ if [ "$RESTORES" != 0 ]; then
 	restore_row pgkeep "$FULL_ID"
 	restore_row pgkeep
 	restore_row pgbackrest
+	[ -z "$WALG" ] || restore_row wal-g
 	awk -v full="$FULL_ID" '$1 == "pgkeep" { if ($2 == full) f += $3; else n += $3 }
 		END { printf "pgkeep restore, newest over full (sums of 2 each): %.2f\n", n / f }' "$WORK/restores"
-	echo "pgkeep repository: $(mb "$(du -sb --exclude=wal "$WORK/pk-repo" | cut -f1)") MB without WAL; pgBackRest: $(mb "$(br_size)") MB"
+	echo "pgkeep repository: $(mb "$(du -sb --exclude=wal "$WORK/pk-repo" | cut -f1)") MB without WAL; pgBackRest: $(mb "$(br_size)") MB; WAL-G: $([ -z "$WALG" ] && echo - || echo "$(mb "$(wg_size)") MB")"
 fi
 echo "(check value $CHECK)"
 
@@ -288,3 +340,5 @@ for k in 1 2 3; do
 	printf '%s\n' "$out" >>"$LOGS/pk.log"
 done
 echo "after deleting the oldest 6 of 12 backups: $(grep '^repository: ' <<<"$out"); backups/ holds $(mb "$(du -sb "$WORK/pk-repo/backups" | cut -f1)") MB"
+# WAL-G's deltas chain to its full: deleting the oldest half keeps them all.
+[ -z "$WALG" ] || echo "retention, WAL-G: n/a"
