@@ -1,7 +1,6 @@
 package archive
 
 import (
-	"encoding/hex"
 	"sort"
 
 	"github.com/pgkeep/pgkeep/pg"
@@ -36,7 +35,7 @@ type piece struct {
 	ref    *repo.BlockRef
 	name   string
 	lo, hi int64
-	sum    string // a stored piece's xxh3-128 (hex)
+	sum    []byte // a stored piece's xxh3-128
 }
 
 // split says how to store block idx of job j (at file offset off, content
@@ -57,7 +56,7 @@ func (c *copier) split(j blockJob, idx int, off int64, sub []byte) []piece {
 	size := int64(len(sub))
 	ref := &j.rf.Blocks[idx]
 	if ref.FileOffset != off || ref.Size != size || size <= pg.BlockSize || size%pg.BlockSize != 0 ||
-		(ref.Digest() == "" && !ref.Composite()) || (off+size)/pg.BlockSize > fr.explainFrom {
+		(!ref.HasDigest() && !ref.Composite()) || (off+size)/pg.BlockSize > fr.explainFrom {
 		return nil
 	}
 	first := uint32(off / pg.BlockSize)
@@ -98,7 +97,7 @@ func (c *copier) split(j blockJob, idx int, off int64, sub []byte) []piece {
 		if fromRef[p] {
 			out = append(out, c.refSlices(ref, off, lo, hi)...)
 		} else {
-			out = append(out, piece{lo: lo, hi: hi, sum: hex.EncodeToString(repo.BlockDigest(true, sub[lo:hi]))})
+			out = append(out, piece{lo: lo, hi: hi, sum: repo.BlockDigest(true, sub[lo:hi])})
 		}
 		p = e
 	}
@@ -123,8 +122,8 @@ func (c *copier) refSlices(ref *repo.BlockRef, off, lo, hi int64) []piece {
 		}
 		s := repo.BlockRef{Pack: p.Pack, Offset: p.Offset, Length: p.Length, FileOffset: off + a, Size: b - a,
 			ChunkOffset: p.ChunkOffset + (a - plo)}
-		if a == plo && b == phi && p.XXH3 != "" && ref.Composite() {
-			s.XXH3 = p.XXH3 // a whole part keeps its hash
+		if a == plo && b == phi && p.Small() && ref.Composite() {
+			s.Sum, s.Hash = p.Sum, p.Hash // a whole part keeps its hash
 		}
 		out = append(out, piece{ref: &s, name: c.ref.Packs[p.Pack].Name, lo: a, hi: b})
 	}
@@ -147,7 +146,8 @@ func (c *copier) storeComposite(j blockJob, idx int, off, size, chunkOffset int6
 			names[k] = p.name
 			continue
 		}
-		part := repo.BlockRef{Pack: pack, Offset: offset, Length: length, FileOffset: off + p.lo, Size: p.hi - p.lo, ChunkOffset: at, XXH3: p.sum}
+		part := repo.BlockRef{Pack: pack, Offset: offset, Length: length, FileOffset: off + p.lo, Size: p.hi - p.lo, ChunkOffset: at}
+		part.SetDigest(true, p.sum)
 		at += p.hi - p.lo
 		b.Parts = append(b.Parts, part)
 		stored = append(stored, part)

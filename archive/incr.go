@@ -2,7 +2,6 @@ package archive
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -141,7 +140,7 @@ func hasBlockHashes(m *repo.Manifest) bool {
 	for _, f := range m.Files {
 		for _, b := range f.Blocks {
 			if !b.Composite() { // a composite has no hash of its own
-				return b.Digest() != ""
+				return b.HasDigest()
 			}
 		}
 	}
@@ -158,7 +157,7 @@ func (c *copier) takeUnread(f *sourceFile, rf *repo.File) bool {
 	}
 	var covered int64
 	for _, b := range rf.Blocks {
-		if b.Digest() == "" && !b.Composite() || b.FileOffset != covered {
+		if !b.HasDigest() && !b.Composite() || b.FileOffset != covered {
 			return false
 		}
 		covered += b.Size
@@ -194,9 +193,8 @@ func (c *copier) takeRefBlock(i int, f *sourceFile, rf *repo.File, b int) error 
 		c.takeRefComposite(i, rf, b)
 		return nil
 	}
-	sum, err := hex.DecodeString(ref.Digest())
-	if want := map[bool]int{true: 16, false: 32}[ref.XXH3 != ""]; err != nil || len(sum) != want {
-		return fmt.Errorf("reference backup %s: %s: block hash %q", c.ref.ID, f.Rel, ref.Digest())
+	if !ref.HasDigest() {
+		return fmt.Errorf("reference backup %s: %s: block at %d has no hash", c.ref.ID, f.Rel, ref.FileOffset)
 	}
 	c.blocks[i][b] = ref
 	c.foreign[i][b] = c.ref.Packs[ref.Pack].Name
@@ -210,7 +208,7 @@ func (c *copier) refBlock(rf *repo.File, b int, off int64) (*repo.BlockRef, stri
 		return nil, ""
 	}
 	ref := &rf.Blocks[b]
-	if ref.FileOffset != off || ref.Digest() == "" {
+	if ref.FileOffset != off || !ref.HasDigest() {
 		return nil, ""
 	}
 	return ref, c.ref.Packs[ref.Pack].Name

@@ -90,8 +90,8 @@ func TestSmallBlocksStoreAPageChange(t *testing.T) {
 		t.Fatalf("%s: block size %d, %d blocks; want 16 KiB blocks", rel, big.BlockSize, len(big.Blocks))
 	}
 	for _, b := range big.Blocks[:3] {
-		if len(b.XXH3) != 32 || b.SHA256 != "" {
-			t.Fatalf("%s: block hashes %q/%q; want xxh3-128 only (format 3)", rel, b.XXH3, b.SHA256)
+		if b.Hash != repo.HashXXH3 {
+			t.Fatalf("%s: block hash kind %d; want xxh3-128 (format 3)", rel, b.Hash)
 		}
 	}
 	objects := map[[2]int64]bool{}

@@ -254,7 +254,7 @@ func (p *mapPlan) decide(rel string, size int64, rf *repo.File, refBS, bs, run, 
 			continue
 		}
 		ref := &rf.Blocks[i]
-		if ref.FileOffset != off || ref.Size != min(bs, size-off) || ref.Digest() == "" && !ref.Composite() {
+		if ref.FileOffset != off || ref.Size != min(bs, size-off) || !ref.HasDigest() && !ref.Composite() {
 			fr.read[i] = true
 		}
 	}

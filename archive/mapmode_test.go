@@ -163,7 +163,7 @@ func TestMapModeDecide(t *testing.T) {
 	}
 	// A reference block without a hash cannot stand for the block.
 	rf := refFile(size, k8, true)
-	rf.Blocks[9].XXH3 = ""
+	rf.Blocks[9].ClearDigest()
 	fr, _ = p.decide("base/5/16399", size, rf, k8, k8, 128, k8)
 	if fr == nil || !slices.Equal(readBlocks(fr), []int{9}) {
 		t.Fatalf("reference block without hash: %v; want it read", readBlocks(fr))

@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -244,7 +245,7 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 			continue
 		}
 		sum := repo.BlockDigest(small, sub)
-		if ref, refPack := c.refBlock(j.rf, idx, off); ref != nil && ref.Size == int64(len(sub)) && hex.EncodeToString(sum) == ref.Digest() {
+		if ref, refPack := c.refBlock(j.rf, idx, off); ref != nil && ref.Size == int64(len(sub)) && ref.Small() == small && bytes.Equal(sum, ref.DigestBytes()) {
 			c.mu.Lock()
 			c.blocks[j.file][idx] = *ref
 			c.foreign[j.file][idx] = refPack
@@ -553,9 +554,7 @@ func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 			refs = append(refs, ref)
 			// The file checksum is over the blocks' digests (each plain
 			// block has one: stored, reused or the reference's, checked).
-			var d [32]byte
-			n, _ := hex.Decode(d[:], []byte(ref.Digest()))
-			h.Write(d[:n])
+			h.Write(ref.DigestBytes())
 			size = ref.FileOffset + ref.Size
 		}
 		rf := c.refFiles[f.Path]

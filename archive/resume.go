@@ -1,8 +1,8 @@
 package archive
 
 import (
+	"bytes"
 	"context"
-	"encoding/hex"
 	"log/slog"
 
 	"github.com/pgkeep/pgkeep/repo"
@@ -64,7 +64,7 @@ func loadResume(ctx context.Context, r *repo.Repository, c *copier, ids []string
 // has the same offset, size and hash.
 func (c *copier) reuseInterrupted(j blockJob, idx int, off int64, small bool, sum []byte, size int64) bool {
 	rb, ok := c.resume.files[j.src.Rel][off]
-	if !ok || rb.ref.Size != size || (rb.ref.XXH3 != "") != small || rb.ref.Digest() != hex.EncodeToString(sum) {
+	if !ok || rb.ref.Size != size || rb.ref.Small() != small || !bytes.Equal(rb.ref.DigestBytes(), sum) {
 		return false
 	}
 	c.mu.Lock()

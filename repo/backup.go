@@ -187,13 +187,15 @@ type BlockRef struct {
 	// plain content: a chunk holds several small blocks, compressed and
 	// encrypted together. Before format 3 an object is exactly one block.
 	ChunkOffset int64 `json:"chunk_offset,omitempty"`
-	// SHA256 is the hex SHA-256 of the block's plain content (absent in
-	// manifests written before incrementals): a later backup compares the
-	// block at the same offset against it.
-	SHA256 string `json:"sha256,omitempty"`
-	// XXH3 (format 3) is the hex xxh3-128 of the block's plain content,
-	// instead of SHA256, for the blocks of a file with small blocks.
-	XXH3 string `json:"xxh3,omitempty"`
+	// Sum is the hash of the block's plain content, of the kind Hash
+	// says (none in manifests written before incrementals): a later
+	// backup compares the block at the same offset against it. SHA-256
+	// fills it; xxh3-128 (format 3, the blocks of a file with small
+	// blocks) its first 16 bytes. Held as bytes, not hex, so a block list
+	// is one allocation the garbage collector need not look into; JSON
+	// spells it as the "sha256" or "xxh3" hex field (blockhash.go).
+	Sum  [32]byte `json:"-"`
+	Hash HashKind `json:"-"`
 	// Parts (format 7), when set, make this a composite block
 	// (composite.go): its content is theirs, in order, and the block has
 	// no object or hash of its own.

@@ -1,8 +1,11 @@
 package repo
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 
@@ -28,27 +31,114 @@ func BlockDigest(small bool, plain []byte) []byte {
 	return s[:]
 }
 
-// Digest is the block's recorded hash in hex ("" when the manifest has
-// none).
-func (b BlockRef) Digest() string {
-	if b.XXH3 != "" {
-		return b.XXH3
+// HashKind is which hash a block records.
+type HashKind uint8
+
+const (
+	NoHash     HashKind = iota // manifests written before incrementals, composites
+	HashSHA256                 // SHA-256, 32 bytes
+	HashXXH3                   // xxh3-128, 16 bytes big endian
+)
+
+// size is the hash's length in bytes.
+func (k HashKind) size() int {
+	switch k {
+	case HashSHA256:
+		return 32
+	case HashXXH3:
+		return 16
 	}
-	return b.SHA256
+	return 0
 }
+
+// HasDigest reports whether the block records a hash.
+func (b BlockRef) HasDigest() bool { return b.Hash != NoHash }
+
+// Small reports whether the block's hash is xxh3-128 (a file with small
+// blocks).
+func (b BlockRef) Small() bool { return b.Hash == HashXXH3 }
+
+// DigestBytes is the block's recorded hash (empty when none).
+func (b *BlockRef) DigestBytes() []byte { return b.Sum[:b.Hash.size()] }
+
+// Digest is the block's recorded hash in hex ("" when the manifest has
+// none), for messages and JSON.
+func (b BlockRef) Digest() string { return hex.EncodeToString(b.Sum[:b.Hash.size()]) }
+
+// SameDigest reports whether b and o record the same hash (or both none).
+func (b BlockRef) SameDigest(o BlockRef) bool { return b.Hash == o.Hash && b.Sum == o.Sum }
 
 // SetDigest records d, made by BlockDigest, as the block's hash.
 func (b *BlockRef) SetDigest(small bool, d []byte) {
+	b.Sum = [32]byte{}
+	b.Hash = HashSHA256
 	if small {
-		b.XXH3 = hex.EncodeToString(d)
-	} else {
-		b.SHA256 = hex.EncodeToString(d)
+		b.Hash = HashXXH3
 	}
+	copy(b.Sum[:], d)
+}
+
+// ClearDigest makes the block record no hash.
+func (b *BlockRef) ClearDigest() { b.Sum, b.Hash = [32]byte{}, NoHash }
+
+// setDigestHex records the hex hash s of kind k.
+func (b *BlockRef) setDigestHex(k HashKind, s string) error {
+	raw, err := hex.DecodeString(s)
+	if err != nil || len(raw) != k.size() {
+		return fmt.Errorf("block hash %q is not hex of %d bytes", s, k.size())
+	}
+	b.Hash = k
+	copy(b.Sum[:], raw)
+	return nil
 }
 
 // DigestIs reports whether plain has the block's recorded hash.
 func (b BlockRef) DigestIs(plain []byte) bool {
-	return hex.EncodeToString(BlockDigest(b.XXH3 != "", plain)) == b.Digest()
+	return b.Hash != NoHash && bytes.Equal(BlockDigest(b.Small(), plain), b.DigestBytes())
+}
+
+// blockRefJSON is BlockRef as manifests spell it: the hash as hex under
+// the name of its kind.
+type blockRefJSON struct {
+	Pack        int        `json:"pack"`
+	Offset      int64      `json:"offset"`
+	Length      int64      `json:"length"`
+	FileOffset  int64      `json:"file_offset"`
+	Size        int64      `json:"size"`
+	ChunkOffset int64      `json:"chunk_offset,omitempty"`
+	SHA256      string     `json:"sha256,omitempty"`
+	XXH3        string     `json:"xxh3,omitempty"`
+	Parts       []BlockRef `json:"parts,omitempty"`
+}
+
+func (b BlockRef) MarshalJSON() ([]byte, error) {
+	j := blockRefJSON{Pack: b.Pack, Offset: b.Offset, Length: b.Length, FileOffset: b.FileOffset, Size: b.Size,
+		ChunkOffset: b.ChunkOffset, Parts: b.Parts}
+	switch b.Hash {
+	case HashSHA256:
+		j.SHA256 = b.Digest()
+	case HashXXH3:
+		j.XXH3 = b.Digest()
+	}
+	return json.Marshal(j)
+}
+
+func (b *BlockRef) UnmarshalJSON(data []byte) error {
+	var j blockRefJSON
+	if err := json.Unmarshal(data, &j); err != nil {
+		return err
+	}
+	*b = BlockRef{Pack: j.Pack, Offset: j.Offset, Length: j.Length, FileOffset: j.FileOffset, Size: j.Size,
+		ChunkOffset: j.ChunkOffset, Parts: j.Parts}
+	switch {
+	case j.SHA256 != "" && j.XXH3 != "":
+		return fmt.Errorf("block at %d has both a sha256 and an xxh3 hash", j.FileOffset)
+	case j.SHA256 != "":
+		return b.setDigestHex(HashSHA256, j.SHA256)
+	case j.XXH3 != "":
+		return b.setDigestHex(HashXXH3, j.XXH3)
+	}
+	return nil
 }
 
 // LocalFileChecksum computes f's manifest checksum from a local copy (the

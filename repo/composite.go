@@ -98,19 +98,19 @@ func sameObjectRef(a BlockRef, aPacks []Pack, b BlockRef, bPacks []Pack) bool {
 		return false
 	}
 	return a.Offset == b.Offset && a.Length == b.Length && a.FileOffset == b.FileOffset && a.Size == b.Size &&
-		a.ChunkOffset == b.ChunkOffset && a.SHA256 == b.SHA256 && a.XXH3 == b.XXH3 && !a.Composite() && !b.Composite()
+		a.ChunkOffset == b.ChunkOffset && a.SameDigest(b) && !a.Composite() && !b.Composite()
 }
 
 // checkComposite checks a composite block's shape: parts that are plain
 // slices, contiguous from the block's file offset, adding up to its size;
 // no object or hash of its own.
 func (b *BlockRef) checkComposite() error {
-	if b.Pack != 0 || b.Offset != 0 || b.Length != 0 || b.ChunkOffset != 0 || b.SHA256 != "" || b.XXH3 != "" {
+	if b.Pack != 0 || b.Offset != 0 || b.Length != 0 || b.ChunkOffset != 0 || b.HasDigest() {
 		return fmt.Errorf("composite block at %d has an object or hash of its own", b.FileOffset)
 	}
 	at := b.FileOffset
 	for _, p := range b.Parts {
-		if p.Composite() || p.SHA256 != "" || p.FileOffset != at || p.Size <= 0 {
+		if p.Composite() || p.Hash == HashSHA256 || p.FileOffset != at || p.Size <= 0 {
 			return fmt.Errorf("composite block at %d: part %+v does not follow at %d", b.FileOffset, p, at)
 		}
 		at += p.Size

@@ -85,6 +85,27 @@ type patchBlock struct {
 	BlockRef
 }
 
+// MarshalJSON spells a patch block as its block's fields plus "i" (the
+// embedded BlockRef's own MarshalJSON would drop the index).
+func (p patchBlock) MarshalJSON() ([]byte, error) {
+	b, err := json.Marshal(p.BlockRef)
+	if err != nil {
+		return nil, err
+	}
+	return append(fmt.Appendf(nil, `{"i":%d,`, p.Index), b[1:]...), nil
+}
+
+func (p *patchBlock) UnmarshalJSON(data []byte) error {
+	var i struct {
+		Index int `json:"i"`
+	}
+	if err := json.Unmarshal(data, &i); err != nil {
+		return err
+	}
+	p.Index = i.Index
+	return json.Unmarshal(data, &p.BlockRef)
+}
+
 // MapBase is the map of a file in the reference backup, which a changed
 // file's map may patch: its map entry, that entry's patch depth, its
 // resolved blocks (Pack indexing Packs) and the map objects resolving it

@@ -3,7 +3,6 @@ package repo
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 )
@@ -36,10 +35,10 @@ const (
 	mapComposite
 )
 
-var errMapNotEncodable = errors.New("block hash is not lowercase hex of its length")
+var errMapNotEncodable = errors.New("a composite block's part is itself composite")
 
-// encodeMapObject is obj's binary form, or errMapNotEncodable when a hash
-// would not come back byte for byte (the caller then writes JSON).
+// encodeMapObject is obj's binary form, or errMapNotEncodable for a shape
+// the binary form has no room for (the caller then writes JSON).
 func encodeMapObject(obj *mapObject) ([]byte, error) {
 	b := append([]byte(nil), mapMagic...)
 	b = binary.AppendUvarint(b, uint64(len(obj.Packs)))
@@ -115,20 +114,13 @@ func appendBlock(b []byte, prev *BlockRef, br BlockRef) ([]byte, error) {
 	if br.ChunkOffset == next {
 		flags |= mapNextInChunk
 	}
-	var sum []byte
-	switch {
-	case br.SHA256 != "" && br.XXH3 != "":
-		return nil, errMapNotEncodable
-	case br.SHA256 != "":
+	switch br.Hash {
+	case HashSHA256:
 		flags |= mapSHA256
-		sum = rawHash(br.SHA256, 32)
-	case br.XXH3 != "":
+	case HashXXH3:
 		flags |= mapXXH3
-		sum = rawHash(br.XXH3, 16)
 	}
-	if flags&(mapSHA256|mapXXH3) != 0 && sum == nil {
-		return nil, errMapNotEncodable
-	}
+	sum := br.DigestBytes()
 	b = append(b, flags)
 	if !same {
 		b = binary.AppendVarint(b, int64(br.Pack))
@@ -145,19 +137,6 @@ func appendBlock(b []byte, prev *BlockRef, br BlockRef) ([]byte, error) {
 		b = binary.AppendVarint(b, br.ChunkOffset)
 	}
 	return append(b, sum...), nil
-}
-
-// rawHash is the bytes of a hex digest of n bytes, or nil unless encoding
-// them again gives s exactly.
-func rawHash(s string, n int) []byte {
-	if len(s) != 2*n {
-		return nil
-	}
-	raw, err := hex.DecodeString(s)
-	if err != nil || hex.EncodeToString(raw) != s {
-		return nil
-	}
-	return raw
 }
 
 func appendString(b []byte, s string) []byte {
@@ -289,9 +268,11 @@ func (d *mapDecoder) finishPlain(flags byte, prev *BlockRef) BlockRef {
 	}
 	switch {
 	case flags&mapSHA256 != 0:
-		br.SHA256 = hex.EncodeToString(d.take(32))
+		br.Hash = HashSHA256
+		copy(br.Sum[:], d.take(32))
 	case flags&mapXXH3 != 0:
-		br.XXH3 = hex.EncodeToString(d.take(16))
+		br.Hash = HashXXH3
+		copy(br.Sum[:], d.take(16))
 	}
 	*prev = br
 	return br

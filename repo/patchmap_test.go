@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"reflect"
@@ -28,7 +29,9 @@ func TestPatchMapResolution(t *testing.T) {
 	full, inc := "20261201T000000Z-aaaa", "20261201T000100Z-bbbb"
 	packA, packB := Pack{Name: PackName(full, 0), Size: 9000}, Pack{Name: PackName(inc, 0), Size: 900}
 	blk := func(off int64) BlockRef {
-		return BlockRef{Offset: off, Length: 100, FileOffset: off * 80, Size: 8 << 10, XXH3: strings.Repeat("a", 32)}
+		b := BlockRef{Offset: off, Length: 100, FileOffset: off * 80, Size: 8 << 10}
+		b.SetDigest(true, bytes.Repeat([]byte{0xaa}, 16))
+		return b
 	}
 	put := func(name string, obj mapObject) Pack {
 		data, _ := json.Marshal(obj)
@@ -50,14 +53,14 @@ func TestPatchMapResolution(t *testing.T) {
 		return m
 	}
 	newBlk := blk(0)
-	newBlk.XXH3 = strings.Repeat("b", 32)
+	newBlk.SetDigest(true, bytes.Repeat([]byte{0xbb}, 16))
 	good := mapPatch{Base: MapRef{Object: base.Name}, Depth: 1, Blocks: 4, Set: []patchBlock{{Index: 1, BlockRef: newBlk}, {Index: 3, BlockRef: newBlk}}}
 	m := mk(good, true)
 	if err := r.resolveMaps(ctx, m, r.newRelocator()); err != nil {
 		t.Fatal(err)
 	}
 	f := m.Files[0]
-	if len(f.Blocks) != 4 || f.Blocks[0].Pack != 0 || f.Blocks[1].Pack != 1 || f.Blocks[1].XXH3 != newBlk.XXH3 || !reflect.DeepEqual(f.Blocks[2], BlockRef{Offset: 200, Length: 100, FileOffset: 16000, Size: 8 << 10, XXH3: strings.Repeat("a", 32)}) || f.Blocks[3].Pack != 1 {
+	if len(f.Blocks) != 4 || f.Blocks[0].Pack != 0 || f.Blocks[1].Pack != 1 || !f.Blocks[1].SameDigest(newBlk) || !reflect.DeepEqual(f.Blocks[2], blk(200)) || f.Blocks[3].Pack != 1 {
 		t.Errorf("resolved %+v", f.Blocks)
 	}
 	if f.MapDepth != 1 || len(f.MapChain) != 2 || f.MapChain[1] != base.Name {

@@ -276,7 +276,7 @@ func (r *Repository) ReadResumeBlocks(ctx context.Context, id string) (*ResumeBl
 				return nil, fmt.Errorf("%s: %w: path %q", name, ErrCorrupt, f.Path)
 			}
 			for _, b := range f.Blocks {
-				if b.Offset < 0 || b.Length <= 0 || b.Offset+b.Length > idx.Pack.Size || b.Size <= 0 || b.FileOffset < 0 || b.ChunkOffset < 0 || b.Digest() == "" {
+				if b.Offset < 0 || b.Length <= 0 || b.Offset+b.Length > idx.Pack.Size || b.Size <= 0 || b.FileOffset < 0 || b.ChunkOffset < 0 || !b.HasDigest() {
 					return nil, fmt.Errorf("%s: %w: block %+v", name, ErrCorrupt, b)
 				}
 				b.Pack = k

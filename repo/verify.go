@@ -260,7 +260,7 @@ func (r *Repository) verifyBackup(ctx context.Context, id string, seen *verifySe
 			case res != "":
 			case end > int64(len(obj)) || m.Format < 3 && end != int64(len(obj)):
 				res = fmt.Sprintf("%s: block at %d in %s: %d bytes, manifest says %d at %d", x.file, x.b.FileOffset, p.Name, len(obj), x.b.Size, x.b.ChunkOffset)
-			case x.b.Digest() != "" && !x.b.DigestIs(obj[x.b.ChunkOffset:end]):
+			case x.b.HasDigest() && !x.b.DigestIs(obj[x.b.ChunkOffset:end]):
 				res = fmt.Sprintf("%s: block at %d in %s: content does not match the manifest's sha256", x.file, x.b.FileOffset, p.Name)
 			}
 			seen.blocks[verifyBlockKey{p.Name, x.b.Offset, x.b.ChunkOffset, x.b.Size}] = res

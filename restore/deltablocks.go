@@ -16,7 +16,7 @@ import (
 // block.
 func hasBlockSums(f *repo.File) bool {
 	for _, b := range f.Blocks {
-		if b.Digest() == "" && !b.Composite() {
+		if !b.HasDigest() && !b.Composite() {
 			return false
 		}
 	}

@@ -117,7 +117,7 @@ func putBackup(t *testing.T, r *repo.Repository, id string, files map[string][]b
 			}
 			ref := repo.BlockRef{Pack: n, Offset: pw.Size(), Length: int64(len(enc)), FileOffset: int64(off), Size: int64(len(chunk))}
 			if putBlockSums {
-				ref.SHA256 = hex.EncodeToString(sum[:])
+				ref.SetDigest(false, sum[:])
 			}
 			if _, err := pw.Write(enc); err != nil {
 				t.Fatal(err)
