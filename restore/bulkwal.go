@@ -37,6 +37,12 @@ type BulkWALPlan struct {
 	// budget cut the list short and wal-fetch's prefetch takes over.
 	Complete    bool
 	SegmentSize int64
+	// Window, when set, is how many of the plan's segments may be in the
+	// prefetch directory at once (the budget, restore.wal_prefetch_bytes):
+	// the plan then runs to the end of the archive and the download
+	// follows recovery, fetching the next segment as each one is taken.
+	// 0: the plan itself is the budget.
+	Window int
 }
 
 // PlanBulkWAL lists the segments recovery reads from backup m on, along
@@ -107,7 +113,15 @@ type BulkWALOptions struct {
 	Logger      *slog.Logger
 	// onSegment, for tests, runs after each segment is in place.
 	onSegment func(pg.WALFile)
+	// idle bounds how long a window-bound download waits for recovery to
+	// take a segment (0: windowIdle).
+	idle time.Duration
 }
+
+// windowIdle: a download whose window is full and whose segments nobody
+// takes for this long stops (the cluster was never started, or is
+// stopped); wal-fetch's own prefetch takes over when recovery comes.
+const windowIdle = 30 * time.Minute
 
 // BulkWALResult says what BulkWAL did.
 type BulkWALResult struct {
@@ -169,6 +183,8 @@ func BulkWAL(ctx context.Context, r *repo.Repository, plan BulkWALPlan, o BulkWA
 		wg     sync.WaitGroup
 		bytes  atomic.Int64
 		sem    = make(chan struct{}, max(o.Concurrency, 1))
+		// inFlight: downloads started and not yet done (window accounting).
+		inFlight atomic.Int64
 	)
 	for i, wf := range plan.Segments {
 		sem <- struct{}{}
@@ -186,10 +202,24 @@ func BulkWAL(ctx context.Context, r *repo.Repository, plan BulkWALPlan, o BulkWA
 			}
 			continue
 		}
+		if plan.Window > 0 && !waitWindow(ctx, o.Dir, plan.Window, &inFlight, o.idle) {
+			<-sem
+			if ctx.Err() == nil {
+				log.Info("bulk WAL download stops: recovery has not taken a segment for a while; wal-fetch fetches the rest", "next", wf.Name)
+				mu.Lock()
+				if i < failed {
+					failed, firstE = i, ErrWALNotFound // quiet: not a failure
+				}
+				mu.Unlock()
+			}
+			break
+		}
 		wg.Add(1)
+		inFlight.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
+			defer inFlight.Add(-1)
 			err := prefetchOne(ctx, r, wf, o.Dir)
 			if err != nil {
 				mu.Lock()
@@ -252,6 +282,49 @@ func readBulkMarker(dir string) (pg.WALFile, bool) {
 	return wf, true
 }
 
+// waitWindow waits until fewer than window segments are ready in dir or
+// being downloaded, and reports whether there is room; false when ctx is
+// done or nothing was taken from the full window for idle.
+func waitWindow(ctx context.Context, dir string, window int, inFlight *atomic.Int64, idle time.Duration) bool {
+	if idle <= 0 {
+		idle = windowIdle
+	}
+	deadline := time.Now().Add(idle)
+	last := -1
+	for {
+		n := readySegments(dir)
+		if n+int(inFlight.Load()) < window {
+			return true
+		}
+		if n != last {
+			last, deadline = n, time.Now().Add(idle)
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// readySegments counts the prefetched segments in dir (final names only).
+func readySegments(dir string) int {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") && len(e.Name()) == 24+1+64 {
+			n++
+		}
+	}
+	return n
+}
+
 // bulkPlan is bulkPlanFile's content.
 type bulkPlan struct {
 	// ID tells this plan from a later restore's in the same directory.
@@ -259,12 +332,13 @@ type bulkPlan struct {
 	PGData      string   `json:"pgdata"`
 	SegmentSize int64    `json:"segment_size"`
 	Complete    bool     `json:"complete"`
+	Window      int      `json:"window,omitempty"`
 	Segments    []string `json:"segments"`
 }
 
 func writeBulkPlan(dir, pgdata string, plan BulkWALPlan) error {
 	p := bulkPlan{ID: fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano()),
-		PGData: pgdata, SegmentSize: plan.SegmentSize, Complete: plan.Complete}
+		PGData: pgdata, SegmentSize: plan.SegmentSize, Complete: plan.Complete, Window: plan.Window}
 	for _, s := range plan.Segments {
 		p.Segments = append(p.Segments, s.Name)
 	}
@@ -284,7 +358,7 @@ func readBulkPlan(dir string) (bulkPlan, BulkWALPlan, error) {
 	if err := json.Unmarshal(data, &p); err != nil {
 		return p, BulkWALPlan{}, fmt.Errorf("%s: %w", bulkPlanFile, err)
 	}
-	plan := BulkWALPlan{SegmentSize: p.SegmentSize, Complete: p.Complete}
+	plan := BulkWALPlan{SegmentSize: p.SegmentSize, Complete: p.Complete, Window: max(p.Window, 0)}
 	if !pg.ValidSegmentSize(p.SegmentSize) {
 		return p, plan, fmt.Errorf("%s: invalid segment size %d", bulkPlanFile, p.SegmentSize)
 	}

@@ -87,7 +87,7 @@ func TestPlanBulkWAL(t *testing.T) {
 func TestBulkPlanFile(t *testing.T) {
 	dir := t.TempDir()
 	var plan BulkWALPlan
-	plan.SegmentSize, plan.Complete = pg.DefaultSegmentSize, true
+	plan.SegmentSize, plan.Complete, plan.Window = pg.DefaultSegmentSize, true, 64
 	for _, n := range []string{"000000010000000000000003", "000000020000000000000004"} {
 		wf, _ := pg.ParseWALFileName(n)
 		plan.Segments = append(plan.Segments, wf)
@@ -96,7 +96,7 @@ func TestBulkPlanFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, got, err := readBulkPlan(dir)
-	if err != nil || p.PGData != "/data" || !got.Complete || len(got.Segments) != 2 || got.Segments[1].Name != "000000020000000000000004" {
+	if err != nil || p.PGData != "/data" || !got.Complete || got.Window != 64 || len(got.Segments) != 2 || got.Segments[1].Name != "000000020000000000000004" {
 		t.Fatalf("read back %+v %+v %v", p, got, err)
 	}
 	os.WriteFile(filepath.Join(dir, bulkPlanFile), []byte(`{"segment_size":16777216,"segments":["00000002.history"]}`), 0o600)

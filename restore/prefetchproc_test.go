@@ -2,6 +2,7 @@ package restore
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -60,4 +61,78 @@ func TestMaybeStartZeroCount(t *testing.T) {
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("prefetch directory created with count 0: %v", err)
 	}
+}
+
+// The restore_command prefix moves a prefetched segment into
+// pg_wal/RECOVERYXLOG and exits 0; in every other case it runs what
+// follows it (wal-fetch in restore_command; here a marker), so it never
+// answers "missing" or a failure itself.
+func TestTakePrefetchedShell(t *testing.T) {
+	seg := "000000010000000000000007"
+	run := func(t *testing.T, dir, f, p string) (string, bool) {
+		t.Helper()
+		cmd := TakePrefetchedShell() + "echo fell-through; exit 3"
+		cmd = strings.NewReplacer("%f", f, "%p", p).Replace(cmd)
+		c := exec.Command("/bin/sh", "-c", cmd)
+		c.Dir = dir
+		out, err := c.CombinedOutput()
+		if err != nil && !strings.Contains(string(out), "fell-through") {
+			t.Fatalf("%s: %v", out, err)
+		}
+		return string(out), err == nil
+	}
+	setup := func(t *testing.T) (string, string) {
+		dir := t.TempDir()
+		pre := filepath.Join(dir, "pg_wal", "pgkeep", "prefetch")
+		if err := os.MkdirAll(pre, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		name := filepath.Join(pre, seg+"."+strings.Repeat("c", 64))
+		if err := os.WriteFile(name, []byte("segment"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return dir, name
+	}
+	t.Run("prefetched", func(t *testing.T) {
+		dir, name := setup(t)
+		if out, ok := run(t, dir, seg, "pg_wal/RECOVERYXLOG"); !ok || out != "" {
+			t.Fatalf("want a quiet exit 0, got %q ok=%v", out, ok)
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); err != nil || string(b) != "segment" {
+			t.Fatalf("RECOVERYXLOG %q %v", b, err)
+		}
+		if _, err := os.Stat(name); !os.IsNotExist(err) {
+			t.Fatalf("prefetched file still there: %v", err)
+		}
+	})
+	for _, c := range []struct{ name, f, p string }{
+		{"another segment", "000000010000000000000008", "pg_wal/RECOVERYXLOG"},
+		{"a history file", "00000002.history", "pg_wal/RECOVERYHISTORY"},
+		{"another destination (pg_rewind)", seg, "/elsewhere/pg_wal/" + seg},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir, name := setup(t)
+			if out, ok := run(t, dir, c.f, c.p); ok || !strings.Contains(out, "fell-through") {
+				t.Fatalf("want wal-fetch's turn, got %q ok=%v", out, ok)
+			}
+			if _, err := os.Stat(name); err != nil {
+				t.Fatalf("prefetched file touched: %v", err)
+			}
+		})
+	}
+	t.Run("a temporary file being written", func(t *testing.T) {
+		dir, name := setup(t)
+		os.Rename(name, filepath.Join(filepath.Dir(name), "."+seg+".tmp"))
+		if out, ok := run(t, dir, seg, "pg_wal/RECOVERYXLOG"); ok || !strings.Contains(out, "fell-through") {
+			t.Fatalf("want wal-fetch's turn, got %q ok=%v", out, ok)
+		}
+	})
+	t.Run("not a regular file", func(t *testing.T) {
+		dir, name := setup(t)
+		os.Remove(name)
+		os.Mkdir(name, 0o700)
+		if out, ok := run(t, dir, seg, "pg_wal/RECOVERYXLOG"); ok || !strings.Contains(out, "fell-through") {
+			t.Fatalf("want wal-fetch's turn, got %q ok=%v", out, ok)
+		}
+	})
 }

@@ -72,7 +72,7 @@ func startBulkWAL(ctx context.Context, r *repo.Repository, m *repo.Manifest, o B
 // directory PostgreSQL's wal-fetch will look in. Only the segments the
 // budget allows are planned, so the directory never holds more.
 func bulkWAL(ctx context.Context, r *repo.Repository, m *repo.Manifest, o BackupOptions, tli uint32, history []pg.TimelineSwitch, log *slog.Logger) (BulkWALResult, error) {
-	plan, ok, err := planBulk(ctx, r, m, o, tli, history, log)
+	plan, ok, err := planBulk(ctx, r, m, o, tli, history, false, log)
 	if !ok {
 		return BulkWALResult{}, err
 	}
@@ -82,7 +82,10 @@ func bulkWAL(ctx context.Context, r *repo.Repository, m *repo.Manifest, o Backup
 
 // planBulk plans the bulk download within the budget; ok is false when
 // there is nothing to download (err set only when ctx was cancelled).
-func planBulk(ctx context.Context, r *repo.Repository, m *repo.Manifest, o BackupOptions, tli uint32, history []pg.TimelineSwitch, log *slog.Logger) (BulkWALPlan, bool, error) {
+// With follow the plan runs to the end of what recovery needs and the
+// budget is its window (BulkWALPlan.Window): a background download that
+// recovery consumes as it goes.
+func planBulk(ctx context.Context, r *repo.Repository, m *repo.Manifest, o BackupOptions, tli uint32, history []pg.TimelineSwitch, follow bool, log *slog.Logger) (BulkWALPlan, bool, error) {
 	var stop pg.LSN
 	switch o.Target.Kind {
 	case TargetImmediate:
@@ -90,7 +93,18 @@ func planBulk(ctx context.Context, r *repo.Repository, m *repo.Manifest, o Backu
 	case TargetLSN:
 		stop = o.Target.LSN
 	}
-	plan, err := PlanBulkWAL(ctx, r, m, tli, history, stop, int(o.WALPrefetchBytes/m.SegmentSize))
+	budget := int(o.WALPrefetchBytes / max(m.SegmentSize, 1))
+	if budget <= 0 {
+		return BulkWALPlan{}, false, nil
+	}
+	count := budget
+	if follow {
+		count = maxFollowSegments
+	}
+	plan, err := PlanBulkWAL(ctx, r, m, tli, history, stop, count)
+	if follow && len(plan.Segments) > budget {
+		plan.Window = budget
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return plan, false, err
@@ -109,7 +123,7 @@ func planBulk(ctx context.Context, r *repo.Repository, m *repo.Manifest, o Backu
 // arriving (RunBulkPlan). It returns once the first bulkFirst segments
 // are there or the process has ended. The process is then left running.
 func bulkWALBackground(ctx context.Context, r *repo.Repository, m *repo.Manifest, o BackupOptions, tli uint32, history []pg.TimelineSwitch, log *slog.Logger) (BulkWALResult, *exec.Cmd, error) {
-	plan, ok, err := planBulk(ctx, r, m, o, tli, history, log)
+	plan, ok, err := planBulk(ctx, r, m, o, tli, history, true, log)
 	if !ok {
 		return BulkWALResult{}, nil, err
 	}
@@ -165,6 +179,10 @@ func bulkWALBackground(ctx context.Context, r *repo.Repository, m *repo.Manifest
 		}
 	}
 }
+
+// maxFollowSegments bounds a following plan (256 GiB of 16 MiB segments):
+// its list is held in memory and written to the plan file.
+const maxFollowSegments = 1 << 14
 
 // bulkFirst is how many segments a restore waits for before it returns
 // with the bulk download still running: enough for PostgreSQL's first

@@ -150,5 +150,5 @@ func (a *app) restoreCommand() string {
 		a.log.Warn("settings from environment variables are not part of the restored cluster's restore_command; give the postmaster the same variables or move them into the config file",
 			"variables", strings.Join(a.cfg.fromEnv, ","))
 	}
-	return cmd + " wal-fetch %f %p"
+	return restore.TakePrefetchedShell() + "exec " + cmd + " wal-fetch %f %p"
 }

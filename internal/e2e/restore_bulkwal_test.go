@@ -170,6 +170,17 @@ func prefetched(t *testing.T, dir string) []string {
 
 func restoreLatest(t *testing.T, a *bulkArchive, w func(dir string)) (*pgtest.Cluster, string) {
 	t.Helper()
+	c, pdir := restoreLatestRunning(t, a, w)
+	// The restore returns with the download still going on in the
+	// background; these tests look at what it leaves once it has ended.
+	waitBulkDone(t, pdir)
+	return c, pdir
+}
+
+// restoreLatestRunning is restoreLatest without waiting for the
+// background download.
+func restoreLatestRunning(t *testing.T, a *bulkArchive, w func(dir string)) (*pgtest.Cluster, string) {
+	t.Helper()
 	dir := filepath.Join(pgtest.TempDir(t), "restored")
 	pgtest.MkdirFor(t, dir)
 	if w != nil {
@@ -180,9 +191,6 @@ func restoreLatest(t *testing.T, a *bulkArchive, w func(dir string)) (*pgtest.Cl
 		t.Fatalf("restore: exit %d\n%s", res.code, res.stderr)
 	}
 	t.Logf("restore (%s): %s", res.elapsed.Round(time.Millisecond), strings.TrimSpace(res.stdout))
-	// The restore returns with the download still going on in the
-	// background; these tests look at what it leaves once it has ended.
-	waitBulkDone(t, filepath.Join(dir, "pg_wal", "pgkeep", "prefetch"))
 	c := pgtest.Existing(t, dir, pgtest.Options{Env: a.r.env, Conf: []string{"archive_mode = off"}})
 	return c, filepath.Join(dir, "pg_wal", "pgkeep", "prefetch")
 }
@@ -228,28 +236,39 @@ func TestRestoreBulkWAL(t *testing.T) {
 }
 
 // TestRestoreBulkWALBudget: with restore.wal_prefetch_bytes of 4 segments
-// (and wal.prefetch 8), the restore downloads the first 4 segments only,
-// the prefetch directory never holds more than 4 segments' bytes during
-// the restore and the whole recovery, and wal-fetch's own prefetch takes
-// over after them. The first 4 are deleted from the bucket before
+// (and wal.prefetch 8), the restore's download holds the first 4 segments
+// until recovery takes them, the prefetch directory never holds more than
+// 4 segments' bytes during the restore and the whole recovery, and the
+// later segments arrive there too (the background download following
+// recovery in its window). The first 4 are deleted from the bucket before
 // PostgreSQL starts, so recovery can only have read them locally.
 func TestRestoreBulkWALBudget(t *testing.T) {
 	const budget = 4 * segSize
 	a := newBulkArchive(t, 12, "restore:", fmt.Sprintf("  wal_prefetch_bytes: %d", budget), "wal:", "  prefetch: 8")
 	var w *prefetchWatch
-	c, pdir := restoreLatest(t, a, func(dir string) { w = watchPrefetch(dir) })
+	c, pdir := restoreLatestRunning(t, a, func(dir string) { w = watchPrefetch(dir) })
 	defer func() {
 		if w != nil {
 			w.finish()
 		}
 	}()
 	all := a.segments(t)
+	// The download fills its window and waits there, alive, for recovery.
+	deadline := time.Now().Add(time.Minute)
+	for len(prefetched(t, pdir)) < 4 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // room for a fifth, if it were wrongly fetched
 	if got := prefetched(t, pdir); strings.Join(got, ",") != strings.Join(all[:4], ",") {
 		t.Fatalf("prefetch directory after restore holds %v, want the first 4 segments %v", got, all[:4])
+	}
+	if _, err := os.Stat(filepath.Join(pdir, ".bulk.plan")); err != nil {
+		t.Fatalf("the background download ended with its window full (plan file: %v); it should wait for recovery", err)
 	}
 	a.deleteSegments(t, all[:4])
 	c.Start(t)
 	waitRecoveryDone(t, c, false)
+	waitBulkDone(t, pdir) // it ends with recovery
 	w.finish()
 	max := w.maxSize.Load()
 	seen := w.seen
@@ -267,7 +286,7 @@ func TestRestoreBulkWALBudget(t *testing.T) {
 		}
 	}
 	if resumed == 0 {
-		t.Fatalf("wal-fetch's prefetch did not take over after the restore's 4 segments (seen: %v)", seen)
+		t.Fatalf("no later segment came through the prefetch directory after the restore's 4 (seen: %v)", seen)
 	}
-	t.Logf("most bytes in the prefetch directory: %d (budget %d); %d of the later %d segments came through wal-fetch's prefetch", max, budget, resumed, len(all)-4)
+	t.Logf("most bytes in the prefetch directory: %d (budget %d); %d of the later %d segments came through the prefetch directory", max, budget, resumed, len(all)-4)
 }
