@@ -141,8 +141,9 @@ type BulkWALResult struct {
 // BulkWAL downloads plan's segments into o.Dir, o.Concurrency at a time,
 // in order, the way wal-fetch's prefetch does (decoded and checked, fsynced
 // under a temporary name, then renamed to <segment>.<sha256>), so that
-// wal-fetch hands each to PostgreSQL with a rename. The plan's length is
-// the budget: nothing else is written. A segment that cannot be fetched
+// wal-fetch hands each to PostgreSQL with a rename. The budget is the
+// plan's length, or with plan.Window the most segments in the directory
+// at once (the download then waits for recovery to take them). A segment that cannot be fetched
 // ends the useful range (recovery reads in order); the failure is
 // returned only when the context was cancelled, since wal-fetch will
 // fetch what is missing itself.
