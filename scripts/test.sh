@@ -35,7 +35,7 @@ stream() {
 	(
 		PGKEEP_TEST_PORTS=$ports "$@" 2>&1
 		echo $? >"$logs/$name.rc"
-	) | sed -u "s/^/[$name] /"
+	) | sed -u "s/^/[$name] /" | tee "$logs/$name.out"
 }
 
 # The unit packages one at a time (-p 1: this stream is one of two), then
@@ -59,6 +59,10 @@ for s in units+e2e-b e2e-a; do
 	if [ "$r" != 0 ]; then
 		echo "test stream $s failed (exit $r)" >&2
 		rc=1
+		# A failed test's output ends with its servers' logs: repeat
+		# what says why (the FAIL lines, the test files' own lines and
+		# panics) last, where a truncated CI log still shows it.
+		grep -E -e '--- FAIL|^\[[^]]*\] +[A-Za-z0-9_]+_test\.go:[0-9]+:|panic:|^\[[^]]*\] FAIL' "$logs/$s.out" | tail -n 60 | cut -c1-400 >&2
 	fi
 done
 exit $rc
