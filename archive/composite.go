@@ -153,7 +153,7 @@ func (c *copier) storeComposite(j blockJob, idx int, off, size, chunkOffset int6
 		stored = append(stored, part)
 	}
 	c.blocks[j.file][idx] = b
-	c.foreign[j.file][idx] = ""
+	c.foreign[j.file][idx] = 0
 	c.partNames[[2]int{j.file, idx}] = names
 	return stored
 }
@@ -167,7 +167,7 @@ func (c *copier) takeRefComposite(i int, rf *repo.File, b int) {
 		names[k] = c.ref.Packs[p.Pack].Name
 	}
 	c.blocks[i][b] = ref
-	c.foreign[i][b] = ""
+	c.foreign[i][b] = 0
 	c.partNames[[2]int{i, b}] = names
 }
 
@@ -176,7 +176,7 @@ func (c *copier) takeRefComposite(i int, rf *repo.File, b int) {
 // or a composite whose every part is foreign. c.mu is held.
 func (c *copier) fromReference(i, b int) bool {
 	if !c.blocks[i][b].Composite() {
-		return c.foreign[i][b] != ""
+		return c.foreign[i][b] != 0
 	}
 	for _, n := range c.partNames[[2]int{i, b}] {
 		if n == "" {

@@ -703,7 +703,7 @@ func (c *copier) takeMapped(i int, f *sourceFile, rf *repo.File, fr *fileReads, 
 	n := len(fr.read)
 	c.files[i].BlockSize = fr.small
 	c.blocks[i] = make([]repo.BlockRef, n)
-	c.foreign[i] = make([]string, n)
+	c.foreign[i] = make([]foreignPack, n)
 	var read, unread int64
 	fromRef := func(b int) error {
 		unread += rf.Blocks[b].Size

@@ -42,10 +42,11 @@ type copier struct {
 	// resume holds the blocks interrupted backups stored (resume.go).
 	resume resumeSet
 
-	mu      sync.Mutex
-	files   []repo.File
-	blocks  [][]repo.BlockRef // per file, by block index
-	foreign [][]string        // per file and block: the reference's pack name of a reused block, "" if stored here
+	mu           sync.Mutex
+	files        []repo.File
+	blocks       [][]repo.BlockRef // per file, by block index
+	foreign      [][]foreignPack   // per file and block: the pack of a reused block (in foreignNames), 0 if stored here
+	foreignNames foreignTable
 	// partNames are, for each composite block (by file and block index),
 	// its parts' pack names as foreign has them ("" for this backup's).
 	partNames map[[2]int][]string
@@ -98,7 +99,7 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 	defer cancel(nil)
 	c.files = make([]repo.File, len(files))
 	c.blocks = make([][]repo.BlockRef, len(files))
-	c.foreign = make([][]string, len(files))
+	c.foreign = make([][]foreignPack, len(files))
 	c.vanish = make([]bool, len(files))
 	c.partNames = map[[2]int][]string{}
 	var total int64
@@ -126,7 +127,7 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 		c.files[i].BlockSize = small
 		n := int((f.Size + bs - 1) / bs)
 		c.blocks[i] = make([]repo.BlockRef, n)
-		c.foreign[i] = make([]string, n)
+		c.foreign[i] = make([]foreignPack, n)
 		for b := 0; b < n; b += int(run) {
 			off := int64(b) * bs
 			jobs = append(jobs, blockJob{file: i, index: b, src: f, off: off, len: min(run*bs, f.Size-off), bs: bs, rf: rf})
@@ -245,10 +246,10 @@ func (c *copier) doBlock(ctx context.Context, j blockJob, out chan<- encodedBloc
 			continue
 		}
 		sum := repo.BlockDigest(small, sub)
-		if ref, refPack := c.refBlock(j.rf, idx, off); ref != nil && ref.Size == int64(len(sub)) && ref.Small() == small && bytes.Equal(sum, ref.DigestBytes()) {
+		if ref := c.refBlock(j.rf, idx, off); ref != nil && ref.Size == int64(len(sub)) && ref.Small() == small && bytes.Equal(sum, ref.DigestBytes()) {
 			c.mu.Lock()
 			c.blocks[j.file][idx] = *ref
-			c.foreign[j.file][idx] = refPack
+			c.foreign[j.file][idx] = c.foreignNames.ofRef(c.ref.Packs, ref.Pack)
 			c.mu.Unlock()
 			whole = false
 			continue
@@ -548,8 +549,8 @@ func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 					}
 				}
 				summed = false // no hash of the whole block
-			} else if name := c.foreign[i][b]; name != "" {
-				renumber(&ref, name)
+			} else if fp := c.foreign[i][b]; fp != 0 {
+				renumber(&ref, c.foreignNames.name(fp))
 			}
 			refs = append(refs, ref)
 			// The file checksum is over the blocks' digests (each plain

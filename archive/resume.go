@@ -69,7 +69,7 @@ func (c *copier) reuseInterrupted(j blockJob, idx int, off int64, small bool, su
 	}
 	c.mu.Lock()
 	c.blocks[j.file][idx] = rb.ref
-	c.foreign[j.file][idx] = rb.pack
+	c.foreign[j.file][idx] = c.foreignNames.of(rb.pack)
 	c.mu.Unlock()
 	c.stats.resumed.Add(size)
 	return true
