@@ -139,10 +139,25 @@ func run(ctx context.Context, args []string) int {
 	}
 	code, quiet := exitCode(err)
 	if !quiet {
-		// One line: PostgreSQL logs and cron mails read better that way.
-		fmt.Fprintf(os.Stderr, "pgkeep: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
+		fmt.Fprintf(os.Stderr, "pgkeep: %s\n", errorLine(ctx, err))
 	}
 	return code
+}
+
+// errorLine is the one line printed for a failed command: PostgreSQL logs
+// and cron mails read better that way. When a signal stopped the command,
+// the line says so: whichever I/O the signal cut short reports only
+// "context canceled", and that is not why the command failed.
+func errorLine(ctx context.Context, err error) string {
+	msg := strings.ReplaceAll(err.Error(), "\n", "; ")
+	if ctx.Err() == nil {
+		return msg
+	}
+	cause := context.Cause(ctx)
+	if errors.Is(err, cause) || strings.Contains(msg, cause.Error()) {
+		return msg
+	}
+	return cause.Error() + ": " + msg
 }
 
 // exitCode maps an error's kind to the exit status, and says whether the
