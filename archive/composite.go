@@ -137,13 +137,13 @@ func (c *copier) refSlices(ref *repo.BlockRef, off, lo, hi int64) []piece {
 // pack's index. c.mu is held.
 func (c *copier) storeComposite(j blockJob, idx int, off, size, chunkOffset int64, pieces []piece, pack int, offset, length int64) []repo.BlockRef {
 	b := repo.BlockRef{FileOffset: off, Size: size, Parts: make([]repo.BlockRef, 0, len(pieces))}
-	names := make([]string, len(pieces))
+	fps := make([]foreignPack, len(pieces))
 	var stored []repo.BlockRef
 	at := chunkOffset
 	for k, p := range pieces {
 		if p.ref != nil {
 			b.Parts = append(b.Parts, *p.ref)
-			names[k] = p.name
+			fps[k] = c.foreignNames.of(p.name)
 			continue
 		}
 		part := repo.BlockRef{Pack: pack, Offset: offset, Length: length, FileOffset: off + p.lo, Size: p.hi - p.lo, ChunkOffset: at}
@@ -154,7 +154,7 @@ func (c *copier) storeComposite(j blockJob, idx int, off, size, chunkOffset int6
 	}
 	c.blocks[j.file][idx] = b
 	c.foreign[j.file][idx] = 0
-	c.partNames[[2]int{j.file, idx}] = names
+	c.partPacks[[2]int{j.file, idx}] = fps
 	return stored
 }
 
@@ -162,13 +162,13 @@ func (c *copier) storeComposite(j blockJob, idx int, off, size, chunkOffset int6
 // block rf.Blocks[b]. c.mu is held or no worker runs.
 func (c *copier) takeRefComposite(i int, rf *repo.File, b int) {
 	ref := rf.Blocks[b].Clone()
-	names := make([]string, len(ref.Parts))
+	fps := make([]foreignPack, len(ref.Parts))
 	for k, p := range ref.Parts {
-		names[k] = c.ref.Packs[p.Pack].Name
+		fps[k] = c.foreignNames.ofRef(c.ref.Packs, p.Pack)
 	}
 	c.blocks[i][b] = ref
 	c.foreign[i][b] = 0
-	c.partNames[[2]int{i, b}] = names
+	c.partPacks[[2]int{i, b}] = fps
 }
 
 // fromReference reports whether block b of file i is the reference's (or
@@ -178,8 +178,8 @@ func (c *copier) fromReference(i, b int) bool {
 	if !c.blocks[i][b].Composite() {
 		return c.foreign[i][b] != 0
 	}
-	for _, n := range c.partNames[[2]int{i, b}] {
-		if n == "" {
+	for _, fp := range c.partPacks[[2]int{i, b}] {
+		if fp == 0 {
 			return false
 		}
 	}

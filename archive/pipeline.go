@@ -47,9 +47,9 @@ type copier struct {
 	blocks       [][]repo.BlockRef // per file, by block index
 	foreign      [][]foreignPack   // per file and block: the pack of a reused block (in foreignNames), 0 if stored here
 	foreignNames foreignTable
-	// partNames are, for each composite block (by file and block index),
-	// its parts' pack names as foreign has them ("" for this backup's).
-	partNames map[[2]int][]string
+	// partPacks are, for each composite block (by file and block index),
+	// its parts' packs as foreign has them (0 for this backup's).
+	partPacks map[[2]int][]foreignPack
 	vanish    []bool
 	packs     []repo.Pack
 	packSeq   atomic.Int64
@@ -101,7 +101,7 @@ func (c *copier) run(ctx context.Context, files []sourceFile) error {
 	c.blocks = make([][]repo.BlockRef, len(files))
 	c.foreign = make([][]foreignPack, len(files))
 	c.vanish = make([]bool, len(files))
-	c.partNames = map[[2]int][]string{}
+	c.partPacks = map[[2]int][]foreignPack{}
 	var total int64
 	var jobs []blockJob
 	for i := range files {
@@ -506,7 +506,10 @@ func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 	var files []repo.File
 	packs := append([]repo.Pack(nil), c.packs...)
 	var maps []repo.Pack
-	foreignIdx := map[string]int{}
+	packOf := make([]int, len(c.foreignNames.names)+1) // by foreignPack: index here, or -1
+	for k := range packOf {
+		packOf[k] = -1
+	}
 	mapSeen := map[string]bool{}
 	refMaps := map[string]repo.Pack{}
 	if c.ref != nil {
@@ -514,14 +517,14 @@ func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 			refMaps[p.Name] = p
 		}
 	}
-	// renumber makes a reused block's (or part's) pack, named name, index
-	// this manifest's pack table.
-	renumber := func(ref *repo.BlockRef, name string) {
-		n, ok := foreignIdx[name]
-		if !ok {
+	// renumber makes a reused block's (or part's) pack, fp, index this
+	// manifest's pack table.
+	renumber := func(ref *repo.BlockRef, fp foreignPack) {
+		n := packOf[fp]
+		if n < 0 {
 			n = len(packs)
-			foreignIdx[name] = n
-			p, ok := c.resume.packs[name] // an interrupted backup's
+			packOf[fp] = n
+			p, ok := c.resume.packs[c.foreignNames.name(fp)] // an interrupted backup's
 			if !ok {
 				p = c.ref.Packs[ref.Pack]
 			}
@@ -543,14 +546,14 @@ func (c *copier) result() ([]repo.File, []repo.Pack, []repo.Pack) {
 			}
 			if ref.Composite() {
 				ref = ref.Clone()
-				for k, name := range c.partNames[[2]int{i, b}] {
-					if name != "" {
-						renumber(&ref.Parts[k], name)
+				for k, fp := range c.partPacks[[2]int{i, b}] {
+					if fp != 0 {
+						renumber(&ref.Parts[k], fp)
 					}
 				}
 				summed = false // no hash of the whole block
 			} else if fp := c.foreign[i][b]; fp != 0 {
-				renumber(&ref, c.foreignNames.name(fp))
+				renumber(&ref, fp)
 			}
 			refs = append(refs, ref)
 			// The file checksum is over the blocks' digests (each plain

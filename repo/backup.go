@@ -15,7 +15,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/pgkeep/pgkeep/pg"
@@ -653,22 +652,9 @@ const summaryReaders = 8
 func (r *Repository) readSummaries(ctx context.Context, ids []string) ([]Summary, error) {
 	backups := make([]Summary, len(ids))
 	errs := make([]error, len(ids))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(summaryReaders, len(ids)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				backups[i], errs[i] = r.ReadSummary(ctx, ids[i])
-			}
-		}()
-	}
-	for i := range ids {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	forEachIndex(len(ids), summaryReaders, func(i int) {
+		backups[i], errs[i] = r.ReadSummary(ctx, ids[i])
+	})
 	for _, err := range errs {
 		if err != nil {
 			return nil, err // the first, as one line

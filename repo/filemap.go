@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/pgkeep/pgkeep/storage"
 )
@@ -435,30 +434,17 @@ func (mr *mapResolver) prefetch(ctx context.Context, maps []Pack, n int) {
 		return
 	}
 	objs := make([]*mapObject, len(maps))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(n, len(maps)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				var buf bytes.Buffer
-				if _, err := mr.r.GetObject(ctx, maps[i].Name, &buf); err != nil {
-					continue
-				}
-				if obj, err := parseMapObject(buf.Bytes()); err == nil {
-					objs[i] = obj
-				}
-			}
-		}()
-	}
-	for i := range maps {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	forEachIndex(len(maps), n, func(i int) {
+		var buf bytes.Buffer
+		if _, err := mr.r.GetObject(ctx, maps[i].Name, &buf); err != nil {
+			return
+		}
+		if obj, err := parseMapObject(buf.Bytes()); err == nil {
+			objs[i] = obj
+		}
+	})
 	for i, obj := range objs {
-		if obj != nil && mr.listed[maps[i].Name] {
+		if obj != nil {
 			mr.objs[maps[i].Name] = obj
 		}
 	}

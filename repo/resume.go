@@ -236,27 +236,14 @@ func (r *Repository) ReadResumeBlocks(ctx context.Context, id string) (*ResumeBl
 	// thousands), then used in order.
 	read := make([]PackIndex, len(indexes))
 	errs := make([]error, len(indexes))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(indexDeleters, len(indexes)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				var buf bytes.Buffer
-				if _, err := r.GetObject(ctx, indexes[i], &buf); err != nil {
-					errs[i] = fmt.Errorf("%s: %w", indexes[i], err)
-				} else if err := json.Unmarshal(buf.Bytes(), &read[i]); err != nil {
-					errs[i] = fmt.Errorf("%s: %w: %v", indexes[i], ErrCorrupt, err)
-				}
-			}
-		}()
-	}
-	for i := range indexes {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	forEachIndex(len(indexes), indexDeleters, func(i int) {
+		var buf bytes.Buffer
+		if _, err := r.GetObject(ctx, indexes[i], &buf); err != nil {
+			errs[i] = fmt.Errorf("%s: %w", indexes[i], err)
+		} else if err := json.Unmarshal(buf.Bytes(), &read[i]); err != nil {
+			errs[i] = fmt.Errorf("%s: %w: %v", indexes[i], ErrCorrupt, err)
+		}
+	})
 	for i, name := range indexes {
 		if errs[i] != nil {
 			return nil, errs[i]
