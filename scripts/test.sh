@@ -62,7 +62,7 @@ for s in units+e2e-b e2e-a; do
 		# A failed test's output ends with its servers' logs: repeat
 		# what says why (the FAIL lines, the test files' own lines and
 		# panics) last, where a truncated CI log still shows it.
-		grep -E -e '--- FAIL|^\[[^]]*\] +[A-Za-z0-9_]+_test\.go:[0-9]+:|panic:|^\[[^]]*\] FAIL' "$logs/$s.out" | tail -n 60 | cut -c1-400 >&2
+		grep -E -e '--- FAIL|^\[[^]]*\] +[A-Za-z0-9_]+_test\.go:[0-9]+:|panic:|^\[[^]]*\] FAIL' "$logs/$s.out" | tail -n 60 | cut -c1-900 >&2
 	fi
 done
 exit $rc

@@ -454,15 +454,26 @@ func (c *Cluster) WaitStreaming(t testing.TB, leader, n *Node, timeout time.Dura
 	pgtest.WaitFor(t, timeout, n.Name+" to stream from "+leader.Name, func() (bool, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		// What the timeout reports is the last state seen and n's last
+		// log lines: a CI log cut to its tail shows only that line.
 		conn, err := leader.Conn(ctx)
 		if err != nil {
-			return false, nil
+			return false, fmt.Errorf("leader: %v; %s", err, lastLines(n.Log(), 3))
 		}
 		defer conn.Close(ctx)
-		var k int
-		err = conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'", n.Name).Scan(&k)
-		return err == nil && k == 1, nil
+		var states []string
+		err = conn.QueryRow(ctx, "SELECT coalesce(array_agg(state), '{}') FROM pg_stat_replication WHERE application_name = $1", n.Name).Scan(&states)
+		if err == nil && len(states) == 1 && states[0] == "streaming" {
+			return true, nil
+		}
+		return false, fmt.Errorf("replication states %v (%v); %s", states, err, lastLines(n.Log(), 3))
 	})
+}
+
+// lastLines is the last k lines of a log, on one line.
+func lastLines(log string, k int) string {
+	lines := strings.Split(strings.TrimRight(log, "\n"), "\n")
+	return "last log lines: " + strings.Join(lines[max(0, len(lines)-k):], " | ")
 }
 
 // Patronictl runs patronictl against n's configuration.
