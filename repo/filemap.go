@@ -435,13 +435,7 @@ func (mr *mapResolver) prefetch(ctx context.Context, maps []Pack, n int) {
 	}
 	objs := make([]*mapObject, len(maps))
 	forEachIndex(len(maps), n, func(i int) {
-		var buf bytes.Buffer
-		if _, err := mr.r.GetObject(ctx, maps[i].Name, &buf); err != nil {
-			return
-		}
-		if obj, err := parseMapObject(buf.Bytes()); err == nil {
-			objs[i] = obj
-		}
+		objs[i], _ = mr.r.readFileMap(ctx, maps[i].Name)
 	})
 	for i, obj := range objs {
 		if obj != nil {
@@ -457,15 +451,24 @@ func (mr *mapResolver) object(ctx context.Context, name string) (*mapObject, err
 	if !mr.listed[name] {
 		return nil, fmt.Errorf("map %s: %w: not listed in the manifest's maps", name, ErrCorrupt)
 	}
+	obj, err := mr.r.readFileMap(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	mr.objs[name] = obj
+	return obj, nil
+}
+
+// readFileMap reads and decodes file map object name.
+func (r *Repository) readFileMap(ctx context.Context, name string) (*mapObject, error) {
 	var buf bytes.Buffer
-	if _, err := mr.r.GetObject(ctx, name, &buf); err != nil {
+	if _, err := r.GetObject(ctx, name, &buf); err != nil {
 		return nil, fmt.Errorf("file map %s: %w", name, err)
 	}
 	obj, err := parseMapObject(buf.Bytes())
 	if err != nil {
 		return nil, fmt.Errorf("file map %s: %w: %v", name, ErrCorrupt, err)
 	}
-	mr.objs[name] = obj
 	return obj, nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/pgkeep/pgkeep/pg"
@@ -59,32 +58,19 @@ func (r *Repository) verifyWAL(ctx context.Context, a *WALArchive, want walExpec
 	}
 	stats := WALStats{Objects: len(a.objects)}
 	results := make([]walCheck, len(a.objects))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(workers, max(len(a.objects), 1)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				obj := a.objects[i]
-				mi, hasMap := a.maps[WALMapObjectName(obj.file)]
-				if !hasMap {
-					e, cached, err := r.checkWALObject(ctx, obj, o.Cache, nil)
-					results[i] = walCheck{obj: obj, entry: e, cached: cached, err: err}
-					continue
-				}
-				results[i] = r.checkWALObjectAndMap(ctx, obj, mi, o.Cache)
-			}
-		}()
-	}
-	for i := range a.objects {
+	forEachIndex(len(a.objects), workers, func(i int) {
 		if ctx.Err() != nil {
-			break
+			return // reported below
 		}
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+		obj := a.objects[i]
+		mi, hasMap := a.maps[WALMapObjectName(obj.file)]
+		if !hasMap {
+			e, cached, err := r.checkWALObject(ctx, obj, o.Cache, nil)
+			results[i] = walCheck{obj: obj, entry: e, cached: cached, err: err}
+			return
+		}
+		results[i] = r.checkWALObjectAndMap(ctx, obj, mi, o.Cache)
+	})
 	if err := ctx.Err(); err != nil {
 		return stats, nil, fmt.Errorf("verify WAL: %w", err)
 	}
